@@ -1,0 +1,4 @@
+pub mod demo;
+pub mod doctor;
+pub mod setup;
+pub mod store;

@@ -1,0 +1,74 @@
+//! `saescope`: the command-line front of the workbench. Each subcommand is a thin layer that
+//! parses arguments, shows progress and formats results; the work lives in the library crates.
+
+mod assets;
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "saescope", version, about = "Sparse-dictionary interpretability workbench", long_about = None)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only warnings and errors, no progress bars.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the bundled model, embedding model and corpora into the cache (idempotent).
+    Setup(commands::setup::Args),
+    /// Report libtorch, devices and installed assets, and run a tiny tensor operation on each device.
+    Doctor(commands::doctor::Args),
+    /// The end-to-end demo: set-up check, then write and read back an activation run.
+    Demo(commands::demo::Args),
+    /// Activation runs: inspect and benchmark.
+    #[command(subcommand)]
+    Store(commands::store::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    progress::set_quiet(cli.quiet);
+    let result = match cli.command {
+        Command::Setup(a) => commands::setup::run(a),
+        Command::Doctor(a) => commands::doctor::run(a),
+        Command::Demo(a) => commands::demo::run(a),
+        Command::Store(c) => commands::store::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,28 @@
+//! Progress bars for long work, hidden with `--quiet` or when stderr is not a terminal.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// A bar counting `unit` (e.g. "tokens") up to `total`, with rate and ETA.
+pub fn bar(total: u64, message: &str, unit: &str) -> ProgressBar {
+    if QUIET.load(Ordering::Relaxed) {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    let template = format!(
+        "{{msg:>12}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, ETA {{eta}})"
+    );
+    pb.set_style(
+        ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(message.to_owned());
+    pb
+}

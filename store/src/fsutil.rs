@@ -1,0 +1,95 @@
+//! Small file-system helpers that make every write atomic: data goes to `NAME.tmp`, is synced,
+//! and is renamed over `NAME` only when complete, so a crash never leaves a half-written file
+//! under a name that the reader trusts.
+
+use crate::error::{Result, StoreError};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The temporary name a file is written under before it is renamed into place.
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Syncs a directory so that a rename inside it survives a power loss.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| StoreError::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// SHA-256 of a file, streamed in 1 MiB chunks.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| StoreError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// A writer that hashes and counts what passes through it, so a shard's checksum is known the
+/// moment it is written, without reading it back.
+pub(crate) struct HashingWriter {
+    inner: BufWriter<File>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl HashingWriter {
+    pub(crate) fn create(path: &Path) -> Result<Self> {
+        let f = File::create(path).map_err(|e| StoreError::io(path, e))?;
+        Ok(HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, f),
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Flushes and syncs the file; returns (bytes written, hex sha256).
+    pub(crate) fn finish(self, path: &Path) -> Result<(u64, String)> {
+        let f = self
+            .inner
+            .into_inner()
+            .map_err(|e| StoreError::io(path, e.into_error()))?;
+        f.sync_all().map_err(|e| StoreError::io(path, e))?;
+        Ok((self.bytes, hex::encode(self.hasher.finalize())))
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

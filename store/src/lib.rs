@@ -1,0 +1,28 @@
+//! saescope's on-disk formats.
+//!
+//! This crate owns the activation run: a directory of Parquet shards plus a `manifest.json`
+//! (layout documented in `store/README.md`), its streaming crash-safe [`RunWriter`], and the
+//! [`Run`] reader that checks every file against the manifest and serves batches of one hook
+//! point's activations as contiguous f32 buffers, optionally shuffled, from a background thread.
+//! Later it will also own dictionary checkpoints and the feature store.
+//!
+//! It does not run models, tokenize text or learn anything: those live in `saescope-activations`
+//! and `saescope-sae`, which read and write through this crate. It does not link libtorch.
+
+mod error;
+mod fsutil;
+pub mod manifest;
+mod reader;
+mod schema;
+pub mod synthetic;
+mod writer;
+
+pub use error::{Result, StoreError};
+pub use fsutil::{sha256_file, write_atomic};
+pub use manifest::{
+    BosHandling, Compression, ContextInfo, CorpusInfo, Dtype, FileInfo, HookInfo, Layout, Manifest,
+    ModelInfo, RunSpec, ShardInfo, TokenizerInfo,
+};
+pub use reader::{ActivationBatch, BatchReader, ReadOptions, Run, Shuffle};
+pub use schema::{CONTEXT_ID, CONTEXT_POS, DOC_ID, DOC_POS, TOKEN_ID, TOKEN_INDEX};
+pub use writer::{RunWriter, TokenRecord, WriterOptions};

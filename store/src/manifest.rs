@@ -1,0 +1,404 @@
+//! `manifest.json`: what a run holds and how to trust it.
+//!
+//! The manifest is the only file a reader needs to understand a run: which model and tokenizer
+//! produced it, which hook points it holds with their shapes, the shards with their row counts and
+//! checksums, and whether the run is complete. It is rewritten atomically after every shard, so at
+//! any moment it describes exactly the shards that are fully on disk.
+
+use crate::error::{Result, StoreError};
+use crate::fsutil::write_atomic;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// The value of the manifest's `format` field.
+pub const FORMAT: &str = "saescope.activations";
+/// The manifest layout this version of saescope writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's file name inside a run directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// How one hook point's vectors are stored on disk. Readers always return f32.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// Arrow `Float32`: exact.
+    #[default]
+    F32,
+    /// Arrow `Float16` (IEEE half): half the disk, ~3 significant digits, range ±65504.
+    F16,
+    /// bfloat16, stored as 2-byte little-endian bit patterns in an Arrow `FixedSizeBinary(2)`
+    /// (Arrow has no bf16 type, and `UInt16` would take 4 bytes in Parquet): half the disk, f32's
+    /// range, ~2 significant digits. The field metadata `saescope.dtype = bf16` marks it.
+    Bf16,
+}
+
+impl Dtype {
+    pub fn size_bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::Bf16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f16" | "float16" => Ok(Dtype::F16),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            other => Err(format!(
+                "unknown dtype `{other}` (expected f32, f16 or bf16)"
+            )),
+        }
+    }
+}
+
+/// One named hook point, e.g. `blocks.3.hook_resid_post` with shape `[576]`, or
+/// `blocks.3.attn.hook_z` with shape `[9, 64]` (heads x d_head, stored flattened row-major).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct HookInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+}
+
+impl HookInfo {
+    /// Number of values per token (the product of the shape).
+    pub fn dim(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The model that produced the activations.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ModelInfo {
+    /// Human-readable identity, e.g. `SmolLM2-135M-Instruct`.
+    pub name: String,
+    /// Architecture family, e.g. `llama` or `gpt2`.
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// The weights file (or directory) as given by the user.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// SHA-256 of the weights file, so a run can be tied to exact weights.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Compute dtype of the forward pass (`f32`, `bf16`).
+    #[serde(default)]
+    pub compute_dtype: Option<String>,
+}
+
+/// The tokenizer that produced the token ids.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct TokenizerInfo {
+    pub name: String,
+    pub vocab_size: u32,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+}
+
+/// Where a context's first position comes from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BosHandling {
+    /// Every context starts with the BOS token (position 0 holds no document token).
+    #[default]
+    PrependEachContext,
+    /// Contexts are filled with document tokens only.
+    None,
+}
+
+/// How the corpus was cut into the model's input.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ContextInfo {
+    pub ctx_len: u32,
+    pub bos: BosHandling,
+}
+
+/// Where the text came from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct CorpusInfo {
+    pub name: String,
+    /// Files, packages or URLs of the text, as recorded by the harvester.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub documents: Option<u64>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// What the creator of a run declares up front; the writer adds the shards.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct RunSpec {
+    pub model: ModelInfo,
+    pub tokenizer: TokenizerInfo,
+    pub context: ContextInfo,
+    pub hooks: Vec<HookInfo>,
+    pub corpus: CorpusInfo,
+    /// Free-form settings of the producer (e.g. the harvest command line), kept for provenance.
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Compression of the activation columns.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase", tag = "codec", content = "level")]
+pub enum Compression {
+    /// Uncompressed: activations barely compress, and this reads fastest.
+    #[default]
+    None,
+    /// Zstandard at the given level (1-22).
+    Zstd(i32),
+}
+
+/// How rows are cut into shards and row groups; fixed for the life of a run so that a resumed
+/// run lays out exactly like an uninterrupted one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Layout {
+    pub rows_per_shard: u64,
+    pub rows_per_row_group: u64,
+    pub compression: Compression,
+}
+
+/// One file of a shard, with what it must look like on disk.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FileInfo {
+    /// Path relative to the run directory.
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// One shard: a contiguous range of tokens, split into an activation file and a token file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ShardInfo {
+    pub index: u32,
+    /// Global index of the shard's first token.
+    pub first_token: u64,
+    pub rows: u64,
+    pub activations: FileInfo,
+    pub tokens: FileInfo,
+}
+
+/// The whole `manifest.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    /// The saescope version that wrote the run.
+    pub created_by: String,
+    pub model: ModelInfo,
+    pub tokenizer: TokenizerInfo,
+    pub context: ContextInfo,
+    pub hooks: Vec<HookInfo>,
+    pub corpus: CorpusInfo,
+    /// Free-form settings of the producer, as given in [`RunSpec::extra`].
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub layout: Layout,
+    pub shards: Vec<ShardInfo>,
+    pub total_tokens: u64,
+    /// True once the producer finished; an incomplete run can be read and resumed.
+    pub complete: bool,
+}
+
+impl Manifest {
+    pub(crate) fn new(spec: RunSpec, layout: Layout) -> Self {
+        Manifest {
+            format: FORMAT.to_owned(),
+            format_version: FORMAT_VERSION,
+            created_by: format!("saescope {}", env!("CARGO_PKG_VERSION")),
+            model: spec.model,
+            tokenizer: spec.tokenizer,
+            context: spec.context,
+            hooks: spec.hooks,
+            corpus: spec.corpus,
+            extra: spec.extra,
+            layout,
+            shards: Vec::new(),
+            total_tokens: 0,
+            complete: false,
+        }
+    }
+
+    /// Reads and validates `DIR/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotARun {
+                    path: dir.to_owned(),
+                });
+            }
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        // Check the version before the full schema, so an old or newer manifest gets the right error.
+        if let Ok(head) = serde_json::from_slice::<VersionProbe>(&bytes)
+            && let Some(found) = head.format_version
+            && found != FORMAT_VERSION
+        {
+            return Err(StoreError::UnsupportedVersion {
+                path,
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        let manifest: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+            let message = e.inner().to_string();
+            // serde reports a missing field at its parent: name the field itself.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next());
+            let field = match (e.path().to_string().as_str(), missing) {
+                (".", Some(name)) => name.to_owned(),
+                (p, Some(name)) => format!("{p}.{name}"),
+                (p, None) => p.to_owned(),
+            };
+            StoreError::Manifest {
+                path: path.clone(),
+                field,
+                message,
+            }
+        })?;
+        manifest.validate(&path)?;
+        Ok(manifest)
+    }
+
+    /// Writes `DIR/manifest.json` atomically.
+    pub(crate) fn save(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
+        write_atomic(&dir.join(MANIFEST_FILE), &json)
+    }
+
+    /// Checks the invariants that serde cannot: the things a reader relies on.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |field: &str, message: String| StoreError::Manifest {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            message,
+        };
+        if self.format != FORMAT {
+            return Err(bad(
+                "format",
+                format!("expected `{FORMAT}`, found `{}`", self.format),
+            ));
+        }
+        if self.hooks.is_empty() {
+            return Err(bad("hooks", "a run needs at least one hook point".into()));
+        }
+        let mut names = HashSet::new();
+        for (i, h) in self.hooks.iter().enumerate() {
+            if h.name.is_empty() || h.name == "token_index" {
+                return Err(bad(
+                    &format!("hooks[{i}].name"),
+                    format!("`{}` is not a usable hook name", h.name),
+                ));
+            }
+            if !names.insert(h.name.as_str()) {
+                return Err(bad(
+                    &format!("hooks[{i}].name"),
+                    format!("`{}` appears twice", h.name),
+                ));
+            }
+            if h.shape.is_empty() || h.dim() == 0 || h.dim() > i32::MAX as usize {
+                return Err(bad(
+                    &format!("hooks[{i}].shape"),
+                    format!("shape {:?} has no usable size", h.shape),
+                ));
+            }
+        }
+        if self.layout.rows_per_shard == 0 || self.layout.rows_per_row_group == 0 {
+            return Err(bad("layout", "row counts must be positive".into()));
+        }
+        let mut next = 0u64;
+        for (i, s) in self.shards.iter().enumerate() {
+            if s.index as usize != i {
+                return Err(bad(
+                    &format!("shards[{i}].index"),
+                    format!("expected {i}, found {}", s.index),
+                ));
+            }
+            if s.first_token != next {
+                return Err(bad(
+                    &format!("shards[{i}].first_token"),
+                    format!(
+                        "expected {next} (the end of the previous shard), found {}",
+                        s.first_token
+                    ),
+                ));
+            }
+            if s.rows == 0 {
+                return Err(bad(
+                    &format!("shards[{i}].rows"),
+                    "a shard cannot be empty".into(),
+                ));
+            }
+            for (which, f) in [("activations", &s.activations), ("tokens", &s.tokens)] {
+                let p = Path::new(&f.path);
+                if p.is_absolute()
+                    || p.components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(bad(
+                        &format!("shards[{i}].{which}.path"),
+                        format!("`{}` must be a plain path inside the run directory", f.path),
+                    ));
+                }
+                if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(bad(
+                        &format!("shards[{i}].{which}.sha256"),
+                        format!("`{}` is not a hex sha256", f.sha256),
+                    ));
+                }
+            }
+            next += s.rows;
+        }
+        if self.total_tokens != next {
+            return Err(bad(
+                "total_tokens",
+                format!(
+                    "the shards hold {next} tokens, but total_tokens says {}",
+                    self.total_tokens
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Splits the shards into training and held-out sets: the last `ceil(fraction * n)` shards
+    /// are held out (at least one when `fraction > 0` and there are two or more shards).
+    /// Splitting by whole shards keeps the two sets disjoint whatever the shuffling.
+    pub fn split_shards(&self, heldout_fraction: f64) -> (Vec<usize>, Vec<usize>) {
+        let n = self.shards.len();
+        // The epsilon keeps 0.2 x 5 from rounding up to 2 through float error.
+        let mut held = (heldout_fraction.clamp(0.0, 1.0) * n as f64 - 1e-9)
+            .ceil()
+            .max(0.0) as usize;
+        if heldout_fraction > 0.0 && n >= 2 {
+            held = held.clamp(1, n - 1);
+        }
+        let held = held.min(n);
+        ((0..n - held).collect(), (n - held..n).collect())
+    }
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    format_version: Option<u32>,
+}

@@ -1,0 +1,438 @@
+//! Streaming writer of activation runs.
+//!
+//! Memory stays bounded by one row group per hook: rows are buffered until a row group is full,
+//! encoded, and appended to the shard that is open under a temporary name. When a shard reaches
+//! its row count, both of its files are synced and renamed into place, and only then is the
+//! manifest rewritten (atomically) to list it. A process killed at any point therefore leaves a
+//! run whose manifest lists only complete shards; [`RunWriter::resume`] picks it up from there.
+
+use crate::error::{Result, StoreError};
+use crate::fsutil::{HashingWriter, sync_dir, tmp_path};
+use crate::manifest::{
+    Compression, Dtype, FileInfo, Layout, MANIFEST_FILE, Manifest, RunSpec, ShardInfo,
+};
+use crate::schema;
+use arrow::array::{
+    ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, Float16Array, Float32Array, UInt32Array,
+    UInt64Array,
+};
+use arrow::datatypes::{Field, Schema};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression as PqCompression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where one token came from. The harvester fills these; the store keeps them in the token file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Which packed context (model input row) the token was in.
+    pub context_id: u64,
+    /// Position inside that context (0 is the first position).
+    pub context_pos: u32,
+    /// Source document, or `None` for a token the harvester inserted (BOS).
+    pub doc_id: Option<u64>,
+    /// Position inside the source document's token sequence.
+    pub doc_pos: Option<u32>,
+    pub token_id: u32,
+}
+
+/// Settings for a new run. Defaults: 256 MiB shards, 16 MiB row groups, uncompressed activations.
+#[derive(Clone, Debug)]
+pub struct WriterOptions {
+    /// Target size of one shard's activation file, in bytes of stored values.
+    pub shard_bytes: u64,
+    /// Target size of one row group (the unit of shuffled reading), in bytes of stored values.
+    pub row_group_bytes: u64,
+    pub compression: Compression,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            shard_bytes: 256 << 20,
+            row_group_bytes: 16 << 20,
+            compression: Compression::None,
+        }
+    }
+}
+
+impl WriterOptions {
+    fn layout(&self, spec: &RunSpec) -> Layout {
+        let row_bytes: u64 = spec
+            .hooks
+            .iter()
+            .map(|h| (h.dim() * h.dtype.size_bytes()) as u64)
+            .sum::<u64>()
+            .max(1);
+        let rows_per_shard = (self.shard_bytes / row_bytes).max(1);
+        let rows_per_row_group = (self.row_group_bytes / row_bytes).clamp(1, rows_per_shard);
+        Layout {
+            rows_per_shard,
+            rows_per_row_group,
+            compression: self.compression,
+        }
+    }
+}
+
+/// Relative paths of shard `i`'s two files.
+pub(crate) fn shard_paths(i: u32) -> (String, String) {
+    (
+        format!("activations/part-{i:05}.parquet"),
+        format!("tokens/part-{i:05}.parquet"),
+    )
+}
+
+struct OpenShard {
+    act_writer: ArrowWriter<HashingWriter>,
+    tok_writer: ArrowWriter<HashingWriter>,
+    rows: u64,
+}
+
+/// Writes a run: see the module documentation for the crash-safety guarantees.
+pub struct RunWriter {
+    dir: PathBuf,
+    manifest: Manifest,
+    act_schema: Arc<Schema>,
+    tok_schema: Arc<Schema>,
+    act_props: WriterProperties,
+    tok_props: WriterProperties,
+    pending_tokens: Vec<TokenRecord>,
+    pending_acts: Vec<Vec<f32>>,
+    open: Option<OpenShard>,
+}
+
+impl RunWriter {
+    /// Starts a new run in `dir` (created if needed). Refuses a directory that already holds one.
+    pub fn create(dir: &Path, spec: RunSpec, opts: &WriterOptions) -> Result<Self> {
+        if dir.join(MANIFEST_FILE).exists() {
+            return Err(StoreError::AlreadyExists {
+                path: dir.to_owned(),
+            });
+        }
+        if opts.shard_bytes == 0 || opts.row_group_bytes == 0 {
+            return Err(StoreError::InvalidInput(
+                "shard and row-group sizes must be positive".into(),
+            ));
+        }
+        let layout = opts.layout(&spec);
+        let manifest = Manifest::new(spec, layout);
+        manifest.validate(&dir.join(MANIFEST_FILE))?;
+        for sub in ["activations", "tokens"] {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(|e| StoreError::io(&d, e))?;
+        }
+        manifest.save(dir)?;
+        Self::with_manifest(dir, manifest)
+    }
+
+    /// Reopens an incomplete run to append after its last complete shard. Partial files left by
+    /// a killed writer are removed. The caller continues from [`RunWriter::tokens_written`].
+    pub fn resume(dir: &Path) -> Result<Self> {
+        let manifest = Manifest::load(dir)?;
+        if manifest.complete {
+            return Err(StoreError::AlreadyComplete {
+                path: dir.to_owned(),
+            });
+        }
+        let listed: std::collections::HashSet<String> = manifest
+            .shards
+            .iter()
+            .flat_map(|s| [s.activations.path.clone(), s.tokens.path.clone()])
+            .collect();
+        // Anything under activations/ or tokens/ that the manifest does not list is a leftover of
+        // the interrupted shard: a temporary file, or files renamed just before the kill but never
+        // recorded. They will be written again.
+        for sub in ["activations", "tokens"] {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(|e| StoreError::io(&d, e))?;
+            for entry in std::fs::read_dir(&d).map_err(|e| StoreError::io(&d, e))? {
+                let entry = entry.map_err(|e| StoreError::io(&d, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let rel = format!("{sub}/{name}");
+                if name.starts_with("part-") && !listed.contains(&rel) {
+                    tracing::info!("removing partial file {}", entry.path().display());
+                    std::fs::remove_file(entry.path())
+                        .map_err(|e| StoreError::io(entry.path(), e))?;
+                }
+            }
+        }
+        Self::with_manifest(dir, manifest)
+    }
+
+    fn with_manifest(dir: &Path, manifest: Manifest) -> Result<Self> {
+        let hooks = &manifest.hooks;
+        let act_schema = schema::activation_schema(hooks);
+        let tok_schema = schema::token_schema();
+        // Activations are written PLAIN (no dictionary, no statistics): floats do not repeat, and
+        // PLAIN pages decode with a memcpy.
+        let mut act_props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(manifest.layout.rows_per_row_group as usize))
+            .set_dictionary_enabled(false)
+            .set_statistics_enabled(EnabledStatistics::None)
+            .set_compression(match manifest.layout.compression {
+                Compression::None => PqCompression::UNCOMPRESSED,
+                Compression::Zstd(level) => PqCompression::ZSTD(
+                    ZstdLevel::try_new(level)
+                        .map_err(|e| StoreError::InvalidInput(format!("zstd level: {e}")))?,
+                ),
+            });
+        // Token indices are sorted: page statistics on them let other tools prune by range.
+        act_props = act_props.set_column_statistics_enabled(
+            ColumnPath::from(schema::TOKEN_INDEX),
+            EnabledStatistics::Page,
+        );
+        let tok_props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(manifest.layout.rows_per_row_group as usize))
+            .set_compression(PqCompression::ZSTD(ZstdLevel::default()))
+            .build();
+        let rows_per_group = manifest.layout.rows_per_row_group as usize;
+        Ok(RunWriter {
+            dir: dir.to_owned(),
+            pending_tokens: Vec::with_capacity(rows_per_group),
+            pending_acts: hooks
+                .iter()
+                .map(|h| Vec::with_capacity(rows_per_group * h.dim()))
+                .collect(),
+            manifest,
+            act_schema,
+            tok_schema,
+            act_props: act_props.build(),
+            tok_props,
+            open: None,
+        })
+    }
+
+    /// Tokens already stored in complete shards (where a resumed producer must continue).
+    pub fn tokens_written(&self) -> u64 {
+        self.manifest.total_tokens
+    }
+
+    /// Tokens accepted so far, including those not yet in a complete shard.
+    pub fn tokens_accepted(&self) -> u64 {
+        self.manifest.total_tokens
+            + self.open.as_ref().map_or(0, |o| o.rows)
+            + self.pending_tokens.len() as u64
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends a batch of tokens. `acts[h]` holds `tokens.len() * dim(h)` values for the run's
+    /// `h`-th hook point, row-major, in f32; they are converted to the hook's storage dtype.
+    pub fn append(&mut self, tokens: &[TokenRecord], acts: &[&[f32]]) -> Result<()> {
+        let hooks = &self.manifest.hooks;
+        let dims: Vec<usize> = hooks.iter().map(|h| h.dim()).collect();
+        if acts.len() != hooks.len() {
+            return Err(StoreError::InvalidInput(format!(
+                "got activations for {} hook points, the run has {}",
+                acts.len(),
+                hooks.len()
+            )));
+        }
+        for (h, a) in hooks.iter().zip(acts) {
+            if a.len() != tokens.len() * h.dim() {
+                return Err(StoreError::InvalidInput(format!(
+                    "hook `{}`: got {} values for {} tokens, expected {} ({} per token)",
+                    h.name,
+                    a.len(),
+                    tokens.len(),
+                    tokens.len() * h.dim(),
+                    h.dim()
+                )));
+            }
+        }
+        let rows_per_group = self.manifest.layout.rows_per_row_group as usize;
+        let rows_per_shard = self.manifest.layout.rows_per_shard;
+        let mut start = 0;
+        while start < tokens.len() {
+            let in_shard =
+                self.open.as_ref().map_or(0, |o| o.rows) + self.pending_tokens.len() as u64;
+            let room_group = rows_per_group - self.pending_tokens.len();
+            let room_shard = (rows_per_shard - in_shard) as usize;
+            let n = room_group.min(room_shard).min(tokens.len() - start);
+            self.pending_tokens
+                .extend_from_slice(&tokens[start..start + n]);
+            for ((buf, a), &d) in self.pending_acts.iter_mut().zip(acts).zip(&dims) {
+                buf.extend_from_slice(&a[start * d..(start + n) * d]);
+            }
+            start += n;
+            if self.pending_tokens.len() == rows_per_group || n == room_shard {
+                self.flush_row_group()?;
+            }
+            if self.open.as_ref().is_some_and(|o| o.rows == rows_per_shard) {
+                self.close_shard()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered, closes the last shard and marks the run complete.
+    pub fn finish(mut self) -> Result<Manifest> {
+        self.flush_row_group()?;
+        if self.open.is_some() {
+            self.close_shard()?;
+        }
+        self.manifest.complete = true;
+        self.manifest.save(&self.dir)?;
+        Ok(self.manifest)
+    }
+
+    fn shard_index(&self) -> u32 {
+        self.manifest.shards.len() as u32
+    }
+
+    fn flush_row_group(&mut self) -> Result<()> {
+        if self.pending_tokens.is_empty() {
+            return Ok(());
+        }
+        if self.open.is_none() {
+            self.open = Some(self.open_shard()?);
+        }
+        let (act_rel, tok_rel) = shard_paths(self.shard_index());
+        let first = self.manifest.total_tokens + self.open.as_ref().map_or(0, |o| o.rows);
+        let n = self.pending_tokens.len();
+        let index: ArrayRef = Arc::new(UInt64Array::from_iter_values(first..first + n as u64));
+
+        let mut columns = vec![index.clone()];
+        for (h, buf) in self.manifest.hooks.iter().zip(&mut self.pending_acts) {
+            let values: ArrayRef = match h.dtype {
+                Dtype::F32 => Arc::new(Float32Array::from(std::mem::take(buf))),
+                Dtype::F16 => Arc::new(Float16Array::from_iter_values(
+                    buf.drain(..).map(half::f16::from_f32),
+                )),
+                Dtype::Bf16 => {
+                    let bytes: Vec<u8> = buf
+                        .drain(..)
+                        .flat_map(|v| half::bf16::from_f32(v).to_bits().to_le_bytes())
+                        .collect();
+                    Arc::new(
+                        FixedSizeBinaryArray::try_new(2, bytes.into(), None)
+                            .expect("2-byte values from whole bf16s"),
+                    )
+                }
+            };
+            let item = Arc::new(Field::new("item", schema::element_type(h.dtype), false));
+            let list = FixedSizeListArray::try_new(item, h.dim() as i32, values, None)
+                .map_err(|e| StoreError::InvalidInput(format!("hook `{}`: {e}", h.name)))?;
+            columns.push(Arc::new(list));
+            buf.reserve(self.manifest.layout.rows_per_row_group as usize * h.dim());
+        }
+        let act_batch = RecordBatch::try_new(self.act_schema.clone(), columns).map_err(|e| {
+            StoreError::Arrow {
+                path: self.dir.join(&act_rel),
+                source: e,
+            }
+        })?;
+
+        let t = &self.pending_tokens;
+        let tok_columns: Vec<ArrayRef> = vec![
+            index,
+            Arc::new(UInt64Array::from_iter_values(
+                t.iter().map(|r| r.context_id),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                t.iter().map(|r| r.context_pos),
+            )),
+            Arc::new(UInt64Array::from_iter(t.iter().map(|r| r.doc_id))),
+            Arc::new(UInt32Array::from_iter(t.iter().map(|r| r.doc_pos))),
+            Arc::new(UInt32Array::from_iter_values(t.iter().map(|r| r.token_id))),
+        ];
+        let tok_batch =
+            RecordBatch::try_new(self.tok_schema.clone(), tok_columns).map_err(|e| {
+                StoreError::Arrow {
+                    path: self.dir.join(&tok_rel),
+                    source: e,
+                }
+            })?;
+
+        let dir = self.dir.clone();
+        let open = self.open.as_mut().expect("opened above");
+        let pq = |rel: &str| {
+            let path = tmp_path(&dir.join(rel));
+            move |source| StoreError::Parquet { path, source }
+        };
+        open.act_writer.write(&act_batch).map_err(pq(&act_rel))?;
+        open.act_writer.flush().map_err(pq(&act_rel))?;
+        open.tok_writer.write(&tok_batch).map_err(pq(&tok_rel))?;
+        open.tok_writer.flush().map_err(pq(&tok_rel))?;
+        open.rows += n as u64;
+        self.pending_tokens.clear();
+        Ok(())
+    }
+
+    fn open_shard(&self) -> Result<OpenShard> {
+        let (act_rel, tok_rel) = shard_paths(self.shard_index());
+        let act_tmp = tmp_path(&self.dir.join(&act_rel));
+        let tok_tmp = tmp_path(&self.dir.join(&tok_rel));
+        let act_writer = ArrowWriter::try_new(
+            HashingWriter::create(&act_tmp)?,
+            self.act_schema.clone(),
+            Some(self.act_props.clone()),
+        )
+        .map_err(|source| StoreError::Parquet {
+            path: act_tmp,
+            source,
+        })?;
+        let tok_writer = ArrowWriter::try_new(
+            HashingWriter::create(&tok_tmp)?,
+            self.tok_schema.clone(),
+            Some(self.tok_props.clone()),
+        )
+        .map_err(|source| StoreError::Parquet {
+            path: tok_tmp,
+            source,
+        })?;
+        Ok(OpenShard {
+            act_writer,
+            tok_writer,
+            rows: 0,
+        })
+    }
+
+    fn close_shard(&mut self) -> Result<()> {
+        let open = self.open.take().expect("a shard is open");
+        let index = self.shard_index();
+        let (act_rel, tok_rel) = shard_paths(index);
+        let act = finish_file(&self.dir, &act_rel, open.act_writer)?;
+        let tok = finish_file(&self.dir, &tok_rel, open.tok_writer)?;
+        for sub in ["activations", "tokens"] {
+            sync_dir(&self.dir.join(sub))?;
+        }
+        self.manifest.shards.push(ShardInfo {
+            index,
+            first_token: self.manifest.total_tokens,
+            rows: open.rows,
+            activations: act,
+            tokens: tok,
+        });
+        self.manifest.total_tokens += open.rows;
+        self.manifest.save(&self.dir)?;
+        tracing::debug!(shard = index, rows = open.rows, "shard complete");
+        Ok(())
+    }
+}
+
+/// Writes the Parquet footer, syncs, and renames the temporary file into place.
+fn finish_file(dir: &Path, rel: &str, writer: ArrowWriter<HashingWriter>) -> Result<FileInfo> {
+    let path = dir.join(rel);
+    let tmp = tmp_path(&path);
+    let inner = writer.into_inner().map_err(|source| StoreError::Parquet {
+        path: tmp.clone(),
+        source,
+    })?;
+    let (bytes, sha256) = inner.finish(&tmp)?;
+    std::fs::rename(&tmp, &path).map_err(|e| StoreError::io(&path, e))?;
+    Ok(FileInfo {
+        path: rel.to_owned(),
+        bytes,
+        sha256,
+    })
+}

@@ -1,0 +1,196 @@
+//! End-to-end tests: the `saescope` binary as a user runs it.
+
+use saescope_store::{Dtype, RunWriter, WriterOptions, synthetic};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn saescope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("the saescope binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn small_run(dir: &Path, tokens: u64) {
+    let spec = synthetic::spec(
+        vec![
+            synthetic::hook("blocks.2.hook_resid_post", &[32], Dtype::F32),
+            synthetic::hook("blocks.2.attn.hook_z", &[4, 8], Dtype::Bf16),
+        ],
+        64,
+    );
+    // 32 f32 + 32 bf16 = 192 bytes a token: 1000 tokens a shard.
+    let opts = WriterOptions {
+        shard_bytes: 192 * 1000,
+        row_group_bytes: 192 * 250,
+        ..WriterOptions::default()
+    };
+    let mut w = RunWriter::create(dir, spec, &opts).unwrap();
+    synthetic::append_until(&mut w, tokens, 250, |_| {}).unwrap();
+    w.finish().unwrap();
+}
+
+#[test]
+fn help_lists_every_working_command() {
+    let o = saescope(&["--help"]);
+    assert!(o.status.success());
+    let t = text(&o);
+    for cmd in ["setup", "doctor", "demo", "store"] {
+        assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
+    }
+    let t = text(&saescope(&["store", "--help"]));
+    assert!(t.contains("inspect") && t.contains("bench"), "{t}");
+    let t = text(&saescope(&["store", "inspect", "--help"]));
+    assert!(t.contains("--no-checksums") && t.contains("--json"), "{t}");
+}
+
+#[test]
+fn inspect_reports_a_healthy_run_and_names_a_corrupted_shard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    small_run(&dir, 3000);
+    let d = dir.to_str().unwrap();
+
+    let o = saescope(&["store", "inspect", d]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("blocks.2.attn.hook_z") && t.contains("shape [4, 8]") && t.contains("bf16"),
+        "{t}"
+    );
+    assert!(t.contains("3000 in 3 shards"), "{t}");
+    assert!(
+        t.contains("all 3 shard(s) passed, checksums verified"),
+        "{t}"
+    );
+
+    let o = saescope(&["store", "inspect", d, "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest"]["total_tokens"], 3000);
+    assert_eq!(v["checks"].as_array().unwrap().len(), 3);
+
+    // One flipped byte in shard 2: inspect fails, names the file, and still reports the others.
+    let victim = dir.join("activations/part-00002.parquet");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let o = saescope(&["store", "inspect", d]);
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(t.contains("part-00002.parquet: sha256 is"), "{t}");
+    assert!(t.contains("1 of 3 shard(s) failed"), "{t}");
+    // A single file inside the run checks only its own shard.
+    let o = saescope(&[
+        "store",
+        "inspect",
+        dir.join("activations/part-00001.parquet").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("all 1 shard(s) passed"));
+}
+
+#[test]
+fn inspect_explains_what_it_cannot_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = saescope(&["store", "inspect", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("not a saescope run (no manifest.json)"),
+        "{}",
+        text(&o)
+    );
+    let o = saescope(&[
+        "store",
+        "inspect",
+        tmp.path().join("nope").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no such file or directory"));
+    let junk = tmp.path().join("junk.parquet");
+    std::fs::write(&junk, b"PAR1 this is not parquet").unwrap();
+    let o = saescope(&["store", "inspect", junk.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("junk.parquet: not a readable Parquet file"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn bench_prints_its_figures() {
+    let o = saescope(&[
+        "store",
+        "bench",
+        "--tokens",
+        "20000",
+        "--dim",
+        "64",
+        "--shard-mb",
+        "1",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    for line in [
+        "write",
+        "read, sequential",
+        "read + sha256",
+        "read, shuffled",
+    ] {
+        assert!(t.contains(line), "missing `{line}` in:\n{t}");
+    }
+    assert!(t.contains("shards            5 ("), "{t}");
+}
+
+#[test]
+fn the_binary_finds_libtorch_without_any_environment() {
+    // The rpath set by build.rs is what makes this work: no LD_LIBRARY_PATH, no LIBTORCH.
+    let o = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .arg("doctor")
+        .env_clear()
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("cpu: ok (3x3 matmul)"), "{t}");
+}
+
+#[test]
+fn demo_writes_a_run_that_inspect_accepts_and_reruns_by_verifying() {
+    // The demo needs the bundled assets, which the README's test command installs first.
+    let o = saescope(&["setup", "--check"]);
+    assert!(
+        o.status.success(),
+        "bundled assets missing: run ./scripts/test (or `saescope setup`) first\n{}",
+        text(&o)
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let out_s = out.to_str().unwrap();
+    let o = saescope(&["demo", "--out", out_s, "--tokens", "30000"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("wrote 30000 tokens"), "{t}");
+    assert!(t.contains("blocks.6.hook_resid_post     shuffled   30000 tokens, every value equal to the writer's"), "{t}");
+    assert!(t.contains("token table: 30000 rows"), "{t}");
+
+    let o = saescope(&["store", "inspect", out_s]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = saescope(&["demo", "--out", out_s, "--tokens", "30000"]);
+    assert!(o.status.success());
+    assert!(text(&o).contains("already holds a complete run: verifying it instead"));
+}
