@@ -26,3 +26,17 @@ pub fn bar(total: u64, message: &str, unit: &str) -> ProgressBar {
     pb.set_message(message.to_owned());
     pb
 }
+
+/// A spinner for work of unknown length (a download), with elapsed time.
+pub fn spinner(message: &str) -> ProgressBar {
+    if QUIET.load(Ordering::Relaxed) {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"),
+    );
+    pb.set_message(message.to_owned());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}

