@@ -161,7 +161,7 @@ pub fn run(args: Args) -> Result<()> {
                 bail!("{}: some tokens were never read", hook.name);
             }
             println!(
-                "  {:<28} {:<10} {} tokens, every value {} the writer's{}",
+                "  {:<28} {:<10} {} tokens, every value equal to the writer's{}{}",
                 hook.name,
                 if shuffle.is_some() {
                     "shuffled"
@@ -169,11 +169,7 @@ pub fn run(args: Args) -> Result<()> {
                     "sequential"
                 },
                 m.total_tokens,
-                if exact {
-                    "equal to"
-                } else {
-                    "equal to (after f16 rounding)"
-                },
+                if exact { "" } else { " after f16 rounding" },
                 if shuffle.is_some() && in_order {
                     " (WARNING: order unchanged)"
                 } else {

@@ -136,39 +136,34 @@ impl Run {
         })
     }
 
-    /// Fully checks shard `i`: both files present with the right size, a readable Parquet footer,
-    /// the schema and row count the manifest promises, and (if `checksums`) their SHA-256.
-    pub fn check_shard(&self, i: usize, checksums: bool) -> Result<()> {
-        let shard = self.shard(i)?;
-        let act = open_checked(
-            &self.dir,
-            shard,
-            &shard.activations,
-            &schema::activation_schema(&self.manifest.hooks),
-            checksums,
-        )?;
-        drop(act);
-        let tok = open_checked(
+    fn open_activations(&self, shard: &ShardInfo, checksums: bool) -> Result<CheckedFile> {
+        let expected = schema::activation_schema(&self.manifest.hooks);
+        open_checked(&self.dir, shard, &shard.activations, &expected, checksums)
+    }
+
+    fn open_tokens(&self, shard: &ShardInfo, checksums: bool) -> Result<CheckedFile> {
+        open_checked(
             &self.dir,
             shard,
             &shard.tokens,
             &schema::token_schema(),
             checksums,
-        )?;
-        drop(tok);
+        )
+    }
+
+    /// Fully checks shard `i`: both files present with the right size, a readable Parquet footer,
+    /// the schema and row count the manifest promises, and (if `checksums`) their SHA-256.
+    pub fn check_shard(&self, i: usize, checksums: bool) -> Result<()> {
+        let shard = self.shard(i)?;
+        self.open_activations(shard, checksums)?;
+        self.open_tokens(shard, checksums)?;
         Ok(())
     }
 
     /// Reads shard `i`'s token table.
     pub fn read_tokens(&self, i: usize) -> Result<Vec<TokenRecord>> {
         let shard = self.shard(i)?;
-        let f = open_checked(
-            &self.dir,
-            shard,
-            &shard.tokens,
-            &schema::token_schema(),
-            false,
-        )?;
+        let f = self.open_tokens(shard, false)?;
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(f.file, f.meta)
             .with_batch_size(64 * 1024)
             .build()
@@ -229,11 +224,10 @@ impl Run {
             Some(s) => s.clone(),
             None => (0..self.manifest.shards.len()).collect(),
         };
-        let expected = schema::activation_schema(&self.manifest.hooks);
         let mut shards = Vec::with_capacity(selected.len());
         for &i in &selected {
             let shard = self.shard(i)?;
-            let f = open_checked(&self.dir, shard, &shard.activations, &expected, false)?;
+            let f = self.open_activations(shard, false)?;
             // Columns are found by name: files written by other tools may order them differently.
             let root = f
                 .meta

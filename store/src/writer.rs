@@ -370,29 +370,9 @@ impl RunWriter {
 
     fn open_shard(&self) -> Result<OpenShard> {
         let (act_rel, tok_rel) = shard_paths(self.shard_index());
-        let act_tmp = tmp_path(&self.dir.join(&act_rel));
-        let tok_tmp = tmp_path(&self.dir.join(&tok_rel));
-        let act_writer = ArrowWriter::try_new(
-            HashingWriter::create(&act_tmp)?,
-            self.act_schema.clone(),
-            Some(self.act_props.clone()),
-        )
-        .map_err(|source| StoreError::Parquet {
-            path: act_tmp,
-            source,
-        })?;
-        let tok_writer = ArrowWriter::try_new(
-            HashingWriter::create(&tok_tmp)?,
-            self.tok_schema.clone(),
-            Some(self.tok_props.clone()),
-        )
-        .map_err(|source| StoreError::Parquet {
-            path: tok_tmp,
-            source,
-        })?;
         Ok(OpenShard {
-            act_writer,
-            tok_writer,
+            act_writer: parquet_writer(&self.dir.join(act_rel), &self.act_schema, &self.act_props)?,
+            tok_writer: parquet_writer(&self.dir.join(tok_rel), &self.tok_schema, &self.tok_props)?,
             rows: 0,
         })
     }
@@ -418,6 +398,21 @@ impl RunWriter {
         tracing::debug!(shard = index, rows = open.rows, "shard complete");
         Ok(())
     }
+}
+
+/// Opens a Parquet writer on the temporary name of `path`.
+fn parquet_writer(
+    path: &Path,
+    schema: &Arc<Schema>,
+    props: &WriterProperties,
+) -> Result<ArrowWriter<HashingWriter>> {
+    let tmp = tmp_path(path);
+    ArrowWriter::try_new(
+        HashingWriter::create(&tmp)?,
+        schema.clone(),
+        Some(props.clone()),
+    )
+    .map_err(|source| StoreError::Parquet { path: tmp, source })
 }
 
 /// Writes the Parquet footer, syncs, and renames the temporary file into place.

@@ -186,7 +186,8 @@ fn broken_manifests_name_the_field() {
     let tmp = tempfile::tempdir().unwrap();
     write_run(tmp.path(), 1500, Dtype::F32);
     let original = std::fs::read(tmp.path().join("manifest.json")).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|m| {
                 m.as_object_mut().unwrap().remove("hooks");

@@ -208,21 +208,25 @@ fn dropping_the_reader_early_stops_the_background_thread() {
     drop(it); // must return (joins the producer), not hang
 }
 
-#[test]
-fn parquet_files_carry_the_documented_schema() {
+/// The dotted paths of a Parquet file's leaf columns, as other tools see them.
+fn leaf_columns(path: &std::path::Path) -> (Vec<String>, i64) {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let tmp = tempfile::tempdir().unwrap();
-    let m = write_run(tmp.path(), 500, Dtype::F16);
-    let f = std::fs::File::open(tmp.path().join(&m.shards[0].activations.path)).unwrap();
-    let r = SerializedFileReader::new(f).unwrap();
-    let cols: Vec<String> = r
-        .metadata()
-        .file_metadata()
+    let r = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let meta = r.metadata().file_metadata();
+    let cols = meta
         .schema_descr()
         .columns()
         .iter()
         .map(|c| c.path().string())
         .collect();
+    (cols, meta.num_rows())
+}
+
+#[test]
+fn parquet_files_carry_the_documented_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write_run(tmp.path(), 500, Dtype::F16);
+    let (cols, rows) = leaf_columns(&tmp.path().join(&m.shards[0].activations.path));
     assert_eq!(
         cols,
         [
@@ -231,17 +235,8 @@ fn parquet_files_carry_the_documented_schema() {
             "blocks.0.attn.hook_z.list.item"
         ]
     );
-    assert_eq!(r.metadata().file_metadata().num_rows(), 500);
-    let f = std::fs::File::open(tmp.path().join(&m.shards[0].tokens.path)).unwrap();
-    let r = SerializedFileReader::new(f).unwrap();
-    let cols: Vec<String> = r
-        .metadata()
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .map(|c| c.path().string())
-        .collect();
+    assert_eq!(rows, 500);
+    let (cols, rows) = leaf_columns(&tmp.path().join(&m.shards[0].tokens.path));
     assert_eq!(
         cols,
         [
@@ -253,6 +248,7 @@ fn parquet_files_carry_the_documented_schema() {
             "token_id"
         ]
     );
+    assert_eq!(rows, 500);
 }
 
 /// A shard rewritten as another tool might write it (columns in another order, dictionary
