@@ -96,8 +96,11 @@ fn inspect_reports_a_healthy_run_and_names_a_corrupted_shard() {
         "inspect",
         dir.join("activations/part-00001.parquet").to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("all 1 shard(s) passed"));
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("all 1 shard(s) passed"), "{t}");
+    assert!(t.contains("rows       1000 in 4 row groups"), "{t}");
+    assert!(t.contains("saescope.dtype=bf16, saescope.shape=4,8"), "{t}");
 }
 
 #[test]

@@ -230,6 +230,12 @@ fn inspect(args: InspectArgs) -> Result<()> {
             );
         }
     }
+    if only_shard.is_some() && !args.json {
+        println!("file       {}", args.path.display());
+        if let Err(e) = print_parquet_schema(&args.path) {
+            println!("  {e:#}");
+        }
+    }
     if failures > 0 {
         bail!(
             "{failures} of {} shard(s) failed their checks",
@@ -252,23 +258,48 @@ fn inspect(args: InspectArgs) -> Result<()> {
 
 /// A Parquet file outside any run: print what Parquet itself knows.
 fn inspect_loose_file(path: &Path) -> Result<()> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = SerializedFileReader::new(f)
-        .with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
-    let meta = reader.metadata();
     println!(
         "file       {} (not inside a saescope run: no manifest to check against)",
         path.display()
     );
+    print_parquet_schema(path)
+}
+
+/// Row counts and the Arrow schema of one Parquet file, as any Arrow-based reader sees it.
+fn print_parquet_schema(path: &Path) -> Result<()> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+        .with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
+    let meta = builder.metadata();
     println!(
         "rows       {} in {} row groups",
         meta.file_metadata().num_rows(),
         meta.num_row_groups()
     );
     println!("schema");
-    for c in meta.file_metadata().schema_descr().columns() {
-        println!("  {:<40} {:?}", c.path().string(), c.physical_type());
+    for field in builder.schema().fields() {
+        let mut meta: Vec<String> = field
+            .metadata()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        meta.sort();
+        println!(
+            "  {:<36} {}{}{}",
+            field.name(),
+            field.data_type(),
+            if field.is_nullable() {
+                ", nullable"
+            } else {
+                ""
+            },
+            if meta.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", meta.join(", "))
+            }
+        );
     }
     Ok(())
 }
