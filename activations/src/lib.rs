@@ -7,3 +7,5 @@
 //! anything learned from activations (that is `saescope-sae`).
 
 pub mod gguf;
+pub mod hooks;
+pub mod llama;

@@ -1,0 +1,177 @@
+//! Named hook points (TransformerLens names, which SAELens users know) and what a forward pass
+//! does at them: capture the value, replace it, or add to it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+use tch::Tensor;
+
+/// Where in a block a hook sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HookKind {
+    /// `blocks.L.hook_resid_pre`: the residual stream entering the block, [batch, pos, d_model].
+    ResidPre,
+    /// `blocks.L.attn.hook_z`: per-head attention outputs before the output projection,
+    /// [batch, pos, heads, d_head].
+    AttnZ,
+    /// `blocks.L.hook_attn_out`: the attention output added to the residual, [batch, pos, d_model].
+    AttnOut,
+    /// `blocks.L.mlp.hook_post`: the MLP hidden activation (for SwiGLU, `silu(gate) * up`),
+    /// [batch, pos, d_mlp].
+    MlpPost,
+    /// `blocks.L.hook_mlp_out`: the MLP output added to the residual, [batch, pos, d_model].
+    MlpOut,
+    /// `blocks.L.hook_resid_post`: the residual stream leaving the block, [batch, pos, d_model].
+    ResidPost,
+}
+
+impl HookKind {
+    pub const ALL: [HookKind; 6] = [
+        HookKind::ResidPre,
+        HookKind::AttnZ,
+        HookKind::AttnOut,
+        HookKind::MlpPost,
+        HookKind::MlpOut,
+        HookKind::ResidPost,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            HookKind::ResidPre => "hook_resid_pre",
+            HookKind::AttnZ => "attn.hook_z",
+            HookKind::AttnOut => "hook_attn_out",
+            HookKind::MlpPost => "mlp.hook_post",
+            HookKind::MlpOut => "hook_mlp_out",
+            HookKind::ResidPost => "hook_resid_post",
+        }
+    }
+}
+
+/// A hook point: a layer and a kind, written `blocks.{layer}.{suffix}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HookPoint {
+    pub layer: usize,
+    pub kind: HookKind,
+}
+
+impl HookPoint {
+    pub fn new(layer: usize, kind: HookKind) -> Self {
+        HookPoint { layer, kind }
+    }
+}
+
+impl fmt::Display for HookPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "blocks.{}.{}", self.layer, self.kind.suffix())
+    }
+}
+
+impl FromStr for HookPoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a hook name; hooks are blocks.L.{{{}}}",
+                HookKind::ALL.map(|k| k.suffix()).join(",")
+            )
+        };
+        let rest = s.strip_prefix("blocks.").ok_or_else(bad)?;
+        let (layer, suffix) = rest.split_once('.').ok_or_else(bad)?;
+        let layer = layer.parse().map_err(|_| bad())?;
+        let kind = HookKind::ALL
+            .into_iter()
+            .find(|k| k.suffix() == suffix)
+            .ok_or_else(bad)?;
+        Ok(HookPoint { layer, kind })
+    }
+}
+
+/// A change to a hook's value during the forward pass.
+pub enum Intervention {
+    /// Use this tensor instead (same shape), e.g. an SAE reconstruction.
+    Replace(Tensor),
+    /// Add this tensor (broadcastable), e.g. a steering vector.
+    Add(Tensor),
+    /// Any function of the value.
+    Map(Box<dyn Fn(&Tensor) -> Tensor>),
+}
+
+/// What a forward pass should capture and change. Captured values are taken after any
+/// intervention at the same point, so they are what the rest of the model saw.
+#[derive(Default)]
+pub struct Hooks {
+    capture: BTreeSet<HookPoint>,
+    interventions: BTreeMap<HookPoint, Intervention>,
+    captured: BTreeMap<HookPoint, Tensor>,
+    /// Layers whose attention pattern [batch, heads, query, key] to capture.
+    patterns: BTreeSet<usize>,
+    captured_patterns: BTreeMap<usize, Tensor>,
+}
+
+impl Hooks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn capture(mut self, point: HookPoint) -> Self {
+        self.capture.insert(point);
+        self
+    }
+
+    pub fn intervene(mut self, point: HookPoint, what: Intervention) -> Self {
+        self.interventions.insert(point, what);
+        self
+    }
+
+    pub fn capture_pattern(mut self, layer: usize) -> Self {
+        self.patterns.insert(layer);
+        self
+    }
+
+    /// The last layer any hook needs, or `None` when no hook is set.
+    pub fn last_layer(&self) -> Option<usize> {
+        let a = self.capture.iter().map(|p| p.layer).max();
+        let b = self.interventions.keys().map(|p| p.layer).max();
+        let c = self.patterns.iter().copied().max();
+        a.max(b).max(c)
+    }
+
+    pub fn points(&self) -> impl Iterator<Item = HookPoint> + '_ {
+        self.capture
+            .iter()
+            .chain(self.interventions.keys())
+            .copied()
+    }
+
+    pub(crate) fn wants_pattern(&self, layer: usize) -> bool {
+        self.patterns.contains(&layer)
+    }
+
+    pub(crate) fn store_pattern(&mut self, layer: usize, pattern: &Tensor) {
+        self.captured_patterns
+            .insert(layer, pattern.shallow_clone());
+    }
+
+    /// Applies the intervention at `point` (if any) and captures the result (if asked).
+    pub(crate) fn at(&mut self, point: HookPoint, x: Tensor) -> Tensor {
+        let x = match self.interventions.get(&point) {
+            None => x,
+            Some(Intervention::Replace(t)) => t.shallow_clone(),
+            Some(Intervention::Add(t)) => x + t,
+            Some(Intervention::Map(f)) => f(&x),
+        };
+        if self.capture.contains(&point) {
+            self.captured.insert(point, x.shallow_clone());
+        }
+        x
+    }
+
+    /// Takes a captured value out.
+    pub fn take(&mut self, point: HookPoint) -> Option<Tensor> {
+        self.captured.remove(&point)
+    }
+
+    pub fn take_pattern(&mut self, layer: usize) -> Option<Tensor> {
+        self.captured_patterns.remove(&layer)
+    }
+}

@@ -1,0 +1,358 @@
+//! The Llama family (Llama, SmolLM2, Qwen2- and Mistral-shaped checkpoints): RMSNorm, rotary
+//! position embeddings, grouped-query attention, a SwiGLU MLP, and a tied or separate unembedding.
+//!
+//! Block ℓ, with x the residual stream:
+//!   h = RMSNorm(x) · g₁;  q, k, v = h W_q, h W_k, h W_v;  q, k = RoPE(q), RoPE(k)
+//!   z_h = softmax(q_h k_{g(h)}ᵀ / √d_head + causal mask) v_{g(h)}    (g: query head → its KV head)
+//!   x = x + concat_h(z_h) W_o
+//!   m = RMSNorm(x) · g₂;  x = x + (silu(m W_gate) ⊙ m W_up) W_down
+//! logits = RMSNorm(x) · g_f W_Uᵀ
+
+use crate::gguf::{Gguf, GgufError};
+use crate::hooks::{HookKind, HookPoint, Hooks};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("architecture `{0}` is not supported (saescope runs llama and gpt2 families)")]
+    UnsupportedArchitecture(String),
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
+    #[error("model config: {0}")]
+    Config(String),
+    #[error("hook `{point}` does not exist in this model (it has {layers} layers: blocks.0 to blocks.{last})", last = layers - 1)]
+    UnknownHook { point: String, layers: usize },
+    #[error("input of {len} tokens is longer than the model's context of {max}")]
+    TooLong { len: usize, max: usize },
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// How rotary embeddings pair up the dimensions of a head. llama.cpp's GGUF conversion permutes
+/// the Q and K weights so that rotating interleaved pairs (2i, 2i+1) on them equals Hugging
+/// Face's rotate-half on the original weights; the loader picks the layout from the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Pairs (2i, 2i+1): GGUF files.
+    Interleaved,
+    /// Pairs (i, i + d/2): Hugging Face checkpoints.
+    RotateHalf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub vocab: usize,
+    pub ctx_len: usize,
+    pub rms_eps: f64,
+    pub rope_base: f64,
+    pub rope: RopeLayout,
+}
+
+impl LlamaConfig {
+    /// Reads the `llama.*` metadata of a GGUF file.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = g
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("(none)");
+        if arch != "llama" {
+            return Err(ModelError::UnsupportedArchitecture(arch.to_owned()));
+        }
+        let u = |k: &str| g.get_u64(&format!("llama.{k}")).map(|v| v as usize);
+        let n_heads = u("attention.head_count")?;
+        let d_model = u("embedding_length")?;
+        let vocab = match u("vocab_size") {
+            Ok(v) => v,
+            Err(_) => g
+                .tensor("token_embd.weight")
+                .map(|t| t.shape[0])
+                .ok_or_else(|| GgufError::MissingTensor("token_embd.weight".into()))?,
+        };
+        let cfg = LlamaConfig {
+            n_layers: u("block_count")?,
+            d_model,
+            n_heads,
+            n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
+            d_head: u("rope.dimension_count").unwrap_or(d_model / n_heads.max(1)),
+            d_mlp: u("feed_forward_length")?,
+            vocab,
+            ctx_len: u("context_length")?,
+            rms_eps: g.get_f64("llama.attention.layer_norm_rms_epsilon")?,
+            rope_base: g.get_f64("llama.rope.freq_base").unwrap_or(10_000.0),
+            rope: RopeLayout::Interleaved,
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.n_layers == 0 || self.n_heads == 0 || self.n_kv_heads == 0 {
+            return Err(ModelError::Config(
+                "layers and heads must be positive".into(),
+            ));
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(ModelError::Config(format!(
+                "{} query heads cannot share {} key/value heads evenly",
+                self.n_heads, self.n_kv_heads
+            )));
+        }
+        if !self.d_head.is_multiple_of(2) || self.d_head * self.n_heads == 0 {
+            return Err(ModelError::Config(format!(
+                "head size {} must be even",
+                self.d_head
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One decoder block's weights, in PyTorch's [out, in] layout.
+struct Block {
+    attn_norm: Tensor,
+    w_q: Tensor,
+    w_k: Tensor,
+    w_v: Tensor,
+    w_o: Tensor,
+    mlp_norm: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    final_norm: Tensor,
+    unembed: Tensor,
+    device: Device,
+    kind: Kind,
+}
+
+/// Loads GGUF tensors by name, dequantized, with their shapes checked.
+struct GgufLoader<'a, 'b> {
+    g: &'a Gguf<'b>,
+    device: Device,
+    kind: Kind,
+}
+
+impl GgufLoader<'_, '_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let info = self
+            .g
+            .tensor(name)
+            .ok_or_else(|| GgufError::MissingTensor(name.into()))?;
+        if info.shape != shape {
+            return Err(ModelError::Shape {
+                name: name.into(),
+                expected: shape.iter().map(|&d| d as i64).collect(),
+                found: info.shape.iter().map(|&d| d as i64).collect(),
+            });
+        }
+        let values = self.g.dequantize(name)?;
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        Ok(Tensor::from_slice(&values)
+            .view(dims.as_slice())
+            .to_device(self.device)
+            .to_kind(self.kind))
+    }
+}
+
+impl Llama {
+    /// Builds the model from a parsed GGUF file, dequantizing every weight once to `kind`
+    /// (f32 on CPU; f32 or bf16 on CUDA).
+    pub fn from_gguf(g: &Gguf, device: Device, kind: Kind) -> Result<Self> {
+        let cfg = LlamaConfig::from_gguf(g)?;
+        let l = GgufLoader { g, device, kind };
+        let (d, dh, dm) = (cfg.d_model, cfg.d_head, cfg.d_mlp);
+        let (q_out, kv_out) = (cfg.n_heads * dh, cfg.n_kv_heads * dh);
+        let embed = l.get("token_embd.weight", &[cfg.vocab, d])?;
+        let blocks = (0..cfg.n_layers)
+            .map(|i| {
+                let n = |s: &str| format!("blk.{i}.{s}.weight");
+                Ok(Block {
+                    attn_norm: l.get(&n("attn_norm"), &[d])?,
+                    w_q: l.get(&n("attn_q"), &[q_out, d])?,
+                    w_k: l.get(&n("attn_k"), &[kv_out, d])?,
+                    w_v: l.get(&n("attn_v"), &[kv_out, d])?,
+                    w_o: l.get(&n("attn_output"), &[d, q_out])?,
+                    mlp_norm: l.get(&n("ffn_norm"), &[d])?,
+                    w_gate: l.get(&n("ffn_gate"), &[dm, d])?,
+                    w_up: l.get(&n("ffn_up"), &[dm, d])?,
+                    w_down: l.get(&n("ffn_down"), &[d, dm])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = l.get("output_norm.weight", &[d])?;
+        let unembed = match g.tensor("output.weight") {
+            Some(_) => l.get("output.weight", &[cfg.vocab, d])?,
+            None => embed.shallow_clone(), // tied
+        };
+        Ok(Llama {
+            cfg,
+            embed,
+            blocks,
+            final_norm,
+            unembed,
+            device,
+            kind,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Every hook point of this model, in forward order.
+    pub fn hook_points(&self) -> Vec<HookPoint> {
+        (0..self.cfg.n_layers)
+            .flat_map(|l| HookKind::ALL.map(|k| HookPoint::new(l, k)))
+            .collect()
+    }
+
+    /// The shape of one token's value at a hook (heads x d_head for `attn.hook_z`).
+    pub fn hook_shape(&self, kind: HookKind) -> Vec<usize> {
+        match kind {
+            HookKind::AttnZ => vec![self.cfg.n_heads, self.cfg.d_head],
+            HookKind::MlpPost => vec![self.cfg.d_mlp],
+            _ => vec![self.cfg.d_model],
+        }
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        let var = x.pow_tensor_scalar(2).mean_dim(-1, true, x.kind());
+        x * (var + self.cfg.rms_eps).rsqrt() * w
+    }
+
+    /// cos and sin of the rotation angles, [pos, d_head/2].
+    fn rope_tables(&self, t: i64) -> (Tensor, Tensor) {
+        let half = (self.cfg.d_head / 2) as i64;
+        let opts = (Kind::Float, self.device);
+        let inv_freq = (Tensor::arange(half, opts)
+            * (-2.0 * self.cfg.rope_base.ln() / self.cfg.d_head as f64))
+            .exp();
+        let angles = Tensor::arange(t, opts).unsqueeze(1) * inv_freq.unsqueeze(0);
+        (
+            angles.cos().to_kind(self.kind),
+            angles.sin().to_kind(self.kind),
+        )
+    }
+
+    /// Rotates x [batch, heads, pos, d_head].
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let size = x.size();
+        let half = size[3] / 2;
+        match self.cfg.rope {
+            RopeLayout::Interleaved => {
+                let pairs = x.view([size[0], size[1], size[2], half, 2]);
+                let (a, b) = (pairs.select(-1, 0), pairs.select(-1, 1));
+                let ra = &a * cos - &b * sin;
+                let rb = &a * sin + &b * cos;
+                Tensor::stack(&[ra, rb], -1).view(size.as_slice())
+            }
+            RopeLayout::RotateHalf => {
+                let (a, b) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
+                Tensor::cat(&[&a * cos - &b * sin, &b * cos + &a * sin], -1)
+            }
+        }
+    }
+
+    fn check_hooks(&self, hooks: &Hooks) -> Result<()> {
+        if let Some(p) = hooks.points().find(|p| p.layer >= self.cfg.n_layers) {
+            return Err(ModelError::UnknownHook {
+                point: p.to_string(),
+                layers: self.cfg.n_layers,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the model on token ids [batch, pos] under the given hooks. Returns the logits
+    /// [batch, pos, vocab] when `logits` is true; otherwise stops after the last hooked layer.
+    // `x = x + y`, not `x += y`: on tensors `+=` adds in place, which would also change the
+    // residual-stream values already captured by hooks (they share storage).
+    #[allow(clippy::assign_op_pattern)]
+    pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
+        self.check_hooks(hooks)?;
+        let (b, t) = ids.size2()?;
+        if t as usize > self.cfg.ctx_len {
+            return Err(ModelError::TooLong {
+                len: t as usize,
+                max: self.cfg.ctx_len,
+            });
+        }
+        let last = if logits {
+            self.cfg.n_layers - 1
+        } else {
+            match hooks.last_layer() {
+                Some(l) => l,
+                None => return Ok(None),
+            }
+        };
+        let (h, hk, dh) = (
+            self.cfg.n_heads as i64,
+            self.cfg.n_kv_heads as i64,
+            self.cfg.d_head as i64,
+        );
+        let (cos, sin) = self.rope_tables(t);
+        let mask = Tensor::ones([t, t], (Kind::Bool, self.device)).triu(1);
+        let scale = 1.0 / (dh as f64).sqrt();
+
+        let mut x = self
+            .embed
+            .index_select(0, &ids.view([-1]).to_device(self.device))
+            .view([b, t, -1]);
+        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
+            let hp = |kind| HookPoint::new(layer, kind);
+            x = hooks.at(hp(HookKind::ResidPre), x);
+
+            let a = self.rms_norm(&x, &blk.attn_norm);
+            let heads = |w: &Tensor, n: i64| a.matmul(&w.tr()).view([b, t, n, dh]).transpose(1, 2);
+            let q = self.rope(&heads(&blk.w_q, h), &cos, &sin);
+            let k = self.rope(&heads(&blk.w_k, hk), &cos, &sin);
+            let v = heads(&blk.w_v, hk);
+            // Each KV head serves n_heads / n_kv_heads consecutive query heads.
+            let group = h / hk;
+            let k = k.repeat_interleave_self_int(group, 1, None);
+            let v = v.repeat_interleave_self_int(group, 1, None);
+            let scores =
+                (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(&mask, f64::NEG_INFINITY);
+            let pattern = scores.softmax(-1, self.kind);
+            if hooks.wants_pattern(layer) {
+                hooks.store_pattern(layer, &pattern);
+            }
+            let z = pattern.matmul(&v).transpose(1, 2); // [b, t, h, dh]
+            let z = hooks.at(hp(HookKind::AttnZ), z);
+            let attn_out = z.reshape([b, t, h * dh]).matmul(&blk.w_o.tr());
+            let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
+            x = x + attn_out;
+
+            let m = self.rms_norm(&x, &blk.mlp_norm);
+            let post = m.matmul(&blk.w_gate.tr()).silu() * m.matmul(&blk.w_up.tr());
+            let post = hooks.at(hp(HookKind::MlpPost), post);
+            let mlp_out = hooks.at(hp(HookKind::MlpOut), post.matmul(&blk.w_down.tr()));
+            x = x + mlp_out;
+            x = hooks.at(hp(HookKind::ResidPost), x);
+        }
+        if !logits {
+            return Ok(None);
+        }
+        let x = self.rms_norm(&x, &self.final_norm);
+        Ok(Some(x.matmul(&self.unembed.tr())))
+    }
+}
