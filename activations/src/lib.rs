@@ -9,3 +9,4 @@
 pub mod gguf;
 pub mod hooks;
 pub mod llama;
+pub mod tokenizer;
