@@ -6,7 +6,9 @@
 //! activation run. It does not own the run's on-disk format (that is `saescope-store`) nor
 //! anything learned from activations (that is `saescope-sae`).
 
+pub mod corpus;
 pub mod gguf;
+pub mod harvest;
 pub mod hooks;
 pub mod llama;
 pub mod tokenizer;

@@ -1,0 +1,414 @@
+//! The harvester: streams a corpus through a model and writes the activations at chosen hook
+//! points to an activation run.
+//!
+//! Documents are tokenized and packed into contexts of `ctx_len` tokens: BOS first, then
+//! document tokens, with EOS after each document; a long document continues in the next
+//! context. Contexts go through the model in fixed batches (batch `j` is always contexts
+//! `j*B .. (j+1)*B`), so a resumed run recomputes exactly the batch it stopped in and writes
+//! the same values an uninterrupted run would have.
+
+use crate::corpus::{CorpusError, CorpusSource, Document};
+use crate::hooks::{HookPoint, Hooks};
+use crate::llama::{Llama, ModelError};
+use crate::tokenizer::{TextTokenizer, TokenizerError};
+use saescope_store::{
+    BosHandling, ContextInfo, CorpusInfo, Dtype, HookInfo, Manifest, ModelInfo, RunSpec, RunWriter,
+    StoreError, TokenRecord, TokenizerInfo, WriterOptions,
+};
+use std::collections::VecDeque;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarvestError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Config(String),
+    #[error("the corpus {0} produced no tokens")]
+    EmptyCorpus(String),
+    #[error(
+        "{run}: cannot resume: it was harvested with {field} = {was}, and this command asks for {now}"
+    )]
+    Mismatch {
+        run: String,
+        field: String,
+        was: String,
+        now: String,
+    },
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+type Result<T> = std::result::Result<T, HarvestError>;
+
+/// What to harvest and how to store it.
+#[derive(Clone, Debug)]
+pub struct HarvestConfig {
+    pub hooks: Vec<HookPoint>,
+    /// Tokens per context, BOS included.
+    pub ctx_len: usize,
+    /// Contexts per forward pass.
+    pub batch_contexts: usize,
+    /// Stop after this many tokens (BOS positions count); `None` harvests the whole corpus.
+    pub max_tokens: Option<u64>,
+    /// How activations are stored on disk.
+    pub storage: Dtype,
+    pub writer: WriterOptions,
+}
+
+/// What a finished (or resumed and finished) harvest did.
+#[derive(Debug)]
+pub struct HarvestReport {
+    pub manifest: Manifest,
+    /// Tokens written by this invocation (less than the total when resuming).
+    pub tokens_this_run: u64,
+    /// Invalid UTF-8 sequences replaced by U+FFFD in the documents read.
+    pub replaced_sequences: usize,
+    pub documents: u64,
+}
+
+/// One packed context: token ids and where each came from.
+struct Context {
+    ids: Vec<i64>,
+    records: Vec<TokenRecord>,
+}
+
+/// Packs documents into contexts.
+struct Packer<'a> {
+    docs: Box<dyn Iterator<Item = std::result::Result<Document, CorpusError>>>,
+    tok: &'a TextTokenizer,
+    ctx_len: usize,
+    /// (token, doc id, position in doc); `None` for inserted EOS tokens.
+    buf: VecDeque<(u32, Option<(u64, u32)>)>,
+    next_doc: u64,
+    next_context: u64,
+    replaced: usize,
+}
+
+impl Packer<'_> {
+    fn next(&mut self) -> Result<Option<Context>> {
+        let body = self.ctx_len - 1; // one position for BOS
+        while self.buf.len() < body {
+            let Some(doc) = self.docs.next() else { break };
+            let doc = doc?;
+            self.replaced += doc.replaced;
+            let ids = self.tok.encode(&doc.text)?;
+            if ids.is_empty() {
+                continue; // an empty document contributes nothing, not even its EOS
+            }
+            let d = self.next_doc;
+            self.next_doc += 1;
+            self.buf.extend(
+                ids.into_iter()
+                    .enumerate()
+                    .map(|(p, t)| (t, Some((d, p as u32)))),
+            );
+            if let Some(eos) = self.tok.eos {
+                self.buf.push_back((eos, None));
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let c = self.next_context;
+        self.next_context += 1;
+        let bos = self.tok.bos.unwrap_or(0);
+        let mut ids = vec![bos as i64];
+        let mut records = vec![TokenRecord {
+            context_id: c,
+            context_pos: 0,
+            doc_id: None,
+            doc_pos: None,
+            token_id: bos,
+        }];
+        for (i, (t, from)) in self.buf.drain(..body.min(self.buf.len())).enumerate() {
+            ids.push(t as i64);
+            records.push(TokenRecord {
+                context_id: c,
+                context_pos: i as u32 + 1,
+                doc_id: from.map(|f| f.0),
+                doc_pos: from.map(|f| f.1),
+                token_id: t,
+            });
+        }
+        Ok(Some(Context { ids, records }))
+    }
+}
+
+/// The run description of a harvest, checked against an existing run when resuming.
+pub fn run_spec(
+    model: &Llama,
+    tok: &TextTokenizer,
+    model_info: ModelInfo,
+    corpus: &CorpusSource,
+    cfg: &HarvestConfig,
+) -> RunSpec {
+    let hooks = cfg
+        .hooks
+        .iter()
+        .map(|p| HookInfo {
+            name: p.to_string(),
+            shape: model.hook_shape(p.kind),
+            dtype: cfg.storage,
+        })
+        .collect();
+    let mut extra = serde_json::Map::new();
+    extra.insert("batch_contexts".into(), cfg.batch_contexts.into());
+    extra.insert("max_tokens".into(), cfg.max_tokens.into());
+    RunSpec {
+        model: model_info,
+        tokenizer: TokenizerInfo {
+            name: tok.name.clone(),
+            vocab_size: tok.vocab_size() as u32,
+            bos_token_id: tok.bos,
+            eos_token_id: tok.eos,
+        },
+        context: ContextInfo {
+            ctx_len: cfg.ctx_len as u32,
+            bos: BosHandling::PrependEachContext,
+        },
+        hooks,
+        corpus: CorpusInfo {
+            name: corpus.name(),
+            sources: vec![corpus.name()],
+            documents: None,
+            description: Some(
+                "documents packed into contexts: BOS first, EOS after each document".into(),
+            ),
+        },
+        extra,
+    }
+}
+
+/// The settings a resumed run must share with the original, as (field, value) pairs.
+fn identity(m: &RunSpec) -> Vec<(&'static str, String)> {
+    vec![
+        ("model.sha256", format!("{:?}", m.model.sha256)),
+        (
+            "model.compute_dtype",
+            format!("{:?}", m.model.compute_dtype),
+        ),
+        ("tokenizer", m.tokenizer.name.clone()),
+        ("context.ctx_len", m.context.ctx_len.to_string()),
+        (
+            "hooks",
+            m.hooks
+                .iter()
+                .map(|h| format!("{}:{}", h.name, h.dtype.name()))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("corpus", m.corpus.name.clone()),
+        (
+            "batch_contexts",
+            m.extra
+                .get("batch_contexts")
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        ),
+    ]
+}
+
+/// Checks the hooks and context length against the model before any work.
+pub fn validate(model: &Llama, cfg: &HarvestConfig) -> Result<()> {
+    if cfg.hooks.is_empty() {
+        return Err(HarvestError::Config(
+            "no hook points to harvest (use --hooks)".into(),
+        ));
+    }
+    if let Some(p) = cfg.hooks.iter().find(|p| p.layer >= model.cfg.n_layers) {
+        return Err(HarvestError::Model(ModelError::UnknownHook {
+            point: p.to_string(),
+            layers: model.cfg.n_layers,
+        }));
+    }
+    if cfg.ctx_len < 2 || cfg.ctx_len > model.cfg.ctx_len {
+        return Err(HarvestError::Config(format!(
+            "context length {} is outside 2..={} (the model's context)",
+            cfg.ctx_len, model.cfg.ctx_len
+        )));
+    }
+    if cfg.batch_contexts == 0 {
+        return Err(HarvestError::Config("batch size must be positive".into()));
+    }
+    Ok(())
+}
+
+/// A model with its tokenizer and provenance: what turns text into activations.
+pub struct Harvester<'a> {
+    pub model: &'a Llama,
+    pub tokenizer: &'a TextTokenizer,
+    /// Recorded in the run's manifest (name, file, sha256, compute dtype).
+    pub model_info: ModelInfo,
+}
+
+impl Harvester<'_> {
+    /// Harvests `corpus` into the run at `out` (resuming it if `resume`). `progress` is called
+    /// with the run's token count after each batch.
+    pub fn run(
+        &self,
+        corpus: &CorpusSource,
+        cfg: &HarvestConfig,
+        out: &Path,
+        resume: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<HarvestReport> {
+        harvest(
+            self.model,
+            self.tokenizer,
+            self.model_info.clone(),
+            corpus,
+            cfg,
+            out,
+            resume,
+            progress,
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // private; `Harvester::run` is the interface
+fn harvest(
+    model: &Llama,
+    tok: &TextTokenizer,
+    model_info: ModelInfo,
+    corpus: &CorpusSource,
+    cfg: &HarvestConfig,
+    out: &Path,
+    resume: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<HarvestReport> {
+    validate(model, cfg)?;
+    let spec = run_spec(model, tok, model_info, corpus, cfg);
+    let mut packer = Packer {
+        docs: corpus.documents()?,
+        tok,
+        ctx_len: cfg.ctx_len,
+        buf: VecDeque::new(),
+        next_doc: 0,
+        next_context: 0,
+        replaced: 0,
+    };
+    // Read the first context before touching the output, so an empty corpus leaves no run behind.
+    let Some(first) = packer.next()? else {
+        return Err(HarvestError::EmptyCorpus(corpus.name()));
+    };
+
+    let mut writer = if resume {
+        let w = RunWriter::resume(out)?;
+        let was = RunSpec {
+            model: w.manifest().model.clone(),
+            tokenizer: w.manifest().tokenizer.clone(),
+            context: w.manifest().context.clone(),
+            hooks: w.manifest().hooks.clone(),
+            corpus: w.manifest().corpus.clone(),
+            extra: w.manifest().extra.clone(),
+        };
+        for ((field, a), (_, b)) in identity(&was).into_iter().zip(identity(&spec)) {
+            if a != b {
+                return Err(HarvestError::Mismatch {
+                    run: out.display().to_string(),
+                    field: field.into(),
+                    was: a,
+                    now: b,
+                });
+            }
+        }
+        w
+    } else {
+        RunWriter::create(out, spec, &cfg.writer)?
+    };
+
+    let start = writer.tokens_written();
+    let limit = cfg.max_tokens.unwrap_or(u64::MAX);
+    let ctx = cfg.ctx_len as u64;
+    let b = cfg.batch_contexts as u64;
+    // Every context but the corpus's last is full, so token t lies in context t / ctx_len.
+    let first_batch_context = (start / ctx) / b * b;
+    let mut skip = start - first_batch_context * ctx;
+
+    let mut pending = Some(first);
+    let mut accepted = start;
+    tch::no_grad(|| -> Result<()> {
+        let mut index = 0u64; // index of the next context
+        'batches: while accepted < limit {
+            let mut batch: Vec<Context> = Vec::with_capacity(cfg.batch_contexts);
+            while batch.len() < cfg.batch_contexts {
+                let next = match pending.take() {
+                    Some(c) => Some(c),
+                    None => packer.next()?,
+                };
+                let Some(c) = next else { break };
+                index += 1;
+                if index <= first_batch_context {
+                    continue; // before the batch a resumed run restarts in
+                }
+                // Contexts in one forward pass must have one length; only the corpus's last is short.
+                if batch.first().is_some_and(|f| f.ids.len() != c.ids.len()) {
+                    pending = Some(c);
+                    index -= 1;
+                    break;
+                }
+                batch.push(c);
+            }
+            if batch.is_empty() {
+                break 'batches;
+            }
+            let t = batch[0].ids.len() as i64;
+            let ids: Vec<i64> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
+            let input = Tensor::from_slice(&ids).view([batch.len() as i64, t]);
+            let mut hooks = cfg.hooks.iter().fold(Hooks::new(), |h, &p| h.capture(p));
+            model.forward(&input, &mut hooks, false)?;
+            let rows = batch.len() * t as usize;
+            let values: Vec<Vec<f32>> = cfg
+                .hooks
+                .iter()
+                .map(|&p| {
+                    let x = hooks.take(p).expect("captured");
+                    let x = x
+                        .to_kind(Kind::Float)
+                        .to_device(tch::Device::Cpu)
+                        .contiguous()
+                        .view([rows as i64, -1]);
+                    Vec::<f32>::try_from(x.view([-1])).map_err(HarvestError::from)
+                })
+                .collect::<Result<_>>()?;
+            let records: Vec<TokenRecord> = batch
+                .iter()
+                .flat_map(|c| c.records.iter().copied())
+                .collect();
+            let from = skip as usize;
+            skip = 0;
+            let to = rows.min(from + (limit - accepted) as usize);
+            if from < to {
+                let views: Vec<&[f32]> = values
+                    .iter()
+                    .zip(&cfg.hooks)
+                    .map(|(v, p)| {
+                        let d: usize = model.hook_shape(p.kind).iter().product();
+                        &v[from * d..to * d]
+                    })
+                    .collect();
+                writer.append(&records[from..to], &views)?;
+                accepted += (to - from) as u64;
+            }
+            progress(accepted);
+        }
+        Ok(())
+    })?;
+    let documents = packer.next_doc;
+    let replaced = packer.replaced;
+    let manifest = writer.finish()?;
+    Ok(HarvestReport {
+        tokens_this_run: manifest.total_tokens - start,
+        manifest,
+        replaced_sequences: replaced,
+        documents,
+    })
+}

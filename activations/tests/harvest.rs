@@ -1,0 +1,335 @@
+//! The harvester on the bundled model: stored values equal a direct forward pass, packing is as
+//! documented, a killed run resumes to identical files, and bad input fails before any work.
+
+use saescope_activations::corpus::CorpusSource;
+use saescope_activations::gguf::Gguf;
+use saescope_activations::harvest::{HarvestConfig, HarvestError, HarvestReport, Harvester};
+use saescope_activations::hooks::{HookKind, HookPoint, Hooks};
+use saescope_activations::llama::Llama;
+use saescope_activations::tokenizer::TextTokenizer;
+use saescope_store::{Dtype, ModelInfo, ReadOptions, Run, WriterOptions};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+fn load() -> (Llama, TextTokenizer) {
+    let cache = std::env::var_os("SAESCOPE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/saescope")
+        });
+    let path = cache.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run ./scripts/test or `saescope setup` first)",
+            path.display()
+        )
+    });
+    let g = Gguf::parse(&bytes).unwrap();
+    (
+        Llama::from_gguf(&g, Device::Cpu, Kind::Float).unwrap(),
+        TextTokenizer::from_gguf(&g).unwrap(),
+    )
+}
+
+const DOCS: [&str; 3] = [
+    "The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.",
+    "In 1984, 12345 people paid $3.50 each for a ticket to the museum, which opened at 9 o'clock.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse, I thought I would sail about a little and see the watery part of the world.",
+];
+
+fn corpus(dir: &Path) -> CorpusSource {
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, d) in DOCS.iter().enumerate() {
+        std::fs::write(dir.join(format!("{i}.txt")), d.repeat(3)).unwrap();
+    }
+    CorpusSource::TextDir(dir.to_owned())
+}
+
+fn config() -> HarvestConfig {
+    HarvestConfig {
+        hooks: vec![
+            HookPoint::new(0, HookKind::AttnZ),
+            HookPoint::new(2, HookKind::ResidPost),
+        ],
+        ctx_len: 24,
+        batch_contexts: 3,
+        max_tokens: None,
+        storage: Dtype::F32,
+        // (576 + 576) * 4 bytes a token: 100 tokens a shard.
+        writer: WriterOptions {
+            shard_bytes: 100 * 4608,
+            row_group_bytes: 25 * 4608,
+            ..WriterOptions::default()
+        },
+    }
+}
+
+/// Runs a harvest (the test's shorthand for `Harvester::run`).
+fn harvest(
+    model: &Llama,
+    tok: &TextTokenizer,
+    src: &CorpusSource,
+    cfg: &HarvestConfig,
+    out: &Path,
+    resume: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<HarvestReport, HarvestError> {
+    Harvester {
+        model,
+        tokenizer: tok,
+        model_info: info(),
+    }
+    .run(src, cfg, out, resume, progress)
+}
+
+fn info() -> ModelInfo {
+    ModelInfo {
+        name: "SmolLM2-135M-Instruct".into(),
+        sha256: Some("test".into()),
+        ..ModelInfo::default()
+    }
+}
+
+fn read_all(run: &Run, hook: &str) -> (Vec<u64>, Vec<f32>) {
+    let mut idx = vec![];
+    let mut data = vec![];
+    for b in run.batches(hook, &ReadOptions::default()).unwrap() {
+        let b = b.unwrap();
+        idx.extend(b.token_index);
+        data.extend(b.data);
+    }
+    (idx, data)
+}
+
+#[test]
+fn stored_activations_equal_a_direct_forward_pass_and_packing_is_as_documented() {
+    let (model, tok) = load();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = corpus(&tmp.path().join("corpus"));
+    let out = tmp.path().join("run");
+    let report = harvest(&model, &tok, &src, &config(), &out, false, &mut |_| {}).unwrap();
+    let m = &report.manifest;
+    assert!(m.complete);
+    assert_eq!(report.documents, 3);
+    let body: u64 = DOCS
+        .iter()
+        .map(|d| tok.encode(&d.repeat(3)).unwrap().len() as u64 + 1)
+        .sum();
+    let contexts = body.div_ceil(23);
+    assert_eq!(
+        m.total_tokens,
+        body + contexts,
+        "every document token and EOS, plus a BOS per context"
+    );
+    assert!(m.shards.len() >= 3);
+    assert_eq!(m.hooks[0].shape, [9, 64]);
+
+    let run = Run::open(&out).unwrap();
+    let tokens: Vec<_> = (0..m.shards.len())
+        .flat_map(|i| run.read_tokens(i).unwrap())
+        .collect();
+    assert!(
+        tokens
+            .iter()
+            .filter(|t| t.context_pos == 0)
+            .all(|t| t.token_id == 1 && t.doc_id.is_none())
+    );
+    let eos: Vec<_> = tokens.iter().filter(|t| t.token_id == 2).collect();
+    assert_eq!(eos.len(), 3, "one EOS after each document");
+    assert!(eos.iter().all(|t| t.doc_id.is_none()));
+    let doc1: Vec<u32> = tokens
+        .iter()
+        .filter(|t| t.doc_id == Some(1))
+        .map(|t| t.token_id)
+        .collect();
+    assert_eq!(
+        doc1,
+        tok.encode(&DOCS[1].repeat(3)).unwrap(),
+        "document 1 is stored whole, in order"
+    );
+
+    // Context 4 through the model directly: its stored rows are the same values.
+    let c = 4u64;
+    let ids: Vec<i64> = tokens
+        .iter()
+        .filter(|t| t.context_id == c)
+        .map(|t| t.token_id as i64)
+        .collect();
+    assert_eq!(ids.len(), 24);
+    let p = HookPoint::new(2, HookKind::ResidPost);
+    let mut hooks = Hooks::new().capture(p);
+    model
+        .forward(&Tensor::from_slice(&ids).unsqueeze(0), &mut hooks, false)
+        .unwrap();
+    let direct = Vec::<f32>::try_from(hooks.take(p).unwrap().contiguous().view([-1])).unwrap();
+    let (idx, data) = read_all(&run, "blocks.2.hook_resid_post");
+    let first = (c * 24) as usize;
+    assert_eq!(idx[first], c * 24);
+    let stored = &data[first * 576..(first + 24) * 576];
+    let err = stored
+        .iter()
+        .zip(&direct)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "stored and direct activations differ by {err}");
+}
+
+#[test]
+fn a_killed_harvest_resumes_to_identical_shards() {
+    let (model, tok) = load();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = corpus(&tmp.path().join("corpus"));
+    let reference = harvest(
+        &model,
+        &tok,
+        &src,
+        &config(),
+        &tmp.path().join("ref"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap()
+    .manifest;
+
+    // The state a kill after shard 1 leaves: a manifest listing shards 0 and 1, not complete,
+    // and a half-written shard under a temporary name.
+    let out = tmp.path().join("run");
+    harvest(&model, &tok, &src, &config(), &out, false, &mut |_| {}).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let kept: Vec<serde_json::Value> = v["shards"].as_array().unwrap()[..2].to_vec();
+    let total: u64 = kept.iter().map(|s| s["rows"].as_u64().unwrap()).sum();
+    for s in &v["shards"].as_array().unwrap()[2..] {
+        for f in ["activations", "tokens"] {
+            std::fs::remove_file(out.join(s[f]["path"].as_str().unwrap())).unwrap();
+        }
+    }
+    v["shards"] = kept.into();
+    v["total_tokens"] = total.into();
+    v["complete"] = false.into();
+    std::fs::write(out.join("manifest.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    std::fs::write(
+        out.join("activations/part-00002.parquet.tmp"),
+        b"half a shard",
+    )
+    .unwrap();
+
+    let report = harvest(&model, &tok, &src, &config(), &out, true, &mut |_| {}).unwrap();
+    assert_eq!(report.tokens_this_run, reference.total_tokens - total);
+    let got = report.manifest;
+    assert_eq!(got.shards.len(), reference.shards.len());
+    for (a, b) in got.shards.iter().zip(&reference.shards) {
+        assert_eq!(a.rows, b.rows);
+        assert_eq!(a.tokens.sha256, b.tokens.sha256, "token shard {}", a.index);
+        assert_eq!(
+            a.activations.sha256, b.activations.sha256,
+            "activation shard {}",
+            a.index
+        );
+    }
+
+    // Resuming with other settings is refused, naming the setting.
+    let mut other = config();
+    other.hooks.push(HookPoint::new(3, HookKind::ResidPost));
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    v["complete"] = false.into();
+    std::fs::write(out.join("manifest.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = harvest(&model, &tok, &src, &other, &out, true, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, HarvestError::Mismatch { .. }), "{err}");
+    assert!(err.to_string().contains("hooks"), "{err}");
+}
+
+#[test]
+fn max_tokens_and_bad_input() {
+    let (model, tok) = load();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = corpus(&tmp.path().join("corpus"));
+    let mut cfg = config();
+    cfg.max_tokens = Some(130);
+    let r = harvest(
+        &model,
+        &tok,
+        &src,
+        &cfg,
+        &tmp.path().join("capped"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(r.manifest.total_tokens, 130);
+
+    // An empty corpus (no files, or only empty ones): an error, and no run directory left behind.
+    let out = tmp.path().join("never");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for files in [0, 2] {
+        for i in 0..files {
+            std::fs::write(empty.join(format!("{i}.txt")), "").unwrap();
+        }
+        let err = harvest(
+            &model,
+            &tok,
+            &CorpusSource::TextDir(empty.clone()),
+            &config(),
+            &out,
+            false,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, HarvestError::EmptyCorpus(_)), "{err}");
+        assert!(!out.exists());
+    }
+
+    let mut bad = config();
+    bad.hooks = vec![HookPoint::new(30, HookKind::ResidPost)];
+    let err = harvest(
+        &model,
+        &tok,
+        &src,
+        &bad,
+        &tmp.path().join("x"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("blocks.0 to blocks.29"), "{err}");
+    assert!(!tmp.path().join("x").exists());
+    let mut long = config();
+    long.ctx_len = 10_000;
+    let err = harvest(
+        &model,
+        &tok,
+        &src,
+        &long,
+        &tmp.path().join("y"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("outside 2..=8192"), "{err}");
+
+    // Invalid UTF-8 is replaced and counted, not fatal.
+    let dirty = tmp.path().join("dirty");
+    std::fs::create_dir(&dirty).unwrap();
+    std::fs::write(
+        dirty.join("a.txt"),
+        b"caf\xe9 au lait \xff\xfe and more text",
+    )
+    .unwrap();
+    let r = harvest(
+        &model,
+        &tok,
+        &CorpusSource::TextDir(dirty),
+        &config(),
+        &tmp.path().join("z"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        r.replaced_sequences, 3,
+        "\\xe9, \\xff and \\xfe are three invalid sequences"
+    );
+    assert!(r.manifest.total_tokens > 5);
+}
