@@ -27,8 +27,10 @@ enum Command {
     Setup(commands::setup::Args),
     /// Report libtorch, devices and installed assets, and run a tiny tensor operation on each device.
     Doctor(commands::doctor::Args),
-    /// The end-to-end demo: set-up check, then write and read back an activation run.
+    /// The end-to-end demo on the bundled model and corpus.
     Demo(commands::demo::Args),
+    /// Run a model over a corpus and store activations at hook points as an activation run.
+    Harvest(commands::harvest::Args),
     /// Activation runs: inspect and benchmark.
     #[command(subcommand)]
     Store(commands::store::Command),
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Setup(a) => commands::setup::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Harvest(a) => commands::harvest::run(a),
         Command::Store(c) => commands::store::run(c),
     };
     match result {

@@ -44,7 +44,7 @@ fn help_lists_every_working_command() {
     let o = saescope(&["--help"]);
     assert!(o.status.success());
     let t = text(&o);
-    for cmd in ["setup", "doctor", "demo", "store"] {
+    for cmd in ["setup", "doctor", "demo", "harvest", "store"] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
     let t = text(&saescope(&["store", "--help"]));
@@ -170,32 +170,163 @@ fn the_binary_finds_libtorch_without_any_environment() {
     assert!(t.contains("cpu: ok (3x3 matmul)"), "{t}");
 }
 
-#[test]
-fn demo_writes_a_run_that_inspect_accepts_and_reruns_by_verifying() {
-    // The demo needs the bundled assets, which the README's test command installs first.
+fn assets_installed() {
     let o = saescope(&["setup", "--check"]);
     assert!(
         o.status.success(),
         "bundled assets missing: run ./scripts/test (or `saescope setup`) first\n{}",
         text(&o)
     );
+}
 
+#[test]
+fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
+    assets_installed();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
     let out_s = out.to_str().unwrap();
-    let o = saescope(&["demo", "--out", out_s, "--tokens", "30000"]);
+    let o = saescope(&["demo", "--out", out_s, "--tokens", "3000"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("wrote 30000 tokens"), "{t}");
-    assert!(t.contains("blocks.6.hook_resid_post     shuffled   30000 tokens, every value equal to the writer's"), "{t}");
-    assert!(t.contains("token table: 30000 rows"), "{t}");
+    assert!(t.contains("harvested 3000 tokens (3000 this run"), "{t}");
+    assert!(t.contains("sequential 3000 tokens x 576"), "{t}");
+    assert!(t.contains("shuffled   3000 tokens x 576"), "{t}");
 
     let o = saescope(&["store", "inspect", out_s]);
-    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("Smollm2 135M") && t.contains("(llama)"), "{t}");
+    assert!(
+        t.contains("tokenizer  gguf:gpt2/smollm, vocab 49152, bos 1, eos 2"),
+        "{t}"
+    );
 
-    let o = saescope(&["demo", "--out", out_s, "--tokens", "30000"]);
+    let o = saescope(&["demo", "--out", out_s, "--tokens", "3000"]);
     assert!(o.status.success());
-    assert!(text(&o).contains("already holds a complete run: verifying it instead"));
+    assert!(text(&o).contains("already holds a complete run: reading it instead"));
+}
+
+#[test]
+fn harvest_refuses_bad_input_before_doing_any_work() {
+    assets_installed();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--hooks", "blocks.40.hook_resid_post"],
+            "blocks.0 to blocks.29",
+        ),
+        (&["--hooks", "blocks.3.hook_resid"], "is not a hook name"),
+        (
+            &["--corpus", "/nonexistent/corpus"],
+            "no such file or directory",
+        ),
+        (&["--ctx-len", "9000"], "outside 2..=8192"),
+        (
+            &["--model", "/tmp/model.bin"],
+            "pickled checkpoints are not loaded",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["harvest", "--out", out_s, "--max-tokens", "100"];
+        args.extend_from_slice(extra);
+        let o = saescope(&args);
+        let t = text(&o);
+        assert!(!o.status.success(), "{extra:?} succeeded");
+        assert!(
+            t.contains(needle),
+            "{extra:?}: expected `{needle}` in:\n{t}"
+        );
+        assert!(!out.exists(), "{extra:?} left a run behind");
+    }
+}
+
+#[test]
+fn a_killed_harvest_resumes_from_the_command_line_to_the_same_data() {
+    use std::time::{Duration, Instant};
+    assets_installed();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "harvest",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-tokens",
+            "12000",
+            "--shard-mb",
+            "1",
+            "--batch-size",
+            "4",
+            "--quiet",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let reference = tmp.path().join("ref");
+    assert!(
+        Command::new(env!("CARGO_BIN_EXE_saescope"))
+            .args(args(&reference))
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let out = tmp.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(args(&out))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let shards = std::fs::read(out.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map_or(0, |m| m["shards"].as_array().map_or(0, Vec::len));
+        if shards >= 2 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the harvest finished before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "no shards written in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+
+    let mut resume = args(&out);
+    resume.push("--resume".into());
+    let o = Command::new(env!("CARGO_BIN_EXE_saescope"))
+        .args(&resume)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let load = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.join("manifest.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (load(&reference), load(&out));
+    assert_eq!(b["total_tokens"], 12000);
+    assert_eq!(b["complete"], true);
+    let shas = |m: &serde_json::Value| -> Vec<(String, String)> {
+        m["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["activations"]["sha256"].to_string(),
+                    s["tokens"]["sha256"].to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        shas(&a),
+        shas(&b),
+        "the resumed run's shards differ from an uninterrupted run's"
+    );
 }
 
 /// Runs `saescope setup ASSET` with a private cache and a PATH holding only a fake `python3`.

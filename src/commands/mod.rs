@@ -1,4 +1,5 @@
 pub mod demo;
 pub mod doctor;
+pub mod harvest;
 pub mod setup;
 pub mod store;
