@@ -383,8 +383,10 @@ fn harvest(
                 .iter()
                 .flat_map(|c| c.records.iter().copied())
                 .collect();
-            let from = skip as usize;
-            skip = 0;
+            // Rows this run already has; a resume can skip past a whole batch (the corpus's
+            // short last context runs as a batch of its own).
+            let from = (skip as usize).min(rows);
+            skip -= from as u64;
             let to = rows.min(from + (limit - accepted) as usize);
             if from < to {
                 let views: Vec<&[f32]> = values

@@ -120,14 +120,35 @@ impl TextTokenizer {
 
     /// Loads a Hugging Face `tokenizer.json`; BOS and EOS are looked up by their usual names.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path).map_err(|e| TokenizerError::File {
+        let mut inner = Tokenizer::from_file(path).map_err(|e| TokenizerError::File {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
+        // Files made for model serving often pad or truncate to a fixed length; a harvest needs
+        // every token of every document, unpadded.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| TokenizerError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         Ok(TextTokenizer {
-            bos: find(&["<|begin_of_text|>", "<s>", "<|endoftext|>", "<|im_start|>"]),
-            eos: find(&["<|end_of_text|>", "</s>", "<|endoftext|>", "<|im_end|>"]),
+            bos: find(&[
+                "<|begin_of_text|>",
+                "<s>",
+                "<|endoftext|>",
+                "<|im_start|>",
+                "[CLS]",
+            ]),
+            eos: find(&[
+                "<|end_of_text|>",
+                "</s>",
+                "<|endoftext|>",
+                "<|im_end|>",
+                "[SEP]",
+            ]),
             name: format!("tokenizer.json:{}", path.display()),
             inner,
         })

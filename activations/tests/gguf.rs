@@ -2,6 +2,8 @@
 //! test writes, damaged and hostile files, and the bundled model.
 
 use proptest::prelude::*;
+
+mod common;
 use saescope_activations::gguf::{GgmlType, Gguf, GgufError, Value, dequantize};
 
 /// A minimal GGUF writer for tests: metadata as (key, type id, encoded value) and tensors.
@@ -254,18 +256,7 @@ proptest! {
 /// The bundled SmolLM2-135M file, against numbers computed by the `gguf` Python package.
 #[test]
 fn the_bundled_model_reads_like_the_reference_says() {
-    let cache = std::env::var_os("SAESCOPE_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/saescope")
-        });
-    let path = cache.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run ./scripts/test or `saescope setup` first)",
-            path.display()
-        )
-    });
+    let bytes = common::smollm2_gguf();
     let g = Gguf::parse(&bytes).unwrap();
     assert_eq!(g.version, 3);
     assert_eq!(g.tensors.len(), 272);

@@ -8,22 +8,13 @@ use saescope_activations::hooks::{HookKind, HookPoint, Hooks};
 use saescope_activations::llama::Llama;
 use saescope_activations::tokenizer::TextTokenizer;
 use saescope_store::{Dtype, ModelInfo, ReadOptions, Run, WriterOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod common;
 use tch::{Device, Kind, Tensor};
 
 fn load() -> (Llama, TextTokenizer) {
-    let cache = std::env::var_os("SAESCOPE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/saescope")
-        });
-    let path = cache.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run ./scripts/test or `saescope setup` first)",
-            path.display()
-        )
-    });
+    let bytes = common::smollm2_gguf();
     let g = Gguf::parse(&bytes).unwrap();
     (
         Llama::from_gguf(&g, Device::Cpu, Kind::Float).unwrap(),
@@ -332,4 +323,73 @@ fn max_tokens_and_bad_input() {
         "\\xe9, \\xff and \\xfe are three invalid sequences"
     );
     assert!(r.manifest.total_tokens > 5);
+}
+
+/// A resume that lands inside the corpus's short last context (which runs as a batch of its own,
+/// after a batch holding every full context) writes each token once.
+#[test]
+fn resuming_inside_the_short_last_context_writes_each_token_once() {
+    let (model, tok) = load();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = corpus(&tmp.path().join("corpus"));
+    let probe = harvest(
+        &model,
+        &tok,
+        &src,
+        &config(),
+        &tmp.path().join("probe"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    let total = probe.manifest.total_tokens;
+    let full = total / 24;
+    assert!(
+        total % 24 > 1,
+        "the test corpus must end in a short context"
+    );
+
+    // One batch for all full contexts; shard 0 ends one token into the short context.
+    let mut cfg = config();
+    cfg.batch_contexts = full as usize + 1;
+    let row_bytes = 2 * 576 * 4;
+    cfg.writer.shard_bytes = (full * 24 + 1) * row_bytes;
+    cfg.writer.row_group_bytes = cfg.writer.shard_bytes;
+    let reference = harvest(
+        &model,
+        &tok,
+        &src,
+        &cfg,
+        &tmp.path().join("ref"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap()
+    .manifest;
+    assert_eq!(reference.shards.len(), 2);
+
+    let out = tmp.path().join("run");
+    harvest(&model, &tok, &src, &cfg, &out, false, &mut |_| {}).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let last = v["shards"].as_array_mut().unwrap().pop().unwrap();
+    for f in ["activations", "tokens"] {
+        std::fs::remove_file(out.join(last[f]["path"].as_str().unwrap())).unwrap();
+    }
+    v["total_tokens"] = (full * 24 + 1).into();
+    v["complete"] = false.into();
+    std::fs::write(out.join("manifest.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+
+    let resumed = harvest(&model, &tok, &src, &cfg, &out, true, &mut |_| {})
+        .unwrap()
+        .manifest;
+    assert_eq!(resumed.total_tokens, total);
+    assert_eq!(
+        resumed.shards[1].activations.sha256,
+        reference.shards[1].activations.sha256
+    );
+    assert_eq!(
+        resumed.shards[1].tokens.sha256,
+        reference.shards[1].tokens.sha256
+    );
 }

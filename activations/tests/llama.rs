@@ -4,30 +4,17 @@
 use saescope_activations::gguf::Gguf;
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks, Intervention};
 use saescope_activations::llama::{Llama, ModelError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod common;
 use tch::{Device, Kind, Tensor};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2");
 
-fn gguf_path() -> PathBuf {
-    let cache = std::env::var_os("SAESCOPE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/saescope")
-        });
-    cache.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 /// Loads the bundled model (tensors are not `Sync`, so each test loads its own).
 fn model() -> Llama {
-    let path = gguf_path();
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run ./scripts/test or `saescope setup` first)",
-            path.display()
-        )
-    });
-    let g = Gguf::parse(&bytes).unwrap();
+    let g_bytes = common::smollm2_gguf();
+    let g = Gguf::parse(&g_bytes).unwrap();
     Llama::from_gguf(&g, Device::Cpu, Kind::Float).unwrap()
 }
 

@@ -3,22 +3,10 @@
 
 use saescope_activations::gguf::Gguf;
 use saescope_activations::tokenizer::TextTokenizer;
-use std::path::PathBuf;
+mod common;
 
 fn tokenizer() -> TextTokenizer {
-    let cache = std::env::var_os("SAESCOPE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/saescope")
-        });
-    let path = cache.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run ./scripts/test or `saescope setup` first)",
-            path.display()
-        )
-    });
-    TextTokenizer::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap()
+    TextTokenizer::from_gguf(&Gguf::parse(&common::smollm2_gguf()).unwrap()).unwrap()
 }
 
 #[test]
@@ -53,4 +41,34 @@ fn digits_are_split_one_by_one_and_special_tokens_stay_whole() {
     assert_eq!(ids.len(), 4, "{ids:?}");
     let ids = tok.encode("<|im_start|>user").unwrap();
     assert_eq!(ids[0], 1, "<|im_start|> is one special token: {ids:?}");
+}
+
+/// A Hugging Face tokenizer.json (the bundled MiniLM's WordPiece), against ids from transformers.
+#[test]
+fn tokenizer_json_files_load() {
+    let path = common::cache().join("assets/all-minilm-l6-v2/tokenizer.json");
+    let tok = TextTokenizer::from_file(&path)
+        .unwrap_or_else(|e| panic!("{e} (run ./scripts/test or `saescope setup` first)"));
+    assert_eq!((tok.bos, tok.eos), (Some(101), Some(102)));
+    for (text, want) in [
+        ("Hello, world!", vec![7592, 1010, 2088, 999]),
+        (
+            "Sparse autoencoders find features.",
+            vec![20288, 8285, 2368, 16044, 2869, 2424, 2838, 1012],
+        ),
+        ("naïve café 2026", vec![15743, 7668, 16798, 2575]),
+    ] {
+        assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+    }
+    // The file pads to 128 and truncates; saescope turns both off so documents stay whole.
+    let long = "word ".repeat(300);
+    assert_eq!(tok.encode(&long).unwrap().len(), 300);
+    let missing = TextTokenizer::from_file(std::path::Path::new("/nonexistent/tokenizer.json"));
+    assert!(
+        missing
+            .err()
+            .unwrap()
+            .to_string()
+            .starts_with("/nonexistent/tokenizer.json: ")
+    );
 }
