@@ -212,7 +212,15 @@ fn harvest_refuses_bad_input_before_doing_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let out_s = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let gpt2 = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/activations/tests/fixtures/hf/gpt2"
+    );
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--model", gpt2],
+            "no tokenizer (put the model's tokenizer.json",
+        ),
         (
             &["--hooks", "blocks.40.hook_resid_post"],
             "blocks.0 to blocks.29",

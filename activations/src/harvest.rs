@@ -9,7 +9,8 @@
 
 use crate::corpus::{CorpusError, CorpusSource, Document};
 use crate::hooks::{HookPoint, Hooks};
-use crate::llama::{Llama, ModelError};
+use crate::llama::ModelError;
+use crate::model::Model;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 use saescope_store::{
     BosHandling, ContextInfo, CorpusInfo, Dtype, HookInfo, Manifest, ModelInfo, RunSpec, RunWriter,
@@ -144,7 +145,7 @@ impl Packer<'_> {
 
 /// The run description of a harvest, checked against an existing run when resuming.
 pub fn run_spec(
-    model: &Llama,
+    model: &Model,
     tok: &TextTokenizer,
     model_info: ModelInfo,
     corpus: &CorpusSource,
@@ -217,22 +218,23 @@ fn identity(m: &RunSpec) -> Vec<(&'static str, String)> {
 }
 
 /// Checks the hooks and context length against the model before any work.
-pub fn validate(model: &Llama, cfg: &HarvestConfig) -> Result<()> {
+pub fn validate(model: &Model, cfg: &HarvestConfig) -> Result<()> {
     if cfg.hooks.is_empty() {
         return Err(HarvestError::Config(
             "no hook points to harvest (use --hooks)".into(),
         ));
     }
-    if let Some(p) = cfg.hooks.iter().find(|p| p.layer >= model.cfg.n_layers) {
+    if let Some(p) = cfg.hooks.iter().find(|p| p.layer >= model.n_layers()) {
         return Err(HarvestError::Model(ModelError::UnknownHook {
             point: p.to_string(),
-            layers: model.cfg.n_layers,
+            layers: model.n_layers(),
         }));
     }
-    if cfg.ctx_len < 2 || cfg.ctx_len > model.cfg.ctx_len {
+    if cfg.ctx_len < 2 || cfg.ctx_len > model.ctx_len() {
         return Err(HarvestError::Config(format!(
             "context length {} is outside 2..={} (the model's context)",
-            cfg.ctx_len, model.cfg.ctx_len
+            cfg.ctx_len,
+            model.ctx_len()
         )));
     }
     if cfg.batch_contexts == 0 {
@@ -243,7 +245,7 @@ pub fn validate(model: &Llama, cfg: &HarvestConfig) -> Result<()> {
 
 /// A model with its tokenizer and provenance: what turns text into activations.
 pub struct Harvester<'a> {
-    pub model: &'a Llama,
+    pub model: &'a Model,
     pub tokenizer: &'a TextTokenizer,
     /// Recorded in the run's manifest (name, file, sha256, compute dtype).
     pub model_info: ModelInfo,
@@ -275,7 +277,7 @@ impl Harvester<'_> {
 
 #[allow(clippy::too_many_arguments)] // private; `Harvester::run` is the interface
 fn harvest(
-    model: &Llama,
+    model: &Model,
     tok: &TextTokenizer,
     model_info: ModelInfo,
     corpus: &CorpusSource,

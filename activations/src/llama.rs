@@ -9,6 +9,7 @@
 //! logits = RMSNorm(x) · g_f W_Uᵀ
 
 use crate::gguf::{Gguf, GgufError};
+use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
 use tch::{Device, Kind, Tensor};
 
@@ -144,14 +145,20 @@ pub struct Llama {
     kind: Kind,
 }
 
-/// Loads GGUF tensors by name, dequantized, with their shapes checked.
+/// Where weights come from, by their GGUF names (the canonical names here), with shapes checked.
+trait WeightSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    fn has(&self, name: &str) -> bool;
+}
+
+/// GGUF tensors, dequantized.
 struct GgufLoader<'a, 'b> {
     g: &'a Gguf<'b>,
     device: Device,
     kind: Kind,
 }
 
-impl GgufLoader<'_, '_> {
+impl WeightSource for GgufLoader<'_, '_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let info = self
             .g
@@ -171,6 +178,58 @@ impl GgufLoader<'_, '_> {
             .to_device(self.device)
             .to_kind(self.kind))
     }
+
+    fn has(&self, name: &str) -> bool {
+        self.g.tensor(name).is_some()
+    }
+}
+
+/// Hugging Face Llama tensors, found by translating GGUF names.
+struct HfLlamaLoader<'a> {
+    ckpt: &'a HfCheckpoint,
+    device: Device,
+    kind: Kind,
+}
+
+impl HfLlamaLoader<'_> {
+    fn translate(name: &str) -> String {
+        let global = match name {
+            "token_embd.weight" => Some("model.embed_tokens.weight"),
+            "output_norm.weight" => Some("model.norm.weight"),
+            "output.weight" => Some("lm_head.weight"),
+            _ => None,
+        };
+        if let Some(n) = global {
+            return n.to_owned();
+        }
+        let Some((layer, part)) = name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+            return name.to_owned();
+        };
+        let part = match part {
+            "attn_norm.weight" => "input_layernorm.weight",
+            "attn_q.weight" => "self_attn.q_proj.weight",
+            "attn_k.weight" => "self_attn.k_proj.weight",
+            "attn_v.weight" => "self_attn.v_proj.weight",
+            "attn_output.weight" => "self_attn.o_proj.weight",
+            "ffn_norm.weight" => "post_attention_layernorm.weight",
+            "ffn_gate.weight" => "mlp.gate_proj.weight",
+            "ffn_up.weight" => "mlp.up_proj.weight",
+            "ffn_down.weight" => "mlp.down_proj.weight",
+            other => other,
+        };
+        format!("model.layers.{layer}.{part}")
+    }
+}
+
+impl WeightSource for HfLlamaLoader<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.ckpt
+            .tensor(&Self::translate(name), shape, self.device, self.kind)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.ckpt.has(&Self::translate(name))
+    }
 }
 
 impl Llama {
@@ -178,7 +237,35 @@ impl Llama {
     /// (f32 on CPU; f32 or bf16 on CUDA).
     pub fn from_gguf(g: &Gguf, device: Device, kind: Kind) -> Result<Self> {
         let cfg = LlamaConfig::from_gguf(g)?;
-        let l = GgufLoader { g, device, kind };
+        Self::build(cfg, &GgufLoader { g, device, kind }, device, kind)
+    }
+
+    /// Builds the model from a Hugging Face checkpoint (`LlamaForCausalLM`, and Qwen2- or
+    /// Mistral-shaped ones): their Q and K weights are in the rotate-half layout.
+    pub fn from_hf(ckpt: &HfCheckpoint, device: Device, kind: Kind) -> Result<Self> {
+        let n_heads = ckpt.usize("num_attention_heads")?;
+        let d_model = ckpt.usize("hidden_size")?;
+        let rope_base = ckpt.config["rope_parameters"]["rope_theta"]
+            .as_f64()
+            .unwrap_or_else(|| ckpt.f64_or("rope_theta", 10_000.0));
+        let cfg = LlamaConfig {
+            n_layers: ckpt.usize("num_hidden_layers")?,
+            d_model,
+            n_heads,
+            n_kv_heads: ckpt.usize("num_key_value_heads").unwrap_or(n_heads),
+            d_head: ckpt.usize("head_dim").unwrap_or(d_model / n_heads.max(1)),
+            d_mlp: ckpt.usize("intermediate_size")?,
+            vocab: ckpt.usize("vocab_size")?,
+            ctx_len: ckpt.usize("max_position_embeddings")?,
+            rms_eps: ckpt.f64_or("rms_norm_eps", 1e-6),
+            rope_base,
+            rope: RopeLayout::RotateHalf,
+        };
+        cfg.check()?;
+        Self::build(cfg, &HfLlamaLoader { ckpt, device, kind }, device, kind)
+    }
+
+    fn build(cfg: LlamaConfig, l: &dyn WeightSource, device: Device, kind: Kind) -> Result<Self> {
         let (d, dh, dm) = (cfg.d_model, cfg.d_head, cfg.d_mlp);
         let (q_out, kv_out) = (cfg.n_heads * dh, cfg.n_kv_heads * dh);
         let embed = l.get("token_embd.weight", &[cfg.vocab, d])?;
@@ -199,9 +286,10 @@ impl Llama {
             })
             .collect::<Result<Vec<_>>>()?;
         let final_norm = l.get("output_norm.weight", &[d])?;
-        let unembed = match g.tensor("output.weight") {
-            Some(_) => l.get("output.weight", &[cfg.vocab, d])?,
-            None => embed.shallow_clone(), // tied
+        let unembed = if l.has("output.weight") {
+            l.get("output.weight", &[cfg.vocab, d])?
+        } else {
+            embed.shallow_clone() // tied
         };
         Ok(Llama {
             cfg,
@@ -310,8 +398,7 @@ impl Llama {
             self.cfg.d_head as i64,
         );
         let (cos, sin) = self.rope_tables(t);
-        let mask = Tensor::ones([t, t], (Kind::Bool, self.device)).triu(1);
-        let scale = 1.0 / (dh as f64).sqrt();
+        let mask = causal_mask(t, self.device);
 
         let mut x = self
             .embed
@@ -330,13 +417,7 @@ impl Llama {
             let group = h / hk;
             let k = k.repeat_interleave_self_int(group, 1, None);
             let v = v.repeat_interleave_self_int(group, 1, None);
-            let scores =
-                (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(&mask, f64::NEG_INFINITY);
-            let pattern = scores.softmax(-1, self.kind);
-            if hooks.wants_pattern(layer) {
-                hooks.store_pattern(layer, &pattern);
-            }
-            let z = pattern.matmul(&v).transpose(1, 2); // [b, t, h, dh]
+            let z = causal_attention(&q, &k, &v, &mask, hooks, layer); // [b, t, h, dh]
             let z = hooks.at(hp(HookKind::AttnZ), z);
             let attn_out = z.reshape([b, t, h * dh]).matmul(&blk.w_o.tr());
             let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
@@ -355,4 +436,28 @@ impl Llama {
         let x = self.rms_norm(&x, &self.final_norm);
         Ok(Some(x.matmul(&self.unembed.tr())))
     }
+}
+
+/// True above the diagonal: the keys a query may not attend to.
+pub(crate) fn causal_mask(t: i64, device: Device) -> Tensor {
+    Tensor::ones([t, t], (Kind::Bool, device)).triu(1)
+}
+
+/// softmax(q kᵀ / √d_head + mask) v for q, k, v of [batch, heads, pos, d_head]; captures the
+/// pattern if the hooks ask for it, and returns z as [batch, pos, heads, d_head].
+pub(crate) fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    hooks: &mut Hooks,
+    layer: usize,
+) -> Tensor {
+    let scale = 1.0 / (q.size()[3] as f64).sqrt();
+    let scores = (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(mask, f64::NEG_INFINITY);
+    let pattern = scores.softmax(-1, q.kind());
+    if hooks.wants_pattern(layer) {
+        hooks.store_pattern(layer, &pattern);
+    }
+    pattern.matmul(v).transpose(1, 2)
 }

@@ -6,6 +6,7 @@ use saescope_activations::gguf::Gguf;
 use saescope_activations::harvest::{HarvestConfig, HarvestError, HarvestReport, Harvester};
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks};
 use saescope_activations::llama::Llama;
+use saescope_activations::model::Model;
 use saescope_activations::tokenizer::TextTokenizer;
 use saescope_store::{Dtype, ModelInfo, ReadOptions, Run, WriterOptions};
 use std::path::Path;
@@ -13,11 +14,11 @@ use std::path::Path;
 mod common;
 use tch::{Device, Kind, Tensor};
 
-fn load() -> (Llama, TextTokenizer) {
+fn load() -> (Model, TextTokenizer) {
     let bytes = common::smollm2_gguf();
     let g = Gguf::parse(&bytes).unwrap();
     (
-        Llama::from_gguf(&g, Device::Cpu, Kind::Float).unwrap(),
+        Model::Llama(Llama::from_gguf(&g, Device::Cpu, Kind::Float).unwrap()),
         TextTokenizer::from_gguf(&g).unwrap(),
     )
 }
@@ -57,7 +58,7 @@ fn config() -> HarvestConfig {
 
 /// Runs a harvest (the test's shorthand for `Harvester::run`).
 fn harvest(
-    model: &Llama,
+    model: &Model,
     tok: &TextTokenizer,
     src: &CorpusSource,
     cfg: &HarvestConfig,

@@ -3,10 +3,9 @@
 use crate::assets;
 use anyhow::{Context, Result, bail};
 use saescope_activations::corpus::CorpusSource;
-use saescope_activations::gguf::Gguf;
 use saescope_activations::harvest::{HarvestConfig, Harvester};
 use saescope_activations::hooks::HookPoint;
-use saescope_activations::llama::Llama;
+use saescope_activations::model::Model;
 use saescope_activations::tokenizer::TextTokenizer;
 use saescope_store::{Compression, Dtype, ModelInfo, WriterOptions};
 use std::path::{Path, PathBuf};
@@ -17,7 +16,9 @@ pub struct Args {
     /// The run directory to write (or, with --resume, to continue).
     #[arg(long)]
     pub out: PathBuf,
-    /// Model weights: a GGUF file. Default: the bundled SmolLM2-135M-Instruct.
+    /// Model weights: a GGUF file, or a Hugging Face checkpoint directory (config.json,
+    /// safetensors, tokenizer.json; Llama, Qwen2, Mistral or GPT-2). Default: the bundled
+    /// SmolLM2-135M-Instruct.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// `brown` or `shakespeare` (bundled), a directory of .txt files, a .jsonl file, or a
@@ -138,7 +139,7 @@ pub fn device(name: &str) -> Result<tch::Device> {
 
 /// A loaded model with its tokenizer and provenance.
 pub struct Loaded {
-    pub model: Llama,
+    pub model: Model,
     pub tokenizer: TextTokenizer,
     pub info: ModelInfo,
 }
@@ -151,55 +152,54 @@ fn check_model_path(path: &Path) -> Result<()> {
     {
         bail!(
             "{}: pickled checkpoints are not loaded (unpickling can run arbitrary code); convert to \
-             safetensors (in Python: safetensors.torch.save_file(torch.load(path), out)) or to GGUF \
+             safetensors (in Python: model.save_pretrained(dir, safe_serialization=True)) or to GGUF \
              (llama.cpp's convert_hf_to_gguf.py) first",
             path.display()
         );
     }
     if !path.exists() {
         bail!(
-            "{}: model file not found (the bundled model installs with `saescope setup`)",
+            "{}: model not found (the bundled model installs with `saescope setup`)",
             path.display()
         );
     }
     Ok(())
 }
 
+/// Loads a GGUF file or a Hugging Face checkpoint directory, with its tokenizer.
 pub fn load_model(path: &Path, device: tch::Device) -> Result<Loaded> {
     check_model_path(path)?;
     let t = Instant::now();
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let g = Gguf::parse(&bytes)
-        .with_context(|| format!("{}: not a readable GGUF file", path.display()))?;
-    let model = Llama::from_gguf(&g, device, tch::Kind::Float)
+    let loaded = Model::load(path, device, tch::Kind::Float)
         .with_context(|| format!("loading {}", path.display()))?;
-    let tokenizer =
-        TextTokenizer::from_gguf(&g).with_context(|| format!("tokenizer of {}", path.display()))?;
-    let name = g
-        .get("general.name")
-        .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            path.file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned()
-        });
+    let Some(tokenizer) = loaded.tokenizer else {
+        bail!(
+            "{}: no tokenizer (put the model's tokenizer.json in the checkpoint directory)",
+            path.display()
+        );
+    };
+    // A checkpoint directory is identified by its config; a file by its own bytes.
+    let hashed = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_owned()
+    };
     let info = ModelInfo {
-        name,
-        architecture: Some("llama".into()),
+        name: loaded.name,
+        architecture: Some(loaded.model.architecture().into()),
         file: Some(path.display().to_string()),
-        sha256: Some(assets::sha256_path(path)?),
+        sha256: Some(assets::sha256_path(&hashed)?),
         compute_dtype: Some("f32".into()),
     };
     tracing::info!(
-        "loaded {} ({} layers) in {:.1} s",
+        "loaded {} ({}, {} layers) in {:.1} s",
         info.name,
-        model.cfg.n_layers,
+        loaded.model.architecture(),
+        loaded.model.n_layers(),
         t.elapsed().as_secs_f64()
     );
     Ok(Loaded {
-        model,
+        model: loaded.model,
         tokenizer,
         info,
     })
@@ -210,7 +210,7 @@ pub fn run(args: Args) -> Result<()> {
     let corpus = corpus_source(&args.corpus, &args.text_column)?;
     let model_path = args.model.clone().unwrap_or_else(default_model);
     let loaded = load_model(&model_path, device)?;
-    let hooks = parse_hooks(&args.hooks, loaded.model.cfg.n_layers)?;
+    let hooks = parse_hooks(&args.hooks, loaded.model.n_layers())?;
     let cfg = HarvestConfig {
         hooks,
         ctx_len: args.ctx_len,

@@ -1,0 +1,202 @@
+//! The GPT-2 family: LayerNorm, learned position embeddings, fused QKV attention, a GELU
+//! (tanh approximation, `gelu_new`) MLP, and the unembedding tied to the token embedding.
+//!
+//! Block ℓ, with x the residual stream:
+//!   q, k, v = LN₁(x) W_qkv + b_qkv;  z_h = softmax(q_h k_hᵀ / √d_head + causal mask) v_h
+//!   x = x + concat_h(z_h) W_o + b_o
+//!   x = x + gelu(LN₂(x) W_fc + b_fc) W_proj + b_proj
+//! logits = LN_f(x) W_Eᵀ
+//!
+//! Hugging Face stores GPT-2's linear layers as Conv1D, [in, out]: they are used as stored.
+
+use crate::hf::HfCheckpoint;
+use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::llama::{ModelError, Result, causal_attention, causal_mask};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gpt2Config {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub d_mlp: usize,
+    pub vocab: usize,
+    pub ctx_len: usize,
+    pub ln_eps: f64,
+}
+
+struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+}
+
+struct Block {
+    ln1: LayerNorm,
+    w_qkv: Tensor,
+    b_qkv: Tensor,
+    w_o: Tensor,
+    b_o: Tensor,
+    ln2: LayerNorm,
+    w_fc: Tensor,
+    b_fc: Tensor,
+    w_proj: Tensor,
+    b_proj: Tensor,
+}
+
+pub struct Gpt2 {
+    pub cfg: Gpt2Config,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    device: Device,
+}
+
+impl Gpt2 {
+    /// Loads a Hugging Face `GPT2LMHeadModel` checkpoint.
+    pub fn from_hf(ckpt: &HfCheckpoint, device: Device, kind: Kind) -> Result<Self> {
+        if let Some(act) = ckpt.config["activation_function"].as_str()
+            && !matches!(act, "gelu_new" | "gelu_pytorch_tanh")
+        {
+            return Err(ModelError::Config(format!(
+                "GPT-2 activation `{act}` is not supported (gelu_new is)"
+            )));
+        }
+        let d = ckpt.usize("n_embd")?;
+        let cfg = Gpt2Config {
+            n_layers: ckpt.usize("n_layer")?,
+            d_model: d,
+            n_heads: ckpt.usize("n_head")?,
+            d_mlp: ckpt.usize("n_inner").unwrap_or(4 * d),
+            vocab: ckpt.usize("vocab_size")?,
+            ctx_len: ckpt.usize("n_positions")?,
+            ln_eps: ckpt.f64_or("layer_norm_epsilon", 1e-5),
+        };
+        if cfg.n_heads == 0 || d % cfg.n_heads != 0 {
+            return Err(ModelError::Config(format!(
+                "{d} is not divisible into {} heads",
+                cfg.n_heads
+            )));
+        }
+        // Weights may or may not carry the `transformer.` prefix.
+        let prefix = if ckpt.has("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
+        let get = |name: &str, shape: &[usize]| {
+            ckpt.tensor(&format!("{prefix}{name}"), shape, device, kind)
+        };
+        let ln = |name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                w: get(&format!("{name}.weight"), &[d])?,
+                b: get(&format!("{name}.bias"), &[d])?,
+            })
+        };
+        let m = cfg.d_mlp;
+        let blocks = (0..cfg.n_layers)
+            .map(|i| {
+                let n = |s: &str| format!("h.{i}.{s}");
+                Ok(Block {
+                    ln1: ln(&n("ln_1"))?,
+                    w_qkv: get(&n("attn.c_attn.weight"), &[d, 3 * d])?,
+                    b_qkv: get(&n("attn.c_attn.bias"), &[3 * d])?,
+                    w_o: get(&n("attn.c_proj.weight"), &[d, d])?,
+                    b_o: get(&n("attn.c_proj.bias"), &[d])?,
+                    ln2: ln(&n("ln_2"))?,
+                    w_fc: get(&n("mlp.c_fc.weight"), &[d, m])?,
+                    b_fc: get(&n("mlp.c_fc.bias"), &[m])?,
+                    w_proj: get(&n("mlp.c_proj.weight"), &[m, d])?,
+                    b_proj: get(&n("mlp.c_proj.bias"), &[d])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Gpt2 {
+            wte: get("wte.weight", &[cfg.vocab, d])?,
+            wpe: get("wpe.weight", &[cfg.ctx_len, d])?,
+            ln_f: ln("ln_f")?,
+            blocks,
+            cfg,
+            device,
+        })
+    }
+
+    pub fn hook_shape(&self, kind: HookKind) -> Vec<usize> {
+        match kind {
+            HookKind::AttnZ => vec![self.cfg.n_heads, self.cfg.d_model / self.cfg.n_heads],
+            HookKind::MlpPost => vec![self.cfg.d_mlp],
+            _ => vec![self.cfg.d_model],
+        }
+    }
+
+    fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Tensor {
+        x.layer_norm(
+            [self.cfg.d_model as i64],
+            Some(&ln.w),
+            Some(&ln.b),
+            self.cfg.ln_eps,
+            false,
+        )
+    }
+
+    /// Runs the model on token ids [batch, pos]; see [`crate::llama::Llama::forward`].
+    // `x = x + y`: in-place `+=` would change residual values already captured by hooks.
+    #[allow(clippy::assign_op_pattern)]
+    pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
+        if let Some(p) = hooks.points().find(|p| p.layer >= self.cfg.n_layers) {
+            return Err(ModelError::UnknownHook {
+                point: p.to_string(),
+                layers: self.cfg.n_layers,
+            });
+        }
+        let (b, t) = ids.size2()?;
+        if t as usize > self.cfg.ctx_len {
+            return Err(ModelError::TooLong {
+                len: t as usize,
+                max: self.cfg.ctx_len,
+            });
+        }
+        let last = if logits {
+            self.cfg.n_layers - 1
+        } else {
+            match hooks.last_layer() {
+                Some(l) => l,
+                None => return Ok(None),
+            }
+        };
+        let (h, d) = (self.cfg.n_heads as i64, self.cfg.d_model as i64);
+        let dh = d / h;
+        let mask = causal_mask(t, self.device);
+        let ids = ids.view([-1]).to_device(self.device);
+        let mut x = (self.wte.index_select(0, &ids).view([b, t, d]) + self.wpe.narrow(0, 0, t))
+            .contiguous();
+        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
+            let hp = |kind| HookPoint::new(layer, kind);
+            x = hooks.at(hp(HookKind::ResidPre), x);
+            let qkv = self.layer_norm(&x, &blk.ln1).matmul(&blk.w_qkv) + &blk.b_qkv;
+            let parts = qkv.split(d, -1);
+            let heads = |t_: &Tensor| t_.view([b, t, h, dh]).transpose(1, 2);
+            let z = causal_attention(
+                &heads(&parts[0]),
+                &heads(&parts[1]),
+                &heads(&parts[2]),
+                &mask,
+                hooks,
+                layer,
+            );
+            let z = hooks.at(hp(HookKind::AttnZ), z);
+            let attn_out = z.reshape([b, t, d]).matmul(&blk.w_o) + &blk.b_o;
+            let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
+            x = x + attn_out;
+            let post = (self.layer_norm(&x, &blk.ln2).matmul(&blk.w_fc) + &blk.b_fc).gelu("tanh");
+            let post = hooks.at(hp(HookKind::MlpPost), post);
+            let mlp_out = hooks.at(hp(HookKind::MlpOut), post.matmul(&blk.w_proj) + &blk.b_proj);
+            x = x + mlp_out;
+            x = hooks.at(hp(HookKind::ResidPost), x);
+        }
+        if !logits {
+            return Ok(None);
+        }
+        Ok(Some(self.layer_norm(&x, &self.ln_f).matmul(&self.wte.tr())))
+    }
+}
