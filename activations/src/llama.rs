@@ -322,9 +322,11 @@ impl Llama {
         }
     }
 
+    /// RMSNorm, computed in f32 whatever the model's dtype (as transformers does for bf16).
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
-        let var = x.pow_tensor_scalar(2).mean_dim(-1, true, x.kind());
-        x * (var + self.cfg.rms_eps).rsqrt() * w
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        (xf * (var + self.cfg.rms_eps).rsqrt()).to_kind(self.kind) * w
     }
 
     /// cos and sin of the rotation angles, [pos, d_head/2].
@@ -443,8 +445,9 @@ pub(crate) fn causal_mask(t: i64, device: Device) -> Tensor {
     Tensor::ones([t, t], (Kind::Bool, device)).triu(1)
 }
 
-/// softmax(q kᵀ / √d_head + mask) v for q, k, v of [batch, heads, pos, d_head]; captures the
-/// pattern if the hooks ask for it, and returns z as [batch, pos, heads, d_head].
+/// softmax(q kᵀ / √d_head + mask) v for q, k, v of [batch, heads, pos, d_head], returning z as
+/// [batch, pos, heads, d_head]. Without a pattern to capture, libtorch's fused kernel runs it
+/// (the pattern is never materialised); with one, it is computed explicitly and captured.
 pub(crate) fn causal_attention(
     q: &Tensor,
     k: &Tensor,
@@ -453,11 +456,23 @@ pub(crate) fn causal_attention(
     hooks: &mut Hooks,
     layer: usize,
 ) -> Tensor {
+    if !hooks.wants_pattern(layer) {
+        return Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        )
+        .transpose(1, 2);
+    }
     let scale = 1.0 / (q.size()[3] as f64).sqrt();
     let scores = (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(mask, f64::NEG_INFINITY);
-    let pattern = scores.softmax(-1, q.kind());
-    if hooks.wants_pattern(layer) {
-        hooks.store_pattern(layer, &pattern);
-    }
+    // The softmax runs in f32 even for a bf16 model.
+    let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+    hooks.store_pattern(layer, &pattern);
     pattern.matmul(v).transpose(1, 2)
 }

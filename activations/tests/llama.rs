@@ -182,3 +182,31 @@ fn attention_patterns_are_causal_distributions() {
     let above = to_vec(&p.triu(1).abs().sum(Kind::Float));
     assert_eq!(above, [0.0], "no query attends to a later key");
 }
+
+/// bf16 compute (what `--compute-dtype bf16` runs): the same greedy tokens, and logits close to
+/// the f32 reference.
+#[test]
+fn bf16_compute_stays_close_to_the_reference() {
+    let bytes = common::smollm2_gguf();
+    let g = Gguf::parse(&bytes).unwrap();
+    let m = Llama::from_gguf(&g, Device::Cpu, Kind::BFloat16).unwrap();
+    for (i, p) in index()["prompts"].as_array().unwrap().iter().enumerate() {
+        let ids = ids_of(p);
+        let logits = m
+            .forward(
+                &Tensor::from_slice(&ids).unsqueeze(0),
+                &mut Hooks::new(),
+                true,
+            )
+            .unwrap()
+            .unwrap();
+        let last = to_vec(&logits.get(0).get(-1));
+        let want = read_f32(&format!("prompt{i}_last_logits.f32"));
+        let err = max_abs_diff(&last, &want);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("bf16 prompt {i}: max abs logit error {err:.3} (logits up to {scale:.1})");
+        assert!(err < 0.05 * scale, "prompt {i}: bf16 logit error {err}");
+        let greedy = logits.get(0).get(-1).argmax(0, false).int64_value(&[]);
+        assert_eq!(greedy, p["greedy_next_id"].as_i64().unwrap(), "prompt {i}");
+    }
+}

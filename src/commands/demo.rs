@@ -68,6 +68,7 @@ pub fn run(args: Args) -> Result<()> {
             max_tokens: Some(args.tokens),
             dtype: Dtype::F32,
             device: "cpu".into(),
+            compute_dtype: "f32".into(),
             shard_mb: 64,
             zstd: false,
             resume: existing,
