@@ -11,7 +11,7 @@
 
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
-use crate::llama::{ModelError, Result, causal_attention, causal_mask};
+use crate::llama::{ModelError, Result, causal_attention, causal_mask, forward_plan};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -143,26 +143,10 @@ impl Gpt2 {
     // `x = x + y`: in-place `+=` would change residual values already captured by hooks.
     #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
-        if let Some(p) = hooks.points().find(|p| p.layer >= self.cfg.n_layers) {
-            return Err(ModelError::UnknownHook {
-                point: p.to_string(),
-                layers: self.cfg.n_layers,
-            });
-        }
-        let (b, t) = ids.size2()?;
-        if t as usize > self.cfg.ctx_len {
-            return Err(ModelError::TooLong {
-                len: t as usize,
-                max: self.cfg.ctx_len,
-            });
-        }
-        let last = if logits {
-            self.cfg.n_layers - 1
-        } else {
-            match hooks.last_layer() {
-                Some(l) => l,
-                None => return Ok(None),
-            }
+        let Some((b, t, last)) =
+            forward_plan(ids, hooks, logits, self.cfg.n_layers, self.cfg.ctx_len)?
+        else {
+            return Ok(None);
         };
         let (h, d) = (self.cfg.n_heads as i64, self.cfg.d_model as i64);
         let dh = d / h;

@@ -262,157 +262,135 @@ impl Harvester<'_> {
         resume: bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<HarvestReport> {
-        harvest(
-            self.model,
-            self.tokenizer,
-            self.model_info.clone(),
-            corpus,
-            cfg,
-            out,
-            resume,
-            progress,
-        )
-    }
-}
-
-#[allow(clippy::too_many_arguments)] // private; `Harvester::run` is the interface
-fn harvest(
-    model: &Model,
-    tok: &TextTokenizer,
-    model_info: ModelInfo,
-    corpus: &CorpusSource,
-    cfg: &HarvestConfig,
-    out: &Path,
-    resume: bool,
-    progress: &mut dyn FnMut(u64),
-) -> Result<HarvestReport> {
-    validate(model, cfg)?;
-    let spec = run_spec(model, tok, model_info, corpus, cfg);
-    let mut packer = Packer {
-        docs: corpus.documents()?,
-        tok,
-        ctx_len: cfg.ctx_len,
-        buf: VecDeque::new(),
-        next_doc: 0,
-        next_context: 0,
-        replaced: 0,
-    };
-    // Read the first context before touching the output, so an empty corpus leaves no run behind.
-    let Some(first) = packer.next()? else {
-        return Err(HarvestError::EmptyCorpus(corpus.name()));
-    };
-
-    let mut writer = if resume {
-        let w = RunWriter::resume(out)?;
-        let was = RunSpec {
-            model: w.manifest().model.clone(),
-            tokenizer: w.manifest().tokenizer.clone(),
-            context: w.manifest().context.clone(),
-            hooks: w.manifest().hooks.clone(),
-            corpus: w.manifest().corpus.clone(),
-            extra: w.manifest().extra.clone(),
+        let (model, tok) = (self.model, self.tokenizer);
+        validate(model, cfg)?;
+        let spec = run_spec(model, tok, self.model_info.clone(), corpus, cfg);
+        let mut packer = Packer {
+            docs: corpus.documents()?,
+            tok,
+            ctx_len: cfg.ctx_len,
+            buf: VecDeque::new(),
+            next_doc: 0,
+            next_context: 0,
+            replaced: 0,
         };
-        for ((field, a), (_, b)) in identity(&was).into_iter().zip(identity(&spec)) {
-            if a != b {
-                return Err(HarvestError::Mismatch {
-                    run: out.display().to_string(),
-                    field: field.into(),
-                    was: a,
-                    now: b,
-                });
-            }
-        }
-        w
-    } else {
-        RunWriter::create(out, spec, &cfg.writer)?
-    };
+        // Read the first context before touching the output, so an empty corpus leaves no run behind.
+        let Some(first) = packer.next()? else {
+            return Err(HarvestError::EmptyCorpus(corpus.name()));
+        };
 
-    let start = writer.tokens_written();
-    let limit = cfg.max_tokens.unwrap_or(u64::MAX);
-    let ctx = cfg.ctx_len as u64;
-    let b = cfg.batch_contexts as u64;
-    // Every context but the corpus's last is full, so token t lies in context t / ctx_len.
-    let first_batch_context = (start / ctx) / b * b;
-    let mut skip = start - first_batch_context * ctx;
+        let mut writer = if resume {
+            let w = RunWriter::resume(out)?;
+            let was = RunSpec {
+                model: w.manifest().model.clone(),
+                tokenizer: w.manifest().tokenizer.clone(),
+                context: w.manifest().context.clone(),
+                hooks: w.manifest().hooks.clone(),
+                corpus: w.manifest().corpus.clone(),
+                extra: w.manifest().extra.clone(),
+            };
+            for ((field, a), (_, b)) in identity(&was).into_iter().zip(identity(&spec)) {
+                if a != b {
+                    return Err(HarvestError::Mismatch {
+                        run: out.display().to_string(),
+                        field: field.into(),
+                        was: a,
+                        now: b,
+                    });
+                }
+            }
+            w
+        } else {
+            RunWriter::create(out, spec, &cfg.writer)?
+        };
 
-    let mut pending = Some(first);
-    let mut accepted = start;
-    tch::no_grad(|| -> Result<()> {
-        let mut index = 0u64; // index of the next context
-        'batches: while accepted < limit {
-            let mut batch: Vec<Context> = Vec::with_capacity(cfg.batch_contexts);
-            while batch.len() < cfg.batch_contexts {
-                let next = match pending.take() {
-                    Some(c) => Some(c),
-                    None => packer.next()?,
-                };
-                let Some(c) = next else { break };
-                index += 1;
-                if index <= first_batch_context {
-                    continue; // before the batch a resumed run restarts in
+        let start = writer.tokens_written();
+        let limit = cfg.max_tokens.unwrap_or(u64::MAX);
+        let ctx = cfg.ctx_len as u64;
+        let b = cfg.batch_contexts as u64;
+        // Every context but the corpus's last is full, so token t lies in context t / ctx_len.
+        let first_batch_context = (start / ctx) / b * b;
+        let mut skip = start - first_batch_context * ctx;
+
+        let mut pending = Some(first);
+        let mut accepted = start;
+        tch::no_grad(|| -> Result<()> {
+            let mut index = 0u64; // index of the next context
+            'batches: while accepted < limit {
+                let mut batch: Vec<Context> = Vec::with_capacity(cfg.batch_contexts);
+                while batch.len() < cfg.batch_contexts {
+                    let next = match pending.take() {
+                        Some(c) => Some(c),
+                        None => packer.next()?,
+                    };
+                    let Some(c) = next else { break };
+                    index += 1;
+                    if index <= first_batch_context {
+                        continue; // before the batch a resumed run restarts in
+                    }
+                    // Contexts in one forward pass must have one length; only the corpus's last is short.
+                    if batch.first().is_some_and(|f| f.ids.len() != c.ids.len()) {
+                        pending = Some(c);
+                        index -= 1;
+                        break;
+                    }
+                    batch.push(c);
                 }
-                // Contexts in one forward pass must have one length; only the corpus's last is short.
-                if batch.first().is_some_and(|f| f.ids.len() != c.ids.len()) {
-                    pending = Some(c);
-                    index -= 1;
-                    break;
+                if batch.is_empty() {
+                    break 'batches;
                 }
-                batch.push(c);
-            }
-            if batch.is_empty() {
-                break 'batches;
-            }
-            let t = batch[0].ids.len() as i64;
-            let ids: Vec<i64> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
-            let input = Tensor::from_slice(&ids).view([batch.len() as i64, t]);
-            let mut hooks = cfg.hooks.iter().fold(Hooks::new(), |h, &p| h.capture(p));
-            model.forward(&input, &mut hooks, false)?;
-            let rows = batch.len() * t as usize;
-            let values: Vec<Vec<f32>> = cfg
-                .hooks
-                .iter()
-                .map(|&p| {
-                    let x = hooks.take(p).expect("captured");
-                    let x = x
-                        .to_kind(Kind::Float)
-                        .to_device(tch::Device::Cpu)
-                        .contiguous()
-                        .view([rows as i64, -1]);
-                    Vec::<f32>::try_from(x.view([-1])).map_err(HarvestError::from)
-                })
-                .collect::<Result<_>>()?;
-            let records: Vec<TokenRecord> = batch
-                .iter()
-                .flat_map(|c| c.records.iter().copied())
-                .collect();
-            // Rows this run already has; a resume can skip past a whole batch (the corpus's
-            // short last context runs as a batch of its own).
-            let from = (skip as usize).min(rows);
-            skip -= from as u64;
-            let to = rows.min(from + (limit - accepted) as usize);
-            if from < to {
-                let views: Vec<&[f32]> = values
+                let t = batch[0].ids.len() as i64;
+                let ids: Vec<i64> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
+                let input = Tensor::from_slice(&ids).view([batch.len() as i64, t]);
+                let mut hooks = cfg.hooks.iter().fold(Hooks::new(), |h, &p| h.capture(p));
+                model.forward(&input, &mut hooks, false)?;
+                let rows = batch.len() * t as usize;
+                let values: Vec<Vec<f32>> = cfg
+                    .hooks
                     .iter()
-                    .zip(&cfg.hooks)
-                    .map(|(v, p)| {
-                        let d: usize = model.hook_shape(p.kind).iter().product();
-                        &v[from * d..to * d]
+                    .map(|&p| {
+                        let x = hooks.take(p).expect("captured");
+                        let x = x
+                            .to_kind(Kind::Float)
+                            .to_device(tch::Device::Cpu)
+                            .contiguous()
+                            .view([rows as i64, -1]);
+                        Vec::<f32>::try_from(x.view([-1])).map_err(HarvestError::from)
                     })
+                    .collect::<Result<_>>()?;
+                let records: Vec<TokenRecord> = batch
+                    .iter()
+                    .flat_map(|c| c.records.iter().copied())
                     .collect();
-                writer.append(&records[from..to], &views)?;
-                accepted += (to - from) as u64;
+                // Rows this run already has; a resume can skip past a whole batch (the corpus's
+                // short last context runs as a batch of its own).
+                let from = (skip as usize).min(rows);
+                skip -= from as u64;
+                let to = rows.min(from + (limit - accepted) as usize);
+                if from < to {
+                    let views: Vec<&[f32]> = values
+                        .iter()
+                        .zip(&cfg.hooks)
+                        .map(|(v, p)| {
+                            let d: usize = model.hook_shape(p.kind).iter().product();
+                            &v[from * d..to * d]
+                        })
+                        .collect();
+                    writer.append(&records[from..to], &views)?;
+                    accepted += (to - from) as u64;
+                }
+                progress(accepted);
             }
-            progress(accepted);
-        }
-        Ok(())
-    })?;
-    let documents = packer.next_doc;
-    let replaced = packer.replaced;
-    let manifest = writer.finish()?;
-    Ok(HarvestReport {
-        tokens_this_run: manifest.total_tokens - start,
-        manifest,
-        replaced_sequences: replaced,
-        documents,
-    })
+            Ok(())
+        })?;
+        let documents = packer.next_doc;
+        let replaced = packer.replaced;
+        let manifest = writer.finish()?;
+        Ok(HarvestReport {
+            tokens_this_run: manifest.total_tokens - start,
+            manifest,
+            replaced_sequences: replaced,
+            documents,
+        })
+    }
 }

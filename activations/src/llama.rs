@@ -362,37 +362,16 @@ impl Llama {
         }
     }
 
-    fn check_hooks(&self, hooks: &Hooks) -> Result<()> {
-        if let Some(p) = hooks.points().find(|p| p.layer >= self.cfg.n_layers) {
-            return Err(ModelError::UnknownHook {
-                point: p.to_string(),
-                layers: self.cfg.n_layers,
-            });
-        }
-        Ok(())
-    }
-
     /// Runs the model on token ids [batch, pos] under the given hooks. Returns the logits
     /// [batch, pos, vocab] when `logits` is true; otherwise stops after the last hooked layer.
     // `x = x + y`, not `x += y`: on tensors `+=` adds in place, which would also change the
     // residual-stream values already captured by hooks (they share storage).
     #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
-        self.check_hooks(hooks)?;
-        let (b, t) = ids.size2()?;
-        if t as usize > self.cfg.ctx_len {
-            return Err(ModelError::TooLong {
-                len: t as usize,
-                max: self.cfg.ctx_len,
-            });
-        }
-        let last = if logits {
-            self.cfg.n_layers - 1
-        } else {
-            match hooks.last_layer() {
-                Some(l) => l,
-                None => return Ok(None),
-            }
+        let Some((b, t, last)) =
+            forward_plan(ids, hooks, logits, self.cfg.n_layers, self.cfg.ctx_len)?
+        else {
+            return Ok(None);
         };
         let (h, hk, dh) = (
             self.cfg.n_heads as i64,
@@ -475,4 +454,35 @@ pub(crate) fn causal_attention(
     let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
     hooks.store_pattern(layer, &pattern);
     pattern.matmul(v).transpose(1, 2)
+}
+
+/// What every forward pass checks first: the hooks exist, the input fits the context. Returns
+/// (batch, positions, last layer to run), or `None` when nothing needs computing (no logits
+/// asked for and no hooks set).
+pub(crate) fn forward_plan(
+    ids: &Tensor,
+    hooks: &Hooks,
+    logits: bool,
+    n_layers: usize,
+    ctx_len: usize,
+) -> Result<Option<(i64, i64, usize)>> {
+    if let Some(p) = hooks.points().find(|p| p.layer >= n_layers) {
+        return Err(ModelError::UnknownHook {
+            point: p.to_string(),
+            layers: n_layers,
+        });
+    }
+    let (b, t) = ids.size2()?;
+    if t as usize > ctx_len {
+        return Err(ModelError::TooLong {
+            len: t as usize,
+            max: ctx_len,
+        });
+    }
+    let last = if logits {
+        Some(n_layers - 1)
+    } else {
+        hooks.last_layer()
+    };
+    Ok(last.map(|l| (b, t, l)))
 }
