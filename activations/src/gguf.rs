@@ -392,28 +392,31 @@ impl<'a> Gguf<'a> {
         self.metadata.get(key)
     }
 
-    /// A required unsigned-integer metadata value.
-    pub fn get_u64(&self, key: &str) -> Result<u64> {
+    /// A required metadata value, converted by `convert` (which names what it expects).
+    fn required<T>(
+        &self,
+        key: &str,
+        expected: &str,
+        convert: impl Fn(&Value) -> Option<T>,
+    ) -> Result<T> {
         let v = self.get(key).ok_or_else(|| GgufError::Metadata {
             key: key.into(),
             message: "missing".into(),
         })?;
-        v.as_u64().ok_or_else(|| GgufError::Metadata {
+        convert(v).ok_or_else(|| GgufError::Metadata {
             key: key.into(),
-            message: format!("expected an unsigned integer, found {v:?}"),
+            message: format!("expected {expected}, found {v:?}"),
         })
+    }
+
+    /// A required unsigned-integer metadata value.
+    pub fn get_u64(&self, key: &str) -> Result<u64> {
+        self.required(key, "an unsigned integer", Value::as_u64)
     }
 
     /// A required float metadata value.
     pub fn get_f64(&self, key: &str) -> Result<f64> {
-        let v = self.get(key).ok_or_else(|| GgufError::Metadata {
-            key: key.into(),
-            message: "missing".into(),
-        })?;
-        v.as_f64().ok_or_else(|| GgufError::Metadata {
-            key: key.into(),
-            message: format!("expected a number, found {v:?}"),
-        })
+        self.required(key, "a number", Value::as_f64)
     }
 
     /// A tensor's values as f32, dequantized.
