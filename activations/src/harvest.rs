@@ -281,15 +281,10 @@ impl Harvester<'_> {
 
         let mut writer = if resume {
             let w = RunWriter::resume(out)?;
-            let was = RunSpec {
-                model: w.manifest().model.clone(),
-                tokenizer: w.manifest().tokenizer.clone(),
-                context: w.manifest().context.clone(),
-                hooks: w.manifest().hooks.clone(),
-                corpus: w.manifest().corpus.clone(),
-                extra: w.manifest().extra.clone(),
-            };
-            for ((field, a), (_, b)) in identity(&was).into_iter().zip(identity(&spec)) {
+            for ((field, a), (_, b)) in identity(&w.manifest().spec())
+                .into_iter()
+                .zip(identity(&spec))
+            {
                 if a != b {
                     return Err(HarvestError::Mismatch {
                         run: out.display().to_string(),

@@ -235,6 +235,18 @@ impl Manifest {
         }
     }
 
+    /// What the run's creator declared (everything but the layout and the shards).
+    pub fn spec(&self) -> RunSpec {
+        RunSpec {
+            model: self.model.clone(),
+            tokenizer: self.tokenizer.clone(),
+            context: self.context.clone(),
+            hooks: self.hooks.clone(),
+            corpus: self.corpus.clone(),
+            extra: self.extra.clone(),
+        }
+    }
+
     /// Reads and validates `DIR/manifest.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
