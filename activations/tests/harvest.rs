@@ -158,11 +158,7 @@ fn stored_activations_equal_a_direct_forward_pass_and_packing_is_as_documented()
     let first = (c * 24) as usize;
     assert_eq!(idx[first], c * 24);
     let stored = &data[first * 576..(first + 24) * 576];
-    let err = stored
-        .iter()
-        .zip(&direct)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let err = common::max_abs_diff(stored, &direct);
     assert!(err < 1e-4, "stored and direct activations differ by {err}");
 }
 

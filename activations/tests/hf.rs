@@ -5,6 +5,8 @@
 use saescope_activations::hooks::{HookPoint, Hooks};
 use saescope_activations::model::Model;
 use std::path::{Path, PathBuf};
+
+mod common;
 use tch::{Device, Kind, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -42,23 +44,14 @@ fn check(name: &str, arch: &str) {
     let logits = m.forward(&input, &mut hooks, true).unwrap().unwrap();
     let got = Vec::<f32>::try_from(logits.contiguous().view([-1])).unwrap();
     let want = flat(&reference["logits"]);
-    let err = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert_eq!(got.len(), want.len());
+    let err = common::max_abs_diff(&got, &want);
     assert!(err < 1e-5, "{name}: max abs logit error {err}");
     for p in points {
         let t = hooks.take(p).unwrap();
         let got = Vec::<f32>::try_from(t.contiguous().view([-1])).unwrap();
         let want = flat(&reference["hooks"][p.to_string()]);
         assert_eq!(got.len(), want.len(), "{name} {p}");
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = common::max_abs_diff(&got, &want);
         assert!(err < 1e-5, "{name} {p}: max abs error {err}");
     }
 }

@@ -40,14 +40,6 @@ fn ids_of(p: &serde_json::Value) -> Vec<i64> {
         .collect()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn to_vec(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).unwrap()
 }
@@ -72,7 +64,7 @@ fn logits_and_greedy_tokens_match_the_reference() {
         assert_eq!(logits.size(), [1, ids.len() as i64, 49152]);
         let last = to_vec(&logits.get(0).get(ids.len() as i64 - 1));
         let want = read_f32(&format!("prompt{i}_last_logits.f32"));
-        let err = max_abs_diff(&last, &want);
+        let err = common::max_abs_diff(&last, &want);
         eprintln!("prompt {i}: max abs logit error {err:.2e}");
         assert!(err < 1e-3, "prompt {i}: max abs logit error {err}");
         let greedy = logits.get(0).get(-1).argmax(0, false).int64_value(&[]);
@@ -124,7 +116,7 @@ fn hook_activations_match_the_reference() {
             let want = read_f32(&format!("prompt{i}_{pt}.f32"));
             let got = to_vec(&got);
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = max_abs_diff(&got, &want);
+            let err = common::max_abs_diff(&got, &want);
             eprintln!("prompt {i} {pt}: max abs error {err:.2e} (values up to {scale:.1})");
             assert!(
                 err <= 1e-4 * scale.max(1.0),
@@ -160,7 +152,7 @@ fn forward_stops_after_the_last_hooked_layer_and_interventions_change_the_output
     assert_eq!(to_vec(&spliced), to_vec(&clean));
     let mut zero = Hooks::new().intervene(mid, Intervention::Map(Box::new(|x| x.zeros_like())));
     let ablated = m.forward(&ids, &mut zero, true).unwrap().unwrap();
-    assert!(max_abs_diff(&to_vec(&ablated), &to_vec(&clean)) > 1.0);
+    assert!(common::max_abs_diff(&to_vec(&ablated), &to_vec(&clean)) > 1.0);
 
     let bad = Hooks::new().capture(HookPoint::new(30, HookKind::ResidPost));
     let err = m.forward(&ids, &mut { bad }, false).unwrap_err();
@@ -202,7 +194,7 @@ fn bf16_compute_stays_close_to_the_reference() {
             .unwrap();
         let last = to_vec(&logits.get(0).get(-1));
         let want = read_f32(&format!("prompt{i}_last_logits.f32"));
-        let err = max_abs_diff(&last, &want);
+        let err = common::max_abs_diff(&last, &want);
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         eprintln!("bf16 prompt {i}: max abs logit error {err:.3} (logits up to {scale:.1})");
         assert!(err < 0.05 * scale, "prompt {i}: bf16 logit error {err}");

@@ -28,3 +28,12 @@ pub fn read_asset(rel: &str) -> Vec<u8> {
 pub fn smollm2_gguf() -> Vec<u8> {
     read_asset("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
+
+/// The largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "slices of different lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
