@@ -31,6 +31,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Run a model over a corpus and store activations at hook points as an activation run.
     Harvest(commands::harvest::Args),
+    /// Train a sparse dictionary (TopK, BatchTopK, MP-SAE, GBA, SNMF) on one hook of a run.
+    Train(commands::train::Args),
     /// Activation runs: inspect and benchmark.
     #[command(subcommand)]
     Store(commands::store::Command),
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Harvest(a) => commands::harvest::run(a),
+        Command::Train(a) => commands::train::run(a),
         Command::Store(c) => commands::store::run(c),
     };
     match result {

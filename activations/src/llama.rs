@@ -122,16 +122,17 @@ impl LlamaConfig {
     }
 }
 
-/// One decoder block's weights, in PyTorch's [out, in] layout.
+/// One decoder block's weights, in PyTorch's [out, in] layout. Q, K and V are stacked into one
+/// matrix, and so are the gate and up projections: one larger matmul instead of three (or two)
+/// keeps the GEMM kernel busier on the short inner dimension of small models.
 struct Block {
     attn_norm: Tensor,
-    w_q: Tensor,
-    w_k: Tensor,
-    w_v: Tensor,
+    /// [W_q; W_k; W_v], with W_q and W_k rows in rotate-half order (see [`to_rotate_half`]).
+    w_qkv: Tensor,
     w_o: Tensor,
     mlp_norm: Tensor,
-    w_gate: Tensor,
-    w_up: Tensor,
+    /// [W_gate; W_up].
+    w_gate_up: Tensor,
     w_down: Tensor,
 }
 
@@ -272,15 +273,25 @@ impl Llama {
         let blocks = (0..cfg.n_layers)
             .map(|i| {
                 let n = |s: &str| format!("blk.{i}.{s}.weight");
+                let (w_q, w_k) = (
+                    l.get(&n("attn_q"), &[q_out, d])?,
+                    l.get(&n("attn_k"), &[kv_out, d])?,
+                );
+                let (w_q, w_k) = match cfg.rope {
+                    RopeLayout::RotateHalf => (w_q, w_k),
+                    RopeLayout::Interleaved => (to_rotate_half(&w_q, dh), to_rotate_half(&w_k, dh)),
+                };
+                let w_v = l.get(&n("attn_v"), &[kv_out, d])?;
+                let (w_gate, w_up) = (
+                    l.get(&n("ffn_gate"), &[dm, d])?,
+                    l.get(&n("ffn_up"), &[dm, d])?,
+                );
                 Ok(Block {
                     attn_norm: l.get(&n("attn_norm"), &[d])?,
-                    w_q: l.get(&n("attn_q"), &[q_out, d])?,
-                    w_k: l.get(&n("attn_k"), &[kv_out, d])?,
-                    w_v: l.get(&n("attn_v"), &[kv_out, d])?,
+                    w_qkv: Tensor::cat(&[w_q, w_k, w_v], 0),
                     w_o: l.get(&n("attn_output"), &[d, q_out])?,
                     mlp_norm: l.get(&n("ffn_norm"), &[d])?,
-                    w_gate: l.get(&n("ffn_gate"), &[dm, d])?,
-                    w_up: l.get(&n("ffn_up"), &[dm, d])?,
+                    w_gate_up: Tensor::cat(&[w_gate, w_up], 0),
                     w_down: l.get(&n("ffn_down"), &[d, dm])?,
                 })
             })
@@ -329,37 +340,27 @@ impl Llama {
         (xf * (var + self.cfg.rms_eps).rsqrt()).to_kind(self.kind) * w
     }
 
-    /// cos and sin of the rotation angles, [pos, d_head/2].
+    /// cos and sin of the rotation angles, [pos, 1, d_head/2] (broadcast over heads).
     fn rope_tables(&self, t: i64) -> (Tensor, Tensor) {
         let half = (self.cfg.d_head / 2) as i64;
         let opts = (Kind::Float, self.device);
         let inv_freq = (Tensor::arange(half, opts)
             * (-2.0 * self.cfg.rope_base.ln() / self.cfg.d_head as f64))
             .exp();
-        let angles = Tensor::arange(t, opts).unsqueeze(1) * inv_freq.unsqueeze(0);
+        let angles = (Tensor::arange(t, opts).unsqueeze(1) * inv_freq.unsqueeze(0)).unsqueeze(1);
         (
             angles.cos().to_kind(self.kind),
             angles.sin().to_kind(self.kind),
         )
     }
 
-    /// Rotates x [batch, heads, pos, d_head].
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-        let size = x.size();
-        let half = size[3] / 2;
-        match self.cfg.rope {
-            RopeLayout::Interleaved => {
-                let pairs = x.view([size[0], size[1], size[2], half, 2]);
-                let (a, b) = (pairs.select(-1, 0), pairs.select(-1, 1));
-                let ra = &a * cos - &b * sin;
-                let rb = &a * sin + &b * cos;
-                Tensor::stack(&[ra, rb], -1).view(size.as_slice())
-            }
-            RopeLayout::RotateHalf => {
-                let (a, b) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
-                Tensor::cat(&[&a * cos - &b * sin, &b * cos + &a * sin], -1)
-            }
-        }
+    /// Rotates x [batch, pos, heads, d_head] in the rotate-half layout: each pair (i, i + d/2)
+    /// turns by its position's angle. Interleaved-layout weights were permuted into this layout
+    /// at load time, so one code path serves both.
+    fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let half = x.size()[3] / 2;
+        let (a, b) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
+        Tensor::cat(&[&a * cos - &b * sin, &b * cos + &a * sin], -1)
     }
 
     /// Runs the model on token ids [batch, pos] under the given hooks. Returns the logits
@@ -373,10 +374,11 @@ impl Llama {
         else {
             return Ok(None);
         };
-        let (h, hk, dh) = (
+        let (h, hk, dh, dm) = (
             self.cfg.n_heads as i64,
             self.cfg.n_kv_heads as i64,
             self.cfg.d_head as i64,
+            self.cfg.d_mlp as i64,
         );
         let (cos, sin) = self.rope_tables(t);
         let mask = causal_mask(t, self.device);
@@ -390,14 +392,12 @@ impl Llama {
             x = hooks.at(hp(HookKind::ResidPre), x);
 
             let a = self.rms_norm(&x, &blk.attn_norm);
-            let heads = |w: &Tensor, n: i64| a.matmul(&w.tr()).view([b, t, n, dh]).transpose(1, 2);
-            let q = self.rope(&heads(&blk.w_q, h), &cos, &sin);
-            let k = self.rope(&heads(&blk.w_k, hk), &cos, &sin);
-            let v = heads(&blk.w_v, hk);
-            // Each KV head serves n_heads / n_kv_heads consecutive query heads.
-            let group = h / hk;
-            let k = k.repeat_interleave_self_int(group, 1, None);
-            let v = v.repeat_interleave_self_int(group, 1, None);
+            let qkv = a.matmul(&blk.w_qkv.tr()).view([b, t, h + 2 * hk, dh]);
+            // Q and K heads rotate together; the result is [b, t, h + hk, dh].
+            let qk = Self::rope(&qkv.narrow(2, 0, h + hk), &cos, &sin);
+            let q = qk.narrow(2, 0, h).transpose(1, 2);
+            let k = qk.narrow(2, h, hk).transpose(1, 2);
+            let v = qkv.narrow(2, h + hk, hk).transpose(1, 2);
             let z = causal_attention(&q, &k, &v, &mask, hooks, layer); // [b, t, h, dh]
             let z = hooks.at(hp(HookKind::AttnZ), z);
             let attn_out = z.reshape([b, t, h * dh]).matmul(&blk.w_o.tr());
@@ -405,7 +405,8 @@ impl Llama {
             x = x + attn_out;
 
             let m = self.rms_norm(&x, &blk.mlp_norm);
-            let post = m.matmul(&blk.w_gate.tr()).silu() * m.matmul(&blk.w_up.tr());
+            let gate_up = m.matmul(&blk.w_gate_up.tr());
+            let post = gate_up.narrow(-1, 0, dm).silu() * gate_up.narrow(-1, dm, dm);
             let post = hooks.at(hp(HookKind::MlpPost), post);
             let mlp_out = hooks.at(hp(HookKind::MlpOut), post.matmul(&blk.w_down.tr()));
             x = x + mlp_out;
@@ -424,9 +425,11 @@ pub(crate) fn causal_mask(t: i64, device: Device) -> Tensor {
     Tensor::ones([t, t], (Kind::Bool, device)).triu(1)
 }
 
-/// softmax(q kᵀ / √d_head + mask) v for q, k, v of [batch, heads, pos, d_head], returning z as
+/// softmax(q kᵀ / √d_head + mask) v for q [batch, heads, pos, d_head] and k, v [batch, kv_heads,
+/// pos, d_head], each KV head serving heads / kv_heads consecutive query heads; returns z as
 /// [batch, pos, heads, d_head]. Without a pattern to capture, libtorch's fused kernel runs it
-/// (the pattern is never materialised); with one, it is computed explicitly and captured.
+/// (the pattern is never materialised, KV heads are not copied); with one, it is computed
+/// explicitly and captured.
 pub(crate) fn causal_attention(
     q: &Tensor,
     k: &Tensor,
@@ -435,6 +438,7 @@ pub(crate) fn causal_attention(
     hooks: &mut Hooks,
     layer: usize,
 ) -> Tensor {
+    let group = q.size()[1] / k.size()[1];
     if !hooks.wants_pattern(layer) {
         return Tensor::scaled_dot_product_attention(
             q,
@@ -444,16 +448,36 @@ pub(crate) fn causal_attention(
             0.0,
             true,
             None,
-            false,
+            group > 1,
         )
         .transpose(1, 2);
     }
+    let (k, v) = if group > 1 {
+        (
+            k.repeat_interleave_self_int(group, 1, None),
+            v.repeat_interleave_self_int(group, 1, None),
+        )
+    } else {
+        (k.shallow_clone(), v.shallow_clone())
+    };
     let scale = 1.0 / (q.size()[3] as f64).sqrt();
     let scores = (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(mask, f64::NEG_INFINITY);
     // The softmax runs in f32 even for a bf16 model.
     let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
     hooks.store_pattern(layer, &pattern);
-    pattern.matmul(v).transpose(1, 2)
+    pattern.matmul(&v).transpose(1, 2)
+}
+
+/// Reorders the rows of a Q or K weight [heads * d_head, d_model] from the interleaved RoPE
+/// layout (pairs 2i, 2i+1) to rotate-half (pairs i, i + d_head/2). Q and K get the same
+/// permutation, so q·k, the attention pattern and every hook are unchanged.
+fn to_rotate_half(w: &Tensor, d_head: usize) -> Tensor {
+    let (rows, cols) = w.size2().expect("2-D weight");
+    let dh = d_head as i64;
+    w.view([rows / dh, dh / 2, 2, cols])
+        .transpose(1, 2)
+        .contiguous()
+        .view([rows, cols])
 }
 
 /// What every forward pass checks first: the hooks exist, the input fits the context. Returns

@@ -3,3 +3,4 @@ pub mod doctor;
 pub mod harvest;
 pub mod setup;
 pub mod store;
+pub mod train;

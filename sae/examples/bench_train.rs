@@ -1,0 +1,140 @@
+//! Training-step benchmark: one full step (forward, backward, Adam, decoder constraint) of each
+//! gradient learner at d = 576, 16,384 latents, k = 32, batch 4,096, next to one dense matmul of
+//! the encoder's shape ([4096, 576] x [576, 16384]), the floor every step must pay once.
+//!   cargo run --release -p saescope-sae --example bench_train [-- STEPS]
+
+use saescope_sae::adam::Adam;
+use saescope_sae::gba::{BufferStats, GbaSae};
+use saescope_sae::mpsae::MpSae;
+use saescope_sae::topk::{Selection, TopKSae, normalize_rows_, project_out_parallel};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+fn time(steps: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    let t = Instant::now();
+    for _ in 0..steps {
+        f();
+    }
+    t.elapsed().as_secs_f64() / steps as f64
+}
+
+fn main() {
+    let steps: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let _g = tch::no_grad_guard();
+    let (b, d, n, k) = (4096i64, 576i64, 16384i64, 32usize);
+    let o = (Kind::Float, Device::Cpu);
+    tch::manual_seed(0);
+    let x = Tensor::randn([b, d], o);
+    let w = Tensor::randn([n, d], o) / (d as f64).sqrt();
+    let floor = time(steps, || {
+        let _ = x.matmul(&w.tr());
+    });
+    println!(
+        "training-step benchmark: d={d}, latents={n}, k={k}, batch={b}, {} threads, {steps} steps each",
+        tch::get_num_threads()
+    );
+    println!(
+        "{:<12} {:>10} {:>12} {:>8}",
+        "", "ms/step", "tokens/s", "x matmul"
+    );
+    let row = |name: &str, s: f64| {
+        println!(
+            "{name:<12} {:>10.1} {:>12.0} {:>8.2}",
+            s * 1e3,
+            b as f64 / s,
+            s / floor
+        )
+    };
+    row("matmul", floor);
+    for sel in [Selection::TopK, Selection::BatchTopK] {
+        let mut w_dec = w.copy();
+        normalize_rows_(&mut w_dec);
+        let mut sae = TopKSae {
+            w_enc: w.copy(),
+            b_enc: Tensor::zeros([n], o),
+            w_dec,
+            b_dec: Tensor::zeros([d], o),
+            k,
+            selection: sel,
+            threshold: None,
+        };
+        let mut adam = Adam::new(
+            &[&sae.w_enc, &sae.b_enc, &sae.w_dec, &sae.b_dec],
+            0.9,
+            0.999,
+            1e-8,
+        );
+        let s = time(steps, || {
+            let st = sae.train_step(&x, None, None);
+            let mut g = vec![
+                st.grads.w_enc,
+                st.grads.b_enc,
+                st.grads.w_dec,
+                st.grads.b_dec,
+            ];
+            project_out_parallel(&mut g[2], &sae.w_dec);
+            saescope_sae::adam::clip_grad_norm(&mut g, 1.0);
+            adam.step(
+                &mut [
+                    &mut sae.w_enc,
+                    &mut sae.b_enc,
+                    &mut sae.w_dec,
+                    &mut sae.b_dec,
+                ],
+                &g,
+                1e-4,
+            );
+            normalize_rows_(&mut sae.w_dec);
+        });
+        row(
+            if sel == Selection::TopK {
+                "topk"
+            } else {
+                "batchtopk"
+            },
+            s,
+        );
+    }
+    let mut atoms = w.copy();
+    normalize_rows_(&mut atoms);
+    let mut mp = MpSae {
+        atoms,
+        b_dec: Tensor::zeros([d], o),
+        k,
+    };
+    let mut adam = Adam::new(&[&mp.atoms, &mp.b_dec], 0.9, 0.999, 1e-8);
+    let s = time(steps, || {
+        let st = mp.train_step(&x);
+        let mut g = vec![st.atoms_grad, st.b_dec_grad];
+        project_out_parallel(&mut g[0], &mp.atoms);
+        saescope_sae::adam::clip_grad_norm(&mut g, 1.0);
+        adam.step(&mut [&mut mp.atoms, &mut mp.b_dec], &g, 1e-4);
+        normalize_rows_(&mut mp.atoms);
+    });
+    row("mpsae", s);
+    let mut w_dec = w.copy();
+    normalize_rows_(&mut w_dec);
+    let mut gba = GbaSae {
+        w_enc: w_dec.shallow_clone(),
+        b_enc: Tensor::full([n], -2.0, o),
+        w_dec,
+        b_dec: Tensor::zeros([d], o),
+        group: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+        target: Tensor::ones([n], o),
+    };
+    let mut adam = Adam::new(&[&gba.w_dec, &gba.b_dec], 0.9, 0.999, 1e-8);
+    let mut stats = BufferStats::new(n as usize, Device::Cpu);
+    let s = time(steps, || {
+        let st = gba.train_step(&x, &mut stats);
+        let mut g = vec![st.w_enc + st.w_dec, st.b_dec];
+        project_out_parallel(&mut g[0], &gba.w_dec);
+        adam.step(&mut [&mut gba.w_dec, &mut gba.b_dec], &g, 1e-4);
+        normalize_rows_(&mut gba.w_dec);
+        gba.w_enc = gba.w_dec.shallow_clone();
+    });
+    row("gba", s);
+}

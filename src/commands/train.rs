@@ -1,0 +1,167 @@
+//! `saescope train`: fit a dictionary to one hook of a harvest run.
+
+use crate::progress;
+use anyhow::{Context, Result, bail};
+use saescope_sae::Method;
+use saescope_sae::data::RunSource;
+use saescope_sae::train::{LogLine, Observer, TrainConfig, train};
+use saescope_store::Run;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Harvest run directory.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Hook point to train on, e.g. blocks.6.hook_resid_post or blocks.3.attn.hook_z.
+    #[arg(long)]
+    pub hook: String,
+    /// Output directory for the dictionary (default: RUN/dictionaries/HOOK-METHOD).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// TOML file with any TrainConfig fields; flags given on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// topk, batchtopk, mpsae, gba or snmf.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Number of latents (default 8 x the hook's width).
+    #[arg(long)]
+    pub latents: Option<usize>,
+    /// Active latents per token (pursuit steps for mpsae).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Training tokens (default: one pass over the training shards).
+    #[arg(long)]
+    pub tokens: Option<u64>,
+    /// Tokens per step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate (default 2e-4 / sqrt(latents / 2^14)).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Continue from the checkpoint in the output directory.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+struct Bar(indicatif::ProgressBar, usize);
+
+impl Observer for Bar {
+    fn start(&mut self, total: u64, batch: usize) {
+        self.0 = progress::bar(total * batch as u64, "training", "tokens");
+        self.1 = batch;
+    }
+    fn step(&mut self, l: &LogLine) {
+        self.0.set_position(l.step * self.1 as u64);
+        if l.fvu.is_nan() {
+            self.0.set_message(format!("loss {:.4}", l.loss));
+        } else {
+            self.0.set_message(format!(
+                "fvu {:.3} L0 {:.1} dead {:.2}",
+                l.fvu, l.l0, l.dead_fraction
+            ));
+        }
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut cfg: TrainConfig = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("{}: not a valid training config", p.display()))?
+        }
+        None => TrainConfig::default(),
+    };
+    if let Some(m) = &a.method {
+        cfg.method = m.parse::<Method>().map_err(anyhow::Error::msg)?;
+    }
+    cfg.latents = a.latents.unwrap_or(cfg.latents);
+    cfg.k = a.k.unwrap_or(cfg.k);
+    cfg.tokens = a.tokens.unwrap_or(cfg.tokens);
+    cfg.batch_tokens = a.batch_size.unwrap_or(cfg.batch_tokens);
+    cfg.lr = a.lr.or(cfg.lr);
+    cfg.seed = a.seed.unwrap_or(cfg.seed);
+    let device = super::harvest::device(&a.device)?;
+    let run = Run::open(&a.run).with_context(|| format!("opening run {}", a.run.display()))?;
+    let (_, info) = run.hook(&a.hook)?;
+    let n_heads = a.hook.ends_with("attn.hook_z").then(|| info.shape[0]);
+    let (train_shards, held) = run.manifest().split_shards(cfg.heldout_fraction);
+    let (train_shards, held) = if held.is_empty() {
+        tracing::warn!("the run has one shard: held-out metrics come from the training data");
+        (train_shards.clone(), train_shards)
+    } else {
+        (train_shards, held)
+    };
+    let mut src = RunSource::new(run.clone(), &a.hook, train_shards)?;
+    src.exclude_bos = cfg.exclude_bos;
+    src.seed = cfg.seed;
+    src.shuffle_buffer = cfg.shuffle_buffer;
+    let mut heldout = RunSource::new(run.clone(), &a.hook, held)?;
+    heldout.exclude_bos = cfg.exclude_bos;
+    heldout.shuffle_buffer = 0;
+    let method_name = serde_json::to_value(cfg.method)?
+        .as_str()
+        .unwrap_or("dict")
+        .to_owned();
+    let out = a.out.clone().unwrap_or_else(|| {
+        a.run
+            .join("dictionaries")
+            .join(format!("{}-{method_name}", a.hook))
+    });
+    if !a.resume && out.join("sae_weights.safetensors").exists() {
+        bail!(
+            "{} already holds a dictionary; choose another --out or remove it",
+            out.display()
+        );
+    }
+    let m = run.manifest();
+    let mut meta = serde_json::Map::new();
+    meta.insert("model".into(), m.model.name.clone().into());
+    meta.insert("hook".into(), a.hook.clone().into());
+    meta.insert("context_size".into(), m.context.ctx_len.into());
+    meta.insert("run".into(), a.run.display().to_string().into());
+    if let Some(h) = n_heads {
+        meta.insert("n_heads".into(), h.into());
+    }
+    let mut bar = Bar(indicatif::ProgressBar::hidden(), 1);
+    let report = train(
+        &src,
+        Some(&heldout),
+        &cfg,
+        &out,
+        a.resume,
+        device,
+        meta,
+        &mut bar,
+    )?;
+    bar.0.finish_and_clear();
+    println!(
+        "trained {method_name} on {} ({} steps, {} tokens) into {}",
+        a.hook,
+        report.steps,
+        report.tokens,
+        out.display()
+    );
+    if let Some(mt) = report.metrics {
+        println!(
+            "held-out ({} tokens): FVU {:.4}  explained variance {:.4} (legacy {:.4})  L0 {:.2}  cos {:.4}  dead {:.3}  dense {:.3}",
+            mt.tokens,
+            mt.fvu,
+            mt.explained_variance,
+            mt.explained_variance_legacy,
+            mt.l0,
+            mt.cos_sim,
+            mt.dead_fraction,
+            mt.dense_fraction
+        );
+    }
+    Ok(())
+}
