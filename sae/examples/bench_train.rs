@@ -6,7 +6,8 @@
 use saescope_sae::adam::Adam;
 use saescope_sae::gba::{BufferStats, GbaSae};
 use saescope_sae::mpsae::MpSae;
-use saescope_sae::topk::{Selection, TopKSae, normalize_rows_, project_out_parallel};
+use saescope_sae::topk::{Selection, TopKSae, normalize_rows_};
+use saescope_sae::train::constrained_step;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -70,25 +71,19 @@ fn main() {
         );
         let s = time(steps, || {
             let st = sae.train_step(&x, None, None);
-            let mut g = vec![
+            let g = vec![
                 st.grads.w_enc,
                 st.grads.b_enc,
                 st.grads.w_dec,
                 st.grads.b_dec,
             ];
-            project_out_parallel(&mut g[2], &sae.w_dec);
-            saescope_sae::adam::clip_grad_norm(&mut g, 1.0);
-            adam.step(
-                &mut [
-                    &mut sae.w_enc,
-                    &mut sae.b_enc,
-                    &mut sae.w_dec,
-                    &mut sae.b_dec,
-                ],
-                &g,
-                1e-4,
-            );
-            normalize_rows_(&mut sae.w_dec);
+            let params = &mut [
+                &mut sae.w_enc,
+                &mut sae.b_enc,
+                &mut sae.w_dec,
+                &mut sae.b_dec,
+            ];
+            constrained_step(&mut adam, params, g, 2, 1.0, 1e-4);
         });
         row(
             if sel == Selection::TopK {
@@ -109,11 +104,15 @@ fn main() {
     let mut adam = Adam::new(&[&mp.atoms, &mp.b_dec], 0.9, 0.999, 1e-8);
     let s = time(steps, || {
         let st = mp.train_step(&x);
-        let mut g = vec![st.atoms_grad, st.b_dec_grad];
-        project_out_parallel(&mut g[0], &mp.atoms);
-        saescope_sae::adam::clip_grad_norm(&mut g, 1.0);
-        adam.step(&mut [&mut mp.atoms, &mut mp.b_dec], &g, 1e-4);
-        normalize_rows_(&mut mp.atoms);
+        let g = vec![st.atoms_grad, st.b_dec_grad];
+        constrained_step(
+            &mut adam,
+            &mut [&mut mp.atoms, &mut mp.b_dec],
+            g,
+            0,
+            1.0,
+            1e-4,
+        );
     });
     row("mpsae", s);
     let mut w_dec = w.copy();
@@ -130,10 +129,15 @@ fn main() {
     let mut stats = BufferStats::new(n as usize, Device::Cpu);
     let s = time(steps, || {
         let st = gba.train_step(&x, &mut stats);
-        let mut g = vec![st.w_enc + st.w_dec, st.b_dec];
-        project_out_parallel(&mut g[0], &gba.w_dec);
-        adam.step(&mut [&mut gba.w_dec, &mut gba.b_dec], &g, 1e-4);
-        normalize_rows_(&mut gba.w_dec);
+        let g = vec![st.w_enc + st.w_dec, st.b_dec];
+        constrained_step(
+            &mut adam,
+            &mut [&mut gba.w_dec, &mut gba.b_dec],
+            g,
+            0,
+            1.0,
+            1e-4,
+        );
         gba.w_enc = gba.w_dec.shallow_clone();
     });
     row("gba", s);

@@ -42,12 +42,10 @@ impl SparseCodes {
         let nz = dense.nonzero(); // [nnz, 2], row-major order
         let (r, c) = (nz.select(1, 0), nz.select(1, 1));
         let vals = dense.index(&[Some(&r), Some(&c)]);
-        let counts = r.bincount(None::<Tensor>, rows);
-        let offsets = counts.cumsum(0, Kind::Int64) - &counts;
         SparseCodes {
+            offsets: row_starts(&r, rows),
             cols: c,
             vals,
-            offsets,
             rows: rows as usize,
             n_latents: n as usize,
         }
@@ -143,4 +141,10 @@ impl SparseCodes {
         let _ = out.index_add_(0, &self.cols, w);
         out
     }
+}
+
+/// Start of each row's entries, given the row of every entry in row order.
+pub fn row_starts(rows_of_entries: &Tensor, rows: i64) -> Tensor {
+    let counts = rows_of_entries.bincount(None::<Tensor>, rows);
+    counts.cumsum(0, Kind::Int64) - &counts
 }

@@ -10,7 +10,7 @@
 //! The encoder's dense matmul is the only step whose cost grows with batch x latents: decoding,
 //! every gradient of the decoder, and the encoder's backward go through [`SparseCodes`].
 
-use crate::sparse::SparseCodes;
+use crate::sparse::{SparseCodes, row_starts};
 use tch::{Kind, Tensor};
 
 /// Which selection rule.
@@ -101,9 +101,8 @@ impl TopKSae {
                     flat.remainder(n as i64),
                 );
                 let vals = pre.reshape([-1]).index_select(0, &flat);
-                let counts = r.bincount(None::<Tensor>, rows);
                 SparseCodes {
-                    offsets: counts.cumsum(0, Kind::Int64) - &counts,
+                    offsets: row_starts(&r, rows),
                     cols: c,
                     vals,
                     rows: rows as usize,

@@ -11,7 +11,8 @@
 use crate::adam::{Adam, clip_grad_norm};
 use crate::data::{Batcher, Source};
 use crate::dictionary::{
-    AnyDictionary, MpDictionary, SnmfDictionary, read_safetensors_with_metadata, serialize,
+    AnyDictionary, Dictionary, MpDictionary, SnmfDictionary, read_safetensors_with_metadata,
+    serialize,
 };
 use crate::error::{Result, SaeError};
 use crate::gba::{BiasRule, BufferStats, GbaSae};
@@ -258,6 +259,24 @@ fn to_tensor(rows: &[f32], dim: usize, device: Device) -> Tensor {
         .to_device(device)
 }
 
+/// The update every gradient learner shares: remove from the atoms' gradient (`grads[atoms]`)
+/// its component along each atom, clip the joint gradient norm, take an Adam step, and put the
+/// atoms back on the unit sphere. Returns the gradient norm before clipping.
+pub fn constrained_step(
+    adam: &mut Adam,
+    params: &mut [&mut Tensor],
+    mut grads: Vec<Tensor>,
+    atoms: usize,
+    grad_clip: f64,
+    lr: f64,
+) -> f64 {
+    project_out_parallel(&mut grads[atoms], params[atoms]);
+    let norm = clip_grad_norm(&mut grads, grad_clip);
+    adam.step(params, &grads, lr);
+    normalize_rows_(params[atoms]);
+    norm
+}
+
 impl Learner {
     fn init(cfg: &TrainConfig, d: usize, sample: &Tensor, device: Device) -> Learner {
         tch::manual_seed(cfg.seed as i64);
@@ -341,12 +360,18 @@ impl Learner {
         let b = x.size()[0];
         let d = x.size()[1] as usize;
         let dead_after = cfg.dead_tokens as i64;
-        let mark_fired = |since: &mut Tensor, cols: &Tensor, vals: &Tensor| {
-            let _ = since.g_add_scalar_(b);
-            let fired = cols.masked_select(&vals.gt(0.0));
-            let _ = since.index_fill_(0, &fired, 0);
+        let fraction = |mask: &Tensor| {
+            mask.to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[])
         };
-        match self {
+        let mark_fired = |since: &mut Tensor, fired: &Tensor| {
+            let _ = since.g_add_scalar_(b);
+            let _ = since.index_fill_(0, fired, 0);
+        };
+        let code_l0 = |vals: &Tensor| vals.gt(0.0).sum(Kind::Float).double_value(&[]) / b as f64;
+        // Each arm: (fvu, aux loss, L0, dead fraction, gradient norm).
+        let (fvu, aux, l0, dead_fraction, grad_norm) = match self {
             Learner::TopK {
                 sae,
                 adam,
@@ -362,22 +387,18 @@ impl Learner {
                     }),
                 };
                 let s = sae.train_step(x, Some(&dead), aux);
-                mark_fired(since_fired, &s.codes.cols, &s.codes.vals);
-                let l0 = s.codes.vals.gt(0.0).sum(Kind::Float).double_value(&[]) / b as f64;
-                let mut g = vec![s.grads.w_enc, s.grads.b_enc, s.grads.w_dec, s.grads.b_dec];
-                project_out_parallel(&mut g[2], &sae.w_dec);
-                let gn = clip_grad_norm(&mut g, cfg.grad_clip);
-                adam.step(
-                    &mut [
-                        &mut sae.w_enc,
-                        &mut sae.b_enc,
-                        &mut sae.w_dec,
-                        &mut sae.b_dec,
-                    ],
-                    &g,
-                    lr,
+                mark_fired(
+                    since_fired,
+                    &s.codes.cols.masked_select(&s.codes.vals.gt(0.0)),
                 );
-                normalize_rows_(&mut sae.w_dec);
+                let g = vec![s.grads.w_enc, s.grads.b_enc, s.grads.w_dec, s.grads.b_dec];
+                let params = &mut [
+                    &mut sae.w_enc,
+                    &mut sae.b_enc,
+                    &mut sae.w_dec,
+                    &mut sae.b_dec,
+                ];
+                let gn = constrained_step(adam, params, g, 2, cfg.grad_clip, lr);
                 if let (Some(m), true) = (s.min_selected, step as usize >= cfg.threshold_start_step)
                 {
                     *threshold = Some(match *threshold {
@@ -385,20 +406,7 @@ impl Learner {
                         Some(t) => cfg.threshold_beta * t + (1.0 - cfg.threshold_beta) * m,
                     });
                 }
-                LogLine {
-                    step,
-                    tokens: 0,
-                    lr,
-                    loss: s.fvu + cfg.aux_coefficient * s.aux,
-                    fvu: s.fvu,
-                    aux_loss: s.aux,
-                    l0,
-                    dead_fraction: dead
-                        .to_kind(Kind::Float)
-                        .mean(Kind::Float)
-                        .double_value(&[]),
-                    grad_norm: gn,
-                }
+                (s.fvu, s.aux, code_l0(&s.codes.vals), fraction(&dead), gn)
             }
             Learner::Mp {
                 sae,
@@ -406,28 +414,15 @@ impl Learner {
                 since_fired,
             } => {
                 let s = sae.train_step(x);
-                mark_fired(since_fired, &s.codes.cols, &s.codes.vals);
-                let l0 = s.codes.vals.gt(0.0).sum(Kind::Float).double_value(&[]) / b as f64;
-                let mut g = vec![s.atoms_grad, s.b_dec_grad];
-                project_out_parallel(&mut g[0], &sae.atoms);
-                let gn = clip_grad_norm(&mut g, cfg.grad_clip);
-                adam.step(&mut [&mut sae.atoms, &mut sae.b_dec], &g, lr);
-                normalize_rows_(&mut sae.atoms);
-                LogLine {
-                    step,
-                    tokens: 0,
-                    lr,
-                    loss: s.fvu,
-                    fvu: s.fvu,
-                    aux_loss: 0.0,
-                    l0,
-                    dead_fraction: since_fired
-                        .gt(dead_after)
-                        .to_kind(Kind::Float)
-                        .mean(Kind::Float)
-                        .double_value(&[]),
-                    grad_norm: gn,
-                }
+                mark_fired(
+                    since_fired,
+                    &s.codes.cols.masked_select(&s.codes.vals.gt(0.0)),
+                );
+                let g = vec![s.atoms_grad, s.b_dec_grad];
+                let params = &mut [&mut sae.atoms, &mut sae.b_dec];
+                let gn = constrained_step(adam, params, g, 0, cfg.grad_clip, lr);
+                let dead = fraction(&since_fired.gt(dead_after));
+                (s.fvu, 0.0, code_l0(&s.codes.vals), dead, gn)
             }
             Learner::Gba {
                 sae,
@@ -437,35 +432,34 @@ impl Learner {
             } => {
                 let s = sae.train_step(x, stats);
                 let active = s.acts.gt(0.0);
-                let _ = since_fired.g_add_scalar_(b);
-                let fired = active.any_dim(0, false);
-                let _ = since_fired.masked_fill_(&fired, 0);
+                mark_fired(since_fired, &active.any_dim(0, false).nonzero().view([-1]));
                 let l0 = active.sum(Kind::Float).double_value(&[]) / b as f64;
-                let mut g = vec![s.w_enc + s.w_dec, s.b_dec];
-                project_out_parallel(&mut g[0], &sae.w_dec);
-                let gn = clip_grad_norm(&mut g, cfg.grad_clip);
-                adam.step(&mut [&mut sae.w_dec, &mut sae.b_dec], &g, lr);
-                normalize_rows_(&mut sae.w_dec);
+                let g = vec![s.w_enc + s.w_dec, s.b_dec];
+                let gn = constrained_step(
+                    adam,
+                    &mut [&mut sae.w_dec, &mut sae.b_dec],
+                    g,
+                    0,
+                    cfg.grad_clip,
+                    lr,
+                );
                 sae.w_enc = sae.w_dec.shallow_clone();
                 if stats.tokens >= cfg.gba.buffer_tokens {
                     sae.adapt_biases(stats, &cfg.gba);
                 }
-                LogLine {
-                    step,
-                    tokens: 0,
-                    lr,
-                    loss: s.fvu,
-                    fvu: s.fvu,
-                    aux_loss: 0.0,
-                    l0,
-                    dead_fraction: since_fired
-                        .gt(dead_after)
-                        .to_kind(Kind::Float)
-                        .mean(Kind::Float)
-                        .double_value(&[]),
-                    grad_norm: gn,
-                }
+                (s.fvu, 0.0, l0, fraction(&since_fired.gt(dead_after)), gn)
             }
+        };
+        LogLine {
+            step,
+            tokens: 0,
+            lr,
+            loss: fvu + cfg.aux_coefficient * aux,
+            fvu,
+            aux_loss: aux,
+            l0,
+            dead_fraction,
+            grad_norm,
         }
     }
 
@@ -694,12 +688,7 @@ pub fn train(
     let _guard = tch::no_grad_guard();
     let ckpt = out.join(CHECKPOINT_FILE);
     let (mut learner, mut pos) = {
-        let mut first = Batcher::new(
-            train,
-            cfg.init_tokens.min(cfg.batch_tokens.max(cfg.init_tokens)),
-            0,
-            0,
-        )?;
+        let mut first = Batcher::new(train, cfg.init_tokens, 0, 0)?;
         let sample = to_tensor(
             &first
                 .next_batch()
@@ -923,8 +912,6 @@ pub fn evaluate(
     }
     Ok(acc.finish())
 }
-
-use crate::dictionary::Dictionary;
 
 fn save_outputs(
     out: &Path,
