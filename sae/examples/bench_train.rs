@@ -124,6 +124,7 @@ fn main() {
         b_dec: Tensor::zeros([d], o),
         group: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
         target: Tensor::ones([n], o),
+        jump: true,
     };
     let mut adam = Adam::new(&[&gba.w_dec, &gba.b_dec], 0.9, 0.999, 1e-8);
     let mut stats = BufferStats::new(n as usize, Device::Cpu);

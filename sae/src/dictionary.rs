@@ -140,6 +140,7 @@ impl AnyDictionary {
             AnyDictionary::TopK(s) if s.selection == Selection::BatchTopK => "jumprelu",
             AnyDictionary::TopK(_) => "topk",
             AnyDictionary::Mp(_) => "matching_pursuit",
+            AnyDictionary::Gba(g) if g.jump => "jumprelu",
             AnyDictionary::Gba(_) => "standard",
             AnyDictionary::Snmf(_) => "snmf",
         }
@@ -166,7 +167,13 @@ impl AnyDictionary {
             AnyDictionary::Gba(g) => {
                 out.push(("W_enc".into(), cpu(&g.w_enc.tr())));
                 out.push(("W_dec".into(), cpu(&g.w_dec)));
-                out.push(("b_enc".into(), cpu(&g.b_enc)));
+                if g.jump {
+                    // SAELens JumpReLU: f = u · 1[u > threshold] with b_enc = 0.
+                    out.push(("b_enc".into(), cpu(&g.b_enc.zeros_like())));
+                    out.push(("threshold".into(), cpu(&-&g.b_enc)));
+                } else {
+                    out.push(("b_enc".into(), cpu(&g.b_enc)));
+                }
                 out.push(("b_dec".into(), cpu(&g.b_dec)));
                 out.push(("gba_group".into(), cpu(&g.group)));
                 out.push(("gba_target_frequency".into(), cpu(&g.target)));
@@ -338,7 +345,26 @@ impl AnyDictionary {
             })
             .unwrap_or("standard");
         let ours = cfg.get("saescope");
+        let gba_extras = match (
+            tensors.get("gba_group"),
+            tensors.get("gba_target_frequency"),
+        ) {
+            (Some(g), Some(t)) => Some((g.to_device(device), t.to_device(device))),
+            _ => None,
+        };
         Ok(match arch {
+            "jumprelu" if gba_extras.is_some() => {
+                let (group, target) = gba_extras.unwrap();
+                AnyDictionary::Gba(GbaSae {
+                    w_enc: latent_rows("W_enc")?,
+                    b_enc: -vector("threshold", d_sae)? + vector("b_enc", d_sae)?,
+                    w_dec: latent_rows("W_dec")?,
+                    b_dec: vector("b_dec", d_in)?,
+                    group,
+                    target,
+                    jump: true,
+                })
+            }
             "topk" | "jumprelu" => {
                 let threshold = if arch == "jumprelu" {
                     Some(vector("threshold", d_sae)?)
@@ -387,16 +413,12 @@ impl AnyDictionary {
                 encode_iters: 50,
             }),
             "standard" => {
-                let (group, target) = match (
-                    tensors.get("gba_group"),
-                    tensors.get("gba_target_frequency"),
-                ) {
-                    (Some(g), Some(t)) => (g.to_device(device), t.to_device(device)),
-                    _ => (
+                let (group, target) = gba_extras.unwrap_or_else(|| {
+                    (
                         Tensor::zeros([d_sae as i64], (Kind::Int64, device)),
                         Tensor::ones([d_sae as i64], (Kind::Float, device)),
-                    ),
-                };
+                    )
+                });
                 AnyDictionary::Gba(GbaSae {
                     w_enc: latent_rows("W_enc")?,
                     b_enc: vector("b_enc", d_sae)?,
@@ -404,6 +426,7 @@ impl AnyDictionary {
                     b_dec: vector("b_dec", d_in)?,
                     group,
                     target,
+                    jump: false,
                 })
             }
             other => {

@@ -8,8 +8,12 @@
 //! mean of the positive maxima in its group. No public code of the paper exists; the rule and
 //! its constants follow the best available reconstruction and are all configurable.
 //!
-//!   f = relu((x − b_dec) Wᵀ + b_enc),   x̂ = f W + b_dec   (tied W with unit-norm rows, as in
-//!   the paper's setting: an untied encoder could grow and outvote the lowered biases)
+//!   u = (x − b_dec) Wᵀ,   x̂ = f W + b_dec   (tied W with unit-norm rows, as in the paper's
+//!   setting: an untied encoder could grow and outvote the lowered biases)
+//!   JumpReLU (default):  f = u · 1[u + b_enc > 0]     the bias only gates, as in the paper's
+//!                                                     LLM experiments
+//!   ReLU:                f = relu(u + b_enc)          the bias also shrinks every value, which a
+//!                                                     unit-norm tied decoder cannot undo
 
 use crate::topk::centred_sq_sum;
 use tch::{Kind, Tensor};
@@ -36,6 +40,9 @@ pub struct BiasRule {
     pub bias_clamp: f64,
     /// Tokens per adaptation buffer.
     pub buffer_tokens: usize,
+    /// Gate with the bias (JumpReLU, true) or add it (ReLU, false). Saved as SAELens
+    /// `jumprelu` (threshold = −b_enc) or `standard`.
+    pub jump: bool,
 }
 
 impl Default for BiasRule {
@@ -49,6 +56,7 @@ impl Default for BiasRule {
             dead_below: 1e-6,
             bias_clamp: 4.0,
             buffer_tokens: 40_960,
+            jump: true,
         }
     }
 }
@@ -80,6 +88,8 @@ pub struct GbaSae {
     pub group: Tensor,
     /// Target frequency of each latent, f32 [n].
     pub target: Tensor,
+    /// JumpReLU (the bias gates) rather than ReLU (the bias is added).
+    pub jump: bool,
 }
 
 /// Firing counts and maximal pre-activations over the current buffer.
@@ -114,33 +124,41 @@ impl GbaSae {
         self.w_enc.size()[0] as usize
     }
 
-    pub fn pre_acts(&self, x: &Tensor) -> (Tensor, Tensor) {
+    /// The gated pre-activation u + b_enc (what the bias rule measures), the activations, and
+    /// the centred input.
+    pub fn forward(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
         let xc = x - &self.b_dec;
-        (self.b_enc.addmm(&xc, &self.w_enc.tr()), xc)
+        let u = xc.matmul(&self.w_enc.tr());
+        let pre = &u + &self.b_enc;
+        let acts = if self.jump {
+            u * pre.gt(0.0).to_kind(Kind::Float)
+        } else {
+            pre.relu()
+        };
+        (pre, acts, xc)
     }
 
     pub fn encode_dense(&self, x: &Tensor) -> Tensor {
-        self.pre_acts(x).0.relu()
+        self.forward(x).1
     }
 
     /// Forward and backward of the reconstruction loss Σ‖x̂ − x‖² / Σ‖x − mean(x)‖². The
     /// encoder bias gets no gradient: only the adaptation rule moves it. Updates `stats`. The
     /// gradients of the encoder and decoder matrices are returned apart; a tied trainer adds them.
     pub fn train_step(&self, x: &Tensor, stats: &mut BufferStats) -> Step {
-        let (pre, xc) = self.pre_acts(x);
+        let (pre, acts, xc) = self.forward(x);
         let _ = stats
             .fired
             .g_add_(&pre.gt(0.0).sum_dim_intlist(0, false, Kind::Float));
         stats.max_pre = stats.max_pre.maximum(&pre.amax(0, false));
         stats.tokens += x.size()[0] as usize;
-        let acts = pre.relu();
         let recon = acts.matmul(&self.w_dec) + &self.b_dec;
         let total_var = centred_sq_sum(x);
         let err = &recon - x;
         let fvu = err.square().sum(Kind::Float).double_value(&[]) / total_var;
         let g = err * (2.0 / total_var);
         let w_dec = acts.tr().matmul(&g);
-        let g_pre = g.matmul(&self.w_dec.tr()) * acts.gt(0.0).to_kind(Kind::Float);
+        let g_pre = g.matmul(&self.w_dec.tr()) * pre.gt(0.0).to_kind(Kind::Float);
         let w_enc = g_pre.tr().matmul(&xc);
         let b_dec = g.sum_dim_intlist(0, false, Kind::Float)
             - g_pre

@@ -17,6 +17,7 @@ mod error;
 pub mod gba;
 pub mod metrics;
 pub mod mpsae;
+pub mod seeded;
 pub mod snmf;
 pub mod sparse;
 pub mod synthetic;

@@ -10,6 +10,7 @@
 //! New activations are encoded by nonnegative least squares against F (the same update of G
 //! with F fixed), so SNMF features can be read on new text like an SAE's.
 
+use crate::seeded::Seeded;
 use tch::{Device, Kind, Tensor};
 
 /// SNMF settings.
@@ -97,10 +98,11 @@ impl Snmf {
         seed: u64,
         progress: Progress,
     ) -> (Snmf, Tensor, f64) {
-        tch::manual_seed(seed as i64);
         let (n, m) = a.size2().expect("[tokens, neurons]");
         let opts = (Kind::Float, a.device());
-        let mut g = Tensor::rand([n, k as i64], opts).clamp_min(1e-6);
+        let mut g = Seeded::new(seed)
+            .uniform(&[n, k as i64], 0.0, 1.0, a.device())
+            .clamp_min(1e-6);
         let keep = ((cfg.sparsity * m as f64).ceil() as i64).clamp(1, m);
         let eye = Tensor::eye(k as i64, opts) * cfg.ridge;
         let (mut best, mut best_f, mut best_g) =
@@ -151,10 +153,12 @@ impl Snmf {
         device: Device,
         progress: Progress,
     ) -> Snmf {
-        tch::manual_seed(seed as i64);
         let opts = (Kind::Float, device);
         let keep = ((cfg.sparsity * m as f64).ceil() as i64).clamp(1, m as i64);
-        let mut f = winner_take_all(&Tensor::randn([m as i64, k as i64], opts), keep);
+        let mut f = winner_take_all(
+            &Seeded::new(seed).normal(&[m as i64, k as i64], device),
+            keep,
+        );
         let mut atg = Tensor::zeros([m as i64, k as i64], opts);
         let mut gtg = Tensor::zeros([k as i64, k as i64], opts);
         let eye = Tensor::eye(k as i64, opts) * cfg.ridge.max(1e-6);

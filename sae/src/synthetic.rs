@@ -4,6 +4,7 @@
 //! coefficients. Hierarchical: atoms come in (parent, children) families; a child fires only
 //! with its parent.
 
+use crate::seeded::Seeded;
 use tch::{Device, Kind, Tensor};
 
 pub struct Planted {
@@ -16,17 +17,19 @@ pub struct Planted {
 /// `samples` rows of d-dimensional data, each the sum of `active` of `n` random unit atoms with
 /// coefficients uniform in [0.5, 1.5], plus Gaussian noise of standard deviation `noise`.
 pub fn flat(n: usize, d: usize, samples: usize, active: usize, noise: f64, seed: u64) -> Planted {
-    tch::manual_seed(seed as i64);
-    let opts = (Kind::Float, Device::Cpu);
-    let atoms = Tensor::randn([n as i64, d as i64], opts);
+    let mut rng = Seeded::new(seed);
+    let cpu = Device::Cpu;
+    let (n, d, samples, active) = (n as i64, d as i64, samples as i64, active as i64);
+    let atoms = rng.normal(&[n, d], cpu);
     let atoms = &atoms / atoms.norm_scalaropt_dim(2.0, [1], true);
     // `active` distinct atoms per sample: the first columns of a random ranking.
-    let idx = Tensor::rand([samples as i64, n as i64], opts)
+    let idx = rng
+        .uniform(&[samples, n], 0.0, 1.0, cpu)
         .argsort(1, false)
-        .narrow(1, 0, active as i64);
-    let coef = Tensor::rand([samples as i64, active as i64], opts) + 0.5;
-    let codes = Tensor::zeros([samples as i64, n as i64], opts).scatter(1, &idx, &coef);
-    let data = codes.matmul(&atoms) + Tensor::randn([samples as i64, d as i64], opts) * noise;
+        .narrow(1, 0, active);
+    let coef = rng.uniform(&[samples, active], 0.5, 1.5, cpu);
+    let codes = Tensor::zeros([samples, n], (Kind::Float, cpu)).scatter(1, &idx, &coef);
+    let data = codes.matmul(&atoms) + rng.normal(&[samples, d], cpu) * noise;
     Planted { atoms, data }
 }
 
@@ -41,32 +44,39 @@ pub fn hierarchical(
     noise: f64,
     seed: u64,
 ) -> Planted {
-    tch::manual_seed(seed as i64);
-    let opts = (Kind::Float, Device::Cpu);
-    let per = 1 + children;
+    let mut rng = Seeded::new(seed);
+    let cpu = Device::Cpu;
+    let per = 1 + children as i64;
+    let (families, d, samples, fa) = (
+        families as i64,
+        d as i64,
+        samples as i64,
+        families_active as i64,
+    );
     let n = families * per;
-    let atoms = Tensor::randn([n as i64, d as i64], opts);
+    let atoms = rng.normal(&[n, d], cpu);
     let atoms = &atoms / atoms.norm_scalaropt_dim(2.0, [1], true);
-    let fam = Tensor::rand([samples as i64, families as i64], opts)
+    let fam = rng
+        .uniform(&[samples, families], 0.0, 1.0, cpu)
         .argsort(1, false)
-        .narrow(1, 0, families_active as i64);
-    let parent = &fam * per as i64;
-    let child = &parent
-        + 1
-        + Tensor::randint(
-            children as i64,
-            [samples as i64, families_active as i64],
-            (Kind::Int64, Device::Cpu),
-        );
-    let child_on = Tensor::rand([samples as i64, families_active as i64], opts)
+        .narrow(1, 0, fa);
+    let parent = &fam * per;
+    // One child of each family, uniformly: floor(u · children) in 0..children.
+    let which = (rng.uniform(&[samples, fa], 0.0, children as f64, cpu))
+        .floor()
+        .to_kind(Kind::Int64)
+        .clamp_max(children as i64 - 1);
+    let child = &parent + 1 + which;
+    let child_on = rng
+        .uniform(&[samples, fa], 0.0, 1.0, cpu)
         .lt(0.5)
         .to_kind(Kind::Float);
-    let pc = Tensor::rand([samples as i64, families_active as i64], opts) + 0.5;
-    let cc = (Tensor::rand([samples as i64, families_active as i64], opts) + 0.5) * child_on;
-    let codes = Tensor::zeros([samples as i64, n as i64], opts)
+    let pc = rng.uniform(&[samples, fa], 0.5, 1.5, cpu);
+    let cc = rng.uniform(&[samples, fa], 0.5, 1.5, cpu) * child_on;
+    let codes = Tensor::zeros([samples, n], (Kind::Float, cpu))
         .scatter(1, &parent, &pc)
         .scatter_add(1, &child, &cc);
-    let data = codes.matmul(&atoms) + Tensor::randn([samples as i64, d as i64], opts) * noise;
+    let data = codes.matmul(&atoms) + rng.normal(&[samples, d], cpu) * noise;
     Planted { atoms, data }
 }
 

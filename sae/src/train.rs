@@ -18,6 +18,7 @@ use crate::error::{Result, SaeError};
 use crate::gba::{BiasRule, BufferStats, GbaSae};
 use crate::metrics::{Accumulator, Metrics};
 use crate::mpsae::{MpSae, Stop};
+use crate::seeded::Seeded;
 use crate::snmf::{Snmf, SnmfConfig, full_batch_bytes};
 use crate::topk::{AuxK, Selection, TopKSae, normalize_rows_, project_out_parallel};
 use serde::{Deserialize, Serialize};
@@ -279,12 +280,12 @@ pub fn constrained_step(
 
 impl Learner {
     fn init(cfg: &TrainConfig, d: usize, sample: &Tensor, device: Device) -> Learner {
-        tch::manual_seed(cfg.seed as i64);
+        let mut rng = Seeded::new(cfg.seed);
         let n = cfg.latents_for(d) as i64;
         let opts = (Kind::Float, device);
         let b_dec = geometric_median(sample, 100, 1e-5);
         let bound = 1.0 / (d as f64).sqrt();
-        let w_enc = Tensor::rand([n, d as i64], opts) * (2.0 * bound) - bound;
+        let w_enc = rng.uniform(&[n, d as i64], -bound, bound, device);
         let mut w_dec = w_enc.copy();
         normalize_rows_(&mut w_dec);
         let since = Tensor::zeros([n], (Kind::Int64, device));
@@ -329,7 +330,7 @@ impl Learner {
                 let targets = cfg.gba.targets();
                 let groups = cfg.gba.groups as i64;
                 // Latents are dealt into groups by a seeded permutation.
-                let group = Tensor::randperm(n, (Kind::Int64, device)).remainder(groups);
+                let group = rng.permutation(n as usize, device).remainder(groups);
                 let target =
                     Tensor::from_slice(&targets.iter().map(|&t| t as f32).collect::<Vec<_>>())
                         .to_device(device)
@@ -342,6 +343,7 @@ impl Learner {
                     b_dec,
                     group,
                     target,
+                    jump: cfg.gba.jump,
                 };
                 let adam = adam(&[&sae.w_dec, &sae.b_dec]);
                 Learner::Gba {

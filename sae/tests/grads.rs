@@ -170,6 +170,7 @@ fn bias_adaptation_follows_the_rule_on_a_hand_computed_case() {
         b_dec: Tensor::zeros([2], (Kind::Float, Device::Cpu)),
         group: Tensor::from_slice(&[0i64, 0, 1, 1]),
         target: f(&[0.1, 0.1, 0.01, 0.01]),
+        jump: false,
     };
     let rule = BiasRule {
         groups: 2,
@@ -208,4 +209,49 @@ fn bias_adaptation_follows_the_rule_on_a_hand_computed_case() {
         .collect::<Vec<_>>(),
         vec![1000.0, 100.0, 10.0]
     );
+}
+
+#[test]
+fn gba_gradients_match_autograd_for_both_activations() {
+    tch::manual_seed(4);
+    let (n, d) = (12, 6);
+    let x = Tensor::randn([20, d], opts());
+    for jump in [true, false] {
+        let w = Tensor::randn([n, d], opts());
+        let sae = GbaSae {
+            w_enc: Tensor::randn([n, d], opts()),
+            b_enc: Tensor::rand([n], opts()) * -0.5,
+            w_dec: &w / w.norm_scalaropt_dim(2.0, [1], true),
+            b_dec: Tensor::randn([d], opts()) * 0.1,
+            group: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+            target: Tensor::ones([n], opts()),
+            jump,
+        };
+        let mut stats = BufferStats::new(n as usize, Device::Cpu);
+        let step = sae.train_step(&x, &mut stats);
+
+        let w_enc = sae.w_enc.copy().set_requires_grad(true);
+        let w_dec = sae.w_dec.copy().set_requires_grad(true);
+        let b_dec = sae.b_dec.copy().set_requires_grad(true);
+        let u = (&x - &b_dec).matmul(&w_enc.tr());
+        let pre = &u + &sae.b_enc;
+        let f = if jump {
+            &u * pre.gt(0.0).to_kind(Kind::Double)
+        } else {
+            pre.relu()
+        };
+        let recon = f.matmul(&w_dec) + &b_dec;
+        let total = (&x - x.mean_dim(0, true, Kind::Double))
+            .square()
+            .sum(Kind::Double);
+        let loss = (&recon - &x).square().sum(Kind::Double) / total;
+        loss.backward();
+        close(&step.w_enc, &w_enc.grad(), &format!("jump={jump} W_enc"));
+        close(&step.w_dec, &w_dec.grad(), &format!("jump={jump} W_dec"));
+        close(&step.b_dec, &b_dec.grad(), &format!("jump={jump} b_dec"));
+        close(&step.recon, &recon.detach(), &format!("jump={jump} recon"));
+        assert_eq!(stats.tokens, 20);
+        let fired = pre.gt(0.0).sum_dim_intlist(0, false, Kind::Double);
+        close(&stats.fired.to_kind(Kind::Double), &fired, "firing counts");
+    }
 }

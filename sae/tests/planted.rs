@@ -81,16 +81,20 @@ fn mpsae_recovers_a_planted_dictionary() {
 fn gba_recovers_a_planted_dictionary() {
     let p = flat(512, 64, 40_000, 4, 0.01, 9);
     let mut cfg = base(Method::Gba);
+    // Atoms fire at 4/512 ≈ 0.008: four groups targeting 0.02 down to 0.005 bracket it. Only
+    // latents that fire learn, so GBA needs a larger step and more of them than TopK.
     cfg.gba.buffer_tokens = 4096;
     cfg.gba.gamma_down = 0.05;
     cfg.gba.gamma_up = 0.05;
     cfg.gba.highest = 0.02;
     cfg.gba.lowest = 0.005;
     cfg.gba.groups = 4;
+    cfg.lr = Some(1e-2);
+    cfg.tokens = 512 * 4000;
     let (_, rec, m) = fit(&p, cfg);
     eprintln!("gba: recovery {rec:.3}, fvu {:.4}, l0 {:.2}", m.fvu, m.l0);
-    // The issue asks for 0.9; GBA reaches about 0.78 here so far (see the closing note).
-    assert!(rec >= 0.75, "mean best cosine {rec}");
+    assert!(rec >= 0.9, "mean best cosine {rec}");
+    assert!(m.l0 < 6.0, "l0 {}", m.l0);
 }
 
 #[test]
