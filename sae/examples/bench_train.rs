@@ -94,27 +94,31 @@ fn main() {
             s,
         );
     }
-    let mut atoms = w.copy();
-    normalize_rows_(&mut atoms);
-    let mut mp = MpSae {
-        atoms,
-        b_dec: Tensor::zeros([d], o),
-        k,
-    };
-    let mut adam = Adam::new(&[&mp.atoms, &mp.b_dec], 0.9, 0.999, 1e-8);
-    let s = time(steps, || {
-        let st = mp.train_step(&x);
-        let g = vec![st.atoms_grad, st.b_dec_grad];
-        constrained_step(
-            &mut adam,
-            &mut [&mut mp.atoms, &mut mp.b_dec],
-            g,
-            0,
-            1.0,
-            1e-4,
-        );
-    });
-    row("mpsae", s);
+    // The default (bf16 Gram, exact coefficients), then the all-f32 pursuit.
+    for bf16_gram in [true, false] {
+        let mut atoms = w.copy();
+        normalize_rows_(&mut atoms);
+        let mut mp = MpSae {
+            atoms,
+            b_dec: Tensor::zeros([d], o),
+            k,
+            bf16_gram,
+        };
+        let mut adam = Adam::new(&[&mp.atoms, &mp.b_dec], 0.9, 0.999, 1e-8);
+        let s = time(steps, || {
+            let st = mp.train_step(&x);
+            let g = vec![st.atoms_grad, st.b_dec_grad];
+            constrained_step(
+                &mut adam,
+                &mut [&mut mp.atoms, &mut mp.b_dec],
+                g,
+                0,
+                1.0,
+                1e-4,
+            );
+        });
+        row(if bf16_gram { "mpsae" } else { "mpsae-f32" }, s);
+    }
     let mut w_dec = w.copy();
     normalize_rows_(&mut w_dec);
     let mut gba = GbaSae {

@@ -402,6 +402,7 @@ impl AnyDictionary {
                         atoms: latent_rows("W_dec")?,
                         b_dec: vector("b_dec", d_in)?,
                         k,
+                        bf16_gram: false,
                     },
                     stop: Stop::Steps(k),
                 })

@@ -110,6 +110,9 @@ pub struct TrainConfig {
     /// `mp_max_steps`. None: exactly k steps.
     pub mp_residual_threshold: Option<f64>,
     pub mp_max_steps: Option<usize>,
+    /// MP-SAE training: keep the atoms' Gram matrix in bf16 (it only selects atoms; the
+    /// coefficients stay exact). Saved dictionaries always encode with an f32 Gram.
+    pub mp_bf16_gram: bool,
     pub gba: BiasRule,
     pub snmf: SnmfConfig,
 }
@@ -144,6 +147,7 @@ impl Default for TrainConfig {
             shuffle_buffer: 1 << 18,
             mp_residual_threshold: None,
             mp_max_steps: None,
+            mp_bf16_gram: true,
             gba: BiasRule::default(),
             snmf: SnmfConfig::default(),
         }
@@ -318,6 +322,7 @@ impl Learner {
                     atoms: w_dec,
                     b_dec,
                     k: cfg.k,
+                    bf16_gram: cfg.mp_bf16_gram,
                 };
                 let adam = adam(&[&sae.atoms, &sae.b_dec]);
                 Learner::Mp {
@@ -611,6 +616,7 @@ impl Learner {
             Learner::Mp { mut sae, .. } => {
                 // Atoms stay unit-norm; coefficients come out in input units.
                 sae.b_dec = &sae.b_dec * s;
+                sae.bf16_gram = false;
                 let stop = match cfg.mp_residual_threshold {
                     Some(threshold) => Stop::Residual {
                         threshold,

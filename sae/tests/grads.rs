@@ -121,6 +121,7 @@ fn matching_pursuit_gradients_match_autograd_through_the_unroll() {
         atoms,
         b_dec: Tensor::randn([d], opts()) * 0.1,
         k: 3,
+        bf16_gram: false,
     };
     let x = Tensor::randn([7, d], opts());
     let s = sae.train_step(&x);
@@ -253,5 +254,53 @@ fn gba_gradients_match_autograd_for_both_activations() {
         assert_eq!(stats.tokens, 20);
         let fired = pre.gt(0.0).sum_dim_intlist(0, false, Kind::Double);
         close(&stats.fired.to_kind(Kind::Double), &fired, "firing counts");
+    }
+}
+
+/// Matching pursuit written the plain way: fresh correlations every step, one token at a time.
+fn naive_pursuit(atoms: &Tensor, b_dec: &Tensor, x: &Tensor, th: f64, max: usize) -> Tensor {
+    let n = atoms.size()[0];
+    let codes = Tensor::zeros([x.size()[0], n], opts());
+    for i in 0..x.size()[0] {
+        let mut r = x.get(i) - b_dec;
+        for _ in 0..max {
+            if r.norm().double_value(&[]) < th {
+                break;
+            }
+            let c = atoms.mv(&r);
+            let j = c.argmax(0, false).int64_value(&[]);
+            let alpha = atoms.get(j).dot(&r).double_value(&[]);
+            if alpha <= 0.0 {
+                break;
+            }
+            r = r - atoms.get(j) * alpha;
+            let _ = codes.get(i).get(j).g_add_(&Tensor::from(alpha));
+        }
+    }
+    codes
+}
+
+#[test]
+fn blocked_pursuit_with_residual_stopping_matches_a_plain_pursuit() {
+    tch::manual_seed(5);
+    let (n, d) = (40, 8);
+    let atoms = Tensor::randn([n, d], opts());
+    let atoms = &atoms / atoms.norm_scalaropt_dim(2.0, [1], true);
+    let sae = MpSae {
+        atoms,
+        b_dec: Tensor::randn([d], opts()) * 0.1,
+        k: 4,
+        bf16_gram: false,
+    };
+    // More rows than one pursuit block, so blocks stop at different steps.
+    let x = Tensor::randn([150, d], opts()) * Tensor::rand([150, 1], opts()) * 2.0;
+    for (th, max) in [(0.8, 6), (0.0, 4)] {
+        let stop = saescope_sae::mpsae::Stop::Residual {
+            threshold: th,
+            max_steps: max,
+        };
+        let got = sae.encode(&x, stop).to_dense();
+        let want = naive_pursuit(&sae.atoms, &sae.b_dec, &x, th, max);
+        close(&got.to_kind(Kind::Double), &want, "codes");
     }
 }
