@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Harvest(a) => commands::harvest::run(a),
-        Command::Train(a) => commands::train::run(a),
+        Command::Train(a) => commands::train::run(a).map(|_| ()),
         Command::Store(c) => commands::store::run(c),
     };
     match result {

@@ -44,7 +44,7 @@ fn help_lists_every_working_command() {
     let o = saescope(&["--help"]);
     assert!(o.status.success());
     let t = text(&o);
-    for cmd in ["setup", "doctor", "demo", "harvest", "store"] {
+    for cmd in ["setup", "doctor", "demo", "harvest", "train", "store"] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
     let t = text(&saescope(&["store", "--help"]));
@@ -185,12 +185,37 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
     let out_s = out.to_str().unwrap();
-    let o = saescope(&["demo", "--out", out_s, "--tokens", "3000"]);
+    let o = saescope(&[
+        "demo",
+        "--out",
+        out_s,
+        "--tokens",
+        "3000",
+        "--latents",
+        "256",
+        "--train-tokens",
+        "6000",
+    ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("harvested 3000 tokens (3000 this run"), "{t}");
     assert!(t.contains("sequential 3000 tokens x 576"), "{t}");
     assert!(t.contains("shuffled   3000 tokens x 576"), "{t}");
+    // The run has one shard, so training and held-out tokens coincide; BOS is left out.
+    assert!(
+        t.contains("trained topk on blocks.6.hook_resid_post (6 steps, 6144 tokens)"),
+        "{t}"
+    );
+    let fvu: f64 = t
+        .split("FVU ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no FVU in\n{t}"));
+    assert!(fvu > 0.0 && fvu < 1.0, "FVU {fvu}");
+    assert!(t.contains("L0 32.00"), "{t}");
+    let dict = out.join("dictionaries/blocks.6.hook_resid_post-topk");
+    assert!(dict.join("cfg.json").exists() && dict.join("sae_weights.safetensors").exists());
 
     let o = saescope(&["store", "inspect", out_s]);
     let t = text(&o);
@@ -201,9 +226,25 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         "{t}"
     );
 
-    let o = saescope(&["demo", "--out", out_s, "--tokens", "3000"]);
-    assert!(o.status.success());
-    assert!(text(&o).contains("already holds a complete run: reading it instead"));
+    let o = saescope(&[
+        "demo",
+        "--out",
+        out_s,
+        "--tokens",
+        "3000",
+        "--latents",
+        "256",
+        "--train-tokens",
+        "6000",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("already holds a complete run: reading it instead"),
+        "{t}"
+    );
+    assert!(t.contains("is already trained: its metrics"), "{t}");
+    assert!(t.contains(&format!("FVU {fvu:.4}")), "{t}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! tokens seen (numerator and denominator accumulated separately), not the per-batch average.
 
 use crate::sparse::SparseCodes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 /// Running sums over tokens.
@@ -25,7 +25,7 @@ pub struct Accumulator {
 }
 
 /// The metrics of one evaluation, with the formula of each.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metrics {
     pub tokens: u64,
     pub fvu: f64,
@@ -46,7 +46,14 @@ pub struct Metrics {
     /// Tokens by number of active latents (index = L0, last bin = that many or more).
     pub l0_histogram: Vec<u64>,
     pub formulas: serde_json::Value,
+    /// What makes a figure less reliable than it looks (too few tokens for the dead fraction).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
+
+/// Dead and dense fractions need this many evaluated tokens: a latent of density 1e-6 fires
+/// about once in them.
+pub const DEAD_MIN_TOKENS: u64 = 1_000_000;
 
 const L0_BINS: usize = 257;
 
@@ -152,6 +159,13 @@ impl Accumulator {
         while l0_hist.len() > 1 && l0_hist.last() == Some(&0) {
             l0_hist.pop();
         }
+        let mut warnings = Vec::new();
+        if self.tokens < DEAD_MIN_TOKENS {
+            warnings.push(format!(
+                "dead and dense fractions come from {} held-out tokens; {DEAD_MIN_TOKENS} or more are needed before a latent that never fired can be called dead",
+                self.tokens
+            ));
+        }
         Metrics {
             tokens: self.tokens,
             fvu,
@@ -183,6 +197,7 @@ impl Accumulator {
                 "freq_over_1_percent": "fraction of latents with density > 0.01",
                 "log10_density_histogram": "log10(density + 1e-10), 20 bins of 0.5 from -10 to 0",
             }),
+            warnings,
         }
     }
 }

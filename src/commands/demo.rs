@@ -1,13 +1,17 @@
 //! `saescope demo`: the README's first command, the main job end to end on this machine.
 //!
 //! Today that is: check the bundled assets, harvest the residual stream of the bundled
-//! SmolLM2-135M over the Brown Corpus into an activation run, then read the run back
-//! (sequentially and shuffled) and summarise it. Re-running resumes an interrupted harvest or
-//! re-reads a complete one. Later stages (train, evaluate, analyse, explore) extend this command.
+//! SmolLM2-135M over the Brown Corpus into an activation run, read the run back (sequentially
+//! and shuffled), then train a TopK dictionary on it and print its held-out metrics. Re-running
+//! resumes an interrupted harvest or training, and re-reads what is complete. Later stages
+//! (evaluate, analyse, explore) extend this command.
 
 use crate::assets::{self, ASSETS, Status};
-use crate::commands::harvest;
-use anyhow::{Result, bail};
+use crate::commands::{harvest, train};
+use anyhow::{Context, Result, bail};
+use saescope_sae::dictionary::WEIGHTS_FILE;
+use saescope_sae::metrics::Metrics;
+use saescope_sae::train::{CHECKPOINT_FILE, METRICS_FILE};
 use saescope_store::{Dtype, ReadOptions, Run, Shuffle, manifest::MANIFEST_FILE};
 use std::path::PathBuf;
 
@@ -22,10 +26,16 @@ pub struct Args {
     /// The hook point to harvest.
     #[arg(long, default_value = "blocks.6.hook_resid_post")]
     hook: String,
+    /// Latents of the demo dictionary.
+    #[arg(long, default_value_t = 4096)]
+    latents: usize,
+    /// Training tokens (about three passes over the demo's training shards).
+    #[arg(long, default_value_t = 500_000)]
+    train_tokens: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    println!("== 1/3 bundled assets");
+    println!("== 1/4 bundled assets");
     let cache = assets::cache_dir();
     let missing: Vec<&str> = ASSETS
         .iter()
@@ -41,7 +51,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("  all {} installed in {}", ASSETS.len(), cache.display());
 
     println!(
-        "== 2/3 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
+        "== 2/4 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
         args.tokens,
         args.hook,
         args.out.display()
@@ -75,7 +85,7 @@ pub fn run(args: Args) -> Result<()> {
         })?;
     }
 
-    println!("== 3/3 read the run back");
+    println!("== 3/4 read the run back");
     let run = Run::open(&args.out)?;
     let m = run.manifest();
     let hook = &m.hooks[0];
@@ -139,10 +149,55 @@ pub fn run(args: Args) -> Result<()> {
         tokens.len() / m.context.ctx_len as usize,
         m.context.ctx_len
     );
+
+    println!(
+        "== 4/4 train a TopK dictionary ({} latents, k = 32) on {}",
+        args.latents, args.hook
+    );
+    let dict = args
+        .out
+        .join("dictionaries")
+        .join(format!("{}-topk", args.hook));
+    if dict.join(WEIGHTS_FILE).exists() {
+        println!("  {} is already trained: its metrics", dict.display());
+        let path = dict.join(METRICS_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let metrics: Metrics = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a metrics file", path.display()))?;
+        train::print_metrics(&metrics);
+    } else {
+        let resume = dict.join(CHECKPOINT_FILE).exists();
+        if resume {
+            println!("  resuming an interrupted training");
+        }
+        train::run(train::Args {
+            run: args.out.clone(),
+            hook: args.hook.clone(),
+            out: Some(dict.clone()),
+            config: None,
+            method: Some("topk".into()),
+            latents: Some(args.latents),
+            k: Some(32),
+            tokens: Some(args.train_tokens),
+            // A short run: smaller batches for more steps, and a larger step than the
+            // 1/sqrt(n) rule's, which is tuned for runs of millions of tokens.
+            batch_size: Some(1024),
+            lr: Some(1e-3),
+            seed: None,
+            device: "cpu".into(),
+            resume,
+        })?;
+    }
+
     println!();
     println!(
         "Inspect the run:   saescope store inspect {}",
         args.out.display()
+    );
+    println!(
+        "The dictionary:    {} (SAELens layout: cfg.json, sae_weights.safetensors; metrics.json)",
+        dict.display()
     );
     println!(
         "Read it elsewhere: duckdb -c \"select count(*) from '{}/activations/*.parquet'\"",

@@ -4,6 +4,7 @@ use crate::progress;
 use anyhow::{Context, Result, bail};
 use saescope_sae::Method;
 use saescope_sae::data::RunSource;
+use saescope_sae::metrics::Metrics;
 use saescope_sae::train::{LogLine, Observer, TrainConfig, train};
 use saescope_store::Run;
 use std::path::PathBuf;
@@ -70,7 +71,8 @@ impl Observer for Bar {
     }
 }
 
-pub fn run(a: Args) -> Result<()> {
+/// Trains and returns the dictionary's directory.
+pub fn run(a: Args) -> Result<PathBuf> {
     let mut cfg: TrainConfig = match &a.config {
         Some(p) => {
             let text =
@@ -94,9 +96,10 @@ pub fn run(a: Args) -> Result<()> {
     let (_, info) = run.hook(&a.hook)?;
     let n_heads = a.hook.ends_with("attn.hook_z").then(|| info.shape[0]);
     let (train_shards, held) = run.manifest().split_shards(cfg.heldout_fraction);
-    let (train_shards, held) = if held.is_empty() {
+    let (train_shards, held) = if held.is_empty() || train_shards.is_empty() {
         tracing::warn!("the run has one shard: held-out metrics come from the training data");
-        (train_shards.clone(), train_shards)
+        let all: Vec<usize> = (0..run.manifest().shards.len()).collect();
+        (all.clone(), all)
     } else {
         (train_shards, held)
     };
@@ -150,18 +153,26 @@ pub fn run(a: Args) -> Result<()> {
         report.tokens,
         out.display()
     );
-    if let Some(mt) = report.metrics {
-        println!(
-            "held-out ({} tokens): FVU {:.4}  explained variance {:.4} (legacy {:.4})  L0 {:.2}  cos {:.4}  dead {:.3}  dense {:.3}",
-            mt.tokens,
-            mt.fvu,
-            mt.explained_variance,
-            mt.explained_variance_legacy,
-            mt.l0,
-            mt.cos_sim,
-            mt.dead_fraction,
-            mt.dense_fraction
-        );
+    if let Some(mt) = &report.metrics {
+        print_metrics(mt);
     }
-    Ok(())
+    Ok(out)
+}
+
+/// The held-out metrics in one line, then any warnings about them.
+pub fn print_metrics(mt: &Metrics) {
+    println!(
+        "held-out ({} tokens): FVU {:.4}  explained variance {:.4} (legacy {:.4})  L0 {:.2}  cos {:.4}  dead {:.3}  dense {:.3}",
+        mt.tokens,
+        mt.fvu,
+        mt.explained_variance,
+        mt.explained_variance_legacy,
+        mt.l0,
+        mt.cos_sim,
+        mt.dead_fraction,
+        mt.dense_fraction
+    );
+    for w in &mt.warnings {
+        println!("  note: {w}");
+    }
 }
