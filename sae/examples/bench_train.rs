@@ -51,7 +51,12 @@ fn main() {
         )
     };
     row("matmul", floor);
-    for sel in [Selection::TopK, Selection::BatchTopK] {
+    for (sel, bf16_select) in [
+        (Selection::TopK, false),
+        (Selection::TopK, true),
+        (Selection::BatchTopK, false),
+        (Selection::BatchTopK, true),
+    ] {
         let mut w_dec = w.copy();
         normalize_rows_(&mut w_dec);
         let mut sae = TopKSae {
@@ -62,6 +67,7 @@ fn main() {
             k,
             selection: sel,
             threshold: None,
+            bf16_select,
         };
         let mut adam = Adam::new(
             &[&sae.w_enc, &sae.b_enc, &sae.w_dec, &sae.b_dec],
@@ -85,14 +91,13 @@ fn main() {
             ];
             constrained_step(&mut adam, params, g, 2, 1.0, 1e-4);
         });
-        row(
-            if sel == Selection::TopK {
-                "topk"
-            } else {
-                "batchtopk"
-            },
-            s,
-        );
+        let name = match (sel, bf16_select) {
+            (Selection::TopK, false) => "topk",
+            (Selection::TopK, true) => "topk-bf16",
+            (Selection::BatchTopK, false) => "batchtopk",
+            (Selection::BatchTopK, true) => "batchtopk-bf16",
+        };
+        row(name, s);
     }
     // The default (bf16 Gram, exact coefficients), then the all-f32 pursuit.
     for bf16_gram in [true, false] {

@@ -333,6 +333,7 @@ impl AnyDictionary {
                 k,
                 selection: Selection::TopK,
                 threshold: None,
+                bf16_select: false,
             }));
         }
         let arch = cfg
@@ -390,6 +391,7 @@ impl AnyDictionary {
                         Selection::TopK
                     },
                     threshold,
+                    bf16_select: false,
                 })
             }
             "matching_pursuit" => {

@@ -110,9 +110,13 @@ pub struct TrainConfig {
     /// `mp_max_steps`. None: exactly k steps.
     pub mp_residual_threshold: Option<f64>,
     pub mp_max_steps: Option<usize>,
-    /// MP-SAE training: keep the atoms' Gram matrix in bf16 (it only selects atoms; the
-    /// coefficients stay exact). Saved dictionaries always encode with an f32 Gram.
-    pub mp_bf16_gram: bool,
+    /// Choose latents with bf16 arithmetic during training: TopK's and BatchTopK's encoder
+    /// matmul, MP-SAE's Gram matrix. Only the choice is made in bf16; every value that enters
+    /// the reconstruction or a gradient is recomputed in f32, so a choice can differ from the
+    /// f32 one only between near-ties. About 1.4x faster TopK steps on a CPU with AVX-512 BF16.
+    /// None: on for CUDA and for CPUs with native bf16, off otherwise. Saved dictionaries
+    /// always encode in f32.
+    pub bf16_select: Option<bool>,
     pub gba: BiasRule,
     pub snmf: SnmfConfig,
 }
@@ -147,7 +151,7 @@ impl Default for TrainConfig {
             shuffle_buffer: 1 << 18,
             mp_residual_threshold: None,
             mp_max_steps: None,
-            mp_bf16_gram: true,
+            bf16_select: None,
             gba: BiasRule::default(),
             snmf: SnmfConfig::default(),
         }
@@ -282,9 +286,27 @@ pub fn constrained_step(
     norm
 }
 
+/// Whether bf16 matmuls run natively (faster than f32) on `device`.
+pub fn native_bf16(device: Device) -> bool {
+    match device {
+        Device::Cpu => {
+            #[cfg(target_arch = "x86_64")]
+            {
+                std::arch::is_x86_feature_detected!("avx512bf16")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                false
+            }
+        }
+        _ => true,
+    }
+}
+
 impl Learner {
     fn init(cfg: &TrainConfig, d: usize, sample: &Tensor, device: Device) -> Learner {
         let mut rng = Seeded::new(cfg.seed);
+        let bf16 = cfg.bf16_select.unwrap_or_else(|| native_bf16(device));
         let n = cfg.latents_for(d) as i64;
         let opts = (Kind::Float, device);
         let b_dec = geometric_median(sample, 100, 1e-5);
@@ -308,6 +330,7 @@ impl Learner {
                         Selection::TopK
                     },
                     threshold: None,
+                    bf16_select: bf16,
                 };
                 let adam = adam(&[&sae.w_enc, &sae.b_enc, &sae.w_dec, &sae.b_dec]);
                 Learner::TopK {
@@ -322,7 +345,7 @@ impl Learner {
                     atoms: w_dec,
                     b_dec,
                     k: cfg.k,
-                    bf16_gram: cfg.mp_bf16_gram,
+                    bf16_gram: bf16,
                 };
                 let adam = adam(&[&sae.atoms, &sae.b_dec]);
                 Learner::Mp {
@@ -603,6 +626,7 @@ impl Learner {
             Learner::TopK {
                 mut sae, threshold, ..
             } => {
+                sae.bf16_select = false;
                 sae.w_enc = &sae.w_enc / s;
                 sae.w_dec = &sae.w_dec * s;
                 sae.b_dec = &sae.b_dec * s;

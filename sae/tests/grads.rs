@@ -33,6 +33,7 @@ fn topk_sae(selection: Selection) -> TopKSae {
         k: 3,
         selection,
         threshold: None,
+        bf16_select: false,
     }
 }
 
@@ -68,8 +69,18 @@ fn reference(
 
 #[test]
 fn topk_gradients_match_autograd() {
-    for selection in [Selection::TopK, Selection::BatchTopK] {
-        let sae = topk_sae(selection);
+    for (selection, bf16_select) in [
+        (Selection::TopK, false),
+        (Selection::BatchTopK, false),
+        (Selection::TopK, true),
+        (Selection::BatchTopK, true),
+    ] {
+        // With bf16 selection the chosen values are recomputed exactly, so the gradients
+        // still match the f64 reference on the same selection.
+        let sae = TopKSae {
+            bf16_select,
+            ..topk_sae(selection)
+        };
         let x = Tensor::randn([9, 6], opts());
         let s = sae.train_step(&x, None, None);
         let keep = s.codes.to_dense().ne(0.0).to_kind(Kind::Double);
@@ -303,4 +314,39 @@ fn blocked_pursuit_with_residual_stopping_matches_a_plain_pursuit() {
         let want = naive_pursuit(&sae.atoms, &sae.b_dec, &x, th, max);
         close(&got.to_kind(Kind::Double), &want, "codes");
     }
+}
+
+#[test]
+fn bf16_selection_chooses_like_f32_and_keeps_exact_values() {
+    let (n, d, b) = (2048, 64, 256);
+    let f = (Kind::Float, Device::Cpu);
+    let w_enc = Tensor::randn([n, d], f) / (d as f64).sqrt();
+    let b_enc = Tensor::randn([n], f) * 0.01;
+    let make = |bf16_select| TopKSae {
+        w_enc: w_enc.copy(),
+        b_enc: b_enc.copy(),
+        w_dec: w_enc.copy(),
+        b_dec: Tensor::zeros([d], f),
+        k: 32,
+        selection: Selection::TopK,
+        threshold: None,
+        bf16_select,
+    };
+    let (exact, fast) = (make(false), make(true));
+    let x = Tensor::randn([b, d], f);
+    let (a, c) = (exact.encode(&x).to_dense(), fast.encode(&x).to_dense());
+    let chosen = |t: &Tensor| t.ne(0.0);
+    let both = chosen(&a)
+        .logical_and(&chosen(&c))
+        .sum(Kind::Float)
+        .double_value(&[]);
+    let agree = both / (32.0 * b as f64);
+    assert!(agree > 0.97, "bf16 and f32 agree on {agree} of the choices");
+    // Wherever bf16 chose a latent, its value is the f32 pre-activation.
+    let (pre, _) = exact.pre_acts(&x);
+    let err = ((&c - &pre) * chosen(&c).to_kind(Kind::Float))
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(err < 1e-5, "value error {err}");
 }
