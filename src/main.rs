@@ -33,6 +33,8 @@ enum Command {
     Harvest(commands::harvest::Args),
     /// Train a sparse dictionary (TopK, BatchTopK, MP-SAE, GBA, SNMF) on one hook of a run.
     Train(commands::train::Args),
+    /// Splice a dictionary into the model over held-out text: CE-loss recovered, KL, reconstruction.
+    Eval(commands::eval::Args),
     /// Activation runs: inspect and benchmark.
     #[command(subcommand)]
     Store(commands::store::Command),
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => commands::demo::run(a),
         Command::Harvest(a) => commands::harvest::run(a),
         Command::Train(a) => commands::train::run(a).map(|_| ()),
+        Command::Eval(a) => commands::eval::run(a),
         Command::Store(c) => commands::store::run(c),
     };
     match result {

@@ -44,7 +44,9 @@ fn help_lists_every_working_command() {
     let o = saescope(&["--help"]);
     assert!(o.status.success());
     let t = text(&o);
-    for cmd in ["setup", "doctor", "demo", "harvest", "train", "store"] {
+    for cmd in [
+        "setup", "doctor", "demo", "harvest", "train", "eval", "store",
+    ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
     let t = text(&saescope(&["store", "--help"]));
@@ -216,6 +218,36 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     assert!(t.contains("L0 32.00"), "{t}");
     let dict = out.join("dictionaries/blocks.6.hook_resid_post-topk");
     assert!(dict.join("cfg.json").exists() && dict.join("sae_weights.safetensors").exists());
+
+    // Splice it into the model over text after the harvested part of the corpus.
+    let o = saescope(&[
+        "eval",
+        "--dict",
+        dict.to_str().unwrap(),
+        "--tokens",
+        "256",
+        "--batch-size",
+        "2",
+        "--json",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let report: serde_json::Value = serde_json::from_str(&t[t.find('{').unwrap()..]).unwrap();
+    assert_eq!(report["contexts"], 2, "{t}");
+    assert_eq!(report["predictions"], 2 * 127);
+    let (clean, spliced, ablated) = (
+        report["ce_clean"].as_f64().unwrap(),
+        report["ce_spliced"].as_f64().unwrap(),
+        report["ce_ablated"].as_f64().unwrap(),
+    );
+    let recovered = report["ce_loss_recovered"].as_f64().unwrap();
+    assert!((recovered - (ablated - spliced) / (ablated - clean)).abs() < 1e-12);
+    assert!(
+        ablated > clean + 1.0,
+        "zeroing the residual stream must hurt: {t}"
+    );
+    assert_eq!(report["reconstruction"]["tokens"], 2 * 127, "BOS left out");
+    assert!(dict.join("eval.json").exists());
 
     let o = saescope(&["store", "inspect", out_s]);
     let t = text(&o);

@@ -53,6 +53,23 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
+    /// The unembedding [vocab, d_model] with the final LayerNorm's weight folded in (its bias
+    /// shifts every direction's logits alike and is left out).
+    pub fn unembed_folded(&self) -> Tensor {
+        &self.wte * self.ln_f.w.unsqueeze(0)
+    }
+
+    /// See [`crate::llama::Llama::to_residual`]; GPT-2 stores these [in, out], so they are
+    /// transposed here.
+    pub fn to_residual(&self, point: HookPoint) -> Option<Tensor> {
+        let blk = self.blocks.get(point.layer)?;
+        match point.kind {
+            HookKind::AttnZ => Some(blk.w_o.tr()),
+            HookKind::MlpPost => Some(blk.w_proj.tr()),
+            _ => None,
+        }
+    }
+
     /// Loads a Hugging Face `GPT2LMHeadModel` checkpoint.
     pub fn from_hf(ckpt: &HfCheckpoint, device: Device, kind: Kind) -> Result<Self> {
         if let Some(act) = ckpt.config["activation_function"].as_str()

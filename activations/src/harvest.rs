@@ -76,13 +76,13 @@ pub struct HarvestReport {
 }
 
 /// One packed context: token ids and where each came from.
-struct Context {
-    ids: Vec<i64>,
-    records: Vec<TokenRecord>,
+pub struct Context {
+    pub ids: Vec<i64>,
+    pub records: Vec<TokenRecord>,
 }
 
-/// Packs documents into contexts.
-struct Packer<'a> {
+/// Packs documents into contexts: BOS, then document tokens with EOS after each document.
+pub struct Packer<'a> {
     docs: Box<dyn Iterator<Item = std::result::Result<Document, CorpusError>>>,
     tok: &'a TextTokenizer,
     ctx_len: usize,
@@ -93,8 +93,21 @@ struct Packer<'a> {
     replaced: usize,
 }
 
-impl Packer<'_> {
-    fn next(&mut self) -> Result<Option<Context>> {
+impl<'a> Packer<'a> {
+    pub fn new(corpus: &CorpusSource, tok: &'a TextTokenizer, ctx_len: usize) -> Result<Self> {
+        Ok(Packer {
+            docs: corpus.documents()?,
+            tok,
+            ctx_len,
+            buf: VecDeque::new(),
+            next_doc: 0,
+            next_context: 0,
+            replaced: 0,
+        })
+    }
+
+    /// The next context, or `None` when the corpus is used up (the last may be short).
+    pub fn next(&mut self) -> Result<Option<Context>> {
         let body = self.ctx_len - 1; // one position for BOS
         while self.buf.len() < body {
             let Some(doc) = self.docs.next() else { break };
@@ -265,15 +278,7 @@ impl Harvester<'_> {
         let (model, tok) = (self.model, self.tokenizer);
         validate(model, cfg)?;
         let spec = run_spec(model, tok, self.model_info.clone(), corpus, cfg);
-        let mut packer = Packer {
-            docs: corpus.documents()?,
-            tok,
-            ctx_len: cfg.ctx_len,
-            buf: VecDeque::new(),
-            next_doc: 0,
-            next_context: 0,
-            replaced: 0,
-        };
+        let mut packer = Packer::new(corpus, tok, cfg.ctx_len)?;
         // Read the first context before touching the output, so an empty corpus leaves no run behind.
         let Some(first) = packer.next()? else {
             return Err(HarvestError::EmptyCorpus(corpus.name()));

@@ -317,6 +317,24 @@ impl Llama {
         self.device
     }
 
+    /// The unembedding [vocab, d_model] with the final RMSNorm's weight folded in, so that
+    /// `W_U · v` is the direct effect on the logits of a residual direction v.
+    pub fn unembed_folded(&self) -> Tensor {
+        &self.unembed * self.final_norm.unsqueeze(0)
+    }
+
+    /// The matrix [d_model, width] that writes a hook's value into the residual stream: the
+    /// attention output projection for `attn.hook_z`, the MLP's down projection for
+    /// `mlp.hook_post`; `None` for hooks already in the residual basis.
+    pub fn to_residual(&self, point: HookPoint) -> Option<Tensor> {
+        let blk = self.blocks.get(point.layer)?;
+        match point.kind {
+            HookKind::AttnZ => Some(blk.w_o.shallow_clone()),
+            HookKind::MlpPost => Some(blk.w_down.shallow_clone()),
+            _ => None,
+        }
+    }
+
     /// Every hook point of this model, in forward order.
     pub fn hook_points(&self) -> Vec<HookPoint> {
         (0..self.cfg.n_layers)

@@ -4,7 +4,7 @@
 use crate::gguf::Gguf;
 use crate::gpt2::Gpt2;
 use crate::hf::HfCheckpoint;
-use crate::hooks::{HookKind, Hooks};
+use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::llama::{Llama, ModelError, Result};
 use crate::tokenizer::TextTokenizer;
 use std::path::Path;
@@ -51,6 +51,22 @@ impl Model {
         match self {
             Model::Llama(m) => m.hook_shape(kind),
             Model::Gpt2(m) => m.hook_shape(kind),
+        }
+    }
+
+    /// See [`Llama::unembed_folded`].
+    pub fn unembed_folded(&self) -> Tensor {
+        match self {
+            Model::Llama(m) => m.unembed_folded(),
+            Model::Gpt2(m) => m.unembed_folded(),
+        }
+    }
+
+    /// See [`Llama::to_residual`].
+    pub fn to_residual(&self, point: HookPoint) -> Option<Tensor> {
+        match self {
+            Model::Llama(m) => m.to_residual(point),
+            Model::Gpt2(m) => m.to_residual(point),
         }
     }
 

@@ -113,6 +113,36 @@ impl Dictionary for SnmfDictionary {
 }
 
 pub const CFG_FILE: &str = "cfg.json";
+
+/// What a dictionary's `cfg.json` says about where it came from (saescope's, SAELens' or
+/// sparsify's fields, whichever are present).
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    /// Hook in TransformerLens naming (`metadata.hook_name`, or `hook_name` in older SAELens).
+    pub hook: Option<String>,
+    /// The harvest run it was trained on, as recorded by saescope.
+    pub run: Option<std::path::PathBuf>,
+    pub model: Option<String>,
+}
+
+impl Provenance {
+    pub fn read(dir: &Path) -> Result<Provenance> {
+        let path = dir.join(CFG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| SaeError::io(&path, e))?;
+        let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| SaeError::Format {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let s = |p: &str| cfg.pointer(p).and_then(|v| v.as_str()).map(str::to_owned);
+        Ok(Provenance {
+            hook: s("/metadata/hook_name")
+                .or_else(|| s("/hook_name"))
+                .or_else(|| s("/saescope/hook")),
+            run: s("/saescope/run").map(Into::into),
+            model: s("/metadata/model_name").or_else(|| s("/model_name")),
+        })
+    }
+}
 pub const WEIGHTS_FILE: &str = "sae_weights.safetensors";
 pub const SPARSIFY_WEIGHTS_FILE: &str = "sae.safetensors";
 

@@ -20,6 +20,7 @@ pub mod mpsae;
 pub mod seeded;
 pub mod snmf;
 pub mod sparse;
+pub mod splice;
 pub mod synthetic;
 pub mod topk;
 pub mod train;

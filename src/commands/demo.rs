@@ -2,12 +2,12 @@
 //!
 //! Today that is: check the bundled assets, harvest the residual stream of the bundled
 //! SmolLM2-135M over the Brown Corpus into an activation run, read the run back (sequentially
-//! and shuffled), then train a TopK dictionary on it and print its held-out metrics. Re-running
-//! resumes an interrupted harvest or training, and re-reads what is complete. Later stages
-//! (evaluate, analyse, explore) extend this command.
+//! and shuffled), train a TopK dictionary on it and print its held-out metrics, then splice it
+//! into the model over text the run did not see. Re-running resumes an interrupted harvest or
+//! training, and re-reads what is complete. Later stages (analyse, explore) extend this command.
 
 use crate::assets::{self, ASSETS, Status};
-use crate::commands::{harvest, train};
+use crate::commands::{eval, harvest, train};
 use anyhow::{Context, Result, bail};
 use saescope_sae::dictionary::WEIGHTS_FILE;
 use saescope_sae::metrics::Metrics;
@@ -32,10 +32,13 @@ pub struct Args {
     /// Training tokens (about three passes over the demo's training shards).
     #[arg(long, default_value_t = 500_000)]
     train_tokens: u64,
+    /// Tokens of held-out text to evaluate the dictionary on inside the model.
+    #[arg(long, default_value_t = 4096)]
+    eval_tokens: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    println!("== 1/4 bundled assets");
+    println!("== 1/5 bundled assets");
     let cache = assets::cache_dir();
     let missing: Vec<&str> = ASSETS
         .iter()
@@ -51,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("  all {} installed in {}", ASSETS.len(), cache.display());
 
     println!(
-        "== 2/4 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
+        "== 2/5 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
         args.tokens,
         args.hook,
         args.out.display()
@@ -85,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
         })?;
     }
 
-    println!("== 3/4 read the run back");
+    println!("== 3/5 read the run back");
     let run = Run::open(&args.out)?;
     let m = run.manifest();
     let hook = &m.hooks[0];
@@ -151,7 +154,7 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     println!(
-        "== 4/4 train a TopK dictionary ({} latents, k = 32) on {}",
+        "== 4/5 train a TopK dictionary ({} latents, k = 32) on {}",
         args.latents, args.hook
     );
     let dict = args
@@ -189,6 +192,26 @@ pub fn run(args: Args) -> Result<()> {
             resume,
         })?;
     }
+
+    println!(
+        "== 5/5 splice the dictionary into the model over {} held-out tokens",
+        args.eval_tokens
+    );
+    eval::run(eval::Args {
+        dict: dict.clone(),
+        run: Some(args.out.clone()),
+        hook: None,
+        model: None,
+        corpus: None,
+        text_column: "text".into(),
+        tokens: args.eval_tokens,
+        batch_size: 8,
+        ctx_len: None,
+        head: None,
+        include_bos: false,
+        device: "cpu".into(),
+        json: false,
+    })?;
 
     println!();
     println!(

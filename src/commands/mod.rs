@@ -1,5 +1,7 @@
 pub mod demo;
+pub mod dict;
 pub mod doctor;
+pub mod eval;
 pub mod harvest;
 pub mod setup;
 pub mod store;
