@@ -107,7 +107,7 @@ impl<'a> Packer<'a> {
     }
 
     /// The next context, or `None` when the corpus is used up (the last may be short).
-    pub fn next(&mut self) -> Result<Option<Context>> {
+    pub fn next_context(&mut self) -> Result<Option<Context>> {
         let body = self.ctx_len - 1; // one position for BOS
         while self.buf.len() < body {
             let Some(doc) = self.docs.next() else { break };
@@ -280,7 +280,7 @@ impl Harvester<'_> {
         let spec = run_spec(model, tok, self.model_info.clone(), corpus, cfg);
         let mut packer = Packer::new(corpus, tok, cfg.ctx_len)?;
         // Read the first context before touching the output, so an empty corpus leaves no run behind.
-        let Some(first) = packer.next()? else {
+        let Some(first) = packer.next_context()? else {
             return Err(HarvestError::EmptyCorpus(corpus.name()));
         };
 
@@ -321,7 +321,7 @@ impl Harvester<'_> {
                 while batch.len() < cfg.batch_contexts {
                     let next = match pending.take() {
                         Some(c) => Some(c),
-                        None => packer.next()?,
+                        None => packer.next_context()?,
                     };
                     let Some(c) = next else { break };
                     index += 1;

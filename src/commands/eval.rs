@@ -105,7 +105,7 @@ pub fn run(a: Args) -> Result<()> {
     let corpus = harvest::corpus_source(&spec, &a.text_column)?;
     let mut packer = Packer::new(&corpus, &loaded.tokenizer, ctx_len)?;
     for _ in 0..skip {
-        if packer.next()?.is_none() {
+        if packer.next_context()?.is_none() {
             bail!(
                 "the corpus `{spec}` has no text beyond the {skip} contexts the run harvested; pass --corpus"
             );
@@ -125,7 +125,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut in_batch = 0usize;
     let mut taken = 0u64;
     loop {
-        let next = if taken < want { packer.next()? } else { None };
+        let next = if taken < want { packer.next_context()? } else { None };
         let full = next.as_ref().is_some_and(|c| c.ids.len() == ctx_len);
         if full {
             batch.extend_from_slice(&next.expect("checked").ids);
