@@ -35,6 +35,8 @@ enum Command {
     Train(commands::train::Args),
     /// Splice a dictionary into the model over held-out text: CE-loss recovered, KL, reconstruction.
     Eval(commands::eval::Args),
+    /// Build a dictionary's feature store: statistics, contexts, logit effects, neighbours.
+    Analyze(commands::analyze::Args),
     /// Activation runs: inspect and benchmark.
     #[command(subcommand)]
     Store(commands::store::Command),
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Harvest(a) => commands::harvest::run(a),
         Command::Train(a) => commands::train::run(a).map(|_| ()),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Analyze(a) => commands::analyze::run(a),
         Command::Store(c) => commands::store::run(c),
     };
     match result {

@@ -45,7 +45,7 @@ fn help_lists_every_working_command() {
     assert!(o.status.success());
     let t = text(&o);
     for cmd in [
-        "setup", "doctor", "demo", "harvest", "train", "eval", "store",
+        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -197,6 +197,8 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         "256",
         "--train-tokens",
         "6000",
+        "--eval-tokens",
+        "256",
     ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -249,6 +251,31 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     assert_eq!(report["reconstruction"]["tokens"], 2 * 127, "BOS left out");
     assert!(dict.join("eval.json").exists());
 
+    // The feature store: every feature's counts add up to the L0 the training reported.
+    let o = saescope(&["analyze", "--dict", dict.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("analysed 256 features of blocks.6.hook_resid_post over 3000 tokens"),
+        "{t}"
+    );
+    let store = saescope_store::features::FeatureStore::open(&dict.join("features")).unwrap();
+    assert_eq!(store.features.len(), 256);
+    let fired: u64 = store.features.iter().map(|f| f.count).sum();
+    let scored = 3000 - 3000u64.div_ceil(128); // BOS positions are left out
+    assert_eq!(
+        fired,
+        32 * scored,
+        "TopK with k = 32 fires 32 times a token"
+    );
+    assert!(
+        store
+            .contexts
+            .iter()
+            .all(|c| c.acts[c.focus as usize] == c.activation)
+    );
+    assert_eq!(store.summary.tokens, 3000);
+
     let o = saescope(&["store", "inspect", out_s]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -268,6 +295,8 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         "256",
         "--train-tokens",
         "6000",
+        "--eval-tokens",
+        "256",
     ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");

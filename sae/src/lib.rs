@@ -11,6 +11,7 @@
 //! (`saescope-activations`), or any display: progress goes to an [`train::Observer`].
 
 pub mod adam;
+pub mod analyze;
 pub mod data;
 pub mod dictionary;
 mod error;

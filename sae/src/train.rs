@@ -831,7 +831,7 @@ pub fn train(
         )?),
         None => None,
     };
-    save_outputs(out, &dictionary, cfg, pos.scale, &metrics, meta, d)?;
+    save_outputs(out, &dictionary, cfg, pos.scale, &metrics, meta)?;
     let _ = std::fs::remove_file(&ckpt);
     Ok(TrainReport {
         dictionary,
@@ -952,21 +952,11 @@ fn save_outputs(
     scale: f64,
     metrics: &Option<Metrics>,
     meta: serde_json::Map<String, serde_json::Value>,
-    d_in: usize,
 ) -> Result<()> {
     let mut extra = Vec::new();
     // Attention-output dictionaries: each feature's decoder-norm share per head.
     if let Some(heads) = meta.get("n_heads").and_then(|v| v.as_u64()) {
-        let atoms = dict.as_dyn().atoms();
-        let h = heads as i64;
-        let n = atoms.size()[0];
-        let per_head = atoms
-            .view([n, h, d_in as i64 / h])
-            .norm_scalaropt_dim(2.0, [2], false);
-        let share = &per_head
-            / per_head
-                .sum_dim_intlist(1, true, Kind::Float)
-                .clamp_min(1e-12);
+        let share = crate::analyze::head_share(&dict.as_dyn().atoms(), heads as i64);
         extra.push(("head_share".to_owned(), share));
     }
     let mut c = serde_json::Map::new();
@@ -1103,7 +1093,7 @@ fn train_snmf(
         )?),
         None => None,
     };
-    save_outputs(out, &dictionary, cfg, 1.0, &metrics, meta, m)?;
+    save_outputs(out, &dictionary, cfg, 1.0, &metrics, meta)?;
     Ok(TrainReport {
         dictionary,
         steps: 0,

@@ -2,16 +2,18 @@
 //!
 //! Today that is: check the bundled assets, harvest the residual stream of the bundled
 //! SmolLM2-135M over the Brown Corpus into an activation run, read the run back (sequentially
-//! and shuffled), train a TopK dictionary on it and print its held-out metrics, then splice it
-//! into the model over text the run did not see. Re-running resumes an interrupted harvest or
-//! training, and re-reads what is complete. Later stages (analyse, explore) extend this command.
+//! and shuffled), train a TopK dictionary on it and print its held-out metrics, splice it into
+//! the model over text the run did not see, and build its feature store. Re-running resumes an
+//! interrupted harvest or training, and re-reads what is complete. The explorer will extend this
+//! command.
 
 use crate::assets::{self, ASSETS, Status};
-use crate::commands::{eval, harvest, train};
+use crate::commands::{analyze, eval, harvest, train};
 use anyhow::{Context, Result, bail};
 use saescope_sae::dictionary::WEIGHTS_FILE;
 use saescope_sae::metrics::Metrics;
 use saescope_sae::train::{CHECKPOINT_FILE, METRICS_FILE};
+use saescope_store::features::{FeatureStore, SUMMARY_FILE};
 use saescope_store::{Dtype, ReadOptions, Run, Shuffle, manifest::MANIFEST_FILE};
 use std::path::PathBuf;
 
@@ -38,7 +40,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    println!("== 1/5 bundled assets");
+    println!("== 1/6 bundled assets");
     let cache = assets::cache_dir();
     let missing: Vec<&str> = ASSETS
         .iter()
@@ -54,7 +56,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("  all {} installed in {}", ASSETS.len(), cache.display());
 
     println!(
-        "== 2/5 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
+        "== 2/6 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
         args.tokens,
         args.hook,
         args.out.display()
@@ -88,7 +90,7 @@ pub fn run(args: Args) -> Result<()> {
         })?;
     }
 
-    println!("== 3/5 read the run back");
+    println!("== 3/6 read the run back");
     let run = Run::open(&args.out)?;
     let m = run.manifest();
     let hook = &m.hooks[0];
@@ -154,7 +156,7 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     println!(
-        "== 4/5 train a TopK dictionary ({} latents, k = 32) on {}",
+        "== 4/6 train a TopK dictionary ({} latents, k = 32) on {}",
         args.latents, args.hook
     );
     let dict = args
@@ -194,24 +196,59 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     println!(
-        "== 5/5 splice the dictionary into the model over {} held-out tokens",
+        "== 5/6 splice the dictionary into the model over {} held-out tokens",
         args.eval_tokens
     );
-    eval::run(eval::Args {
-        dict: dict.clone(),
-        run: Some(args.out.clone()),
-        hook: None,
-        model: None,
-        corpus: None,
-        text_column: "text".into(),
-        tokens: args.eval_tokens,
-        batch_size: 8,
-        ctx_len: None,
-        head: None,
-        include_bos: false,
-        device: "cpu".into(),
-        json: false,
-    })?;
+    let report = dict.join(eval::EVAL_FILE);
+    if report.exists() {
+        let text = std::fs::read_to_string(&report)
+            .with_context(|| format!("reading {}", report.display()))?;
+        let r: saescope_sae::splice::SpliceReport = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an evaluation report", report.display()))?;
+        println!("  {} is already evaluated:", dict.display());
+        eval::print_report(&r, "the run's corpus");
+    } else {
+        eval::run(eval::Args {
+            dict: dict.clone(),
+            run: Some(args.out.clone()),
+            hook: None,
+            model: None,
+            corpus: None,
+            text_column: "text".into(),
+            tokens: args.eval_tokens,
+            batch_size: 8,
+            ctx_len: None,
+            head: None,
+            include_bos: false,
+            device: "cpu".into(),
+            json: false,
+        })?;
+    }
+
+    println!("== 6/6 analyse every feature of the dictionary over the run");
+    let store_dir = dict.join("features");
+    if store_dir.join(SUMMARY_FILE).exists() {
+        let s = FeatureStore::open(&store_dir)?.summary;
+        println!(
+            "  {} already holds the feature store: {} features over {} tokens, {} dead",
+            store_dir.display(),
+            s.features,
+            s.tokens,
+            s.dead
+        );
+    } else {
+        analyze::run(analyze::Args {
+            dict: dict.clone(),
+            run: Some(args.out.clone()),
+            hook: None,
+            model: None,
+            out: None,
+            tokens: None,
+            batch_size: 4096,
+            include_bos: false,
+            device: "cpu".into(),
+        })?;
+    }
 
     println!();
     println!(
@@ -219,8 +256,12 @@ pub fn run(args: Args) -> Result<()> {
         args.out.display()
     );
     println!(
-        "The dictionary:    {} (SAELens layout: cfg.json, sae_weights.safetensors; metrics.json)",
+        "The dictionary:    {} (SAELens layout: cfg.json, sae_weights.safetensors; metrics.json, eval.json)",
         dict.display()
+    );
+    println!(
+        "Its features:      duckdb -c \"select feature, density, logit_top_tokens from '{}/features.parquet' order by density desc limit 10\"",
+        store_dir.display()
     );
     println!(
         "Read it elsewhere: duckdb -c \"select count(*) from '{}/activations/*.parquet'\"",

@@ -125,7 +125,11 @@ pub fn run(a: Args) -> Result<()> {
     let mut in_batch = 0usize;
     let mut taken = 0u64;
     loop {
-        let next = if taken < want { packer.next_context()? } else { None };
+        let next = if taken < want {
+            packer.next_context()?
+        } else {
+            None
+        };
         let full = next.as_ref().is_some_and(|c| c.ids.len() == ctx_len);
         if full {
             batch.extend_from_slice(&next.expect("checked").ids);

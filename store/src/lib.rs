@@ -10,6 +10,7 @@
 //! and `saescope-sae`, which read and write through this crate. It does not link libtorch.
 
 mod error;
+pub mod features;
 mod fsutil;
 pub mod manifest;
 mod reader;

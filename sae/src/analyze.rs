@@ -1,0 +1,698 @@
+//! Feature analysis: one streaming pass over a harvest run that gathers, for every feature of a
+//! dictionary, its firing statistics, activation histogram, top-activating contexts, samples
+//! from equal-width activation intervals and co-occurrence with its nearest neighbours; plus
+//! what needs no data: logit effects, decoder neighbours and per-head attribution.
+//!
+//! Memory grows with the number of features, not of tokens: every per-feature structure is
+//! bounded (a top-k list, fixed-size reservoirs, fixed histograms), and only the last few rows of
+//! codes are kept, to cut the context window around an activating token.
+//!
+//! The activation range is not known until the pass ends, so each feature's histogram and
+//! interval reservoirs live on bins over [0, R), R a power of two above every value seen; when a
+//! value reaches R, adjacent bins merge and R doubles. At the end the reservoirs' bins (each at
+//! most max/10 wide) are gathered into the 10 intervals of [0, max] by their centres.
+
+use crate::dictionary::Dictionary;
+use crate::error::{Result, SaeError};
+use rayon::prelude::*;
+use saescope_store::features::{ContextKind, ContextRow, FeatureRow, NeighbourRow};
+use saescope_store::{ReadOptions, Run};
+use std::collections::VecDeque;
+use tch::{Device, Kind, Tensor};
+
+/// Settings, with the defaults SAEDashboard users know.
+#[derive(Clone, Debug)]
+pub struct AnalyzeConfig {
+    pub top: usize,
+    pub intervals: usize,
+    pub per_interval: usize,
+    /// Tokens shown before and after the activating one (within its context).
+    pub window_before: usize,
+    pub window_after: usize,
+    pub hist_bins: usize,
+    pub neighbours: usize,
+    pub logit_k: usize,
+    pub logit_bins: usize,
+    /// Rows encoded at once.
+    pub batch_tokens: usize,
+    /// Analyse at most this many tokens of the run (None: all).
+    pub max_tokens: Option<u64>,
+    /// Leave each context's BOS position out (its activations are outliers).
+    pub exclude_bos: bool,
+    pub seed: u64,
+}
+
+impl Default for AnalyzeConfig {
+    fn default() -> Self {
+        AnalyzeConfig {
+            top: 20,
+            intervals: 10,
+            per_interval: 5,
+            window_before: 12,
+            window_after: 4,
+            hist_bins: 50,
+            neighbours: 10,
+            logit_k: 10,
+            logit_bins: 50,
+            batch_tokens: 4096,
+            max_tokens: None,
+            exclude_bos: true,
+            seed: 0,
+        }
+    }
+}
+
+/// Reservoir bins per feature: twice the intervals, so each holds at most max/intervals.
+fn reservoir_bins(cfg: &AnalyzeConfig) -> usize {
+    2 * cfg.intervals
+}
+
+/// One activating token with its window of the feature's activations.
+#[derive(Clone, Debug)]
+struct Sample {
+    value: f32,
+    token: u64,
+    /// Token index of the window's first token.
+    start: u64,
+    acts: Vec<f32>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct FeatureState {
+    count: u64,
+    sum: f64,
+    max: f32,
+    /// Histogram range [0, range); 0 until the first value.
+    range: f32,
+    hist: Vec<u32>,
+    seen: Vec<u64>,
+    reservoirs: Vec<Vec<Sample>>,
+    top: Vec<Sample>,
+    cooccur: Vec<u64>,
+}
+
+/// The sparse codes of recent rows, sorted by latent within each row.
+struct Recent {
+    base: u64,
+    rows: VecDeque<(Vec<u32>, Vec<f32>)>,
+}
+
+impl Recent {
+    fn get(&self, token: u64) -> Option<&(Vec<u32>, Vec<f32>)> {
+        token
+            .checked_sub(self.base)
+            .and_then(|i| self.rows.get(i as usize))
+    }
+    fn value(&self, token: u64, f: u32) -> f32 {
+        self.get(token)
+            .and_then(|(c, v)| c.binary_search(&f).ok().map(|i| v[i]))
+            .unwrap_or(0.0)
+    }
+    fn end(&self) -> u64 {
+        self.base + self.rows.len() as u64
+    }
+}
+
+/// SplitMix64: a reproducible random number from a key, whatever thread asks.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Keeps `k` of two reservoirs' samples, each pool weighted by how many values it stands for
+/// (Efraimidis–Spirakis keys u^(1/w)), so the result is again a uniform sample of the union.
+fn merge_reservoirs(
+    a: (u64, Vec<Sample>),
+    b: (u64, Vec<Sample>),
+    k: usize,
+    key: u64,
+) -> Vec<Sample> {
+    let mut pool: Vec<(f64, Sample)> = Vec::new();
+    for (count, samples) in [a, b] {
+        if samples.is_empty() {
+            continue;
+        }
+        let w = count as f64 / samples.len() as f64;
+        for s in samples {
+            let u = (mix(key ^ s.token.wrapping_mul(0x2545_F491_4F6C_DD1D)) >> 11) as f64
+                / (1u64 << 53) as f64;
+            pool.push((u.max(1e-300).ln() / w, s));
+        }
+    }
+    pool.sort_by(|x, y| y.0.total_cmp(&x.0));
+    pool.into_iter().take(k).map(|(_, s)| s).collect()
+}
+
+/// What the pass needs to know about each token of the run.
+pub struct TokenTable {
+    pub token_id: Vec<u32>,
+    pub context_pos: Vec<u32>,
+}
+
+impl TokenTable {
+    pub fn read(run: &Run) -> Result<TokenTable> {
+        let mut t = TokenTable {
+            token_id: Vec::new(),
+            context_pos: Vec::new(),
+        };
+        for i in 0..run.manifest().shards.len() {
+            for r in run.read_tokens(i)? {
+                t.token_id.push(r.token_id);
+                t.context_pos.push(r.context_pos);
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// Everything a pass produced, ready for [`saescope_store::features::write_feature_store`].
+pub struct Analysis {
+    pub features: Vec<FeatureRow>,
+    pub contexts: Vec<ContextRow>,
+    pub neighbours: Vec<NeighbourRow>,
+    pub tokens: u64,
+    pub log10_density_histogram: Vec<u64>,
+}
+
+/// Per-feature data computed from the weights alone.
+pub struct WeightFacts {
+    /// Top `neighbours` by decoder cosine: (neighbour, cosine) per feature.
+    pub neighbours: Vec<Vec<(u32, f32)>>,
+    pub logits: Vec<LogitEffect>,
+    pub head_share: Vec<Vec<f32>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LogitEffect {
+    pub top: Vec<(u32, f32)>,
+    pub bottom: Vec<(u32, f32)>,
+    pub hist: Vec<u32>,
+    pub min: f32,
+    pub max: f32,
+}
+
+/// Each feature's share of decoder norm per head, for a dictionary over concatenated heads.
+pub fn head_share(atoms: &Tensor, heads: i64) -> Tensor {
+    let n = atoms.size()[0];
+    let per_head = atoms
+        .view([n, heads, -1])
+        .norm_scalaropt_dim(2.0, [2], false);
+    &per_head
+        / per_head
+            .sum_dim_intlist(1, true, Kind::Float)
+            .clamp_min(1e-12)
+}
+
+/// Decoder neighbours by cosine: the `k` most similar other atoms of each, in blocks of rows.
+pub fn decoder_neighbours(atoms: &Tensor, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let _g = tch::no_grad_guard();
+    let a = atoms.to_kind(Kind::Float);
+    let a = &a / a.norm_scalaropt_dim(2.0, [1], true).clamp_min(1e-12);
+    let n = a.size()[0];
+    let k = (k as i64).min(n - 1).max(0);
+    let mut out = Vec::with_capacity(n as usize);
+    let block = 1024;
+    let mut start = 0;
+    while start < n {
+        let rows = block.min(n - start);
+        let sims = a.narrow(0, start, rows).matmul(&a.tr());
+        // Leave each atom out of its own list.
+        let own = Tensor::arange_start(start, start + rows, (Kind::Int64, a.device()));
+        let sims = sims.index_put(
+            &[
+                Some(Tensor::arange(rows, (Kind::Int64, a.device()))),
+                Some(own),
+            ],
+            &Tensor::from(f32::NEG_INFINITY).to_device(a.device()),
+            false,
+        );
+        let (v, i) = sims.topk(k, 1, true, true);
+        let v = Vec::<f32>::try_from(v.reshape([-1]).to_device(Device::Cpu)).expect("f32");
+        let i = Vec::<i64>::try_from(i.reshape([-1]).to_device(Device::Cpu)).expect("i64");
+        for r in 0..rows as usize {
+            let s = r * k as usize;
+            out.push((s..s + k as usize).map(|j| (i[j] as u32, v[j])).collect());
+        }
+        start += rows;
+    }
+    out
+}
+
+/// Direct logit effect of each feature: its decoder direction written into the residual stream
+/// (through `to_residual` [d_model, width] when given), times the folded unembedding
+/// [vocab, d_model]. Top and bottom `k` tokens and a histogram over the vocabulary.
+pub fn logit_effects(
+    atoms: &Tensor,
+    to_residual: Option<&Tensor>,
+    unembed: &Tensor,
+    k: usize,
+    bins: usize,
+) -> Vec<LogitEffect> {
+    let _g = tch::no_grad_guard();
+    let mut dirs = atoms.to_kind(Kind::Float);
+    if let Some(w) = to_residual {
+        dirs = dirs.matmul(&w.to_kind(Kind::Float).tr());
+    }
+    let u = unembed.to_kind(Kind::Float);
+    let n = dirs.size()[0];
+    let vocab = u.size()[0];
+    let k = (k as i64).min(vocab);
+    let mut out = Vec::with_capacity(n as usize);
+    let block = 256;
+    let mut start = 0;
+    while start < n {
+        let rows = block.min(n - start);
+        let e = dirs.narrow(0, start, rows).matmul(&u.tr());
+        let (tv, ti) = e.topk(k, 1, true, true);
+        let (bv, bi) = e.topk(k, 1, false, true);
+        let lo = e.amin(1, true);
+        let hi = e.amax(1, true);
+        let b = bins as f64;
+        let idx = ((&e - &lo) / (&hi - &lo).clamp_min(1e-12) * b)
+            .floor()
+            .clamp(0.0, b - 1.0)
+            .to_kind(Kind::Int64);
+        let hist = Tensor::zeros([rows, bins as i64], (Kind::Int64, e.device())).scatter_add(
+            1,
+            &idx,
+            &idx.ones_like(),
+        );
+        let cpu_f =
+            |t: Tensor| Vec::<f32>::try_from(t.reshape([-1]).to_device(Device::Cpu)).expect("f32");
+        let cpu_i =
+            |t: Tensor| Vec::<i64>::try_from(t.reshape([-1]).to_device(Device::Cpu)).expect("i64");
+        let (tv, ti, bv, bi) = (cpu_f(tv), cpu_i(ti), cpu_f(bv), cpu_i(bi));
+        let (lo, hi, hist) = (cpu_f(lo), cpu_f(hi), cpu_i(hist));
+        let k = k as usize;
+        for r in 0..rows as usize {
+            let pick = |v: &[f32], i: &[i64]| {
+                (r * k..(r + 1) * k)
+                    .map(|j| (i[j] as u32, v[j]))
+                    .collect::<Vec<_>>()
+            };
+            out.push(LogitEffect {
+                top: pick(&tv, &ti),
+                bottom: pick(&bv, &bi),
+                hist: hist[r * bins..(r + 1) * bins]
+                    .iter()
+                    .map(|&c| c as u32)
+                    .collect(),
+                min: lo[r],
+                max: hi[r],
+            });
+        }
+        start += rows;
+    }
+    out
+}
+
+/// The streaming pass's state.
+struct Pass<'a> {
+    cfg: &'a AnalyzeConfig,
+    tokens: &'a TokenTable,
+    neighbours: &'a [Vec<(u32, f32)>],
+    states: Vec<FeatureState>,
+    recent: Recent,
+    /// Next row whose entries have not been folded into the states.
+    next_focus: u64,
+}
+
+impl Pass<'_> {
+    /// The window of feature `f` around token `t` (same context only).
+    fn window(&self, f: u32, t: u64) -> Sample {
+        let pos = self.tokens.context_pos[t as usize] as u64;
+        let ctx_start = t - pos;
+        let lo = t
+            .saturating_sub(self.cfg.window_before as u64)
+            .max(ctx_start)
+            .max(self.recent.base);
+        let mut hi = t;
+        while hi + 1 < self.recent.end()
+            && hi < t + self.cfg.window_after as u64
+            && self.tokens.context_pos[hi as usize + 1] as u64 == pos + (hi + 1 - t)
+        {
+            hi += 1;
+        }
+        Sample {
+            value: self.recent.value(t, f),
+            token: t,
+            start: lo,
+            acts: (lo..=hi).map(|j| self.recent.value(j, f)).collect(),
+        }
+    }
+
+    /// Folds rows next_focus..until into the feature states, features split across threads.
+    fn fold(&mut self, until: u64) {
+        if until <= self.next_focus {
+            return;
+        }
+        let from = self.next_focus;
+        let n = self.states.len();
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = n.div_ceil(threads * 4).max(64);
+        let cfg = self.cfg;
+        let mut states = std::mem::take(&mut self.states);
+        let this = &*self;
+        states
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, part)| {
+                let lo = (ci * chunk) as u32;
+                let hi = lo + part.len() as u32;
+                for t in from..until {
+                    let Some((cols, vals)) = this.recent.get(t) else {
+                        continue;
+                    };
+                    let a = cols.partition_point(|&c| c < lo);
+                    let b = cols.partition_point(|&c| c < hi);
+                    for j in a..b {
+                        let (f, v) = (cols[j], vals[j]);
+                        if v <= 0.0 {
+                            continue;
+                        }
+                        this.update(&mut part[(f - lo) as usize], f, v, t, cols, cfg);
+                    }
+                }
+            });
+        self.states = states;
+        self.next_focus = until;
+    }
+
+    fn update(
+        &self,
+        s: &mut FeatureState,
+        f: u32,
+        v: f32,
+        t: u64,
+        row: &[u32],
+        cfg: &AnalyzeConfig,
+    ) {
+        s.count += 1;
+        s.sum += v as f64;
+        s.max = s.max.max(v);
+        let rbins = reservoir_bins(cfg);
+        if s.range == 0.0 {
+            s.range = 2f32.powi(v.log2().floor() as i32 + 1);
+            s.hist = vec![0; cfg.hist_bins];
+            s.seen = vec![0; rbins];
+            s.reservoirs = vec![Vec::new(); rbins];
+            s.cooccur = vec![0; self.neighbours[f as usize].len()];
+        }
+        while v >= s.range {
+            // Double the range: bins 2i and 2i+1 become bin i.
+            let hb = s.hist.len();
+            let merged: Vec<u32> = (0..hb)
+                .map(|i| {
+                    if 2 * i + 1 < hb {
+                        s.hist[2 * i] + s.hist[2 * i + 1]
+                    } else if 2 * i < hb {
+                        s.hist[2 * i]
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            s.hist = merged;
+            let mut seen = vec![0; rbins];
+            let mut res = vec![Vec::new(); rbins];
+            for i in 0..rbins / 2 {
+                let key = cfg.seed ^ mix((f as u64) << 32 | (s.count << 8) | i as u64);
+                seen[i] = s.seen[2 * i] + s.seen[2 * i + 1];
+                res[i] = merge_reservoirs(
+                    (s.seen[2 * i], std::mem::take(&mut s.reservoirs[2 * i])),
+                    (
+                        s.seen[2 * i + 1],
+                        std::mem::take(&mut s.reservoirs[2 * i + 1]),
+                    ),
+                    cfg.per_interval,
+                    key,
+                );
+            }
+            s.seen = seen;
+            s.reservoirs = res;
+            s.range *= 2.0;
+        }
+        let hb = ((v / s.range) * cfg.hist_bins as f32) as usize;
+        s.hist[hb.min(cfg.hist_bins - 1)] += 1;
+        let rb = (((v / s.range) * rbins as f32) as usize).min(rbins - 1);
+        s.seen[rb] += 1;
+        if s.reservoirs[rb].len() < cfg.per_interval {
+            s.reservoirs[rb].push(self.window(f, t));
+        } else {
+            let j = mix(cfg.seed ^ ((f as u64) << 40) ^ t.wrapping_mul(0x9E37_79B9)) % s.seen[rb];
+            if (j as usize) < cfg.per_interval {
+                s.reservoirs[rb][j as usize] = self.window(f, t);
+            }
+        }
+        if s.top.len() < cfg.top {
+            s.top.push(self.window(f, t));
+        } else {
+            let (mi, mv) = s
+                .top
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (i, x.value))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("top is full");
+            if v > mv {
+                s.top[mi] = self.window(f, t);
+            }
+        }
+        for (i, &(g, _)) in self.neighbours[f as usize].iter().enumerate() {
+            if row.binary_search(&g).is_ok() {
+                s.cooccur[i] += 1;
+            }
+        }
+    }
+}
+
+/// Runs the pass over `hook` of `run`, encoding with `dict`. `weights` come from
+/// [`decoder_neighbours`], [`logit_effects`] and [`head_share`]; `token_str` names a token id.
+#[allow(clippy::too_many_arguments)]
+pub fn analyze(
+    dict: &dyn Dictionary,
+    run: &Run,
+    hook: &str,
+    tokens: &TokenTable,
+    weights: &WeightFacts,
+    token_str: &dyn Fn(u32) -> String,
+    cfg: &AnalyzeConfig,
+    device: Device,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Analysis> {
+    let _g = tch::no_grad_guard();
+    let n = dict.n_latents();
+    let total = run.manifest().total_tokens;
+    let limit = cfg.max_tokens.unwrap_or(total).min(total);
+    if tokens.token_id.len() as u64 != total {
+        return Err(SaeError::Data(format!(
+            "the run's token tables hold {} tokens, its manifest {total}",
+            tokens.token_id.len()
+        )));
+    }
+    let mut pass = Pass {
+        cfg,
+        tokens,
+        neighbours: &weights.neighbours,
+        states: vec![FeatureState::default(); n],
+        recent: Recent {
+            base: 0,
+            rows: VecDeque::new(),
+        },
+        next_focus: 0,
+    };
+    let reader = run.batches(
+        hook,
+        &ReadOptions {
+            batch_tokens: cfg.batch_tokens,
+            ..ReadOptions::default()
+        },
+    )?;
+    let keep_back = cfg.window_before as u64;
+    let mut analysed = 0u64;
+    for batch in reader {
+        let b = batch?;
+        let take = (b.rows() as u64).min(limit - analysed) as usize;
+        if take == 0 {
+            break;
+        }
+        if b.token_index[0] != pass.recent.end() {
+            return Err(SaeError::Data(format!(
+                "rows arrived out of order (token {} after {})",
+                b.token_index[0],
+                pass.recent.end()
+            )));
+        }
+        let x = Tensor::from_slice(&b.data[..take * b.dim])
+            .view([take as i64, b.dim as i64])
+            .to_device(device);
+        let codes = dict.encode(&x);
+        let cols = Vec::<i64>::try_from(codes.cols.to_device(Device::Cpu)).expect("i64");
+        let vals = Vec::<f32>::try_from(codes.vals.to_kind(Kind::Float).to_device(Device::Cpu))
+            .expect("f32");
+        let offs = Vec::<i64>::try_from(codes.offsets.to_device(Device::Cpu)).expect("i64");
+        for r in 0..take {
+            let t = b.token_index[r];
+            let (s, e) = (
+                offs[r] as usize,
+                offs.get(r + 1).map_or(cols.len(), |&o| o as usize),
+            );
+            let mut row: Vec<(u32, f32)> = (s..e)
+                .map(|j| (cols[j] as u32, vals[j]))
+                .filter(|&(_, v)| v != 0.0)
+                .collect();
+            if cfg.exclude_bos && tokens.context_pos[t as usize] == 0 {
+                row.clear();
+            }
+            row.sort_unstable_by_key(|&(c, _)| c);
+            pass.recent.rows.push_back(row.into_iter().unzip());
+        }
+        analysed += take as u64;
+        // Rows with their whole window available can be folded in.
+        let ready = pass.recent.end().saturating_sub(cfg.window_after as u64);
+        pass.fold(ready);
+        while pass.recent.base + keep_back < pass.next_focus && !pass.recent.rows.is_empty() {
+            pass.recent.rows.pop_front();
+            pass.recent.base += 1;
+        }
+        progress(analysed);
+        if analysed >= limit {
+            break;
+        }
+    }
+    let end = pass.recent.end();
+    pass.fold(end);
+    if analysed == 0 {
+        return Err(SaeError::Data("no tokens to analyse".into()));
+    }
+    Ok(finish(
+        pass.states,
+        weights,
+        tokens,
+        token_str,
+        cfg,
+        analysed,
+    ))
+}
+
+fn finish(
+    states: Vec<FeatureState>,
+    weights: &WeightFacts,
+    tokens: &TokenTable,
+    token_str: &dyn Fn(u32) -> String,
+    cfg: &AnalyzeConfig,
+    analysed: u64,
+) -> Analysis {
+    let mut features = Vec::with_capacity(states.len());
+    let mut contexts = Vec::new();
+    let mut neighbours = Vec::new();
+    let mut log_hist = vec![0u64; 20];
+    let context = |f: u32, kind: ContextKind, rank: usize, s: &Sample| {
+        let ids: Vec<u32> = (s.start..s.start + s.acts.len() as u64)
+            .map(|j| tokens.token_id[j as usize])
+            .collect();
+        ContextRow {
+            feature: f,
+            kind,
+            rank: rank as u16,
+            token_index: s.token,
+            activation: s.value,
+            focus: (s.token - s.start) as u16,
+            tokens: ids.iter().map(|&i| token_str(i)).collect(),
+            token_ids: ids,
+            acts: s.acts.clone(),
+        }
+    };
+    for (fi, mut s) in states.into_iter().enumerate() {
+        let f = fi as u32;
+        let density = s.count as f64 / analysed as f64;
+        let bin = (((density + 1e-10).log10() + 10.0) / 0.5)
+            .floor()
+            .clamp(0.0, 19.0) as usize;
+        log_hist[bin] += 1;
+        s.top.sort_by(|a, b| b.value.total_cmp(&a.value));
+        for (rank, smp) in s.top.iter().enumerate() {
+            contexts.push(context(f, ContextKind::Top, rank, smp));
+        }
+        // Reservoir bins to intervals of [0, max] by their centres.
+        if s.count > 0 {
+            let rbins = s.reservoirs.len();
+            let mut per: Vec<(u64, Vec<Sample>)> = vec![(0, Vec::new()); cfg.intervals];
+            for (b, res) in std::mem::take(&mut s.reservoirs).into_iter().enumerate() {
+                let centre = (b as f32 + 0.5) * s.range / rbins as f32;
+                let i = ((centre / s.max * cfg.intervals as f32) as usize).min(cfg.intervals - 1);
+                let (c, old) = std::mem::take(&mut per[i]);
+                let key = cfg.seed ^ mix(((f as u64) << 16) | b as u64);
+                per[i] = (
+                    c + s.seen[b],
+                    merge_reservoirs((c, old), (s.seen[b], res), cfg.per_interval, key),
+                );
+            }
+            for (i, (_, mut smp)) in per.into_iter().enumerate() {
+                smp.sort_by(|a, b| b.value.total_cmp(&a.value));
+                for (rank, x) in smp.iter().enumerate() {
+                    contexts.push(context(f, ContextKind::Interval(i as u8), rank, x));
+                }
+            }
+        }
+        for (rank, &(g, cos)) in weights.neighbours[fi].iter().enumerate() {
+            let co = s.cooccur.get(rank).copied().unwrap_or(0);
+            neighbours.push(NeighbourRow {
+                feature: f,
+                rank: rank as u8,
+                neighbour: g,
+                cosine: cos,
+                cooccurrence: co,
+                // Filled in below, once every count is known.
+                jaccard: 0.0,
+            });
+        }
+        let le = weights.logits.get(fi).cloned().unwrap_or_default();
+        let names = |v: &[(u32, f32)]| v.iter().map(|&(i, _)| token_str(i)).collect();
+        features.push(FeatureRow {
+            feature: f,
+            count: s.count,
+            density,
+            mean_act: if s.count > 0 {
+                (s.sum / s.count as f64) as f32
+            } else {
+                0.0
+            },
+            max_act: s.max,
+            act_hist: if s.hist.is_empty() {
+                vec![0; cfg.hist_bins]
+            } else {
+                s.hist
+            },
+            act_hist_max: s.range,
+            logit_top_ids: le.top.iter().map(|p| p.0).collect(),
+            logit_top_values: le.top.iter().map(|p| p.1).collect(),
+            logit_top_tokens: names(&le.top),
+            logit_bottom_ids: le.bottom.iter().map(|p| p.0).collect(),
+            logit_bottom_values: le.bottom.iter().map(|p| p.1).collect(),
+            logit_bottom_tokens: names(&le.bottom),
+            logit_hist: le.hist,
+            logit_hist_min: le.min,
+            logit_hist_max: le.max,
+            head_share: weights.head_share.get(fi).cloned().unwrap_or_default(),
+        });
+    }
+    for nb in &mut neighbours {
+        let union = features[nb.feature as usize].count + features[nb.neighbour as usize].count
+            - nb.cooccurrence;
+        nb.jaccard = if union > 0 {
+            nb.cooccurrence as f32 / union as f32
+        } else {
+            0.0
+        };
+    }
+    Analysis {
+        features,
+        contexts,
+        neighbours,
+        tokens: analysed,
+        log10_density_histogram: log_hist,
+    }
+}

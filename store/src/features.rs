@@ -1,0 +1,548 @@
+//! The feature store: what `saescope analyze` learned about every feature of a dictionary, as
+//! three Parquet tables and a JSON summary in one directory (by default `DICT/features/`).
+//! DuckDB, Polars or pandas read it without saescope; the layout is in `store/README.md`.
+//!
+//! Each table is written to a temporary name and renamed into place; `summary.json` is written
+//! last, so a directory without it is an interrupted analysis, never a half-read one.
+
+use crate::error::{Result, StoreError};
+use crate::fsutil::{tmp_path, write_atomic};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float32Array, Float32Builder, Int16Array, ListArray, ListBuilder,
+    StringArray, StringBuilder, UInt8Array, UInt16Array, UInt32Array, UInt32Builder, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Float32Type, Schema, UInt32Type};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const FEATURES_FILE: &str = "features.parquet";
+pub const CONTEXTS_FILE: &str = "contexts.parquet";
+pub const NEIGHBOURS_FILE: &str = "neighbours.parquet";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const FEATURE_STORE_VERSION: u32 = 1;
+
+/// One feature's statistics and logit effects.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FeatureRow {
+    pub feature: u32,
+    /// Tokens on which the feature was nonzero.
+    pub count: u64,
+    pub density: f64,
+    /// Mean of the nonzero activations.
+    pub mean_act: f32,
+    pub max_act: f32,
+    /// Counts of nonzero activations in equal-width bins over [0, act_hist_max).
+    pub act_hist: Vec<u32>,
+    pub act_hist_max: f32,
+    pub logit_top_ids: Vec<u32>,
+    pub logit_top_values: Vec<f32>,
+    pub logit_top_tokens: Vec<String>,
+    pub logit_bottom_ids: Vec<u32>,
+    pub logit_bottom_values: Vec<f32>,
+    pub logit_bottom_tokens: Vec<String>,
+    /// Counts of the logit effect over the whole vocabulary, equal-width bins over
+    /// [logit_hist_min, logit_hist_max].
+    pub logit_hist: Vec<u32>,
+    pub logit_hist_min: f32,
+    pub logit_hist_max: f32,
+    /// Attention-output dictionaries: each head's share of the decoder norm (sums to 1).
+    pub head_share: Vec<f32>,
+}
+
+/// Which sample a context is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextKind {
+    /// Among the feature's largest activations; `rank` 0 is the largest.
+    Top,
+    /// A uniform sample from one activation interval.
+    Interval(u8),
+}
+
+/// A window of tokens around one activating token, with the feature's activation on each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContextRow {
+    pub feature: u32,
+    pub kind: ContextKind,
+    pub rank: u16,
+    /// The activating token's index in the harvest run.
+    pub token_index: u64,
+    pub activation: f32,
+    /// Position of the activating token in the window.
+    pub focus: u16,
+    pub token_ids: Vec<u32>,
+    pub tokens: Vec<String>,
+    pub acts: Vec<f32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NeighbourRow {
+    pub feature: u32,
+    pub rank: u8,
+    pub neighbour: u32,
+    /// Cosine between the two decoder directions.
+    pub cosine: f32,
+    /// Tokens on which both fired.
+    pub cooccurrence: u64,
+    /// cooccurrence / (count_feature + count_neighbour − cooccurrence).
+    pub jaccard: f32,
+}
+
+/// `summary.json`: what was analysed, and figures across all features.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub format_version: u32,
+    pub dictionary: String,
+    pub run: Option<String>,
+    pub hook: String,
+    pub method: String,
+    pub features: u64,
+    pub tokens: u64,
+    pub dead: u64,
+    /// Features by log10(density + 1e-10), 20 bins of 0.5 from −10 to 0.
+    pub log10_density_histogram: Vec<u64>,
+    /// Intervals of interval samples, samples per interval, top contexts kept, window size.
+    pub intervals: usize,
+    pub per_interval: usize,
+    pub top_contexts: usize,
+    pub window_before: usize,
+    pub window_after: usize,
+    pub seconds: f64,
+    /// What each column means, for readers without this crate.
+    pub definitions: serde_json::Value,
+}
+
+fn list_u32(rows: impl Iterator<Item = Vec<u32>>) -> ArrayRef {
+    let mut b = ListBuilder::new(UInt32Builder::new());
+    for r in rows {
+        b.values().append_slice(&r);
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+fn list_f32(rows: impl Iterator<Item = Vec<f32>>) -> ArrayRef {
+    let mut b = ListBuilder::new(Float32Builder::new());
+    for r in rows {
+        b.values().append_slice(&r);
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+fn list_str<'a>(rows: impl Iterator<Item = &'a Vec<String>>) -> ArrayRef {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for r in rows {
+        for s in r {
+            b.values().append_value(s);
+        }
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+fn list_field(name: &str, item: DataType) -> Field {
+    Field::new(
+        name,
+        DataType::List(Arc::new(Field::new("item", item, true))),
+        false,
+    )
+}
+
+fn write_table(path: &Path, batch: RecordBatch, rows_per_group: usize) -> Result<()> {
+    let tmp = tmp_path(path);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(rows_per_group.max(1)))
+        .build();
+    let file = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
+    let pq = |source| StoreError::Parquet {
+        path: tmp.clone(),
+        source,
+    };
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq)?;
+    w.write(&batch).map_err(pq)?;
+    let file = w.into_inner().map_err(pq)?;
+    file.sync_all().map_err(|e| StoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))
+}
+
+fn batch(path: &Path, fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|source| {
+        StoreError::Arrow {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Writes the three tables, then `summary.json`. Contexts and neighbours must be sorted by
+/// feature: readers then skip row groups by their statistics.
+pub fn write_feature_store(
+    dir: &Path,
+    features: &[FeatureRow],
+    contexts: &[ContextRow],
+    neighbours: &[NeighbourRow],
+    summary: &Summary,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    // A re-analysis first removes the old summary: until the new one lands, the store reads
+    // as incomplete rather than as a mix of old and new tables.
+    let summary_path = dir.join(SUMMARY_FILE);
+    if summary_path.exists() {
+        std::fs::remove_file(&summary_path).map_err(|e| StoreError::io(&summary_path, e))?;
+    }
+
+    let f = features;
+    let path = dir.join(FEATURES_FILE);
+    let b = batch(
+        &path,
+        vec![
+            Field::new("feature", DataType::UInt32, false),
+            Field::new("count", DataType::UInt64, false),
+            Field::new("density", DataType::Float64, false),
+            Field::new("mean_act", DataType::Float32, false),
+            Field::new("max_act", DataType::Float32, false),
+            list_field("act_hist", DataType::UInt32),
+            Field::new("act_hist_max", DataType::Float32, false),
+            list_field("logit_top_ids", DataType::UInt32),
+            list_field("logit_top_values", DataType::Float32),
+            list_field("logit_top_tokens", DataType::Utf8),
+            list_field("logit_bottom_ids", DataType::UInt32),
+            list_field("logit_bottom_values", DataType::Float32),
+            list_field("logit_bottom_tokens", DataType::Utf8),
+            list_field("logit_hist", DataType::UInt32),
+            Field::new("logit_hist_min", DataType::Float32, false),
+            Field::new("logit_hist_max", DataType::Float32, false),
+            list_field("head_share", DataType::Float32),
+        ],
+        vec![
+            Arc::new(UInt32Array::from_iter_values(f.iter().map(|r| r.feature))),
+            Arc::new(UInt64Array::from_iter_values(f.iter().map(|r| r.count))),
+            Arc::new(arrow::array::Float64Array::from_iter_values(
+                f.iter().map(|r| r.density),
+            )),
+            Arc::new(Float32Array::from_iter_values(f.iter().map(|r| r.mean_act))),
+            Arc::new(Float32Array::from_iter_values(f.iter().map(|r| r.max_act))),
+            list_u32(f.iter().map(|r| r.act_hist.clone())),
+            Arc::new(Float32Array::from_iter_values(
+                f.iter().map(|r| r.act_hist_max),
+            )),
+            list_u32(f.iter().map(|r| r.logit_top_ids.clone())),
+            list_f32(f.iter().map(|r| r.logit_top_values.clone())),
+            list_str(f.iter().map(|r| &r.logit_top_tokens)),
+            list_u32(f.iter().map(|r| r.logit_bottom_ids.clone())),
+            list_f32(f.iter().map(|r| r.logit_bottom_values.clone())),
+            list_str(f.iter().map(|r| &r.logit_bottom_tokens)),
+            list_u32(f.iter().map(|r| r.logit_hist.clone())),
+            Arc::new(Float32Array::from_iter_values(
+                f.iter().map(|r| r.logit_hist_min),
+            )),
+            Arc::new(Float32Array::from_iter_values(
+                f.iter().map(|r| r.logit_hist_max),
+            )),
+            list_f32(f.iter().map(|r| r.head_share.clone())),
+        ],
+    )?;
+    write_table(&path, b, 16_384)?;
+
+    let c = contexts;
+    let path = dir.join(CONTEXTS_FILE);
+    let b = batch(
+        &path,
+        vec![
+            Field::new("feature", DataType::UInt32, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("interval", DataType::Int16, false),
+            Field::new("rank", DataType::UInt16, false),
+            Field::new("token_index", DataType::UInt64, false),
+            Field::new("activation", DataType::Float32, false),
+            Field::new("focus", DataType::UInt16, false),
+            list_field("token_ids", DataType::UInt32),
+            list_field("tokens", DataType::Utf8),
+            list_field("acts", DataType::Float32),
+        ],
+        vec![
+            Arc::new(UInt32Array::from_iter_values(c.iter().map(|r| r.feature))),
+            Arc::new(StringArray::from_iter_values(c.iter().map(
+                |r| match r.kind {
+                    ContextKind::Top => "top",
+                    ContextKind::Interval(_) => "interval",
+                },
+            ))),
+            Arc::new(Int16Array::from_iter_values(c.iter().map(
+                |r| match r.kind {
+                    ContextKind::Top => -1,
+                    ContextKind::Interval(i) => i as i16,
+                },
+            ))),
+            Arc::new(UInt16Array::from_iter_values(c.iter().map(|r| r.rank))),
+            Arc::new(UInt64Array::from_iter_values(
+                c.iter().map(|r| r.token_index),
+            )),
+            Arc::new(Float32Array::from_iter_values(
+                c.iter().map(|r| r.activation),
+            )),
+            Arc::new(UInt16Array::from_iter_values(c.iter().map(|r| r.focus))),
+            list_u32(c.iter().map(|r| r.token_ids.clone())),
+            list_str(c.iter().map(|r| &r.tokens)),
+            list_f32(c.iter().map(|r| r.acts.clone())),
+        ],
+    )?;
+    write_table(&path, b, 65_536)?;
+
+    let n = neighbours;
+    let path = dir.join(NEIGHBOURS_FILE);
+    let b = batch(
+        &path,
+        vec![
+            Field::new("feature", DataType::UInt32, false),
+            Field::new("rank", DataType::UInt8, false),
+            Field::new("neighbour", DataType::UInt32, false),
+            Field::new("cosine", DataType::Float32, false),
+            Field::new("cooccurrence", DataType::UInt64, false),
+            Field::new("jaccard", DataType::Float32, false),
+        ],
+        vec![
+            Arc::new(UInt32Array::from_iter_values(n.iter().map(|r| r.feature))),
+            Arc::new(UInt8Array::from_iter_values(n.iter().map(|r| r.rank))),
+            Arc::new(UInt32Array::from_iter_values(n.iter().map(|r| r.neighbour))),
+            Arc::new(Float32Array::from_iter_values(n.iter().map(|r| r.cosine))),
+            Arc::new(UInt64Array::from_iter_values(
+                n.iter().map(|r| r.cooccurrence),
+            )),
+            Arc::new(Float32Array::from_iter_values(n.iter().map(|r| r.jaccard))),
+        ],
+    )?;
+    write_table(&path, b, 65_536)?;
+
+    let text = serde_json::to_string_pretty(summary).expect("summary serialises");
+    write_atomic(&summary_path, text.as_bytes())
+}
+
+/// A feature store read into memory.
+#[derive(Debug)]
+pub struct FeatureStore {
+    pub dir: PathBuf,
+    pub summary: Summary,
+    pub features: Vec<FeatureRow>,
+    pub contexts: Vec<ContextRow>,
+    pub neighbours: Vec<NeighbourRow>,
+}
+
+fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
+    let file = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let pq = |source| StoreError::Parquet {
+        path: path.to_owned(),
+        source,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(pq)?
+        .with_batch_size(65_536)
+        .build()
+        .map_err(pq)?;
+    reader
+        .map(|b| {
+            b.map_err(|source| StoreError::Arrow {
+                path: path.to_owned(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Column access that names the file and column when something is off.
+struct Cols<'a> {
+    path: &'a Path,
+    batch: &'a RecordBatch,
+}
+
+impl<'a> Cols<'a> {
+    fn get(&self, name: &str) -> Result<&'a ArrayRef> {
+        self.batch
+            .column_by_name(name)
+            .ok_or_else(|| StoreError::Schema {
+                path: self.path.to_owned(),
+                message: format!("column `{name}` is missing"),
+            })
+    }
+    fn typed<T: 'static>(&self, name: &str) -> Result<&'a T> {
+        self.get(name)?
+            .as_any()
+            .downcast_ref::<T>()
+            .ok_or_else(|| StoreError::Schema {
+                path: self.path.to_owned(),
+                message: format!(
+                    "column `{name}` has type {}",
+                    self.get(name).unwrap().data_type()
+                ),
+            })
+    }
+    fn list(&self, name: &str) -> Result<&'a ListArray> {
+        self.typed::<ListArray>(name)
+    }
+}
+
+fn u32s(l: &ListArray, i: usize) -> Vec<u32> {
+    l.value(i).as_primitive::<UInt32Type>().values().to_vec()
+}
+fn f32s(l: &ListArray, i: usize) -> Vec<f32> {
+    l.value(i).as_primitive::<Float32Type>().values().to_vec()
+}
+fn strs(l: &ListArray, i: usize) -> Vec<String> {
+    let v = l.value(i);
+    let s = v.as_string::<i32>();
+    (0..s.len()).map(|j| s.value(j).to_owned()).collect()
+}
+
+impl FeatureStore {
+    /// Opens `dir`, refusing an incomplete store (no summary) with what produces one.
+    pub fn open(dir: &Path) -> Result<FeatureStore> {
+        let summary_path = dir.join(SUMMARY_FILE);
+        let text = std::fs::read_to_string(&summary_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::Schema {
+                    path: summary_path.clone(),
+                    message: "no feature store here (or an interrupted one); run `saescope analyze` to make it".into(),
+                }
+            } else {
+                StoreError::io(&summary_path, e)
+            }
+        })?;
+        let summary: Summary = serde_json::from_str(&text).map_err(|e| StoreError::Schema {
+            path: summary_path.clone(),
+            message: e.to_string(),
+        })?;
+        if summary.format_version != FEATURE_STORE_VERSION {
+            return Err(StoreError::UnsupportedVersion {
+                path: summary_path,
+                found: summary.format_version,
+                supported: FEATURE_STORE_VERSION,
+            });
+        }
+
+        let mut features = Vec::new();
+        let path = dir.join(FEATURES_FILE);
+        for b in read_batches(&path)? {
+            let c = Cols {
+                path: &path,
+                batch: &b,
+            };
+            let feature = c.typed::<UInt32Array>("feature")?;
+            let count = c.typed::<UInt64Array>("count")?;
+            let density = c.typed::<arrow::array::Float64Array>("density")?;
+            let mean = c.typed::<Float32Array>("mean_act")?;
+            let max = c.typed::<Float32Array>("max_act")?;
+            let hist = c.list("act_hist")?;
+            let hist_max = c.typed::<Float32Array>("act_hist_max")?;
+            let (ti, tv, tt) = (
+                c.list("logit_top_ids")?,
+                c.list("logit_top_values")?,
+                c.list("logit_top_tokens")?,
+            );
+            let (bi, bv, bt) = (
+                c.list("logit_bottom_ids")?,
+                c.list("logit_bottom_values")?,
+                c.list("logit_bottom_tokens")?,
+            );
+            let lh = c.list("logit_hist")?;
+            let (lmin, lmax) = (
+                c.typed::<Float32Array>("logit_hist_min")?,
+                c.typed::<Float32Array>("logit_hist_max")?,
+            );
+            let heads = c.list("head_share")?;
+            for i in 0..b.num_rows() {
+                features.push(FeatureRow {
+                    feature: feature.value(i),
+                    count: count.value(i),
+                    density: density.value(i),
+                    mean_act: mean.value(i),
+                    max_act: max.value(i),
+                    act_hist: u32s(hist, i),
+                    act_hist_max: hist_max.value(i),
+                    logit_top_ids: u32s(ti, i),
+                    logit_top_values: f32s(tv, i),
+                    logit_top_tokens: strs(tt, i),
+                    logit_bottom_ids: u32s(bi, i),
+                    logit_bottom_values: f32s(bv, i),
+                    logit_bottom_tokens: strs(bt, i),
+                    logit_hist: u32s(lh, i),
+                    logit_hist_min: lmin.value(i),
+                    logit_hist_max: lmax.value(i),
+                    head_share: f32s(heads, i),
+                });
+            }
+        }
+
+        let mut contexts = Vec::new();
+        let path = dir.join(CONTEXTS_FILE);
+        for b in read_batches(&path)? {
+            let c = Cols {
+                path: &path,
+                batch: &b,
+            };
+            let feature = c.typed::<UInt32Array>("feature")?;
+            let interval = c.typed::<Int16Array>("interval")?;
+            let rank = c.typed::<UInt16Array>("rank")?;
+            let token_index = c.typed::<UInt64Array>("token_index")?;
+            let activation = c.typed::<Float32Array>("activation")?;
+            let focus = c.typed::<UInt16Array>("focus")?;
+            let (ids, toks, acts) = (c.list("token_ids")?, c.list("tokens")?, c.list("acts")?);
+            for i in 0..b.num_rows() {
+                let iv = interval.value(i);
+                contexts.push(ContextRow {
+                    feature: feature.value(i),
+                    kind: if iv < 0 {
+                        ContextKind::Top
+                    } else {
+                        ContextKind::Interval(iv as u8)
+                    },
+                    rank: rank.value(i),
+                    token_index: token_index.value(i),
+                    activation: activation.value(i),
+                    focus: focus.value(i),
+                    token_ids: u32s(ids, i),
+                    tokens: strs(toks, i),
+                    acts: f32s(acts, i),
+                });
+            }
+        }
+
+        let mut neighbours = Vec::new();
+        let path = dir.join(NEIGHBOURS_FILE);
+        for b in read_batches(&path)? {
+            let c = Cols {
+                path: &path,
+                batch: &b,
+            };
+            let feature = c.typed::<UInt32Array>("feature")?;
+            let rank = c.typed::<UInt8Array>("rank")?;
+            let nb = c.typed::<UInt32Array>("neighbour")?;
+            let cos = c.typed::<Float32Array>("cosine")?;
+            let co = c.typed::<UInt64Array>("cooccurrence")?;
+            let jac = c.typed::<Float32Array>("jaccard")?;
+            for i in 0..b.num_rows() {
+                neighbours.push(NeighbourRow {
+                    feature: feature.value(i),
+                    rank: rank.value(i),
+                    neighbour: nb.value(i),
+                    cosine: cos.value(i),
+                    cooccurrence: co.value(i),
+                    jaccard: jac.value(i),
+                });
+            }
+        }
+        Ok(FeatureStore {
+            dir: dir.to_owned(),
+            summary,
+            features,
+            contexts,
+            neighbours,
+        })
+    }
+}

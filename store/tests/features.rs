@@ -1,0 +1,106 @@
+//! The feature store's tables read back as written, and an incomplete store is refused.
+
+use saescope_store::features::*;
+
+fn rows() -> (Vec<FeatureRow>, Vec<ContextRow>, Vec<NeighbourRow>, Summary) {
+    let features: Vec<FeatureRow> = (0..5u32)
+        .map(|f| FeatureRow {
+            feature: f,
+            count: f as u64 * 10,
+            density: f as f64 / 100.0,
+            mean_act: 1.5 * f as f32,
+            max_act: 3.0 * f as f32,
+            act_hist: (0..50).map(|i| i * f).collect(),
+            act_hist_max: 4.0,
+            logit_top_ids: vec![f, f + 1],
+            logit_top_values: vec![0.5, 0.25],
+            logit_top_tokens: vec![format!(" tok{f}"), "é\n".into()],
+            logit_bottom_ids: vec![7],
+            logit_bottom_values: vec![-1.0],
+            logit_bottom_tokens: vec!["x".into()],
+            logit_hist: vec![1, 2, 3],
+            logit_hist_min: -1.0,
+            logit_hist_max: 0.5,
+            head_share: if f % 2 == 0 { vec![0.25, 0.75] } else { vec![] },
+        })
+        .collect();
+    let contexts = vec![
+        ContextRow {
+            feature: 0,
+            kind: ContextKind::Top,
+            rank: 0,
+            token_index: 1234,
+            activation: 2.5,
+            focus: 2,
+            token_ids: vec![1, 2, 3],
+            tokens: vec!["a".into(), "b".into(), "c".into()],
+            acts: vec![0.0, 0.5, 2.5],
+        },
+        ContextRow {
+            feature: 3,
+            kind: ContextKind::Interval(9),
+            rank: 4,
+            token_index: 99,
+            activation: 0.1,
+            focus: 0,
+            token_ids: vec![4],
+            tokens: vec!["d".into()],
+            acts: vec![0.1],
+        },
+    ];
+    let neighbours = vec![NeighbourRow {
+        feature: 1,
+        rank: 0,
+        neighbour: 4,
+        cosine: 0.9,
+        cooccurrence: 3,
+        jaccard: 0.1,
+    }];
+    let summary = Summary {
+        format_version: FEATURE_STORE_VERSION,
+        dictionary: "d".into(),
+        run: None,
+        hook: "blocks.0.hook_resid_post".into(),
+        method: "topk".into(),
+        features: 5,
+        tokens: 100,
+        dead: 1,
+        log10_density_histogram: vec![1; 20],
+        intervals: 10,
+        per_interval: 5,
+        top_contexts: 20,
+        window_before: 12,
+        window_after: 4,
+        seconds: 0.5,
+        definitions: serde_json::json!({}),
+    };
+    (features, contexts, neighbours, summary)
+}
+
+#[test]
+fn tables_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, c, n, s) = rows();
+    write_feature_store(dir.path(), &f, &c, &n, &s).unwrap();
+    let store = FeatureStore::open(dir.path()).unwrap();
+    assert_eq!(store.features, f);
+    assert_eq!(store.contexts, c);
+    assert_eq!(store.neighbours, n);
+    assert_eq!(store.summary, s);
+    assert!(!dir.path().join("features.parquet.tmp").exists());
+}
+
+#[test]
+fn a_store_without_its_summary_is_refused_with_the_command_that_makes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, c, n, s) = rows();
+    write_feature_store(dir.path(), &f, &c, &n, &s).unwrap();
+    std::fs::remove_file(dir.path().join(SUMMARY_FILE)).unwrap();
+    let e = FeatureStore::open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("saescope analyze"), "{e}");
+    // A corrupted table names its file.
+    write_feature_store(dir.path(), &f, &c, &n, &s).unwrap();
+    std::fs::write(dir.path().join(CONTEXTS_FILE), b"not parquet").unwrap();
+    let e = FeatureStore::open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("contexts.parquet"), "{e}");
+}
