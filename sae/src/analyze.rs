@@ -67,6 +67,9 @@ fn reservoir_bins(cfg: &AnalyzeConfig) -> usize {
     2 * cfg.intervals
 }
 
+/// The longest window (before + 1 + after) a sample holds; fixed so samples need no heap.
+pub const MAX_WINDOW: usize = 32;
+
 /// One activating token with its window of the feature's activations.
 #[derive(Clone, Debug)]
 struct Sample {
@@ -74,7 +77,14 @@ struct Sample {
     token: u64,
     /// Token index of the window's first token.
     start: u64,
-    acts: Vec<f32>,
+    len: u8,
+    acts: [f32; MAX_WINDOW],
+}
+
+impl Sample {
+    fn acts(&self) -> &[f32] {
+        &self.acts[..self.len as usize]
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -88,28 +98,66 @@ struct FeatureState {
     seen: Vec<u64>,
     reservoirs: Vec<Vec<Sample>>,
     top: Vec<Sample>,
+    /// The smallest value in a full `top`, and where it is.
+    top_min: (usize, f32),
     cooccur: Vec<u64>,
 }
 
-/// The sparse codes of recent rows, sorted by latent within each row.
+/// The sparse codes of recent rows, sorted by latent within each row, in one flat buffer so a
+/// window's lookups stay in cache.
 struct Recent {
+    /// Token index of the oldest row kept.
     base: u64,
-    rows: VecDeque<(Vec<u32>, Vec<f32>)>,
+    entries: Vec<(u32, f32)>,
+    /// Absolute offset (counting dropped entries) where each kept row ends.
+    ends: VecDeque<usize>,
+    /// Absolute offset of `entries[0]`, and where row `base` starts.
+    front: usize,
+    first_start: usize,
 }
 
 impl Recent {
-    fn get(&self, token: u64) -> Option<&(Vec<u32>, Vec<f32>)> {
-        token
-            .checked_sub(self.base)
-            .and_then(|i| self.rows.get(i as usize))
+    fn new() -> Self {
+        Recent {
+            base: 0,
+            entries: Vec::new(),
+            ends: VecDeque::new(),
+            front: 0,
+            first_start: 0,
+        }
+    }
+    fn row(&self, token: u64) -> Option<&[(u32, f32)]> {
+        let i = token.checked_sub(self.base)? as usize;
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 {
+            self.first_start
+        } else {
+            self.ends[i - 1]
+        };
+        Some(&self.entries[start - self.front..end - self.front])
     }
     fn value(&self, token: u64, f: u32) -> f32 {
-        self.get(token)
-            .and_then(|(c, v)| c.binary_search(&f).ok().map(|i| v[i]))
+        self.row(token)
+            .and_then(|r| r.binary_search_by_key(&f, |e| e.0).ok().map(|i| r[i].1))
             .unwrap_or(0.0)
     }
     fn end(&self) -> u64 {
-        self.base + self.rows.len() as u64
+        self.base + self.ends.len() as u64
+    }
+    fn push(&mut self, row: &[(u32, f32)]) {
+        self.entries.extend_from_slice(row);
+        self.ends.push_back(self.front + self.entries.len());
+    }
+    fn pop_front(&mut self) {
+        if let Some(end) = self.ends.pop_front() {
+            self.first_start = end;
+            self.base += 1;
+            let dead = end - self.front;
+            if dead > 1 << 16 && dead * 2 > self.entries.len() {
+                self.entries.drain(..dead);
+                self.front = end;
+            }
+        }
     }
 }
 
@@ -174,6 +222,8 @@ pub struct Analysis {
     pub neighbours: Vec<NeighbourRow>,
     pub tokens: u64,
     pub log10_density_histogram: Vec<u64>,
+    /// Time the folding thread was busy (it overlaps with encoding).
+    pub fold_seconds: f64,
 }
 
 /// Per-feature data computed from the weights alone.
@@ -308,6 +358,15 @@ pub fn logit_effects(
     out
 }
 
+/// One encoded batch, in CSR form on the CPU.
+struct Encoded {
+    first: u64,
+    rows: usize,
+    cols: Vec<i64>,
+    vals: Vec<f32>,
+    offsets: Vec<i64>,
+}
+
 /// The streaming pass's state.
 struct Pass<'a> {
     cfg: &'a AnalyzeConfig,
@@ -317,6 +376,9 @@ struct Pass<'a> {
     recent: Recent,
     /// Next row whose entries have not been folded into the states.
     next_focus: u64,
+    /// Buffers reused across batches.
+    row_buf: Vec<(u32, f32)>,
+    entries: Vec<(u64, f32)>,
 }
 
 impl Pass<'_> {
@@ -335,48 +397,98 @@ impl Pass<'_> {
         {
             hi += 1;
         }
+        let mut acts = [0.0; MAX_WINDOW];
+        for (a, j) in acts.iter_mut().zip(lo..=hi) {
+            *a = self.recent.value(j, f);
+        }
         Sample {
             value: self.recent.value(t, f),
             token: t,
             start: lo,
-            acts: (lo..=hi).map(|j| self.recent.value(j, f)).collect(),
+            len: (hi - lo + 1) as u8,
+            acts,
         }
     }
 
-    /// Folds rows next_focus..until into the feature states, features split across threads.
+    /// Appends a batch's rows (sorted by latent, BOS rows emptied if asked), folds every row
+    /// whose window is now complete, and drops rows no window can reach any more.
+    fn push(&mut self, e: Encoded) {
+        debug_assert_eq!(e.first, self.recent.end());
+        for r in 0..e.rows {
+            let t = e.first + r as u64;
+            let (s, end) = (
+                e.offsets[r] as usize,
+                e.offsets.get(r + 1).map_or(e.cols.len(), |&o| o as usize),
+            );
+            let row = &mut self.row_buf;
+            row.clear();
+            if !(self.cfg.exclude_bos && self.tokens.context_pos[t as usize] == 0) {
+                row.extend(
+                    (s..end)
+                        .map(|j| (e.cols[j] as u32, e.vals[j]))
+                        .filter(|&(_, v)| v != 0.0),
+                );
+            }
+            row.sort_unstable_by_key(|&(c, _)| c);
+            self.recent.push(row);
+        }
+        let ready = self
+            .recent
+            .end()
+            .saturating_sub(self.cfg.window_after as u64);
+        self.fold(ready);
+        let keep_back = self.cfg.window_before as u64;
+        while self.recent.base + keep_back < self.next_focus && !self.recent.ends.is_empty() {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Folds rows next_focus..until into the feature states. The entries are first sorted by
+    /// (feature, token), so each feature's state is loaded once per call rather than once per
+    /// entry (the states do not fit in cache; this is what keeps the pass at the encoder's
+    /// pace), then split by feature ranges across threads.
     fn fold(&mut self, until: u64) {
         if until <= self.next_focus {
             return;
         }
         let from = self.next_focus;
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.clear();
+        for t in from..until {
+            if let Some(row) = self.recent.row(t) {
+                entries.extend(
+                    row.iter()
+                        .filter(|e| e.1 > 0.0)
+                        .map(|&(f, v)| (((f as u64) << 32) | (t - from), v)),
+                );
+            }
+        }
+        entries.sort_unstable_by_key(|e| e.0);
         let n = self.states.len();
         let threads = rayon::current_num_threads().max(1);
         let chunk = n.div_ceil(threads * 4).max(64);
         let cfg = self.cfg;
         let mut states = std::mem::take(&mut self.states);
         let this = &*self;
+        let sorted = &entries;
         states
             .par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(ci, part)| {
-                let lo = (ci * chunk) as u32;
-                let hi = lo + part.len() as u32;
-                for t in from..until {
-                    let Some((cols, vals)) = this.recent.get(t) else {
-                        continue;
-                    };
-                    let a = cols.partition_point(|&c| c < lo);
-                    let b = cols.partition_point(|&c| c < hi);
-                    for j in a..b {
-                        let (f, v) = (cols[j], vals[j]);
-                        if v <= 0.0 {
-                            continue;
-                        }
-                        this.update(&mut part[(f - lo) as usize], f, v, t, cols, cfg);
-                    }
+                let lo = ((ci * chunk) as u64) << 32;
+                let hi = lo + ((part.len() as u64) << 32);
+                let a = sorted.partition_point(|e| e.0 < lo);
+                let b = sorted.partition_point(|e| e.0 < hi);
+                for &(key, v) in &sorted[a..b] {
+                    let f = (key >> 32) as u32;
+                    let t = from + (key & 0xFFFF_FFFF);
+                    let row = this.recent.row(t).expect("rows being folded are kept");
+                    let local = f as usize - ci * chunk;
+                    this.update(&mut part[local], f, v, t, row, cfg);
                 }
             });
         self.states = states;
+        self.entries = entries;
         self.next_focus = until;
     }
 
@@ -386,7 +498,7 @@ impl Pass<'_> {
         f: u32,
         v: f32,
         t: u64,
-        row: &[u32],
+        row: &[(u32, f32)],
         cfg: &AnalyzeConfig,
     ) {
         s.count += 1;
@@ -446,22 +558,24 @@ impl Pass<'_> {
                 s.reservoirs[rb][j as usize] = self.window(f, t);
             }
         }
-        if s.top.len() < cfg.top {
-            s.top.push(self.window(f, t));
-        } else {
-            let (mi, mv) = s
-                .top
-                .iter()
-                .enumerate()
-                .map(|(i, x)| (i, x.value))
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .expect("top is full");
-            if v > mv {
-                s.top[mi] = self.window(f, t);
+        if s.top.len() < cfg.top || v > s.top_min.1 {
+            if s.top.len() < cfg.top {
+                s.top.push(self.window(f, t));
+            } else {
+                s.top[s.top_min.0] = self.window(f, t);
+            }
+            if s.top.len() == cfg.top {
+                s.top_min = s
+                    .top
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| (i, x.value))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .expect("top is full");
             }
         }
         for (i, &(g, _)) in self.neighbours[f as usize].iter().enumerate() {
-            if row.binary_search(&g).is_ok() {
+            if row.binary_search_by_key(&g, |e| e.0).is_ok() {
                 s.cooccur[i] += 1;
             }
         }
@@ -483,6 +597,15 @@ pub fn analyze(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Analysis> {
     let _g = tch::no_grad_guard();
+    if cfg.window_before + cfg.window_after + 1 > MAX_WINDOW
+        || cfg.top == 0
+        || cfg.intervals == 0
+        || cfg.hist_bins == 0
+    {
+        return Err(SaeError::Config(format!(
+            "analysis windows hold at most {MAX_WINDOW} tokens, and top, intervals and hist_bins must be positive"
+        )));
+    }
     let n = dict.n_latents();
     let total = run.manifest().total_tokens;
     let limit = cfg.max_tokens.unwrap_or(total).min(total);
@@ -497,11 +620,10 @@ pub fn analyze(
         tokens,
         neighbours: &weights.neighbours,
         states: vec![FeatureState::default(); n],
-        recent: Recent {
-            base: 0,
-            rows: VecDeque::new(),
-        },
+        recent: Recent::new(),
         next_focus: 0,
+        row_buf: Vec::new(),
+        entries: Vec::new(),
     };
     let reader = run.batches(
         hook,
@@ -510,71 +632,70 @@ pub fn analyze(
             ..ReadOptions::default()
         },
     )?;
-    let keep_back = cfg.window_before as u64;
+    // Encoding (libtorch's threads) and folding (rayon's) overlap: this thread reads and
+    // encodes batch i + 1 while the folder thread folds batch i into the feature states.
+    let (send, recv) = std::sync::mpsc::sync_channel::<Encoded>(2);
     let mut analysed = 0u64;
-    for batch in reader {
-        let b = batch?;
-        let take = (b.rows() as u64).min(limit - analysed) as usize;
-        if take == 0 {
-            break;
-        }
-        if b.token_index[0] != pass.recent.end() {
-            return Err(SaeError::Data(format!(
-                "rows arrived out of order (token {} after {})",
-                b.token_index[0],
-                pass.recent.end()
-            )));
-        }
-        let x = Tensor::from_slice(&b.data[..take * b.dim])
-            .view([take as i64, b.dim as i64])
-            .to_device(device);
-        let codes = dict.encode(&x);
-        let cols = Vec::<i64>::try_from(codes.cols.to_device(Device::Cpu)).expect("i64");
-        let vals = Vec::<f32>::try_from(codes.vals.to_kind(Kind::Float).to_device(Device::Cpu))
-            .expect("f32");
-        let offs = Vec::<i64>::try_from(codes.offsets.to_device(Device::Cpu)).expect("i64");
-        for r in 0..take {
-            let t = b.token_index[r];
-            let (s, e) = (
-                offs[r] as usize,
-                offs.get(r + 1).map_or(cols.len(), |&o| o as usize),
-            );
-            let mut row: Vec<(u32, f32)> = (s..e)
-                .map(|j| (cols[j] as u32, vals[j]))
-                .filter(|&(_, v)| v != 0.0)
-                .collect();
-            if cfg.exclude_bos && tokens.context_pos[t as usize] == 0 {
-                row.clear();
+    let ((states, fold_seconds), read_result) = std::thread::scope(|scope| {
+        let folder = scope.spawn(move || {
+            let mut busy = std::time::Duration::ZERO;
+            for e in recv {
+                let t = std::time::Instant::now();
+                pass.push(e);
+                busy += t.elapsed();
             }
-            row.sort_unstable_by_key(|&(c, _)| c);
-            pass.recent.rows.push_back(row.into_iter().unzip());
-        }
-        analysed += take as u64;
-        // Rows with their whole window available can be folded in.
-        let ready = pass.recent.end().saturating_sub(cfg.window_after as u64);
-        pass.fold(ready);
-        while pass.recent.base + keep_back < pass.next_focus && !pass.recent.rows.is_empty() {
-            pass.recent.rows.pop_front();
-            pass.recent.base += 1;
-        }
-        progress(analysed);
-        if analysed >= limit {
-            break;
-        }
-    }
-    let end = pass.recent.end();
-    pass.fold(end);
+            let t = std::time::Instant::now();
+            let end = pass.recent.end();
+            pass.fold(end);
+            (pass.states, (busy + t.elapsed()).as_secs_f64())
+        });
+        let result = (|| -> Result<()> {
+            for batch in reader {
+                let b = batch?;
+                let take = (b.rows() as u64).min(limit - analysed) as usize;
+                if take == 0 {
+                    break;
+                }
+                if b.token_index[0] != analysed {
+                    return Err(SaeError::Data(format!(
+                        "rows arrived out of order (token {} after {analysed})",
+                        b.token_index[0]
+                    )));
+                }
+                let x = Tensor::from_slice(&b.data[..take * b.dim])
+                    .view([take as i64, b.dim as i64])
+                    .to_device(device);
+                let codes = dict.encode(&x);
+                let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+                let encoded = Encoded {
+                    first: analysed,
+                    rows: take,
+                    cols: Vec::<i64>::try_from(cpu(&codes.cols))?,
+                    vals: Vec::<f32>::try_from(cpu(&codes.vals.to_kind(Kind::Float)))?,
+                    offsets: Vec::<i64>::try_from(cpu(&codes.offsets))?,
+                };
+                if send.send(encoded).is_err() {
+                    break; // the folder stopped: its panic surfaces at join
+                }
+                analysed += take as u64;
+                progress(analysed);
+                if analysed >= limit {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(send);
+        let states = folder.join().expect("the feature folder panicked");
+        (states, result)
+    });
+    read_result?;
     if analysed == 0 {
         return Err(SaeError::Data("no tokens to analyse".into()));
     }
-    Ok(finish(
-        pass.states,
-        weights,
-        tokens,
-        token_str,
-        cfg,
-        analysed,
-    ))
+    let mut a = finish(states, weights, tokens, token_str, cfg, analysed);
+    a.fold_seconds = fold_seconds;
+    Ok(a)
 }
 
 fn finish(
@@ -590,7 +711,7 @@ fn finish(
     let mut neighbours = Vec::new();
     let mut log_hist = vec![0u64; 20];
     let context = |f: u32, kind: ContextKind, rank: usize, s: &Sample| {
-        let ids: Vec<u32> = (s.start..s.start + s.acts.len() as u64)
+        let ids: Vec<u32> = (s.start..s.start + s.len as u64)
             .map(|j| tokens.token_id[j as usize])
             .collect();
         ContextRow {
@@ -602,7 +723,7 @@ fn finish(
             focus: (s.token - s.start) as u16,
             tokens: ids.iter().map(|&i| token_str(i)).collect(),
             token_ids: ids,
-            acts: s.acts.clone(),
+            acts: s.acts().to_vec(),
         }
     };
     for (fi, mut s) in states.into_iter().enumerate() {
@@ -694,5 +815,6 @@ fn finish(
         neighbours,
         tokens: analysed,
         log10_density_histogram: log_hist,
+        fold_seconds: 0.0,
     }
 }
