@@ -37,6 +37,8 @@ enum Command {
     Eval(commands::eval::Args),
     /// Build a dictionary's feature store: statistics, contexts, logit effects, neighbours.
     Analyze(commands::analyze::Args),
+    /// The prompt view: each token's most active features, and attribution by head and source.
+    Inspect(commands::inspect::Args),
     /// Activation runs: inspect and benchmark.
     #[command(subcommand)]
     Store(commands::store::Command),
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train::run(a).map(|_| ()),
         Command::Eval(a) => commands::eval::run(a),
         Command::Analyze(a) => commands::analyze::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
         Command::Store(c) => commands::store::run(c),
     };
     match result {

@@ -45,7 +45,7 @@ fn help_lists_every_working_command() {
     assert!(o.status.success());
     let t = text(&o);
     for cmd in [
-        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "store",
+        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "inspect", "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -275,6 +275,38 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
             .all(|c| c.acts[c.focus as usize] == c.activation)
     );
     assert_eq!(store.summary.tokens, 3000);
+
+    // The prompt view, with quantiles from that feature store.
+    let o = saescope(&[
+        "inspect",
+        "--dict",
+        dict.to_str().unwrap(),
+        "--top",
+        "4",
+        "--json",
+        "The jury said the election was fair.",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let v: serde_json::Value = serde_json::from_str(&t[t.find('{').unwrap()..]).unwrap();
+    let toks = v["view"]["tokens"].as_array().unwrap();
+    assert!(toks.len() >= 8, "{t}");
+    assert_eq!(toks[0]["position"], 0);
+    for tok in &toks[1..] {
+        let feats = tok["features"].as_array().unwrap();
+        assert_eq!(feats.len(), 4, "TopK k = 32 shows the top 4: {t}");
+        let q = feats[0]["quantile"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&q));
+        let acts: Vec<f64> = feats
+            .iter()
+            .map(|f| f["activation"].as_f64().unwrap())
+            .collect();
+        assert!(
+            acts.windows(2).all(|w| w[0] >= w[1]),
+            "strongest first: {acts:?}"
+        );
+    }
+    assert!(v["attribution"].is_null());
 
     let o = saescope(&["store", "inspect", out_s]);
     let t = text(&o);

@@ -106,6 +106,8 @@ pub struct Hooks {
     /// Layers whose attention pattern [batch, heads, query, key] to capture.
     patterns: BTreeSet<usize>,
     captured_patterns: BTreeMap<usize, Tensor>,
+    /// The value vectors of those layers, per query head [batch, heads, key, d_head].
+    captured_values: BTreeMap<usize, Tensor>,
 }
 
 impl Hooks {
@@ -147,9 +149,10 @@ impl Hooks {
         self.patterns.contains(&layer)
     }
 
-    pub(crate) fn store_pattern(&mut self, layer: usize, pattern: &Tensor) {
+    pub(crate) fn store_pattern(&mut self, layer: usize, pattern: &Tensor, values: &Tensor) {
         self.captured_patterns
             .insert(layer, pattern.shallow_clone());
+        self.captured_values.insert(layer, values.shallow_clone());
     }
 
     /// Applies the intervention at `point` (if any) and captures the result (if asked).
@@ -173,5 +176,11 @@ impl Hooks {
 
     pub fn take_pattern(&mut self, layer: usize) -> Option<Tensor> {
         self.captured_patterns.remove(&layer)
+    }
+
+    /// The value vectors [batch, heads, key, d_head] of a layer whose pattern was captured, one
+    /// per query head (shared key/value heads repeated): `z[q] = Σ_k pattern[q, k] · v[k]`.
+    pub fn take_values(&mut self, layer: usize) -> Option<Tensor> {
+        self.captured_values.remove(&layer)
     }
 }

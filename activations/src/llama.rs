@@ -482,7 +482,7 @@ pub(crate) fn causal_attention(
     let scores = (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(mask, f64::NEG_INFINITY);
     // The softmax runs in f32 even for a bf16 model.
     let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-    hooks.store_pattern(layer, &pattern);
+    hooks.store_pattern(layer, &pattern, &v);
     pattern.matmul(&v).transpose(1, 2)
 }
 

@@ -24,6 +24,18 @@ pub trait Dictionary {
     fn decode(&self, codes: &SparseCodes) -> Tensor;
     /// Decoder directions [n_latents, d_in].
     fn atoms(&self) -> Tensor;
+    /// The linear part of the encoder, for dictionaries that have one (TopK, BatchTopK, GBA):
+    /// pre-activation = (x − b_dec) · w[f] + b_enc[f].
+    fn encoder(&self) -> Option<LinearEncoder> {
+        None
+    }
+}
+
+/// An encoder's weights, rows per latent.
+pub struct LinearEncoder {
+    pub w: Tensor,
+    pub b_enc: Tensor,
+    pub b_dec: Tensor,
 }
 
 impl Dictionary for TopKSae {
@@ -41,6 +53,13 @@ impl Dictionary for TopKSae {
     }
     fn atoms(&self) -> Tensor {
         self.w_dec.shallow_clone()
+    }
+    fn encoder(&self) -> Option<LinearEncoder> {
+        Some(LinearEncoder {
+            w: self.w_enc.shallow_clone(),
+            b_enc: self.b_enc.shallow_clone(),
+            b_dec: self.b_dec.shallow_clone(),
+        })
     }
 }
 
@@ -83,6 +102,13 @@ impl Dictionary for GbaSae {
     }
     fn atoms(&self) -> Tensor {
         self.w_dec.shallow_clone()
+    }
+    fn encoder(&self) -> Option<LinearEncoder> {
+        Some(LinearEncoder {
+            w: self.w_enc.shallow_clone(),
+            b_enc: self.b_enc.shallow_clone(),
+            b_dec: self.b_dec.shallow_clone(),
+        })
     }
 }
 

@@ -16,6 +16,7 @@ pub mod data;
 pub mod dictionary;
 mod error;
 pub mod gba;
+pub mod inspect;
 pub mod metrics;
 pub mod mpsae;
 pub mod seeded;

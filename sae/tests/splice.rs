@@ -2,49 +2,13 @@
 //! exactly, one that returns zeros is exactly the ablation.
 
 use saescope_activations::hooks::HookPoint;
-use saescope_activations::model::Model;
 use saescope_sae::dictionary::Dictionary;
 use saescope_sae::sparse::SparseCodes;
 use saescope_sae::splice::{SpliceAccumulator, SpliceOptions, splice_batch};
-use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
-/// The bundled model and two contexts of real text, BOS first.
-fn model_and_ids() -> (Model, Tensor) {
-    let cache = std::env::var_os("SAESCOPE_CACHE")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/saescope")
-        });
-    let path = cache.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} (run ./scripts/test or `saescope setup`)",
-        path.display()
-    );
-    let loaded = Model::load(&path, Device::Cpu, Kind::Float).unwrap();
-    let tok = loaded.tokenizer.unwrap();
-    let text = "The city council met on Tuesday evening to discuss the new budget. Several \
-        residents spoke about the condition of the roads, and the mayor promised that repairs \
-        would begin in the spring. The library will also stay open later on weekends, which \
-        many families had asked for during the last meeting of the year.";
-    let body: Vec<i64> = tok
-        .encode(text)
-        .unwrap()
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    let bos = tok.bos.unwrap() as i64;
-    let n = 24usize;
-    assert!(body.len() >= 2 * n);
-    let mut ids = Vec::new();
-    for c in 0..2 {
-        ids.push(bos);
-        ids.extend_from_slice(&body[c * n..c * n + n - 1]);
-    }
-    (loaded.model, Tensor::from_slice(&ids).view([2, n as i64]))
-}
+mod common;
+use common::model_and_ids;
 
 /// Reconstruction = input (`Identity(true)`) or zero (`Identity(false)`).
 struct Identity(bool, usize);

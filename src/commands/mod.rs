@@ -4,6 +4,7 @@ pub mod dict;
 pub mod doctor;
 pub mod eval;
 pub mod harvest;
+pub mod inspect;
 pub mod setup;
 pub mod store;
 pub mod train;

@@ -1,0 +1,180 @@
+//! `saescope inspect`: the prompt view. Runs the model and a dictionary on one prompt and prints,
+//! per token, the most active features with their activation and its quantile in the feature's
+//! distribution (from the feature store, when there is one); for attention-output dictionaries,
+//! `--feature F --dest P` adds the attribution of F at token P by head and source token.
+
+use super::{dict, harvest};
+use anyhow::{Context, Result, bail};
+use saescope_sae::inspect::{Attribution, PromptView, attention_attribution, prompt_view};
+use saescope_store::features::{FeatureStore, SUMMARY_FILE};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The text to look at.
+    pub prompt: String,
+    /// The dictionary's directory.
+    #[arg(long)]
+    pub dict: PathBuf,
+    /// The harvest run it was trained on (default: found from the dictionary).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// The hook (default: the dictionary's cfg.json).
+    #[arg(long)]
+    pub hook: Option<String>,
+    /// The model (default: the run's, else the bundled SmolLM2-135M).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The feature store for quantiles (default: DICT/features when it exists).
+    #[arg(long)]
+    pub features: Option<PathBuf>,
+    /// Features shown per token.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// attn.hook_z dictionaries: attribute this feature by head and source token...
+    #[arg(long)]
+    pub feature: Option<u32>,
+    /// ...at this destination token (position in the prompt, BOS being 0).
+    #[arg(long)]
+    pub dest: Option<usize>,
+    /// Do not put BOS before the prompt.
+    #[arg(long)]
+    pub no_bos: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Output {
+    view: PromptView,
+    attribution: Option<Attribution>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let device = harvest::device(&a.device)?;
+    let opened = dict::open(&a.dict, a.hook.as_deref(), a.run.as_deref(), device)?;
+    let run = opened.run.as_ref().map(|(_, r)| r);
+    let model_path = dict::model_path(a.model.as_deref(), run);
+    let loaded = harvest::load_model(&model_path, device, "f32")?;
+    let tok = &loaded.tokenizer;
+    let mut ids = Vec::new();
+    if !a.no_bos {
+        ids.extend(tok.bos);
+    }
+    ids.extend(tok.encode(&a.prompt)?);
+    if ids.is_empty() {
+        bail!("the prompt has no tokens");
+    }
+    let store_dir = a
+        .features
+        .clone()
+        .unwrap_or_else(|| opened.dir.join("features"));
+    let store = if store_dir.join(SUMMARY_FILE).exists() {
+        Some(
+            FeatureStore::open(&store_dir)
+                .with_context(|| format!("reading the feature store in {}", store_dir.display()))?,
+        )
+    } else {
+        if a.features.is_some() {
+            bail!(
+                "{}: no feature store (run `saescope analyze --dict {}`)",
+                store_dir.display(),
+                a.dict.display()
+            );
+        }
+        None
+    };
+    let token_str = |i: u32| tok.decode(&[i]).unwrap_or_default();
+    let dictionary = opened.dict.as_dyn();
+    let view = prompt_view(
+        &loaded.model,
+        dictionary,
+        opened.point,
+        &ids,
+        &token_str,
+        a.top,
+        store.as_ref().map(|s| s.features.as_slice()),
+    )?;
+    let attribution = match (a.feature, a.dest) {
+        (Some(f), Some(d)) => Some(attention_attribution(
+            &loaded.model,
+            dictionary,
+            opened.point,
+            &ids,
+            &token_str,
+            f,
+            d,
+        )?),
+        (None, None) => None,
+        _ => bail!("--feature and --dest go together"),
+    };
+    let out = Output { view, attribution };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{} on {} tokens{}:",
+        out.view.hook,
+        ids.len(),
+        if store.is_some() {
+            " (q: quantile among the feature's activations in the feature store)"
+        } else {
+            ""
+        }
+    );
+    for t in &out.view.tokens {
+        let feats: Vec<String> = t
+            .features
+            .iter()
+            .map(|f| match f.quantile {
+                Some(q) => format!("{} {:.2} q{:.2}", f.feature, f.activation, q),
+                None => format!("{} {:.2}", f.feature, f.activation),
+            })
+            .collect();
+        println!(
+            "{:>4} {:<16} {}",
+            t.position,
+            format!("{:?}", t.token),
+            feats.join("  ")
+        );
+    }
+    if let Some(at) = &out.attribution {
+        println!();
+        println!(
+            "feature {} at token {} {:?}: pre-activation {:.4} = {:.4} from heads and sources + {:.4} constant",
+            at.feature,
+            at.dest,
+            at.tokens[at.dest],
+            at.pre_activation,
+            at.pre_activation - at.constant,
+            at.constant
+        );
+        let mut cells: Vec<(usize, usize, f32)> = at
+            .by_head_source
+            .iter()
+            .enumerate()
+            .flat_map(|(h, row)| row.iter().enumerate().map(move |(s, &v)| (h, s, v)))
+            .collect();
+        cells.sort_by(|x, y| y.2.abs().total_cmp(&x.2.abs()));
+        println!("  largest contributions (head, source token):");
+        for (h, s, v) in cells.iter().take(10) {
+            println!(
+                "    head {h:<2} {:>4} {:<16} {v:+.4}",
+                s,
+                format!("{:?}", at.tokens[*s])
+            );
+        }
+        let per_head: Vec<String> = at
+            .by_head_source
+            .iter()
+            .enumerate()
+            .map(|(h, row)| format!("{h}: {:+.3}", row.iter().sum::<f32>()))
+            .collect();
+        println!("  by head: {}", per_head.join("  "));
+    }
+    Ok(())
+}
