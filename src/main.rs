@@ -39,6 +39,9 @@ enum Command {
     Analyze(commands::analyze::Args),
     /// The prompt view: each token's most active features, and attribution by head and source.
     Inspect(commands::inspect::Args),
+    /// Export a feature store (to Neuronpedia's dashboard JSON).
+    #[command(subcommand)]
+    Export(commands::export::Command),
     /// Activation runs: inspect and benchmark.
     #[command(subcommand)]
     Store(commands::store::Command),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::Analyze(a) => commands::analyze::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Export(c) => commands::export::run(c),
         Command::Store(c) => commands::store::run(c),
     };
     match result {

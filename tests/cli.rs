@@ -45,7 +45,8 @@ fn help_lists_every_working_command() {
     assert!(o.status.success());
     let t = text(&o);
     for cmd in [
-        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "inspect", "store",
+        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "inspect", "export",
+        "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -307,6 +308,56 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         );
     }
     assert!(v["attribution"].is_null());
+
+    // A dictionary from elsewhere (SAELens layout, no saescope fields) is analysed the same way,
+    // given the run.
+    let foreign = tmp.path().join("saelens-dict");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dict.join("cfg.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("saescope");
+    std::fs::write(foreign.join("cfg.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        dict.join("sae_weights.safetensors"),
+        foreign.join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    let o = saescope(&["analyze", "--dict", foreign.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("pass --run"), "{}", text(&o));
+    let o = saescope(&[
+        "analyze",
+        "--dict",
+        foreign.to_str().unwrap(),
+        "--run",
+        out_s,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let theirs = saescope_store::features::FeatureStore::open(&foreign.join("features")).unwrap();
+    let counts = |s: &saescope_store::features::FeatureStore| {
+        s.features.iter().map(|f| f.count).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        counts(&theirs),
+        counts(&store),
+        "same weights, same features"
+    );
+
+    // Export for Neuronpedia.
+    let np = tmp.path().join("np.json");
+    let o = saescope(&[
+        "export",
+        "neuronpedia",
+        "--dict",
+        dict.to_str().unwrap(),
+        "--out",
+        np.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let batch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&np).unwrap()).unwrap();
+    assert_eq!(batch["layer"], 6);
+    assert_eq!(batch["features"].as_array().unwrap().len(), 256);
 
     let o = saescope(&["store", "inspect", out_s]);
     let t = text(&o);

@@ -7,8 +7,16 @@
 //! learners compute their own gradients rather than using autograd, so that everything after the
 //! encoder's dense matmul costs in proportion to the active latents.
 //!
-//! It reads activations through `saescope-store` and does not own that format, the model runtime
-//! (`saescope-activations`), or any display: progress goes to an [`train::Observer`].
+//! It also owns the analyses of a trained dictionary: splicing it into the model
+//! ([`splice`]: CE-loss recovered, KL), the streaming feature analysis that fills a feature
+//! store ([`analyze`]), and the prompt view with attribution by head ([`inspect`]).
+//!
+//! It reads activations through `saescope-store` and does not own those formats, the model
+//! runtime (`saescope-activations`), or any display: progress goes to observers and callbacks,
+//! and results come back as data.
+
+// Doc comments write tensor shapes and indices in brackets ([B, d], w[f]), not as links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 pub mod adam;
 pub mod analyze;

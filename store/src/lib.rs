@@ -4,7 +4,8 @@
 //! (layout documented in `store/README.md`), its streaming crash-safe [`RunWriter`], and the
 //! [`Run`] reader that checks every file against the manifest and serves batches of one hook
 //! point's activations as contiguous f32 buffers, optionally shuffled, from a background thread.
-//! Later it will also own dictionary checkpoints and the feature store.
+//! It also owns the feature store written by `saescope analyze` ([`features`]) and its export to
+//! Neuronpedia's dashboard JSON ([`neuronpedia`]).
 //!
 //! It does not run models, tokenize text or learn anything: those live in `saescope-activations`
 //! and `saescope-sae`, which read and write through this crate. It does not link libtorch.
@@ -13,6 +14,7 @@ mod error;
 pub mod features;
 mod fsutil;
 pub mod manifest;
+pub mod neuronpedia;
 mod reader;
 mod schema;
 pub mod synthetic;

@@ -104,3 +104,55 @@ fn a_store_without_its_summary_is_refused_with_the_command_that_makes_it() {
     let e = FeatureStore::open(dir.path()).unwrap_err().to_string();
     assert!(e.contains("contexts.parquet"), "{e}");
 }
+
+#[test]
+fn neuronpedia_export_carries_every_feature_and_context() {
+    use saescope_store::neuronpedia::{ExportInfo, dashboard_batch};
+    let dir = tempfile::tempdir().unwrap();
+    let (f, c, n, s) = rows();
+    write_feature_store(dir.path(), &f, &c, &n, &s).unwrap();
+    let store = FeatureStore::open(dir.path()).unwrap();
+    let info = ExportInfo {
+        model_id: "smollm2-135m".into(),
+        layer: 6,
+        sae_set: "res-saescope".into(),
+        dataset: "brown".into(),
+        tokens_per_prompt: 25,
+        neuron_alignment: vec![vec![(3, -0.5, 0.25)]],
+    };
+    let b = dashboard_batch(&store, &info);
+    assert_eq!(b["model_id"], "smollm2-135m");
+    assert_eq!(b["layer"], 6);
+    let feats = b["features"].as_array().unwrap();
+    assert_eq!(feats.len(), 5);
+    let f0 = &feats[0];
+    assert_eq!(f0["feature_index"], 0);
+    assert_eq!(f0["neuron_alignment_indices"], serde_json::json!([3]));
+    assert_eq!(f0["n_prompts_total"], 4);
+    let acts = f0["activations"].as_array().unwrap();
+    assert_eq!(acts.len(), 1);
+    assert_eq!(acts[0]["bin_min"], -1.0);
+    assert_eq!(acts[0]["tokens"], serde_json::json!(["a", "b", "c"]));
+    assert_eq!(acts[0]["values"], serde_json::json!([0.0, 0.5, 2.5]));
+    assert_eq!(acts[0]["qualifying_token_index"], 2);
+    // Feature 3's interval-9 sample: the top tenth of [0, max_act = 9].
+    let f3 = &feats[3];
+    let a3 = &f3["activations"][0];
+    assert!((a3["bin_min"].as_f64().unwrap() - 8.1).abs() < 1e-5);
+    assert!((a3["bin_max"].as_f64().unwrap() - 9.0).abs() < 1e-5);
+    let heights: u64 = f3["freq_hist_data_bar_heights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_u64().unwrap())
+        .sum();
+    assert_eq!(heights, (0..50u64).map(|i| i * 3).sum::<u64>());
+    assert_eq!(f3["pos_str"], serde_json::json!([" tok3", "é\n"]));
+    assert_eq!(f3["neg_values"], serde_json::json!([-1.0]));
+    assert_eq!(f3["decoder_weights_dist"], serde_json::json!([]));
+    assert_eq!(
+        feats[2]["decoder_weights_dist"],
+        serde_json::json!([0.25, 0.75])
+    );
+    assert!(feats[1]["activations"].as_array().unwrap().is_empty());
+}

@@ -1,0 +1,125 @@
+//! Export of a feature store to the dashboard JSON that Neuronpedia imports (SAEDashboard's
+//! `NeuronpediaDashboardBatch`: `{model_id, layer, sae_set, features: [...]}`), so a user can
+//! publish saescope's analysis there.
+//!
+//! Fields saescope does not compute (correlated neurons, and correlated features by Pearson
+//! correlation) are written as empty lists, which Neuronpedia shows as absent.
+
+use crate::features::{ContextKind, FeatureRow, FeatureStore};
+use serde_json::{Value, json};
+
+/// What Neuronpedia needs besides the store.
+pub struct ExportInfo {
+    pub model_id: String,
+    pub layer: usize,
+    pub sae_set: String,
+    pub dataset: String,
+    pub tokens_per_prompt: usize,
+    /// Per feature, the decoder entries with the largest |value|: (index, value, share of the
+    /// row's L1 norm). Empty when not known.
+    pub neuron_alignment: Vec<Vec<(u32, f32, f32)>>,
+}
+
+/// Centres and heights of equal-width bins over [lo, hi].
+fn bars(counts: &[u32], lo: f32, hi: f32) -> (Vec<f32>, Vec<u32>) {
+    let w = (hi - lo) / counts.len().max(1) as f32;
+    (
+        (0..counts.len())
+            .map(|i| lo + (i as f32 + 0.5) * w)
+            .collect(),
+        counts.to_vec(),
+    )
+}
+
+/// Fraction of a feature's nonzero activations in [lo, hi), read off its histogram.
+fn fraction_between(row: &FeatureRow, lo: f32, hi: f32) -> f32 {
+    let total: u64 = row.act_hist.iter().map(|&c| c as u64).sum();
+    if total == 0 || row.act_hist_max <= 0.0 {
+        return 0.0;
+    }
+    let n = row.act_hist.len();
+    let w = row.act_hist_max / n as f32;
+    let mut mass = 0.0f32;
+    for (i, &c) in row.act_hist.iter().enumerate() {
+        let (a, b) = (i as f32 * w, (i + 1) as f32 * w);
+        let overlap = (b.min(hi) - a.max(lo)).max(0.0);
+        mass += c as f32 * overlap / w;
+    }
+    mass / total as f32
+}
+
+/// The dashboard batch for every feature of `store`.
+pub fn dashboard_batch(store: &FeatureStore, info: &ExportInfo) -> Value {
+    let intervals = store.summary.intervals.max(1);
+    let mut features = Vec::with_capacity(store.features.len());
+    let mut contexts = store.contexts.iter().peekable();
+    for row in &store.features {
+        let (freq_values, freq_heights) = bars(&row.act_hist, 0.0, row.act_hist_max);
+        let (logit_values, logit_heights) =
+            bars(&row.logit_hist, row.logit_hist_min, row.logit_hist_max);
+        let mut activations = Vec::new();
+        // Contexts are stored sorted by feature.
+        while let Some(c) = contexts.next_if(|c| c.feature <= row.feature) {
+            if c.feature != row.feature {
+                continue;
+            }
+            let (lo, hi) = match c.kind {
+                ContextKind::Top => (0.0, row.max_act),
+                ContextKind::Interval(i) => {
+                    let w = row.max_act / intervals as f32;
+                    (i as f32 * w, (i + 1) as f32 * w)
+                }
+            };
+            let contains = match c.kind {
+                // The top group is marked as SAEDashboard marks it: no interval.
+                ContextKind::Top => -1.0,
+                ContextKind::Interval(_) => fraction_between(row, lo, hi),
+            };
+            activations.push(json!({
+                "bin_min": if matches!(c.kind, ContextKind::Top) { -1.0 } else { lo },
+                "bin_max": hi,
+                "bin_contains": contains,
+                "tokens": c.tokens,
+                "values": c.acts,
+                "qualifying_token_index": c.focus,
+            }));
+        }
+        let align = info
+            .neuron_alignment
+            .get(row.feature as usize)
+            .cloned()
+            .unwrap_or_default();
+        features.push(json!({
+            "feature_index": row.feature,
+            "neuron_alignment_indices": align.iter().map(|a| a.0).collect::<Vec<_>>(),
+            "neuron_alignment_values": align.iter().map(|a| a.1).collect::<Vec<_>>(),
+            "neuron_alignment_l1": align.iter().map(|a| a.2).collect::<Vec<_>>(),
+            "correlated_neurons_indices": [],
+            "correlated_neurons_l1": [],
+            "correlated_neurons_pearson": [],
+            "correlated_features_indices": [],
+            "correlated_features_l1": [],
+            "correlated_features_pearson": [],
+            "neg_str": row.logit_bottom_tokens,
+            "neg_values": row.logit_bottom_values,
+            "pos_str": row.logit_top_tokens,
+            "pos_values": row.logit_top_values,
+            "frac_nonzero": row.density,
+            "freq_hist_data_bar_values": freq_values,
+            "freq_hist_data_bar_heights": freq_heights,
+            "logits_hist_data_bar_values": logit_values,
+            "logits_hist_data_bar_heights": logit_heights,
+            "n_prompts_total": store.summary.tokens / info.tokens_per_prompt.max(1) as u64,
+            "n_tokens_in_prompt": info.tokens_per_prompt,
+            "dataset": info.dataset,
+            "decoder_weights_dist": row.head_share,
+            "activations": activations,
+        }));
+    }
+    json!({
+        "model_id": info.model_id,
+        "layer": info.layer,
+        "sae_set": info.sae_set,
+        "features": features,
+    })
+}
