@@ -249,3 +249,32 @@ fn streaming_analysis_matches_brute_force() {
         assert!((share - 1.0).abs() < 1e-5);
     }
 }
+
+#[test]
+fn logit_effects_go_through_the_projection_into_the_residual_stream() {
+    // A z-like dictionary: atoms of width 12 written into a residual of width 5 by W [5, 12].
+    let mut rng = Seeded::new(9);
+    let atoms = rng.normal(&[6, 12], Device::Cpu);
+    let w = rng.normal(&[5, 12], Device::Cpu);
+    let unembed = rng.normal(&[30, 5], Device::Cpu);
+    let effects = logit_effects(&atoms, Some(&w), &unembed, 4, 8);
+    let direct = atoms
+        .to_kind(Kind::Double)
+        .matmul(&w.to_kind(Kind::Double).tr())
+        .matmul(&unembed.to_kind(Kind::Double).tr());
+    for (f, e) in effects.iter().enumerate() {
+        let row = Vec::<f64>::try_from(direct.get(f as i64)).unwrap();
+        let mut order: Vec<usize> = (0..30).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let top: Vec<u32> = order[..4].iter().map(|&i| i as u32).collect();
+        assert_eq!(e.top.iter().map(|p| p.0).collect::<Vec<_>>(), top);
+        for &(id, v) in &e.top {
+            assert!((row[id as usize] - v as f64).abs() < 1e-4);
+        }
+        let bottom: Vec<u32> = order[26..].iter().rev().map(|&i| i as u32).collect();
+        assert_eq!(e.bottom.iter().map(|p| p.0).collect::<Vec<_>>(), bottom);
+        assert_eq!(e.hist.iter().sum::<u32>(), 30);
+        let (lo, hi) = (row[order[29]], row[order[0]]);
+        assert!((e.min as f64 - lo).abs() < 1e-4 && (e.max as f64 - hi).abs() < 1e-4);
+    }
+}
