@@ -100,7 +100,6 @@ struct FeatureState {
     top: Vec<Sample>,
     /// The smallest value in a full `top`, and where it is.
     top_min: (usize, f32),
-    cooccur: Vec<u64>,
 }
 
 /// The sparse codes of recent rows, sorted by latent within each row, in one flat buffer so a
@@ -376,6 +375,7 @@ struct Pass<'a> {
     recent: Recent,
     /// Next row whose entries have not been folded into the states.
     next_focus: u64,
+    cooccur: Cooccurrence,
     /// Buffers reused across batches.
     row_buf: Vec<(u32, f32)>,
     entries: Vec<(u64, f32)>,
@@ -430,6 +430,7 @@ impl Pass<'_> {
                 );
             }
             row.sort_unstable_by_key(|&(c, _)| c);
+            self.cooccur.add_row(row, self.neighbours);
             self.recent.push(row);
         }
         let ready = self
@@ -482,9 +483,8 @@ impl Pass<'_> {
                 for &(key, v) in &sorted[a..b] {
                     let f = (key >> 32) as u32;
                     let t = from + (key & 0xFFFF_FFFF);
-                    let row = this.recent.row(t).expect("rows being folded are kept");
                     let local = f as usize - ci * chunk;
-                    this.update(&mut part[local], f, v, t, row, cfg);
+                    this.update(&mut part[local], f, v, t, cfg);
                 }
             });
         self.states = states;
@@ -492,15 +492,7 @@ impl Pass<'_> {
         self.next_focus = until;
     }
 
-    fn update(
-        &self,
-        s: &mut FeatureState,
-        f: u32,
-        v: f32,
-        t: u64,
-        row: &[(u32, f32)],
-        cfg: &AnalyzeConfig,
-    ) {
+    fn update(&self, s: &mut FeatureState, f: u32, v: f32, t: u64, cfg: &AnalyzeConfig) {
         s.count += 1;
         s.sum += v as f64;
         s.max = s.max.max(v);
@@ -510,7 +502,6 @@ impl Pass<'_> {
             s.hist = vec![0; cfg.hist_bins];
             s.seen = vec![0; rbins];
             s.reservoirs = vec![Vec::new(); rbins];
-            s.cooccur = vec![0; self.neighbours[f as usize].len()];
         }
         while v >= s.range {
             // Double the range: bins 2i and 2i+1 become bin i.
@@ -574,11 +565,50 @@ impl Pass<'_> {
                     .expect("top is full");
             }
         }
-        for (i, &(g, _)) in self.neighbours[f as usize].iter().enumerate() {
-            if row.binary_search_by_key(&g, |e| e.0).is_ok() {
-                s.cooccur[i] += 1;
+    }
+}
+
+/// Co-occurrence of each feature with its decoder neighbours, counted row by row with a bitset
+/// of the row's active features (a few hundred bit tests a row instead of a search per pair).
+struct Cooccurrence {
+    /// Flat [features × neighbours] counts, neighbours in rank order.
+    counts: Vec<u64>,
+    per: usize,
+    bits: Vec<u64>,
+}
+
+impl Cooccurrence {
+    fn new(neighbours: &[Vec<(u32, f32)>]) -> Self {
+        let per = neighbours.iter().map(Vec::len).max().unwrap_or(0);
+        Cooccurrence {
+            counts: vec![0; neighbours.len() * per],
+            per,
+            bits: vec![0; neighbours.len().div_ceil(64)],
+        }
+    }
+
+    fn add_row(&mut self, row: &[(u32, f32)], neighbours: &[Vec<(u32, f32)>]) {
+        if self.per == 0 {
+            return;
+        }
+        for &(f, _) in row {
+            self.bits[f as usize / 64] |= 1 << (f % 64);
+        }
+        for &(f, _) in row {
+            let base = f as usize * self.per;
+            for (i, &(g, _)) in neighbours[f as usize].iter().enumerate() {
+                if self.bits[g as usize / 64] >> (g % 64) & 1 == 1 {
+                    self.counts[base + i] += 1;
+                }
             }
         }
+        for &(f, _) in row {
+            self.bits[f as usize / 64] = 0;
+        }
+    }
+
+    fn get(&self, f: usize, rank: usize) -> u64 {
+        self.counts.get(f * self.per + rank).copied().unwrap_or(0)
     }
 }
 
@@ -624,6 +654,7 @@ pub fn analyze(
         next_focus: 0,
         row_buf: Vec::new(),
         entries: Vec::new(),
+        cooccur: Cooccurrence::new(&weights.neighbours),
     };
     let reader = run.batches(
         hook,
@@ -636,7 +667,7 @@ pub fn analyze(
     // encodes batch i + 1 while the folder thread folds batch i into the feature states.
     let (send, recv) = std::sync::mpsc::sync_channel::<Encoded>(2);
     let mut analysed = 0u64;
-    let ((states, fold_seconds), read_result) = std::thread::scope(|scope| {
+    let ((states, cooccur, fold_seconds), read_result) = std::thread::scope(|scope| {
         let folder = scope.spawn(move || {
             let mut busy = std::time::Duration::ZERO;
             for e in recv {
@@ -647,7 +678,11 @@ pub fn analyze(
             let t = std::time::Instant::now();
             let end = pass.recent.end();
             pass.fold(end);
-            (pass.states, (busy + t.elapsed()).as_secs_f64())
+            (
+                pass.states,
+                pass.cooccur,
+                (busy + t.elapsed()).as_secs_f64(),
+            )
         });
         let result = (|| -> Result<()> {
             for batch in reader {
@@ -693,13 +728,14 @@ pub fn analyze(
     if analysed == 0 {
         return Err(SaeError::Data("no tokens to analyse".into()));
     }
-    let mut a = finish(states, weights, tokens, token_str, cfg, analysed);
+    let mut a = finish(states, &cooccur, weights, tokens, token_str, cfg, analysed);
     a.fold_seconds = fold_seconds;
     Ok(a)
 }
 
 fn finish(
     states: Vec<FeatureState>,
+    cooccur: &Cooccurrence,
     weights: &WeightFacts,
     tokens: &TokenTable,
     token_str: &dyn Fn(u32) -> String,
@@ -759,7 +795,7 @@ fn finish(
             }
         }
         for (rank, &(g, cos)) in weights.neighbours[fi].iter().enumerate() {
-            let co = s.cooccur.get(rank).copied().unwrap_or(0);
+            let co = cooccur.get(fi, rank);
             neighbours.push(NeighbourRow {
                 feature: f,
                 rank: rank as u8,
