@@ -378,7 +378,8 @@ struct Pass<'a> {
     cooccur: Cooccurrence,
     /// Buffers reused across batches.
     row_buf: Vec<(u32, f32)>,
-    entries: Vec<(u64, f32)>,
+    entries: Vec<(u32, f32)>,
+    starts: Vec<usize>,
 }
 
 impl Pass<'_> {
@@ -444,51 +445,61 @@ impl Pass<'_> {
         }
     }
 
-    /// Folds rows next_focus..until into the feature states. The entries are first sorted by
-    /// (feature, token), so each feature's state is loaded once per call rather than once per
-    /// entry (the states do not fit in cache; this is what keeps the pass at the encoder's
-    /// pace), then split by feature ranges across threads.
+    /// Folds rows next_focus..until into the feature states. The entries are first grouped by
+    /// feature (a counting sort, which keeps token order within a feature), so each feature's
+    /// state is loaded once per call rather than once per entry (the states do not fit in cache),
+    /// then features are split in ranges across threads.
     fn fold(&mut self, until: u64) {
         if until <= self.next_focus {
             return;
         }
         let from = self.next_focus;
-        let mut entries = std::mem::take(&mut self.entries);
-        entries.clear();
+        let n = self.states.len();
+        let mut starts = std::mem::take(&mut self.starts);
+        starts.clear();
+        starts.resize(n + 1, 0);
         for t in from..until {
-            if let Some(row) = self.recent.row(t) {
-                entries.extend(
-                    row.iter()
-                        .filter(|e| e.1 > 0.0)
-                        .map(|&(f, v)| (((f as u64) << 32) | (t - from), v)),
-                );
+            for &(f, v) in self.recent.row(t).unwrap_or(&[]) {
+                if v > 0.0 {
+                    starts[f as usize + 1] += 1;
+                }
             }
         }
-        entries.sort_unstable_by_key(|e| e.0);
-        let n = self.states.len();
+        for f in 0..n {
+            starts[f + 1] += starts[f];
+        }
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.clear();
+        entries.resize(starts[n], (0, 0.0));
+        let mut next = starts.clone();
+        for t in from..until {
+            for &(f, v) in self.recent.row(t).unwrap_or(&[]) {
+                if v > 0.0 {
+                    entries[next[f as usize]] = ((t - from) as u32, v);
+                    next[f as usize] += 1;
+                }
+            }
+        }
         let threads = rayon::current_num_threads().max(1);
         let chunk = n.div_ceil(threads * 4).max(64);
         let cfg = self.cfg;
         let mut states = std::mem::take(&mut self.states);
         let this = &*self;
-        let sorted = &entries;
+        let (grouped, bounds) = (&entries, &starts);
         states
             .par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(ci, part)| {
-                let lo = ((ci * chunk) as u64) << 32;
-                let hi = lo + ((part.len() as u64) << 32);
-                let a = sorted.partition_point(|e| e.0 < lo);
-                let b = sorted.partition_point(|e| e.0 < hi);
-                for &(key, v) in &sorted[a..b] {
-                    let f = (key >> 32) as u32;
-                    let t = from + (key & 0xFFFF_FFFF);
-                    let local = f as usize - ci * chunk;
-                    this.update(&mut part[local], f, v, t, cfg);
+                for (i, state) in part.iter_mut().enumerate() {
+                    let f = ci * chunk + i;
+                    for &(dt, v) in &grouped[bounds[f]..bounds[f + 1]] {
+                        this.update(state, f as u32, v, from + dt as u64, cfg);
+                    }
                 }
             });
         self.states = states;
         self.entries = entries;
+        self.starts = starts;
         self.next_focus = until;
     }
 
@@ -654,6 +665,7 @@ pub fn analyze(
         next_focus: 0,
         row_buf: Vec::new(),
         entries: Vec::new(),
+        starts: Vec::new(),
         cooccur: Cooccurrence::new(&weights.neighbours),
     };
     let reader = run.batches(
