@@ -508,6 +508,9 @@ impl Pass<'_> {
         s.sum += v as f64;
         s.max = s.max.max(v);
         let rbins = reservoir_bins(cfg);
+        // A token often enters both the top list and a reservoir: cut its window once.
+        let mut cut: Option<Sample> = None;
+        let mut window = || cut.get_or_insert_with(|| self.window(f, t)).clone();
         if s.range == 0.0 {
             s.range = 2f32.powi(v.log2().floor() as i32 + 1);
             s.hist = vec![0; cfg.hist_bins];
@@ -553,18 +556,18 @@ impl Pass<'_> {
         let rb = (((v / s.range) * rbins as f32) as usize).min(rbins - 1);
         s.seen[rb] += 1;
         if s.reservoirs[rb].len() < cfg.per_interval {
-            s.reservoirs[rb].push(self.window(f, t));
+            s.reservoirs[rb].push(window());
         } else {
             let j = mix(cfg.seed ^ ((f as u64) << 40) ^ t.wrapping_mul(0x9E37_79B9)) % s.seen[rb];
             if (j as usize) < cfg.per_interval {
-                s.reservoirs[rb][j as usize] = self.window(f, t);
+                s.reservoirs[rb][j as usize] = window();
             }
         }
         if s.top.len() < cfg.top || v > s.top_min.1 {
             if s.top.len() < cfg.top {
-                s.top.push(self.window(f, t));
+                s.top.push(window());
             } else {
-                s.top[s.top_min.0] = self.window(f, t);
+                s.top[s.top_min.0] = window();
             }
             if s.top.len() == cfg.top {
                 s.top_min = s
