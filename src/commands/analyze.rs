@@ -2,7 +2,7 @@
 //! store (statistics, top and interval contexts, logit effects, neighbours, per-head
 //! attribution), written as Parquet tables and a JSON summary.
 
-use super::{dict, harvest};
+use super::dict;
 use crate::progress;
 use anyhow::{Context, Result, bail};
 use saescope_activations::hooks::HookKind;
@@ -15,18 +15,9 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The dictionary's directory (saescope, SAELens or sparsify layout).
-    #[arg(long)]
-    pub dict: PathBuf,
-    /// The harvest run to analyse (default: the one the dictionary was trained on).
-    #[arg(long)]
-    pub run: Option<PathBuf>,
-    /// The hook (default: the dictionary's cfg.json).
-    #[arg(long)]
-    pub hook: Option<String>,
-    /// The model, for logit effects and token strings (default: the run's).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    // `--run` is the run analysed; the model gives logit effects and token strings.
+    #[command(flatten)]
+    pub source: dict::DictArgs,
     /// Where to write the feature store (default: DICT/features).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -39,25 +30,25 @@ pub struct Args {
     /// Count BOS positions too (left out by default: their activations are outliers).
     #[arg(long)]
     pub include_bos: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
-    let device = harvest::device(&a.device)?;
-    let opened = dict::open(&a.dict, a.hook.as_deref(), a.run.as_deref(), device)?;
+    let dict::InModel {
+        opened,
+        loaded,
+        device,
+        ..
+    } = dict::open_in_model(&a.source)?;
     let Some((run_dir, run)) = &opened.run else {
         bail!(
             "{}: no harvest run found for this dictionary; pass --run",
-            a.dict.display()
+            a.source.dict.display()
         );
     };
     let hook = opened.point.to_string();
     run.hook(&hook)
         .with_context(|| format!("{} has no hook {hook}", run_dir.display()))?;
-    let model_path = dict::model_path(a.model.as_deref(), Some(run));
-    let loaded = harvest::load_model(&model_path, device, "f32")?;
     let dictionary = opened.dict.as_dyn();
 
     let cfg = AnalyzeConfig {

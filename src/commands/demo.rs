@@ -8,6 +8,7 @@
 //! command.
 
 use crate::assets::{self, ASSETS, Status};
+use crate::commands::dict::DictArgs;
 use crate::commands::{analyze, eval, harvest, train};
 use anyhow::{Context, Result, bail};
 use saescope_sae::dictionary::WEIGHTS_FILE;
@@ -209,10 +210,7 @@ pub fn run(args: Args) -> Result<()> {
         eval::print_report(&r, "the run's corpus");
     } else {
         eval::run(eval::Args {
-            dict: dict.clone(),
-            run: Some(args.out.clone()),
-            hook: None,
-            model: None,
+            source: DictArgs::of_run(dict.clone(), args.out.clone()),
             corpus: None,
             text_column: "text".into(),
             tokens: args.eval_tokens,
@@ -220,7 +218,6 @@ pub fn run(args: Args) -> Result<()> {
             ctx_len: None,
             head: None,
             include_bos: false,
-            device: "cpu".into(),
             json: false,
         })?;
     }
@@ -238,15 +235,11 @@ pub fn run(args: Args) -> Result<()> {
         );
     } else {
         analyze::run(analyze::Args {
-            dict: dict.clone(),
-            run: Some(args.out.clone()),
-            hook: None,
-            model: None,
+            source: DictArgs::of_run(dict.clone(), args.out.clone()),
             out: None,
             tokens: None,
             batch_size: 4096,
             include_bos: false,
-            device: "cpu".into(),
         })?;
     }
 

@@ -1,6 +1,6 @@
 //! Opening a trained dictionary with what it was trained on: its hook, its harvest run and the
 //! model, for the commands that run a dictionary inside the model (`eval`, `analyze`,
-//! `inspect`).
+//! `inspect`), which share their arguments for it ([`DictArgs`]).
 
 use anyhow::{Context, Result, bail};
 use saescope_activations::hooks::HookPoint;
@@ -9,6 +9,79 @@ use saescope_sae::dictionary::Provenance;
 use saescope_store::Run;
 use saescope_store::manifest::MANIFEST_FILE;
 use std::path::{Path, PathBuf};
+
+/// Which dictionary, and the run and model it goes with.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DictArgs {
+    /// The dictionary's directory (saescope, SAELens or sparsify layout).
+    #[arg(long)]
+    pub dict: PathBuf,
+    /// The harvest run it was trained on (default: found from the dictionary).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// The hook (default: the dictionary's cfg.json).
+    #[arg(long)]
+    pub hook: Option<String>,
+    /// The model (default: the run's, else the bundled SmolLM2-135M).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl DictArgs {
+    /// A dictionary of `run`, everything else found from it, on the CPU.
+    pub fn of_run(dict: PathBuf, run: PathBuf) -> Self {
+        DictArgs {
+            dict,
+            run: Some(run),
+            hook: None,
+            model: None,
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// A dictionary opened beside the model it reads.
+pub struct InModel {
+    pub opened: Opened,
+    pub loaded: super::harvest::Loaded,
+    pub model_path: PathBuf,
+    pub device: tch::Device,
+}
+
+/// Opens the dictionary and loads its model, refusing a hook the model lacks or a width the
+/// dictionary does not read.
+pub fn open_in_model(a: &DictArgs) -> Result<InModel> {
+    let device = super::harvest::device(&a.device)?;
+    let opened = open(&a.dict, a.hook.as_deref(), a.run.as_deref(), device)?;
+    let model_path = model_path(a.model.as_deref(), opened.run.as_ref().map(|(_, r)| r));
+    let loaded = super::harvest::load_model(&model_path, device, "f32")?;
+    let point = opened.point;
+    if point.layer >= loaded.model.n_layers() {
+        bail!(
+            "{}: hook {point} is past the model's {} layers",
+            a.dict.display(),
+            loaded.model.n_layers()
+        );
+    }
+    let width: usize = loaded.model.hook_shape(point.kind).iter().product();
+    let d_in = opened.dict.as_dyn().d_in();
+    if width != d_in {
+        bail!(
+            "{}: the dictionary reads {d_in} values per token, {point} of {} has {width}",
+            a.dict.display(),
+            model_path.display()
+        );
+    }
+    Ok(InModel {
+        opened,
+        loaded,
+        model_path,
+        device,
+    })
+}
 
 /// A dictionary and where it came from.
 pub struct Opened {

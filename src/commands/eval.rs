@@ -7,25 +7,14 @@ use crate::progress;
 use anyhow::{Context, Result, bail};
 use saescope_activations::harvest::Packer;
 use saescope_sae::splice::{SpliceAccumulator, SpliceOptions, SpliceReport, splice_batch};
-use std::path::PathBuf;
 use tch::Tensor;
 
 pub const EVAL_FILE: &str = "eval.json";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The dictionary's directory (saescope, SAELens or sparsify layout).
-    #[arg(long)]
-    pub dict: PathBuf,
-    /// The harvest run it was trained on (default: found from the dictionary).
-    #[arg(long)]
-    pub run: Option<PathBuf>,
-    /// The hook (default: the dictionary's cfg.json).
-    #[arg(long)]
-    pub hook: Option<String>,
-    /// The model (default: the run's, else the bundled SmolLM2-135M).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: dict::DictArgs,
     /// Text to evaluate on: brown, shakespeare or a path (default: the run's corpus, continuing
     /// after the contexts the run harvested, so no training text is scored).
     #[arg(long)]
@@ -47,36 +36,21 @@ pub struct Args {
     /// Splice and score BOS positions too (left out by default, as in training).
     #[arg(long)]
     pub include_bos: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let device = harvest::device(&a.device)?;
-    let opened = dict::open(&a.dict, a.hook.as_deref(), a.run.as_deref(), device)?;
+    let dict::InModel {
+        opened,
+        loaded,
+        model_path,
+        ..
+    } = dict::open_in_model(&a.source)?;
     let run = opened.run.as_ref().map(|(_, r)| r);
-    let model_path = dict::model_path(a.model.as_deref(), run);
-    let loaded = harvest::load_model(&model_path, device, "f32")?;
     let point = opened.point;
-    if point.layer >= loaded.model.n_layers() {
-        bail!(
-            "{}: hook {point} is past the model's {} layers",
-            a.dict.display(),
-            loaded.model.n_layers()
-        );
-    }
-    let width: usize = loaded.model.hook_shape(point.kind).iter().product();
     let d_in = opened.dict.as_dyn().d_in();
-    if width != d_in {
-        bail!(
-            "{}: the dictionary reads {d_in} values per token, {point} of {} has {width}",
-            a.dict.display(),
-            model_path.display()
-        );
-    }
     if let Some(h) = a.head {
         let heads = loaded.model.hook_shape(point.kind)[0];
         if point.kind != saescope_activations::hooks::HookKind::AttnZ || h >= heads {

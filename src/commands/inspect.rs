@@ -3,7 +3,7 @@
 //! distribution (from the feature store, when there is one); for attention-output dictionaries,
 //! `--feature F --dest P` adds the attribution of F at token P by head and source token.
 
-use super::{dict, harvest};
+use super::dict;
 use anyhow::{Context, Result, bail};
 use saescope_sae::inspect::{Attribution, PromptView, attention_attribution, prompt_view};
 use saescope_store::features::{FeatureStore, SUMMARY_FILE};
@@ -13,18 +13,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// The text to look at.
     pub prompt: String,
-    /// The dictionary's directory.
-    #[arg(long)]
-    pub dict: PathBuf,
-    /// The harvest run it was trained on (default: found from the dictionary).
-    #[arg(long)]
-    pub run: Option<PathBuf>,
-    /// The hook (default: the dictionary's cfg.json).
-    #[arg(long)]
-    pub hook: Option<String>,
-    /// The model (default: the run's, else the bundled SmolLM2-135M).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: dict::DictArgs,
     /// The feature store for quantiles (default: DICT/features when it exists).
     #[arg(long)]
     pub features: Option<PathBuf>,
@@ -40,8 +30,6 @@ pub struct Args {
     /// Do not put BOS before the prompt.
     #[arg(long)]
     pub no_bos: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -54,11 +42,7 @@ struct Output {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let device = harvest::device(&a.device)?;
-    let opened = dict::open(&a.dict, a.hook.as_deref(), a.run.as_deref(), device)?;
-    let run = opened.run.as_ref().map(|(_, r)| r);
-    let model_path = dict::model_path(a.model.as_deref(), run);
-    let loaded = harvest::load_model(&model_path, device, "f32")?;
+    let dict::InModel { opened, loaded, .. } = dict::open_in_model(&a.source)?;
     let tok = &loaded.tokenizer;
     let mut ids = Vec::new();
     if !a.no_bos {
@@ -82,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
             bail!(
                 "{}: no feature store (run `saescope analyze --dict {}`)",
                 store_dir.display(),
-                a.dict.display()
+                a.source.dict.display()
             );
         }
         None
