@@ -131,7 +131,7 @@ fn main() {
         n as f64 / analyze_s
     );
     println!(
-        "analysis / encode rate: {:.2}; the folding thread was busy {:.1} s (overlapping the encoding); token table and neighbours {:.1} s; {} contexts; peak memory {:.0} MB",
+        "analysis / encode rate: {:.2}; folding spanned {:.1} s of wall time on idle-priority threads; token table and neighbours {:.1} s; {} contexts; peak memory {:.0} MB",
         encode_s / analyze_s,
         a.fold_seconds,
         prep_s,

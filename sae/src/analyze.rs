@@ -102,8 +102,8 @@ struct FeatureState {
     top_min: (usize, f32),
 }
 
-/// The sparse codes of recent rows, sorted by latent within each row, in one flat buffer so a
-/// window's lookups stay in cache.
+/// The sparse codes of the rows not yet folded and of the few before them that windows still
+/// reach, in one flat buffer.
 struct Recent {
     /// Token index of the oldest row kept.
     base: u64,
@@ -134,11 +134,6 @@ impl Recent {
             self.ends[i - 1]
         };
         Some(&self.entries[start - self.front..end - self.front])
-    }
-    fn value(&self, token: u64, f: u32) -> f32 {
-        self.row(token)
-            .and_then(|r| r.binary_search_by_key(&f, |e| e.0).ok().map(|i| r[i].1))
-            .unwrap_or(0.0)
     }
     fn end(&self) -> u64 {
         self.base + self.ends.len() as u64
@@ -221,7 +216,8 @@ pub struct Analysis {
     pub neighbours: Vec<NeighbourRow>,
     pub tokens: u64,
     pub log10_density_histogram: Vec<u64>,
-    /// Time the folding thread was busy (it overlaps with encoding).
+    /// Wall time spent folding codes into the states (on idle-priority threads, overlapping
+    /// the encoding, so it includes time spent waiting for a core).
     pub fold_seconds: f64,
 }
 
@@ -383,8 +379,11 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    /// The window of feature `f` around token `t` (same context only).
-    fn window(&self, f: u32, t: u64) -> Sample {
+    /// The window of feature `f` around token `t` (same context only). `fired` is `f`'s
+    /// nonzero entries in token order, as (token − `origin`, value), and `i` is `t`'s entry:
+    /// the window's activations are read off its neighbours in that list, a few entries in
+    /// cache, instead of looked up in every row of the window.
+    fn window(&self, t: u64, fired: &[(u32, f32)], i: usize, origin: u64) -> Sample {
         let pos = self.tokens.context_pos[t as usize] as u64;
         let ctx_start = t - pos;
         let lo = t
@@ -399,11 +398,15 @@ impl Pass<'_> {
             hi += 1;
         }
         let mut acts = [0.0; MAX_WINDOW];
-        for (a, j) in acts.iter_mut().zip(lo..=hi) {
-            *a = self.recent.value(j, f);
+        let token = |e: &(u32, f32)| origin + e.0 as u64;
+        for e in fired[..i].iter().rev().take_while(|e| token(e) >= lo) {
+            acts[(token(e) - lo) as usize] = e.1;
+        }
+        for e in fired[i..].iter().take_while(|e| token(e) <= hi) {
+            acts[(token(e) - lo) as usize] = e.1;
         }
         Sample {
-            value: self.recent.value(t, f),
+            value: fired[i].1,
             token: t,
             start: lo,
             len: (hi - lo + 1) as u8,
@@ -411,7 +414,7 @@ impl Pass<'_> {
         }
     }
 
-    /// Appends a batch's rows (sorted by latent, BOS rows emptied if asked), folds every row
+    /// Appends a batch's rows (BOS rows emptied if asked), folds every row
     /// whose window is now complete, and drops rows no window can reach any more.
     fn push(&mut self, e: Encoded) {
         debug_assert_eq!(e.first, self.recent.end());
@@ -430,7 +433,6 @@ impl Pass<'_> {
                         .filter(|&(_, v)| v != 0.0),
                 );
             }
-            row.sort_unstable_by_key(|&(c, _)| c);
             self.cooccur.add_row(row, self.neighbours);
             self.recent.push(row);
         }
@@ -445,24 +447,25 @@ impl Pass<'_> {
         }
     }
 
-    /// Folds rows next_focus..until into the feature states. The entries are first grouped by
-    /// feature (a counting sort, which keeps token order within a feature), so each feature's
-    /// state is loaded once per call rather than once per entry (the states do not fit in cache),
-    /// then features are split in ranges across threads.
+    /// Folds rows next_focus..until into the feature states. The entries of every kept row
+    /// are first grouped by feature (a counting sort, which keeps token order within a
+    /// feature), so each feature's state is loaded once per call rather than once per entry
+    /// (the states do not fit in cache) and its windows are read off its own list; then
+    /// features are split in ranges across threads.
     fn fold(&mut self, until: u64) {
         if until <= self.next_focus {
             return;
         }
         let from = self.next_focus;
+        // Windows reach back before `from` and ahead of `until`: group every kept row.
+        let (origin, end) = (self.recent.base, self.recent.end());
         let n = self.states.len();
         let mut starts = std::mem::take(&mut self.starts);
         starts.clear();
         starts.resize(n + 1, 0);
-        for t in from..until {
-            for &(f, v) in self.recent.row(t).unwrap_or(&[]) {
-                if v > 0.0 {
-                    starts[f as usize + 1] += 1;
-                }
+        for t in origin..end {
+            for &(f, _) in self.recent.row(t).unwrap_or(&[]) {
+                starts[f as usize + 1] += 1;
             }
         }
         for f in 0..n {
@@ -472,12 +475,10 @@ impl Pass<'_> {
         entries.clear();
         entries.resize(starts[n], (0, 0.0));
         let mut next = starts.clone();
-        for t in from..until {
+        for t in origin..end {
             for &(f, v) in self.recent.row(t).unwrap_or(&[]) {
-                if v > 0.0 {
-                    entries[next[f as usize]] = ((t - from) as u32, v);
-                    next[f as usize] += 1;
-                }
+                entries[next[f as usize]] = ((t - origin) as u32, v);
+                next[f as usize] += 1;
             }
         }
         let threads = rayon::current_num_threads().max(1);
@@ -486,14 +487,18 @@ impl Pass<'_> {
         let mut states = std::mem::take(&mut self.states);
         let this = &*self;
         let (grouped, bounds) = (&entries, &starts);
+        let (first, last) = ((from - origin) as u32, (until - origin) as u32);
         states
             .par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(ci, part)| {
                 for (i, state) in part.iter_mut().enumerate() {
                     let f = ci * chunk + i;
-                    for &(dt, v) in &grouped[bounds[f]..bounds[f + 1]] {
-                        this.update(state, f as u32, v, from + dt as u64, cfg);
+                    let fired = &grouped[bounds[f]..bounds[f + 1]];
+                    for (j, &(dt, v)) in fired.iter().enumerate() {
+                        if (first..last).contains(&dt) && v > 0.0 {
+                            this.update(state, f as u32, (fired, j), origin, cfg);
+                        }
                     }
                 }
             });
@@ -503,14 +508,27 @@ impl Pass<'_> {
         self.next_focus = until;
     }
 
-    fn update(&self, s: &mut FeatureState, f: u32, v: f32, t: u64, cfg: &AnalyzeConfig) {
+    /// Folds entry `at.1` of `f`'s list `at.0` (see [`Pass::window`]) into its state.
+    fn update(
+        &self,
+        s: &mut FeatureState,
+        f: u32,
+        at: (&[(u32, f32)], usize),
+        origin: u64,
+        cfg: &AnalyzeConfig,
+    ) {
+        let (fired, i) = at;
+        let (t, v) = (origin + fired[i].0 as u64, fired[i].1);
         s.count += 1;
         s.sum += v as f64;
         s.max = s.max.max(v);
         let rbins = reservoir_bins(cfg);
         // A token often enters both the top list and a reservoir: cut its window once.
         let mut cut: Option<Sample> = None;
-        let mut window = || cut.get_or_insert_with(|| self.window(f, t)).clone();
+        let mut window = || {
+            cut.get_or_insert_with(|| self.window(t, fired, i, origin))
+                .clone()
+        };
         if s.range == 0.0 {
             s.range = 2f32.powi(v.log2().floor() as i32 + 1);
             s.hist = vec![0; cfg.hist_bins];
@@ -626,6 +644,33 @@ impl Cooccurrence {
     }
 }
 
+/// The threads that fold codes into feature states. On Linux they run at idle priority: when
+/// the encoder keeps every core busy (a CPU encoder does), folding takes only the cycles the
+/// encoder leaves (its serial stretches, its waits on the reader), instead of preempting one of
+/// its threads and leaving the others waiting at the next barrier. The encoder waits for the
+/// folder only once two encoded batches are queued, and then the cores are free for it.
+fn fold_pool() -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("saescope-fold-{i}"))
+        .start_handler(|_| idle_priority())
+        .build()
+        .map_err(|e| SaeError::Config(format!("cannot start the folding threads: {e}")))
+}
+
+#[cfg(target_os = "linux")]
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param` and changes only the calling thread's policy
+    // (pid 0); a failure leaves the thread at normal priority, which is harmless.
+    unsafe {
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn idle_priority() {}
+
 /// Runs the pass over `hook` of `run`, encoding with `dict`. `weights` come from
 /// [`decoder_neighbours`], [`logit_effects`] and [`head_share`]; `token_str` names a token id.
 #[allow(clippy::too_many_arguments)]
@@ -635,7 +680,7 @@ pub fn analyze(
     hook: &str,
     tokens: &TokenTable,
     weights: &WeightFacts,
-    token_str: &dyn Fn(u32) -> String,
+    token_str: &(dyn Fn(u32) -> String + Sync),
     cfg: &AnalyzeConfig,
     device: Device,
     progress: &mut dyn FnMut(u64),
@@ -681,23 +726,26 @@ pub fn analyze(
     // Encoding (libtorch's threads) and folding (rayon's) overlap: this thread reads and
     // encodes batch i + 1 while the folder thread folds batch i into the feature states.
     let (send, recv) = std::sync::mpsc::sync_channel::<Encoded>(2);
+    let pool = fold_pool()?;
     let mut analysed = 0u64;
     let ((states, cooccur, fold_seconds), read_result) = std::thread::scope(|scope| {
         let folder = scope.spawn(move || {
-            let mut busy = std::time::Duration::ZERO;
-            for e in recv {
+            pool.install(|| {
+                let mut busy = std::time::Duration::ZERO;
+                for e in recv {
+                    let t = std::time::Instant::now();
+                    pass.push(e);
+                    busy += t.elapsed();
+                }
                 let t = std::time::Instant::now();
-                pass.push(e);
-                busy += t.elapsed();
-            }
-            let t = std::time::Instant::now();
-            let end = pass.recent.end();
-            pass.fold(end);
-            (
-                pass.states,
-                pass.cooccur,
-                (busy + t.elapsed()).as_secs_f64(),
-            )
+                let end = pass.recent.end();
+                pass.fold(end);
+                (
+                    pass.states,
+                    pass.cooccur,
+                    (busy + t.elapsed()).as_secs_f64(),
+                )
+            })
         });
         let result = (|| -> Result<()> {
             for batch in reader {
@@ -748,19 +796,17 @@ pub fn analyze(
     Ok(a)
 }
 
+/// Turns the feature states into rows, one feature per rayon task (most of the time goes into
+/// naming the tokens of some 70 context windows a feature).
 fn finish(
     states: Vec<FeatureState>,
     cooccur: &Cooccurrence,
     weights: &WeightFacts,
     tokens: &TokenTable,
-    token_str: &dyn Fn(u32) -> String,
+    token_str: &(dyn Fn(u32) -> String + Sync),
     cfg: &AnalyzeConfig,
     analysed: u64,
 ) -> Analysis {
-    let mut features = Vec::with_capacity(states.len());
-    let mut contexts = Vec::new();
-    let mut neighbours = Vec::new();
-    let mut log_hist = vec![0u64; 20];
     let context = |f: u32, kind: ContextKind, rank: usize, s: &Sample| {
         let ids: Vec<u32> = (s.start..s.start + s.len as u64)
             .map(|j| tokens.token_id[j as usize])
@@ -777,13 +823,9 @@ fn finish(
             acts: s.acts().to_vec(),
         }
     };
-    for (fi, mut s) in states.into_iter().enumerate() {
+    let one = |(fi, mut s): (usize, FeatureState)| {
         let f = fi as u32;
-        let density = s.count as f64 / analysed as f64;
-        let bin = (((density + 1e-10).log10() + 10.0) / 0.5)
-            .floor()
-            .clamp(0.0, 19.0) as usize;
-        log_hist[bin] += 1;
+        let mut contexts = Vec::new();
         s.top.sort_by(|a, b| b.value.total_cmp(&a.value));
         for (rank, smp) in s.top.iter().enumerate() {
             contexts.push(context(f, ContextKind::Top, rank, smp));
@@ -809,24 +851,25 @@ fn finish(
                 }
             }
         }
-        for (rank, &(g, cos)) in weights.neighbours[fi].iter().enumerate() {
-            let co = cooccur.get(fi, rank);
-            neighbours.push(NeighbourRow {
+        let neighbours: Vec<NeighbourRow> = weights.neighbours[fi]
+            .iter()
+            .enumerate()
+            .map(|(rank, &(g, cos))| NeighbourRow {
                 feature: f,
                 rank: rank as u8,
                 neighbour: g,
                 cosine: cos,
-                cooccurrence: co,
+                cooccurrence: cooccur.get(fi, rank),
                 // Filled in below, once every count is known.
                 jaccard: 0.0,
-            });
-        }
+            })
+            .collect();
         let le = weights.logits.get(fi).cloned().unwrap_or_default();
         let names = |v: &[(u32, f32)]| v.iter().map(|&(i, _)| token_str(i)).collect();
-        features.push(FeatureRow {
+        let row = FeatureRow {
             feature: f,
             count: s.count,
-            density,
+            density: s.count as f64 / analysed as f64,
             mean_act: if s.count > 0 {
                 (s.sum / s.count as f64) as f32
             } else {
@@ -849,7 +892,22 @@ fn finish(
             logit_hist_min: le.min,
             logit_hist_max: le.max,
             head_share: weights.head_share.get(fi).cloned().unwrap_or_default(),
-        });
+        };
+        (row, contexts, neighbours)
+    };
+    let parts: Vec<_> = states.into_par_iter().enumerate().map(one).collect();
+    let mut features = Vec::with_capacity(parts.len());
+    let mut contexts = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
+    let mut neighbours = Vec::new();
+    let mut log_hist = vec![0u64; 20];
+    for (row, ctx, nb) in parts {
+        let bin = (((row.density + 1e-10).log10() + 10.0) / 0.5)
+            .floor()
+            .clamp(0.0, 19.0) as usize;
+        log_hist[bin] += 1;
+        features.push(row);
+        contexts.extend(ctx);
+        neighbours.extend(nb);
     }
     for nb in &mut neighbours {
         let union = features[nb.feature as usize].count + features[nb.neighbour as usize].count
