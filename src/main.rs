@@ -39,6 +39,8 @@ enum Command {
     Analyze(commands::analyze::Args),
     /// The prompt view: each token's most active features, and attribution by head and source.
     Inspect(commands::inspect::Args),
+    /// The desktop explorer: browse a run's dictionaries, features, prompts and heads.
+    Explore(commands::explore::Args),
     /// Export a feature store (to Neuronpedia's dashboard JSON).
     #[command(subcommand)]
     Export(commands::export::Command),
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::Analyze(a) => commands::analyze::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Explore(a) => commands::explore::run(a),
         Command::Export(c) => commands::export::run(c),
         Command::Store(c) => commands::store::run(c),
     };

@@ -45,8 +45,8 @@ fn help_lists_every_working_command() {
     assert!(o.status.success());
     let t = text(&o);
     for cmd in [
-        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "inspect", "export",
-        "store",
+        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "inspect", "explore",
+        "export", "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -204,6 +204,9 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("harvested 3000 tokens (3000 this run"), "{t}");
+    // No terminal here: the explorer is offered as a command, not opened.
+    assert!(t.contains(&format!("saescope explore {out_s}")), "{t}");
+    assert!(!t.contains("opening the explorer"), "{t}");
     assert!(t.contains("sequential 3000 tokens x 576"), "{t}");
     assert!(t.contains("shuffled   3000 tokens x 576"), "{t}");
     // The run has one shard, so training and held-out tokens coincide; BOS is left out.

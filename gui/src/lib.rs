@@ -1,6 +1,70 @@
-//! The desktop explorer.
+//! The desktop explorer (`saescope explore`): an egui app that browses a run directory, its
+//! dictionaries, their feature stores, prompts and attention heads.
 //!
-//! This crate will own the egui application that browses a run directory: runs, dictionaries,
-//! features, prompts, attention heads and circuits. It only reads what the other crates wrote and
-//! calls their query APIs on background threads; no analysis code lives here. Nothing is
-//! implemented here yet.
+//! It owns only presentation. It reads what the other crates wrote ([`data`] wraps the store's
+//! readers) and sends prompts to an engine the caller supplies ([`engine`]), on background
+//! threads so the window never blocks. No analysis code lives here, and it never writes to the
+//! run.
+
+pub mod app;
+pub mod data;
+pub mod engine;
+pub mod fixture;
+
+pub use app::{Explorer, Memory, View};
+pub use engine::{EngineFactory, PromptEngine};
+
+use std::path::PathBuf;
+
+/// How to start the window.
+pub struct Launch {
+    /// The run (or dictionary) directory; `None` reopens the last one.
+    pub run: Option<PathBuf>,
+    /// Opens the model and dictionary for the prompt view; `None` disables prompts.
+    pub engine: Option<EngineFactory>,
+    /// Where to start (default: the overview), and which dictionary, feature or prompt.
+    pub start: Start,
+}
+
+/// A starting point given on the command line (scripts use it for screenshots).
+#[derive(Clone, Debug, Default)]
+pub struct Start {
+    pub view: Option<View>,
+    pub dictionary: Option<String>,
+    pub feature: Option<u32>,
+    pub prompt: Option<String>,
+}
+
+/// Opens the explorer window and returns when it closes.
+pub fn run(launch: Launch) -> Result<(), String> {
+    let options = eframe::NativeOptions {
+        viewport: eframe::egui::ViewportBuilder::default()
+            .with_title("saescope explorer")
+            .with_inner_size([1280.0, 820.0])
+            .with_min_inner_size([640.0, 400.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "saescope explorer",
+        options,
+        Box::new(move |cc| {
+            cc.egui_ctx
+                .options_mut(|o| o.theme_preference = eframe::egui::ThemePreference::System);
+            let mut memory: Memory = cc
+                .storage
+                .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+                .unwrap_or_default();
+            let start = launch.start;
+            if start.dictionary.is_some() || start.feature.is_some() {
+                memory.run = launch.run.clone().or(memory.run);
+                memory.dictionary = start.dictionary.clone().or(memory.dictionary);
+                memory.feature = start.feature.or(memory.feature);
+            }
+            let mut app =
+                Explorer::new(launch.run, memory, launch.engine, Some(cc.egui_ctx.clone()));
+            app.start_at(start.view, start.prompt);
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|e| format!("cannot open the explorer window: {e}"))
+}

@@ -4,12 +4,12 @@
 //! SmolLM2-135M over the Brown Corpus into an activation run, read the run back (sequentially
 //! and shuffled), train a TopK dictionary on it and print its held-out metrics, splice it into
 //! the model over text the run did not see, and build its feature store. Re-running resumes an
-//! interrupted harvest or training, and re-reads what is complete. The explorer will extend this
-//! command.
+//! interrupted harvest or training, and re-reads what is complete. At a desktop it ends by
+//! opening the explorer on the run; elsewhere it prints the command that does.
 
 use crate::assets::{self, ASSETS, Status};
 use crate::commands::dict::DictArgs;
-use crate::commands::{analyze, eval, harvest, train};
+use crate::commands::{analyze, eval, explore, harvest, train};
 use anyhow::{Context, Result, bail};
 use saescope_sae::dictionary::WEIGHTS_FILE;
 use saescope_sae::metrics::Metrics;
@@ -244,6 +244,8 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     println!();
+    let explore = format!("saescope explore {}", args.out.display());
+    println!("Explore it:        {explore}");
     println!(
         "Inspect the run:   saescope store inspect {}",
         args.out.display()
@@ -260,5 +262,23 @@ pub fn run(args: Args) -> Result<()> {
         "Read it elsewhere: duckdb -c \"select count(*) from '{}/activations/*.parquet'\"",
         args.out.display()
     );
+    // A person at a desktop gets the explorer; a script or a terminal without a display gets
+    // the command above.
+    use std::io::IsTerminal;
+    if explore::display_available()
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal()
+    {
+        println!("== opening the explorer (close its window to finish)");
+        explore::run(explore::Args {
+            run: Some(args.out.clone()),
+            model: None,
+            device: "cpu".into(),
+            view: None,
+            dictionary: None,
+            feature: None,
+            prompt: None,
+        })?;
+    }
     Ok(())
 }

@@ -5,8 +5,9 @@
 
 use super::dict;
 use anyhow::{Context, Result, bail};
+use saescope_activations::tokenizer::TextTokenizer;
 use saescope_sae::inspect::{Attribution, PromptView, attention_attribution, prompt_view};
-use saescope_store::features::{FeatureStore, SUMMARY_FILE};
+use saescope_store::features::{SUMMARY_FILE, read_features};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -44,21 +45,14 @@ struct Output {
 pub fn run(a: Args) -> Result<()> {
     let dict::InModel { opened, loaded, .. } = dict::open_in_model(&a.source)?;
     let tok = &loaded.tokenizer;
-    let mut ids = Vec::new();
-    if !a.no_bos {
-        ids.extend(tok.bos);
-    }
-    ids.extend(tok.encode(&a.prompt)?);
-    if ids.is_empty() {
-        bail!("the prompt has no tokens");
-    }
+    let ids = prompt_ids(tok, &a.prompt, !a.no_bos)?;
     let store_dir = a
         .features
         .clone()
         .unwrap_or_else(|| opened.dir.join("features"));
     let store = if store_dir.join(SUMMARY_FILE).exists() {
         Some(
-            FeatureStore::open(&store_dir)
+            read_features(&store_dir)
                 .with_context(|| format!("reading the feature store in {}", store_dir.display()))?,
         )
     } else {
@@ -80,7 +74,7 @@ pub fn run(a: Args) -> Result<()> {
         &ids,
         &token_str,
         a.top,
-        store.as_ref().map(|s| s.features.as_slice()),
+        store.as_deref(),
     )?;
     let attribution = match (a.feature, a.dest) {
         (Some(f), Some(d)) => Some(attention_attribution(
@@ -161,4 +155,17 @@ pub fn run(a: Args) -> Result<()> {
         println!("  by head: {}", per_head.join("  "));
     }
     Ok(())
+}
+
+/// The prompt's token ids, BOS first when `bos` (and the tokenizer has one).
+pub fn prompt_ids(tok: &TextTokenizer, text: &str, bos: bool) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    if bos {
+        ids.extend(tok.bos);
+    }
+    ids.extend(tok.encode(text)?);
+    if ids.is_empty() {
+        bail!("the prompt has no tokens");
+    }
+    Ok(ids)
 }

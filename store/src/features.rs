@@ -26,6 +26,9 @@ pub const CONTEXTS_FILE: &str = "contexts.parquet";
 pub const NEIGHBOURS_FILE: &str = "neighbours.parquet";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const FEATURE_STORE_VERSION: u32 = 1;
+/// Rows per row group of `contexts.parquet`: about 60 features' contexts, so reading one
+/// feature decodes a few thousand rows, not the table.
+pub const CONTEXT_ROWS_PER_GROUP: usize = 4_096;
 
 /// One feature's statistics and logit effects.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -294,7 +297,8 @@ pub fn write_feature_store(
             list_f32(c.iter().map(|r| r.acts.clone())),
         ],
     )?;
-    write_table(&path, b, 65_536)?;
+    // Small row groups: the explorer reads one feature's contexts by skipping to its group.
+    write_table(&path, b, CONTEXT_ROWS_PER_GROUP)?;
 
     let n = neighbours;
     let path = dir.join(NEIGHBOURS_FILE);
@@ -401,148 +405,255 @@ fn strs(l: &ListArray, i: usize) -> Vec<String> {
 }
 
 impl FeatureStore {
-    /// Opens `dir`, refusing an incomplete store (no summary) with what produces one.
+    /// Opens `dir` and reads all three tables, refusing an incomplete store (no summary) with
+    /// what produces one.
     pub fn open(dir: &Path) -> Result<FeatureStore> {
-        let summary_path = dir.join(SUMMARY_FILE);
-        let text = std::fs::read_to_string(&summary_path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::Schema {
-                    path: summary_path.clone(),
-                    message: "no feature store here (or an interrupted one); run `saescope analyze` to make it".into(),
-                }
-            } else {
-                StoreError::io(&summary_path, e)
-            }
-        })?;
-        let summary: Summary = serde_json::from_str(&text).map_err(|e| StoreError::Schema {
-            path: summary_path.clone(),
-            message: e.to_string(),
-        })?;
-        if summary.format_version != FEATURE_STORE_VERSION {
-            return Err(StoreError::UnsupportedVersion {
-                path: summary_path,
-                found: summary.format_version,
-                supported: FEATURE_STORE_VERSION,
-            });
-        }
-
-        let mut features = Vec::new();
-        let path = dir.join(FEATURES_FILE);
-        for b in read_batches(&path)? {
-            let c = Cols {
-                path: &path,
-                batch: &b,
-            };
-            let feature = c.typed::<UInt32Array>("feature")?;
-            let count = c.typed::<UInt64Array>("count")?;
-            let density = c.typed::<arrow::array::Float64Array>("density")?;
-            let mean = c.typed::<Float32Array>("mean_act")?;
-            let max = c.typed::<Float32Array>("max_act")?;
-            let hist = c.list("act_hist")?;
-            let hist_max = c.typed::<Float32Array>("act_hist_max")?;
-            let (ti, tv, tt) = (
-                c.list("logit_top_ids")?,
-                c.list("logit_top_values")?,
-                c.list("logit_top_tokens")?,
-            );
-            let (bi, bv, bt) = (
-                c.list("logit_bottom_ids")?,
-                c.list("logit_bottom_values")?,
-                c.list("logit_bottom_tokens")?,
-            );
-            let lh = c.list("logit_hist")?;
-            let (lmin, lmax) = (
-                c.typed::<Float32Array>("logit_hist_min")?,
-                c.typed::<Float32Array>("logit_hist_max")?,
-            );
-            let heads = c.list("head_share")?;
-            for i in 0..b.num_rows() {
-                features.push(FeatureRow {
-                    feature: feature.value(i),
-                    count: count.value(i),
-                    density: density.value(i),
-                    mean_act: mean.value(i),
-                    max_act: max.value(i),
-                    act_hist: u32s(hist, i),
-                    act_hist_max: hist_max.value(i),
-                    logit_top_ids: u32s(ti, i),
-                    logit_top_values: f32s(tv, i),
-                    logit_top_tokens: strs(tt, i),
-                    logit_bottom_ids: u32s(bi, i),
-                    logit_bottom_values: f32s(bv, i),
-                    logit_bottom_tokens: strs(bt, i),
-                    logit_hist: u32s(lh, i),
-                    logit_hist_min: lmin.value(i),
-                    logit_hist_max: lmax.value(i),
-                    head_share: f32s(heads, i),
-                });
-            }
-        }
-
-        let mut contexts = Vec::new();
-        let path = dir.join(CONTEXTS_FILE);
-        for b in read_batches(&path)? {
-            let c = Cols {
-                path: &path,
-                batch: &b,
-            };
-            let feature = c.typed::<UInt32Array>("feature")?;
-            let interval = c.typed::<Int16Array>("interval")?;
-            let rank = c.typed::<UInt16Array>("rank")?;
-            let token_index = c.typed::<UInt64Array>("token_index")?;
-            let activation = c.typed::<Float32Array>("activation")?;
-            let focus = c.typed::<UInt16Array>("focus")?;
-            let (ids, toks, acts) = (c.list("token_ids")?, c.list("tokens")?, c.list("acts")?);
-            for i in 0..b.num_rows() {
-                let iv = interval.value(i);
-                contexts.push(ContextRow {
-                    feature: feature.value(i),
-                    kind: if iv < 0 {
-                        ContextKind::Top
-                    } else {
-                        ContextKind::Interval(iv as u8)
-                    },
-                    rank: rank.value(i),
-                    token_index: token_index.value(i),
-                    activation: activation.value(i),
-                    focus: focus.value(i),
-                    token_ids: u32s(ids, i),
-                    tokens: strs(toks, i),
-                    acts: f32s(acts, i),
-                });
-            }
-        }
-
-        let mut neighbours = Vec::new();
-        let path = dir.join(NEIGHBOURS_FILE);
-        for b in read_batches(&path)? {
-            let c = Cols {
-                path: &path,
-                batch: &b,
-            };
-            let feature = c.typed::<UInt32Array>("feature")?;
-            let rank = c.typed::<UInt8Array>("rank")?;
-            let nb = c.typed::<UInt32Array>("neighbour")?;
-            let cos = c.typed::<Float32Array>("cosine")?;
-            let co = c.typed::<UInt64Array>("cooccurrence")?;
-            let jac = c.typed::<Float32Array>("jaccard")?;
-            for i in 0..b.num_rows() {
-                neighbours.push(NeighbourRow {
-                    feature: feature.value(i),
-                    rank: rank.value(i),
-                    neighbour: nb.value(i),
-                    cosine: cos.value(i),
-                    cooccurrence: co.value(i),
-                    jaccard: jac.value(i),
-                });
-            }
-        }
+        let summary = read_summary(dir)?;
         Ok(FeatureStore {
             dir: dir.to_owned(),
             summary,
-            features,
-            contexts,
-            neighbours,
+            features: read_features(dir)?,
+            contexts: read_contexts(&dir.join(CONTEXTS_FILE), None)?,
+            neighbours: read_neighbours(dir)?,
         })
+    }
+}
+
+/// Reads `summary.json`: the store's completeness mark and its figures across features.
+pub fn read_summary(dir: &Path) -> Result<Summary> {
+    let summary_path = dir.join(SUMMARY_FILE);
+    let text = std::fs::read_to_string(&summary_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StoreError::Schema {
+                path: summary_path.clone(),
+                message: "no feature store here (or an interrupted one); run `saescope analyze` to make it".into(),
+            }
+        } else {
+            StoreError::io(&summary_path, e)
+        }
+    })?;
+    let summary: Summary = serde_json::from_str(&text).map_err(|e| StoreError::Schema {
+        path: summary_path.clone(),
+        message: e.to_string(),
+    })?;
+    if summary.format_version != FEATURE_STORE_VERSION {
+        return Err(StoreError::UnsupportedVersion {
+            path: summary_path,
+            found: summary.format_version,
+            supported: FEATURE_STORE_VERSION,
+        });
+    }
+    Ok(summary)
+}
+
+/// Reads `features.parquet`.
+pub fn read_features(dir: &Path) -> Result<Vec<FeatureRow>> {
+    let mut features = Vec::new();
+    let path = dir.join(FEATURES_FILE);
+    for b in read_batches(&path)? {
+        let c = Cols {
+            path: &path,
+            batch: &b,
+        };
+        let feature = c.typed::<UInt32Array>("feature")?;
+        let count = c.typed::<UInt64Array>("count")?;
+        let density = c.typed::<arrow::array::Float64Array>("density")?;
+        let mean = c.typed::<Float32Array>("mean_act")?;
+        let max = c.typed::<Float32Array>("max_act")?;
+        let hist = c.list("act_hist")?;
+        let hist_max = c.typed::<Float32Array>("act_hist_max")?;
+        let (ti, tv, tt) = (
+            c.list("logit_top_ids")?,
+            c.list("logit_top_values")?,
+            c.list("logit_top_tokens")?,
+        );
+        let (bi, bv, bt) = (
+            c.list("logit_bottom_ids")?,
+            c.list("logit_bottom_values")?,
+            c.list("logit_bottom_tokens")?,
+        );
+        let lh = c.list("logit_hist")?;
+        let (lmin, lmax) = (
+            c.typed::<Float32Array>("logit_hist_min")?,
+            c.typed::<Float32Array>("logit_hist_max")?,
+        );
+        let heads = c.list("head_share")?;
+        for i in 0..b.num_rows() {
+            features.push(FeatureRow {
+                feature: feature.value(i),
+                count: count.value(i),
+                density: density.value(i),
+                mean_act: mean.value(i),
+                max_act: max.value(i),
+                act_hist: u32s(hist, i),
+                act_hist_max: hist_max.value(i),
+                logit_top_ids: u32s(ti, i),
+                logit_top_values: f32s(tv, i),
+                logit_top_tokens: strs(tt, i),
+                logit_bottom_ids: u32s(bi, i),
+                logit_bottom_values: f32s(bv, i),
+                logit_bottom_tokens: strs(bt, i),
+                logit_hist: u32s(lh, i),
+                logit_hist_min: lmin.value(i),
+                logit_hist_max: lmax.value(i),
+                head_share: f32s(heads, i),
+            });
+        }
+    }
+    Ok(features)
+}
+
+/// Reads `neighbours.parquet`.
+pub fn read_neighbours(dir: &Path) -> Result<Vec<NeighbourRow>> {
+    let mut neighbours = Vec::new();
+    let path = dir.join(NEIGHBOURS_FILE);
+    for b in read_batches(&path)? {
+        let c = Cols {
+            path: &path,
+            batch: &b,
+        };
+        let feature = c.typed::<UInt32Array>("feature")?;
+        let rank = c.typed::<UInt8Array>("rank")?;
+        let nb = c.typed::<UInt32Array>("neighbour")?;
+        let cos = c.typed::<Float32Array>("cosine")?;
+        let co = c.typed::<UInt64Array>("cooccurrence")?;
+        let jac = c.typed::<Float32Array>("jaccard")?;
+        for i in 0..b.num_rows() {
+            neighbours.push(NeighbourRow {
+                feature: feature.value(i),
+                rank: rank.value(i),
+                neighbour: nb.value(i),
+                cosine: cos.value(i),
+                cooccurrence: co.value(i),
+                jaccard: jac.value(i),
+            });
+        }
+    }
+    Ok(neighbours)
+}
+
+/// Decodes contexts from `batches` of `path`, keeping those of feature `only` if given.
+fn contexts_from(
+    path: &Path,
+    batches: Vec<RecordBatch>,
+    only: Option<u32>,
+) -> Result<Vec<ContextRow>> {
+    let mut contexts = Vec::new();
+    for b in batches {
+        let c = Cols { path, batch: &b };
+        let feature = c.typed::<UInt32Array>("feature")?;
+        let interval = c.typed::<Int16Array>("interval")?;
+        let rank = c.typed::<UInt16Array>("rank")?;
+        let token_index = c.typed::<UInt64Array>("token_index")?;
+        let activation = c.typed::<Float32Array>("activation")?;
+        let focus = c.typed::<UInt16Array>("focus")?;
+        let (ids, toks, acts) = (c.list("token_ids")?, c.list("tokens")?, c.list("acts")?);
+        for i in 0..b.num_rows() {
+            if only.is_some_and(|f| f != feature.value(i)) {
+                continue;
+            }
+            let iv = interval.value(i);
+            contexts.push(ContextRow {
+                feature: feature.value(i),
+                kind: if iv < 0 {
+                    ContextKind::Top
+                } else {
+                    ContextKind::Interval(iv as u8)
+                },
+                rank: rank.value(i),
+                token_index: token_index.value(i),
+                activation: activation.value(i),
+                focus: focus.value(i),
+                token_ids: u32s(ids, i),
+                tokens: strs(toks, i),
+                acts: f32s(acts, i),
+            });
+        }
+    }
+    Ok(contexts)
+}
+
+/// Reads a contexts table whole, or only feature `only`'s rows (still decoding every group).
+pub fn read_contexts(path: &Path, only: Option<u32>) -> Result<Vec<ContextRow>> {
+    contexts_from(path, read_batches(path)?, only)
+}
+
+/// `contexts.parquet` opened for reading one feature at a time: the footer is read once, and
+/// each read decodes only the row groups whose `feature` statistics can hold the feature (the
+/// table is sorted by feature), a few thousand rows instead of the table.
+pub struct ContextsFile {
+    path: PathBuf,
+    meta: parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    /// (min, max) feature of each row group; `None` where statistics are missing.
+    ranges: Vec<Option<(u32, u32)>>,
+}
+
+impl ContextsFile {
+    pub fn open(dir: &Path) -> Result<ContextsFile> {
+        let path = dir.join(CONTEXTS_FILE);
+        let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+        let meta =
+            parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())
+                .map_err(|source| StoreError::Parquet {
+                    path: path.clone(),
+                    source,
+                })?;
+        let col = meta
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.name() == "feature")
+            .ok_or_else(|| StoreError::Schema {
+                path: path.clone(),
+                message: "column `feature` is missing".into(),
+            })?;
+        let ranges = meta
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|rg| match rg.column(col).statistics() {
+                Some(parquet::file::statistics::Statistics::Int32(st)) => st
+                    .min_opt()
+                    .zip(st.max_opt())
+                    .map(|(&lo, &hi)| (lo as u32, hi as u32)),
+                _ => None,
+            })
+            .collect();
+        Ok(ContextsFile { path, meta, ranges })
+    }
+
+    /// Feature `f`'s contexts, in file order (top contexts, then interval samples).
+    pub fn of(&self, f: u32) -> Result<Vec<ContextRow>> {
+        let groups: Vec<usize> = self
+            .ranges
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_none_or(|(lo, hi)| lo <= f && f <= hi))
+            .map(|(i, _)| i)
+            .collect();
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pq = |source| StoreError::Parquet {
+            path: self.path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&self.path).map_err(|e| StoreError::io(&self.path, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
+            .with_row_groups(groups)
+            .with_batch_size(8_192)
+            .build()
+            .map_err(pq)?;
+        let batches = reader
+            .map(|b| {
+                b.map_err(|source| StoreError::Arrow {
+                    path: self.path.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        contexts_from(&self.path, batches, Some(f))
     }
 }

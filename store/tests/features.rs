@@ -156,3 +156,55 @@ fn neuronpedia_export_carries_every_feature_and_context() {
     );
     assert!(feats[1]["activations"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn one_features_contexts_are_read_from_its_row_groups_alone() {
+    // 3,000 features with 5 contexts each span several row groups of CONTEXT_ROWS_PER_GROUP.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, _, mut s) = rows();
+    let n = 3_000u32;
+    let features: Vec<FeatureRow> = (0..n)
+        .map(|f| FeatureRow {
+            feature: f,
+            ..FeatureRow::default()
+        })
+        .collect();
+    let contexts: Vec<ContextRow> = (0..n)
+        .flat_map(|f| {
+            (0..5u16).map(move |r| ContextRow {
+                feature: f,
+                kind: if r < 3 {
+                    ContextKind::Top
+                } else {
+                    ContextKind::Interval(r as u8)
+                },
+                rank: r,
+                token_index: f as u64 * 10 + r as u64,
+                activation: f as f32 + r as f32 / 10.0,
+                focus: 1,
+                token_ids: vec![f, r as u32],
+                tokens: vec![format!("f{f}"), format!("r{r}")],
+                acts: vec![0.0, f as f32],
+            })
+        })
+        .collect();
+    assert!(contexts.len() > 3 * CONTEXT_ROWS_PER_GROUP);
+    s.features = n as u64;
+    write_feature_store(dir.path(), &features, &contexts, &[], &s).unwrap();
+    let file = ContextsFile::open(dir.path()).unwrap();
+    for f in [0, 1, 818, 819, 820, 1_638, 2_999] {
+        let want: Vec<ContextRow> = contexts
+            .iter()
+            .filter(|c| c.feature == f)
+            .cloned()
+            .collect();
+        assert_eq!(file.of(f).unwrap(), want, "feature {f}");
+        assert_eq!(
+            read_contexts(&dir.path().join(CONTEXTS_FILE), Some(f)).unwrap(),
+            want
+        );
+    }
+    assert!(file.of(n).unwrap().is_empty());
+    assert_eq!(read_features(dir.path()).unwrap(), features);
+    assert_eq!(read_summary(dir.path()).unwrap(), s);
+}

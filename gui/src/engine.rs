@@ -1,0 +1,137 @@
+//! The prompt view's link to the model: the explorer sends prompts to a worker thread that owns
+//! a [`PromptEngine`] (the model and the dictionary, loaded once per dictionary) and polls for
+//! answers, so the window never waits on a forward pass.
+
+use saescope_sae::inspect::{Attribution, PromptView};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+
+/// Runs the model and one dictionary on prompts. The `saescope` binary implements it with the
+/// `inspect` API; the explorer never loads a model itself.
+pub trait PromptEngine: Send {
+    /// Per token, the `top` most active features.
+    fn view(&mut self, text: &str, top: usize) -> Result<PromptView, String>;
+    /// Attention-output dictionaries: feature `feature` at token `dest` by head and source.
+    fn attribution(&mut self, text: &str, feature: u32, dest: usize)
+    -> Result<Attribution, String>;
+}
+
+/// Opens an engine for the dictionary in a directory (on the worker thread: it may take seconds).
+pub type EngineFactory = Box<dyn Fn(&Path) -> Result<Box<dyn PromptEngine>, String> + Send>;
+
+#[derive(Clone, Debug)]
+pub enum Request {
+    View {
+        text: String,
+        top: usize,
+    },
+    Attribution {
+        text: String,
+        feature: u32,
+        dest: usize,
+    },
+}
+
+pub enum Answer {
+    View(PromptView),
+    Attribution(Attribution),
+}
+
+struct Job {
+    id: u64,
+    dict: PathBuf,
+    request: Request,
+}
+
+/// The worker thread and the last answer it gave.
+pub struct Worker {
+    tx: Sender<Job>,
+    rx: Receiver<(u64, Result<Answer, String>)>,
+    next: u64,
+    /// The request in flight, if any.
+    pub pending: Option<u64>,
+}
+
+impl Worker {
+    pub fn start(factory: EngineFactory, ctx: Option<eframe::egui::Context>) -> Worker {
+        let (tx, jobs) = std::sync::mpsc::channel::<Job>();
+        let (answers, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("saescope-explore-prompt".into())
+            .spawn(move || {
+                let mut engine: Option<(PathBuf, Box<dyn PromptEngine>)> = None;
+                while let Ok(mut job) = jobs.recv() {
+                    // Only the newest prompt matters.
+                    while let Ok(newer) = jobs.try_recv() {
+                        job = newer;
+                    }
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if engine.as_ref().is_none_or(|(d, _)| *d != job.dict) {
+                            engine = None;
+                            engine = Some((job.dict.clone(), factory(&job.dict)?));
+                        }
+                        let e = &mut engine.as_mut().expect("just opened").1;
+                        match &job.request {
+                            Request::View { text, top } => e.view(text, *top).map(Answer::View),
+                            Request::Attribution {
+                                text,
+                                feature,
+                                dest,
+                            } => e
+                                .attribution(text, *feature, *dest)
+                                .map(Answer::Attribution),
+                        }
+                    }))
+                    .unwrap_or_else(|_| {
+                        engine = None;
+                        Err("the model failed on this prompt".into())
+                    });
+                    if answers.send((job.id, result)).is_err() {
+                        break;
+                    }
+                    if let Some(ctx) = &ctx {
+                        ctx.request_repaint();
+                    }
+                }
+            })
+            .expect("spawning a thread");
+        Worker {
+            tx,
+            rx,
+            next: 0,
+            pending: None,
+        }
+    }
+
+    pub fn send(&mut self, dict: &Path, request: Request) {
+        self.next += 1;
+        let job = Job {
+            id: self.next,
+            dict: dict.to_owned(),
+            request,
+        };
+        if self.tx.send(job).is_ok() {
+            self.pending = Some(self.next);
+        }
+    }
+
+    /// The answer to the latest request, once it is there.
+    pub fn poll(&mut self) -> Option<Result<Answer, String>> {
+        loop {
+            match self.rx.try_recv() {
+                Ok((id, r)) if Some(id) == self.pending => {
+                    self.pending = None;
+                    return Some(r);
+                }
+                Ok(_) => continue, // an answer to a superseded request
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Disconnected) => {
+                    return self
+                        .pending
+                        .take()
+                        .map(|_| Err("the prompt worker stopped".into()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Small synthetic runs for the explorer's tests and benchmark: a harvest run, a residual
+//! dictionary and an attention-output dictionary, each with a feature store whose every value
+//! follows from the feature number, so a test can say what the screen must show.
+
+use saescope_store::features::{
+    ContextKind, ContextRow, FEATURE_STORE_VERSION, FeatureRow, NeighbourRow, Summary,
+    write_feature_store,
+};
+use saescope_store::{Dtype, RunWriter, WriterOptions, synthetic};
+use std::path::{Path, PathBuf};
+
+/// What [`make_run`] builds.
+pub struct FixtureSpec {
+    pub features: usize,
+    /// Top contexts per feature (each also gets one sample in each of 2 intervals).
+    pub contexts: usize,
+    pub heads: usize,
+}
+
+pub const RESID_DICT: &str = "blocks.1.hook_resid_post-topk";
+pub const Z_DICT: &str = "blocks.2.attn.hook_z-topk";
+pub const MODEL_NAME: &str = "synthetic";
+
+/// The word feature `f`'s first promoted token is (search finds features by it).
+pub fn top_token(f: u32) -> String {
+    format!(" word{}", f % 97)
+}
+
+/// Feature `f`'s density: spread over ten orders of magnitude so every density bar has features.
+pub fn density(f: u32, n: usize) -> f64 {
+    10f64.powf(-9.75 + 9.5 * f as f64 / n.max(1) as f64)
+}
+
+/// The head that carries most of feature `f`'s decoder norm in the attention dictionary.
+pub fn main_head(f: u32, heads: usize) -> usize {
+    (f as usize * 7 + 3) % heads.max(1)
+}
+
+/// Writes a run with both dictionaries under `dir` and returns the run directory.
+pub fn make_run(dir: &Path, spec: &FixtureSpec) -> PathBuf {
+    let run = dir.join("run");
+    let mut w = RunWriter::create(
+        &run,
+        synthetic::spec(
+            vec![synthetic::hook(
+                "blocks.1.hook_resid_post",
+                &[8],
+                Dtype::F32,
+            )],
+            16,
+        ),
+        &WriterOptions::default(),
+    )
+    .expect("run");
+    synthetic::append_until(&mut w, 256, 256, |_| {}).expect("tokens");
+    w.finish().expect("finish");
+    for (name, hook, heads) in [
+        (RESID_DICT, "blocks.1.hook_resid_post", 0),
+        (Z_DICT, "blocks.2.attn.hook_z", spec.heads),
+    ] {
+        let d = run.join("dictionaries").join(name);
+        std::fs::create_dir_all(&d).expect("dict dir");
+        let cfg = serde_json::json!({
+            "architecture": "topk", "d_in": 8, "d_sae": spec.features, "k": 4,
+            "metadata": {"hook_name": hook, "model_name": MODEL_NAME},
+        });
+        std::fs::write(d.join("cfg.json"), cfg.to_string()).expect("cfg");
+        let metrics = serde_json::json!({"fvu": 0.125, "l0": 4.0, "dead_fraction": 0.0625});
+        std::fs::write(d.join("metrics.json"), metrics.to_string()).expect("metrics");
+        std::fs::write(
+            d.join("eval.json"),
+            serde_json::json!({"ce_loss_recovered": 0.875}).to_string(),
+        )
+        .expect("eval");
+        let log: String = (1..=20)
+            .map(|i| {
+                format!(
+                    "{{\"step\":{i},\"tokens\":{},\"loss\":{},\"fvu\":{},\"l0\":4.0,\"dead_fraction\":0.0}}\n",
+                    i * 1024,
+                    1.0 / i as f64,
+                    1.0 / i as f64
+                )
+            })
+            .collect();
+        std::fs::write(d.join("metrics.jsonl"), log).expect("log");
+        write_store(&d.join("features"), spec, heads, hook);
+    }
+    run
+}
+
+/// Writes a feature store of `spec.features` features to `dir`.
+pub fn write_store(dir: &Path, spec: &FixtureSpec, heads: usize, hook: &str) {
+    let n = spec.features;
+    let features: Vec<FeatureRow> = (0..n as u32)
+        .map(|f| {
+            let max = 1.0 + (f % 13) as f32;
+            let mut head_share = vec![0.0; heads];
+            if heads > 0 {
+                let h = main_head(f, heads);
+                for (i, s) in head_share.iter_mut().enumerate() {
+                    *s = if i == h {
+                        0.6
+                    } else {
+                        0.4 / (heads - 1).max(1) as f32
+                    };
+                }
+            }
+            FeatureRow {
+                feature: f,
+                count: (density(f, n) * 1e6) as u64,
+                density: density(f, n),
+                mean_act: max / 2.0,
+                max_act: max,
+                act_hist: (0..50).map(|i| (50 - i) as u32).collect(),
+                act_hist_max: max,
+                logit_top_ids: vec![f, f + 1],
+                logit_top_values: vec![0.5 + (f % 7) as f32, 0.25],
+                logit_top_tokens: vec![top_token(f), " other".into()],
+                logit_bottom_ids: vec![f + 2],
+                logit_bottom_values: vec![-0.5],
+                logit_bottom_tokens: vec![" below".into()],
+                logit_hist: vec![1, 4, 9, 4, 1],
+                logit_hist_min: -1.0,
+                logit_hist_max: 1.0,
+                head_share,
+            }
+        })
+        .collect();
+    let mut contexts = Vec::new();
+    for f in 0..n as u32 {
+        let max = features[f as usize].max_act;
+        let window = |kind, rank: u16, act: f32| ContextRow {
+            feature: f,
+            kind,
+            rank,
+            token_index: f as u64 * 100 + rank as u64,
+            activation: act,
+            focus: 2,
+            token_ids: vec![10, 11, 12, 13],
+            tokens: vec![
+                " the".into(),
+                " cat".into(),
+                match kind {
+                    ContextKind::Top => format!(" ctx{f}r{rank}"),
+                    ContextKind::Interval(i) => format!(" ctx{f}i{i}"),
+                },
+                "\n".into(),
+            ],
+            acts: vec![0.0, act / 2.0, act, 0.0],
+        };
+        for rank in 0..spec.contexts as u16 {
+            contexts.push(window(ContextKind::Top, rank, max - rank as f32 * 0.01));
+        }
+        contexts.push(window(ContextKind::Interval(0), 0, max * 0.2));
+        contexts.push(window(ContextKind::Interval(1), 0, max * 0.7));
+    }
+    let neighbours: Vec<NeighbourRow> = (0..n as u32)
+        .flat_map(|f| {
+            (0..3u8).map(move |r| NeighbourRow {
+                feature: f,
+                rank: r,
+                neighbour: (f + 1 + r as u32) % n as u32,
+                cosine: 0.9 - 0.1 * r as f32,
+                cooccurrence: 3,
+                jaccard: 0.25,
+            })
+        })
+        .collect();
+    let mut hist = vec![0u64; 20];
+    for r in &features {
+        hist[(((r.density + 1e-10).log10() + 10.0) / 0.5)
+            .floor()
+            .clamp(0.0, 19.0) as usize] += 1;
+    }
+    let summary = Summary {
+        format_version: FEATURE_STORE_VERSION,
+        dictionary: dir
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        run: None,
+        hook: hook.into(),
+        method: "topk".into(),
+        features: n as u64,
+        tokens: 1_000_000,
+        dead: 0,
+        log10_density_histogram: hist,
+        intervals: 2,
+        per_interval: 1,
+        top_contexts: spec.contexts,
+        window_before: 2,
+        window_after: 1,
+        seconds: 0.0,
+        definitions: serde_json::json!({}),
+    };
+    write_feature_store(dir, &features, &contexts, &neighbours, &summary).expect("store");
+}

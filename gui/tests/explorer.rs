@@ -1,0 +1,361 @@
+//! The explorer driven through egui_kittest on a fixture run: what each view shows, navigation,
+//! the prompt view's background engine, and the error states (no store, a corrupted table, an
+//! unfinished harvest, no run at all).
+
+use eframe::egui;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use saescope_gui::app::{Explorer, Memory, View};
+use saescope_gui::engine::{EngineFactory, PromptEngine};
+use saescope_gui::fixture::{self, FixtureSpec, RESID_DICT, Z_DICT};
+use saescope_sae::inspect::{ActiveFeature, Attribution, PromptView, TokenView};
+use std::path::{Path, PathBuf};
+
+const SPEC: FixtureSpec = FixtureSpec {
+    features: 200,
+    contexts: 3,
+    heads: 4,
+};
+
+fn harness(
+    run: Option<PathBuf>,
+    memory: Memory,
+    engine: Option<EngineFactory>,
+) -> Harness<'static, Explorer> {
+    let mut app = Explorer::new(run, memory, engine, None);
+    app.settle();
+    let mut h = Harness::builder()
+        .with_size([1400.0, 1000.0])
+        .build_state(|ctx, app: &mut Explorer| app.ui(ctx), app);
+    h.run();
+    h
+}
+
+fn fixture() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = fixture::make_run(dir.path(), &SPEC);
+    (dir, run)
+}
+
+fn type_into(h: &mut Harness<'_, Explorer>, role: egui::accesskit::Role, text: &str) {
+    h.get_by_role(role).focus();
+    h.run();
+    h.get_by_role(role).type_text(text);
+    h.run();
+}
+
+fn goto(h: &mut Harness<'_, Explorer>, view: &str) {
+    h.get_by_label(view).click();
+    h.run();
+}
+
+#[test]
+fn overview_lists_the_run_and_its_dictionaries() {
+    let (_tmp, run) = fixture();
+    let h = harness(Some(run.clone()), Memory::default(), None);
+    h.get_by_label(&format!("Run {}", run.display()));
+    h.get_by_label("256"); // tokens harvested
+    h.get_by_label(RESID_DICT);
+    h.get_by_label(Z_DICT);
+    // FVU, L0, dead fraction and CE recovered of both dictionaries, as written by the fixture.
+    assert_eq!(h.get_all_by_label("0.1250").count(), 2);
+    assert_eq!(h.get_all_by_label("0.062").count(), 2);
+    assert_eq!(h.get_all_by_label("0.875").count(), 2);
+    h.get_by_label(&format!("Training of {RESID_DICT}"));
+    h.get_by_label("FVU over tokens");
+}
+
+#[test]
+fn feature_list_searches_sorts_and_filters_by_density() {
+    let (_tmp, run) = fixture();
+    let mut h = harness(Some(run), Memory::default(), None);
+    goto(&mut h, "Features");
+    h.get_by_label(&format!(
+        "{} of {} features shown; log10 density across features (click a bar to filter):",
+        SPEC.features, SPEC.features
+    ));
+    // Sorted by density, densest first: the last feature heads the list.
+    assert_eq!(h.state().list.rows[0], SPEC.features as u32 - 1);
+
+    // Search by a promoted token: the features whose first promoted token it is.
+    type_into(&mut h, egui::accesskit::Role::TextInput, "word5");
+    let expect: Vec<u32> = (0..SPEC.features as u32)
+        .filter(|&f| fixture::top_token(f).contains("word5"))
+        .collect();
+    let mut shown = h.state().list.rows.clone();
+    shown.sort_unstable();
+    assert_eq!(shown, expect);
+    h.get_by_label(&format!(
+        "{} of {} features shown; log10 density across features (click a bar to filter):",
+        expect.len(),
+        SPEC.features
+    ));
+
+    // Clear the search, then click one density bar.
+    h.state_mut().list.search.clear();
+    h.state_mut().list = Default::default();
+    h.run();
+    let in_bin: Vec<u32> = (0..SPEC.features as u32)
+        .filter(|&f| {
+            let x = (fixture::density(f, SPEC.features) + 1e-10).log10();
+            (-5.0..-4.5).contains(&x)
+        })
+        .collect();
+    assert!(!in_bin.is_empty());
+    h.get_by_label(&format!(
+        "density 1e-5.0 to 1e-4.5: {} features",
+        in_bin.len()
+    ))
+    .click();
+    h.run();
+    let mut shown = h.state().list.rows.clone();
+    shown.sort_unstable();
+    assert_eq!(shown, in_bin);
+
+    // Sort by feature number, ascending.
+    h.get_by_label("Clear density filter").click();
+    h.run();
+    h.get_by_label("by feature").click();
+    h.run();
+    assert_eq!(h.state().list.rows[..3], [0, 1, 2]);
+}
+
+#[test]
+fn feature_page_shows_contexts_and_navigates_like_a_browser() {
+    let (_tmp, run) = fixture();
+    let mut h = harness(Some(run), Memory::default(), None);
+    goto(&mut h, "Features");
+    // Keyboard: the first row is selected; Enter opens it.
+    h.key_press(egui::Key::Enter);
+    h.run();
+    let first = SPEC.features as u32 - 1;
+    h.get_by_label(&format!("Feature {first}"));
+    // Top contexts with their focus tokens, interval samples, promoted tokens, neighbours.
+    for rank in 0..SPEC.contexts {
+        h.get_by_label(&format!(" ctx{first}r{rank}"));
+    }
+    h.get_by_label_contains("Interval 1: activations");
+    h.get_by_label(&format!(
+        "{}  +{:.3}",
+        fixture::top_token(first),
+        0.5 + (first % 7) as f32
+    ));
+    let nb = (first + 1) % SPEC.features as u32;
+    h.get_by_label(&format!("#{nb}  cos 0.900  jaccard 0.250"))
+        .click();
+    h.run();
+    h.get_by_label(&format!("Feature {nb}"));
+    h.get_by_label(&format!(" ctx{nb}r0"));
+    assert_eq!(h.state().history, vec![first, nb]);
+
+    h.get_by_label("◀ Back").click();
+    h.run();
+    h.get_by_label(&format!("Feature {first}"));
+    h.get_by_label("Forward ▶").click();
+    h.run();
+    h.get_by_label(&format!("Feature {nb}"));
+    // The page remembers the feature for the next launch.
+    assert_eq!(h.state().memory.feature, Some(nb));
+}
+
+/// An engine whose answers follow from the text: token i is the i-th word, and its one active
+/// feature is the word's length with activation 0.5 × length.
+struct Words;
+
+impl PromptEngine for Words {
+    fn view(&mut self, text: &str, top: usize) -> Result<PromptView, String> {
+        assert_eq!(top, 5);
+        Ok(PromptView {
+            hook: "blocks.2.attn.hook_z".into(),
+            tokens: text
+                .split_whitespace()
+                .enumerate()
+                .map(|(i, w)| TokenView {
+                    position: i,
+                    token_id: i as u32,
+                    token: format!(" {w}"),
+                    features: vec![ActiveFeature {
+                        feature: w.len() as u32,
+                        activation: 0.5 * w.len() as f32,
+                        quantile: Some(0.5),
+                    }],
+                })
+                .collect(),
+        })
+    }
+    fn attribution(
+        &mut self,
+        text: &str,
+        feature: u32,
+        dest: usize,
+    ) -> Result<Attribution, String> {
+        let tokens: Vec<String> = text.split_whitespace().map(|w| format!(" {w}")).collect();
+        Ok(Attribution {
+            feature,
+            dest,
+            pre_activation: 1.5,
+            constant: 0.5,
+            by_head_source: (0..2)
+                .map(|h| (0..tokens.len()).map(|s| 0.25 * (h + s) as f32).collect())
+                .collect(),
+            tokens,
+        })
+    }
+}
+
+/// Steps frames (a spinner keeps asking for them) until no spinner is left.
+fn wait_for_worker(h: &mut Harness<'_, Explorer>) {
+    for _ in 0..500 {
+        h.step();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        h.step();
+        if h.query_by_role(egui::accesskit::Role::ProgressIndicator)
+            .is_none()
+            && h.query_by_label("running the model…").is_none()
+        {
+            h.run();
+            return;
+        }
+    }
+    panic!("the prompt worker did not answer");
+}
+
+#[test]
+fn prompt_view_runs_in_the_background_and_shades_by_a_feature() {
+    let (_tmp, run) = fixture();
+    let opened = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
+    let seen = opened.clone();
+    let factory: EngineFactory = Box::new(move |dir: &Path| {
+        seen.lock().unwrap().push(dir.to_owned());
+        Ok(Box::new(Words) as Box<dyn PromptEngine>)
+    });
+    let memory = Memory {
+        dictionary: Some(Z_DICT.into()),
+        ..Memory::default()
+    };
+    let mut h = harness(Some(run.clone()), memory, Some(factory));
+    goto(&mut h, "Prompt");
+    type_into(
+        &mut h,
+        egui::accesskit::Role::MultilineTextInput,
+        "tiny words matter",
+    );
+    h.get_by_label("Run").click();
+    wait_for_worker(&mut h);
+    assert_eq!(
+        *opened.lock().unwrap(),
+        vec![run.join("dictionaries").join(Z_DICT)]
+    );
+    for (i, w) in ["tiny", "words", "matter"].iter().enumerate() {
+        h.get_by_label(&format!(" {w}"));
+        h.get_by_label(&format!("#{} {:.2}, q0.50", w.len(), 0.5 * w.len() as f32));
+        let _ = i;
+    }
+    // Choose feature 5 ("words"), then destination token 2: the attribution grid appears.
+    h.get_by_label("#5 2.50, q0.50").click();
+    h.run();
+    h.get_by_label("shading by feature 5");
+    // The token appears in the shaded prompt and in the table; the table's is clickable.
+    let matter: Vec<_> = h.get_all_by_label(" matter").collect();
+    assert_eq!(matter.len(), 2);
+    matter[1].click();
+    wait_for_worker(&mut h);
+    h.get_by_label_contains("feature 5 at token 2: pre-activation 1.500 = constant 0.500");
+    h.get_by_label("head 1");
+    h.get_by_label("+0.75"); // head 1, source 2
+}
+
+#[test]
+fn heads_view_counts_features_by_their_main_head() {
+    let (_tmp, run) = fixture();
+    let memory = Memory {
+        dictionary: Some(Z_DICT.into()),
+        ..Memory::default()
+    };
+    let mut h = harness(Some(run), memory, None);
+    goto(&mut h, "Heads");
+    for head in 0..SPEC.heads {
+        let count = (0..SPEC.features as u32)
+            .filter(|&f| fixture::main_head(f, SPEC.heads) == head)
+            .count();
+        h.get_by_label(&format!("L2H{head}: {count}"));
+    }
+    h.get_by_label_contains("L2H3: ").click();
+    h.run();
+    let first = (0..SPEC.features as u32)
+        .find(|&f| fixture::main_head(f, SPEC.heads) == 3)
+        .unwrap();
+    h.get_by_label(&format!("#{first}  share 0.600")).click();
+    h.run();
+    assert_eq!(h.state().view, View::Feature);
+    h.get_by_label(&format!("Feature {first}"));
+}
+
+#[test]
+fn missing_and_corrupted_stores_say_what_makes_them() {
+    let (_tmp, run) = fixture();
+    let dict = run.join("dictionaries").join(RESID_DICT);
+    std::fs::remove_dir_all(dict.join("features")).unwrap();
+    let mut h = harness(Some(run.clone()), Memory::default(), None);
+    goto(&mut h, "Features");
+    h.get_by_label("The feature store cannot be read");
+    h.get_by_label_contains("no feature store here");
+    h.get_by_label(&format!("saescope analyze --dict {}", dict.display()));
+
+    // A corrupted features table: the error names the file.
+    let z = run.join("dictionaries").join(Z_DICT).join("features");
+    std::fs::write(z.join("features.parquet"), b"not parquet").unwrap();
+    let memory = Memory {
+        dictionary: Some(Z_DICT.into()),
+        ..Memory::default()
+    };
+    let mut h = harness(Some(run), memory, None);
+    goto(&mut h, "Feature");
+    h.get_by_label("The feature store cannot be read");
+    h.get_by_label_contains("features.parquet");
+}
+
+#[test]
+fn unfinished_runs_and_missing_directories_are_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = harness(Some(tmp.path().join("nowhere")), Memory::default(), None);
+    h.get_by_label_contains("is not a directory");
+
+    // A harvest that has not finished: the manifest says complete = false.
+    let run = tmp.path().join("partial");
+    let mut w = saescope_store::RunWriter::create(
+        &run,
+        saescope_store::synthetic::spec(
+            vec![saescope_store::synthetic::hook(
+                "blocks.0.hook_resid_post",
+                &[4],
+                saescope_store::Dtype::F32,
+            )],
+            8,
+        ),
+        &saescope_store::WriterOptions::default(),
+    )
+    .unwrap();
+    saescope_store::synthetic::append_until(&mut w, 64, 64, |_| {}).unwrap();
+    let h = harness(Some(run.clone()), Memory::default(), None);
+    h.get_by_label_contains("the harvest is not finished");
+    h.get_by_label(&format!(
+        "saescope harvest --out {} --resume",
+        run.display()
+    ));
+    h.get_by_label_contains("no dictionary has been trained");
+    drop(w);
+}
+
+#[test]
+fn the_last_feature_is_reopened() {
+    let (_tmp, run) = fixture();
+    let memory = Memory {
+        run: Some(run.clone()),
+        dictionary: Some(RESID_DICT.into()),
+        feature: Some(17),
+    };
+    let mut h = harness(None, memory, None);
+    goto(&mut h, "Feature");
+    h.get_by_label("Feature 17");
+}
