@@ -13,6 +13,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Reads one training curve off a log line.
+type Series = fn(&crate::data::CurvePoint) -> f64;
+
 /// What is remembered between launches.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Memory {
@@ -570,7 +573,7 @@ impl Explorer {
             if !d.curve.is_empty() {
                 ui.add_space(8.0);
                 ui.heading(format!("Training of {}", d.name));
-                let series: [(&str, fn(&crate::data::CurvePoint) -> f64); 4] = [
+                let series: [(&str, Series); 4] = [
                     ("loss", |p| p.loss),
                     ("FVU", |p| p.fvu),
                     ("L0", |p| p.l0),
