@@ -217,10 +217,8 @@ impl Explorer {
         }
         if let Some((dir, l)) = self.table_loading.take() {
             let r = l.wait();
-            self.tables.insert(dir, r.map(Arc::new));
-            self.list.dirty = true;
+            self.finish_table(dir, r);
         }
-        self.restore_feature();
     }
 
     fn finish_run(&mut self, r: Result<RunData, String>) {
@@ -304,6 +302,12 @@ impl Explorer {
         self.tables.get(&dir)?.as_ref().err().cloned()
     }
 
+    fn finish_table(&mut self, dir: PathBuf, r: Result<FeatureTable, String>) {
+        self.tables.insert(dir, r.map(Arc::new));
+        self.list.dirty = true;
+        self.restore_feature();
+    }
+
     fn restore_feature(&mut self) {
         if self.history.is_empty()
             && let (Some(f), Some(t)) = (self.memory.feature, self.table())
@@ -372,9 +376,7 @@ impl Explorer {
         {
             let dir = dir.clone();
             self.table_loading = None;
-            self.tables.insert(dir, r.map(Arc::new));
-            self.list.dirty = true;
-            self.restore_feature();
+            self.finish_table(dir, r);
         }
         if self.prompt_queued
             && let Some(dir) = self.entry().map(|d| d.dir.clone())
