@@ -92,12 +92,14 @@ struct FeatureState {
     count: u64,
     sum: f64,
     max: f32,
-    /// Histogram range [0, range); 0 until the first value.
+    /// Histogram range [0, range); 0 until the first value. The histogram and the
+    /// reservoirs' counts live in [`Pass`]'s flat tables.
     range: f32,
-    hist: Vec<u32>,
-    seen: Vec<u64>,
     reservoirs: Vec<Vec<Sample>>,
     top: Vec<Sample>,
+    /// `top`'s values, apart so that finding the smallest reads a few cache lines, not every
+    /// sample's window.
+    top_values: Vec<f32>,
     /// The smallest value in a full `top`, and where it is.
     top_min: (usize, f32),
 }
@@ -219,6 +221,12 @@ pub struct Analysis {
     /// Wall time spent folding codes into the states (on idle-priority threads, overlapping
     /// the encoding, so it includes time spent waiting for a core).
     pub fold_seconds: f64,
+    /// CPU time the folding threads used.
+    pub fold_cpu_seconds: f64,
+    /// Wall time between the last batch encoded and the last row folded.
+    pub drain_seconds: f64,
+    /// Wall time turning the states into rows.
+    pub finish_seconds: f64,
 }
 
 /// Per-feature data computed from the weights alone.
@@ -366,8 +374,12 @@ struct Encoded {
 struct Pass<'a> {
     cfg: &'a AnalyzeConfig,
     tokens: &'a TokenTable,
-    neighbours: &'a [Vec<(u32, f32)>],
     states: Vec<FeatureState>,
+    /// Every feature's activation histogram and the number of values each of its reservoirs
+    /// stands for, as flat [features × bins] tables: folding walks the features in order and
+    /// reads these as it goes, instead of following a pointer per feature.
+    hist: Vec<u32>,
+    seen: Vec<u64>,
     recent: Recent,
     /// Next row whose entries have not been folded into the states.
     next_focus: u64,
@@ -433,7 +445,7 @@ impl Pass<'_> {
                         .filter(|&(_, v)| v != 0.0),
                 );
             }
-            self.cooccur.add_row(row, self.neighbours);
+            self.cooccur.add_row(row);
             self.recent.push(row);
         }
         let ready = self
@@ -484,25 +496,34 @@ impl Pass<'_> {
         let threads = rayon::current_num_threads().max(1);
         let chunk = n.div_ceil(threads * 4).max(64);
         let cfg = self.cfg;
+        let (hb, rb) = (cfg.hist_bins, reservoir_bins(cfg));
         let mut states = std::mem::take(&mut self.states);
+        let mut hist = std::mem::take(&mut self.hist);
+        let mut seen = std::mem::take(&mut self.seen);
         let this = &*self;
         let (grouped, bounds) = (&entries, &starts);
         let (first, last) = ((from - origin) as u32, (until - origin) as u32);
         states
             .par_chunks_mut(chunk)
+            .zip(hist.par_chunks_mut(chunk * hb))
+            .zip(seen.par_chunks_mut(chunk * rb))
             .enumerate()
-            .for_each(|(ci, part)| {
-                for (i, state) in part.iter_mut().enumerate() {
+            .for_each(|(ci, ((part, hist), seen))| {
+                let bins = hist.chunks_mut(hb).zip(seen.chunks_mut(rb));
+                for (i, (state, (hist, seen))) in part.iter_mut().zip(bins).enumerate() {
                     let f = ci * chunk + i;
                     let fired = &grouped[bounds[f]..bounds[f + 1]];
                     for (j, &(dt, v)) in fired.iter().enumerate() {
                         if (first..last).contains(&dt) && v > 0.0 {
-                            this.update(state, f as u32, (fired, j), origin, cfg);
+                            let bins = Bins { hist, seen };
+                            this.update(state, bins, f as u32, (fired, j), origin, cfg);
                         }
                     }
                 }
             });
         self.states = states;
+        self.hist = hist;
+        self.seen = seen;
         self.entries = entries;
         self.starts = starts;
         self.next_focus = until;
@@ -512,6 +533,7 @@ impl Pass<'_> {
     fn update(
         &self,
         s: &mut FeatureState,
+        b: Bins,
         f: u32,
         at: (&[(u32, f32)], usize),
         origin: u64,
@@ -529,70 +551,78 @@ impl Pass<'_> {
             cut.get_or_insert_with(|| self.window(t, fired, i, origin))
                 .clone()
         };
+        let Bins { hist, seen } = b;
         if s.range == 0.0 {
             s.range = 2f32.powi(v.log2().floor() as i32 + 1);
-            s.hist = vec![0; cfg.hist_bins];
-            s.seen = vec![0; rbins];
             s.reservoirs = vec![Vec::new(); rbins];
         }
         while v >= s.range {
-            // Double the range: bins 2i and 2i+1 become bin i.
-            let hb = s.hist.len();
-            let merged: Vec<u32> = (0..hb)
-                .map(|i| {
-                    if 2 * i + 1 < hb {
-                        s.hist[2 * i] + s.hist[2 * i + 1]
-                    } else if 2 * i < hb {
-                        s.hist[2 * i]
-                    } else {
-                        0
-                    }
-                })
-                .collect();
-            s.hist = merged;
-            let mut seen = vec![0; rbins];
+            // Double the range: bins 2i and 2i+1 become bin i (in place: bin i is written
+            // only after bins 2i and 2i + 1 have been read).
+            let hb = hist.len();
+            for i in 0..hb {
+                hist[i] = hist.get(2 * i).copied().unwrap_or(0)
+                    + hist.get(2 * i + 1).copied().unwrap_or(0);
+            }
             let mut res = vec![Vec::new(); rbins];
             for i in 0..rbins / 2 {
                 let key = cfg.seed ^ mix((f as u64) << 32 | (s.count << 8) | i as u64);
-                seen[i] = s.seen[2 * i] + s.seen[2 * i + 1];
                 res[i] = merge_reservoirs(
-                    (s.seen[2 * i], std::mem::take(&mut s.reservoirs[2 * i])),
+                    (seen[2 * i], std::mem::take(&mut s.reservoirs[2 * i])),
                     (
-                        s.seen[2 * i + 1],
+                        seen[2 * i + 1],
                         std::mem::take(&mut s.reservoirs[2 * i + 1]),
                     ),
                     cfg.per_interval,
                     key,
                 );
             }
-            s.seen = seen;
+            for i in 0..rbins {
+                seen[i] = if i < rbins / 2 {
+                    seen[2 * i] + seen[2 * i + 1]
+                } else {
+                    0
+                };
+            }
             s.reservoirs = res;
             s.range *= 2.0;
         }
         let hb = ((v / s.range) * cfg.hist_bins as f32) as usize;
-        s.hist[hb.min(cfg.hist_bins - 1)] += 1;
+        hist[hb.min(cfg.hist_bins - 1)] += 1;
         let rb = (((v / s.range) * rbins as f32) as usize).min(rbins - 1);
-        s.seen[rb] += 1;
-        if s.reservoirs[rb].len() < cfg.per_interval {
+        seen[rb] += 1;
+        // A reservoir holds min(seen, per_interval) samples (merging keeps that), so `seen`
+        // says whether it is full without a visit to the reservoir.
+        let seen = seen[rb];
+        debug_assert_eq!(
+            s.reservoirs[rb].len() as u64,
+            (seen - 1).min(cfg.per_interval as u64)
+        );
+        if seen <= cfg.per_interval as u64 {
             s.reservoirs[rb].push(window());
         } else {
-            let j = mix(cfg.seed ^ ((f as u64) << 40) ^ t.wrapping_mul(0x9E37_79B9)) % s.seen[rb];
-            if (j as usize) < cfg.per_interval {
-                s.reservoirs[rb][j as usize] = window();
+            // Keep the new value with probability per_interval / seen: a uniform draw in
+            // [0, seen) by multiply-shift, which needs no division.
+            let u = mix(cfg.seed ^ ((f as u64) << 40) ^ t.wrapping_mul(0x9E37_79B9));
+            let j = ((u as u128 * seen as u128) >> 64) as usize;
+            if j < cfg.per_interval {
+                s.reservoirs[rb][j] = window();
             }
         }
         if s.top.len() < cfg.top || v > s.top_min.1 {
             if s.top.len() < cfg.top {
                 s.top.push(window());
+                s.top_values.push(v);
             } else {
                 s.top[s.top_min.0] = window();
+                s.top_values[s.top_min.0] = v;
             }
             if s.top.len() == cfg.top {
                 s.top_min = s
-                    .top
+                    .top_values
                     .iter()
+                    .copied()
                     .enumerate()
-                    .map(|(i, x)| (i, x.value))
                     .min_by(|a, b| a.1.total_cmp(&b.1))
                     .expect("top is full");
             }
@@ -600,26 +630,44 @@ impl Pass<'_> {
     }
 }
 
+/// One feature's slices of [`Pass`]'s histogram and reservoir-count tables.
+struct Bins<'a> {
+    hist: &'a mut [u32],
+    seen: &'a mut [u64],
+}
+
 /// Co-occurrence of each feature with its decoder neighbours, counted row by row with a bitset
 /// of the row's active features (a few hundred bit tests a row instead of a search per pair).
+/// Neighbour ids and counts are flat [features × neighbours] tables in rank order, so a row's
+/// active feature costs two adjacent reads rather than a walk to its own list.
 struct Cooccurrence {
-    /// Flat [features × neighbours] counts, neighbours in rank order.
+    /// Neighbour ids; [`Cooccurrence::NONE`] past a short list.
+    ids: Vec<u32>,
     counts: Vec<u64>,
     per: usize,
     bits: Vec<u64>,
 }
 
 impl Cooccurrence {
+    const NONE: u32 = u32::MAX;
+
     fn new(neighbours: &[Vec<(u32, f32)>]) -> Self {
         let per = neighbours.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = vec![Self::NONE; neighbours.len() * per];
+        for (f, list) in neighbours.iter().enumerate() {
+            for (i, &(g, _)) in list.iter().enumerate() {
+                ids[f * per + i] = g;
+            }
+        }
         Cooccurrence {
+            ids,
             counts: vec![0; neighbours.len() * per],
             per,
             bits: vec![0; neighbours.len().div_ceil(64)],
         }
     }
 
-    fn add_row(&mut self, row: &[(u32, f32)], neighbours: &[Vec<(u32, f32)>]) {
+    fn add_row(&mut self, row: &[(u32, f32)]) {
         if self.per == 0 {
             return;
         }
@@ -627,10 +675,10 @@ impl Cooccurrence {
             self.bits[f as usize / 64] |= 1 << (f % 64);
         }
         for &(f, _) in row {
-            let base = f as usize * self.per;
-            for (i, &(g, _)) in neighbours[f as usize].iter().enumerate() {
-                if self.bits[g as usize / 64] >> (g % 64) & 1 == 1 {
-                    self.counts[base + i] += 1;
+            let at = f as usize * self.per..(f as usize + 1) * self.per;
+            for (&g, count) in self.ids[at.clone()].iter().zip(&mut self.counts[at]) {
+                if g != Self::NONE && self.bits[g as usize / 64] >> (g % 64) & 1 == 1 {
+                    *count += 1;
                 }
             }
         }
@@ -671,6 +719,27 @@ fn idle_priority() {
 #[cfg(not(target_os = "linux"))]
 fn idle_priority() {}
 
+/// CPU time the calling thread has used, in seconds (0 where the clock is missing).
+#[cfg(target_os = "linux")]
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    if ok {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        0.0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_seconds() -> f64 {
+    0.0
+}
+
 /// Runs the pass over `hook` of `run`, encoding with `dict`. `weights` come from
 /// [`decoder_neighbours`], [`logit_effects`] and [`head_share`]; `token_str` names a token id.
 #[allow(clippy::too_many_arguments)]
@@ -707,8 +776,9 @@ pub fn analyze(
     let mut pass = Pass {
         cfg,
         tokens,
-        neighbours: &weights.neighbours,
         states: vec![FeatureState::default(); n],
+        hist: vec![0; n * cfg.hist_bins],
+        seen: vec![0; n * reservoir_bins(cfg)],
         recent: Recent::new(),
         next_focus: 0,
         row_buf: Vec::new(),
@@ -727,79 +797,97 @@ pub fn analyze(
     // encodes batch i + 1 while the folder thread folds batch i into the feature states.
     let (send, recv) = std::sync::mpsc::sync_channel::<Encoded>(2);
     let pool = fold_pool()?;
+    let fold_threads = &pool;
     let mut analysed = 0u64;
-    let ((states, cooccur, fold_seconds), read_result) = std::thread::scope(|scope| {
-        let folder = scope.spawn(move || {
-            pool.install(|| {
-                let mut busy = std::time::Duration::ZERO;
-                for e in recv {
+    let ((folded, cooccur, fold_seconds), read_result, drain_seconds) =
+        std::thread::scope(|scope| {
+            let folder = scope.spawn(move || {
+                fold_threads.install(|| {
+                    let mut busy = std::time::Duration::ZERO;
+                    for e in recv {
+                        let t = std::time::Instant::now();
+                        pass.push(e);
+                        busy += t.elapsed();
+                    }
                     let t = std::time::Instant::now();
-                    pass.push(e);
-                    busy += t.elapsed();
+                    let end = pass.recent.end();
+                    pass.fold(end);
+                    (
+                        Folded {
+                            states: pass.states,
+                            hist: pass.hist,
+                            seen: pass.seen,
+                        },
+                        pass.cooccur,
+                        (busy + t.elapsed()).as_secs_f64(),
+                    )
+                })
+            });
+            let result = (|| -> Result<()> {
+                for batch in reader {
+                    let b = batch?;
+                    let take = (b.rows() as u64).min(limit - analysed) as usize;
+                    if take == 0 {
+                        break;
+                    }
+                    if b.token_index[0] != analysed {
+                        return Err(SaeError::Data(format!(
+                            "rows arrived out of order (token {} after {analysed})",
+                            b.token_index[0]
+                        )));
+                    }
+                    let x = Tensor::from_slice(&b.data[..take * b.dim])
+                        .view([take as i64, b.dim as i64])
+                        .to_device(device);
+                    let codes = dict.encode(&x);
+                    let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+                    let encoded = Encoded {
+                        first: analysed,
+                        rows: take,
+                        cols: Vec::<i64>::try_from(cpu(&codes.cols))?,
+                        vals: Vec::<f32>::try_from(cpu(&codes.vals.to_kind(Kind::Float)))?,
+                        offsets: Vec::<i64>::try_from(cpu(&codes.offsets))?,
+                    };
+                    if send.send(encoded).is_err() {
+                        break; // the folder stopped: its panic surfaces at join
+                    }
+                    analysed += take as u64;
+                    progress(analysed);
+                    if analysed >= limit {
+                        break;
+                    }
                 }
-                let t = std::time::Instant::now();
-                let end = pass.recent.end();
-                pass.fold(end);
-                (
-                    pass.states,
-                    pass.cooccur,
-                    (busy + t.elapsed()).as_secs_f64(),
-                )
-            })
+                Ok(())
+            })();
+            drop(send);
+            let drain = std::time::Instant::now();
+            let folded = folder.join().expect("the feature folder panicked");
+            (folded, result, drain.elapsed().as_secs_f64())
         });
-        let result = (|| -> Result<()> {
-            for batch in reader {
-                let b = batch?;
-                let take = (b.rows() as u64).min(limit - analysed) as usize;
-                if take == 0 {
-                    break;
-                }
-                if b.token_index[0] != analysed {
-                    return Err(SaeError::Data(format!(
-                        "rows arrived out of order (token {} after {analysed})",
-                        b.token_index[0]
-                    )));
-                }
-                let x = Tensor::from_slice(&b.data[..take * b.dim])
-                    .view([take as i64, b.dim as i64])
-                    .to_device(device);
-                let codes = dict.encode(&x);
-                let cpu = |t: &Tensor| t.to_device(Device::Cpu);
-                let encoded = Encoded {
-                    first: analysed,
-                    rows: take,
-                    cols: Vec::<i64>::try_from(cpu(&codes.cols))?,
-                    vals: Vec::<f32>::try_from(cpu(&codes.vals.to_kind(Kind::Float)))?,
-                    offsets: Vec::<i64>::try_from(cpu(&codes.offsets))?,
-                };
-                if send.send(encoded).is_err() {
-                    break; // the folder stopped: its panic surfaces at join
-                }
-                analysed += take as u64;
-                progress(analysed);
-                if analysed >= limit {
-                    break;
-                }
-            }
-            Ok(())
-        })();
-        drop(send);
-        let states = folder.join().expect("the feature folder panicked");
-        (states, result)
-    });
     read_result?;
     if analysed == 0 {
         return Err(SaeError::Data("no tokens to analyse".into()));
     }
-    let mut a = finish(states, &cooccur, weights, tokens, token_str, cfg, analysed);
+    let t = std::time::Instant::now();
+    let mut a = finish(folded, &cooccur, weights, tokens, token_str, cfg, analysed);
     a.fold_seconds = fold_seconds;
+    a.fold_cpu_seconds = pool.broadcast(|_| thread_cpu_seconds()).iter().sum();
+    a.drain_seconds = drain_seconds;
+    a.finish_seconds = t.elapsed().as_secs_f64();
     Ok(a)
+}
+
+/// What folding leaves: the feature states and their flat tables (see [`Pass`]).
+struct Folded {
+    states: Vec<FeatureState>,
+    hist: Vec<u32>,
+    seen: Vec<u64>,
 }
 
 /// Turns the feature states into rows, one feature per rayon task (most of the time goes into
 /// naming the tokens of some 70 context windows a feature).
 fn finish(
-    states: Vec<FeatureState>,
+    folded: Folded,
     cooccur: &Cooccurrence,
     weights: &WeightFacts,
     tokens: &TokenTable,
@@ -823,16 +911,18 @@ fn finish(
             acts: s.acts().to_vec(),
         }
     };
+    let (hb, rbins) = (cfg.hist_bins, reservoir_bins(cfg));
+    let Folded { states, hist, seen } = folded;
     let one = |(fi, mut s): (usize, FeatureState)| {
         let f = fi as u32;
-        let mut contexts = Vec::new();
+        let seen = &seen[fi * rbins..(fi + 1) * rbins];
+        let mut contexts = Vec::with_capacity(cfg.top + cfg.intervals * cfg.per_interval);
         s.top.sort_by(|a, b| b.value.total_cmp(&a.value));
         for (rank, smp) in s.top.iter().enumerate() {
             contexts.push(context(f, ContextKind::Top, rank, smp));
         }
         // Reservoir bins to intervals of [0, max] by their centres.
         if s.count > 0 {
-            let rbins = s.reservoirs.len();
             let mut per: Vec<(u64, Vec<Sample>)> = vec![(0, Vec::new()); cfg.intervals];
             for (b, res) in std::mem::take(&mut s.reservoirs).into_iter().enumerate() {
                 let centre = (b as f32 + 0.5) * s.range / rbins as f32;
@@ -840,8 +930,8 @@ fn finish(
                 let (c, old) = std::mem::take(&mut per[i]);
                 let key = cfg.seed ^ mix(((f as u64) << 16) | b as u64);
                 per[i] = (
-                    c + s.seen[b],
-                    merge_reservoirs((c, old), (s.seen[b], res), cfg.per_interval, key),
+                    c + seen[b],
+                    merge_reservoirs((c, old), (seen[b], res), cfg.per_interval, key),
                 );
             }
             for (i, (_, mut smp)) in per.into_iter().enumerate() {
@@ -876,11 +966,7 @@ fn finish(
                 0.0
             },
             max_act: s.max,
-            act_hist: if s.hist.is_empty() {
-                vec![0; cfg.hist_bins]
-            } else {
-                s.hist
-            },
+            act_hist: hist[fi * hb..(fi + 1) * hb].to_vec(),
             act_hist_max: s.range,
             logit_top_ids: le.top.iter().map(|p| p.0).collect(),
             logit_top_values: le.top.iter().map(|p| p.1).collect(),
@@ -925,5 +1011,43 @@ fn finish(
         tokens: analysed,
         log10_density_histogram: log_hist,
         fold_seconds: 0.0,
+        fold_cpu_seconds: 0.0,
+        drain_seconds: 0.0,
+        finish_seconds: 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cooccurrence;
+
+    /// Short neighbour lists (fewer features than neighbours asked for) leave gaps in the flat
+    /// table that never count.
+    #[test]
+    fn cooccurrence_counts_pairs_and_skips_gaps() {
+        let neighbours = vec![
+            vec![(1, 0.9), (2, 0.5)],
+            vec![(0, 0.9)],
+            vec![(1, 0.7), (0, 0.5)],
+        ];
+        let mut c = Cooccurrence::new(&neighbours);
+        let rows: [&[u32]; 4] = [&[0, 1], &[0, 1, 2], &[2], &[1, 2]];
+        for r in rows {
+            let row: Vec<(u32, f32)> = r.iter().map(|&f| (f, 1.0)).collect();
+            c.add_row(&row);
+        }
+        // Brute force: rows where both fire.
+        let both = |f: u32, g: u32| {
+            rows.iter()
+                .filter(|r| r.contains(&f) && r.contains(&g))
+                .count() as u64
+        };
+        for (f, list) in neighbours.iter().enumerate() {
+            for (rank, &(g, _)) in list.iter().enumerate() {
+                assert_eq!(c.get(f, rank), both(f as u32, g), "{f} with {g}");
+            }
+        }
+        assert_eq!(c.get(1, 1), 0, "a gap counts nothing");
+        assert!(c.bits.iter().all(|&w| w == 0), "the row bitset is cleared");
     }
 }
