@@ -53,6 +53,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     progress::set_quiet(cli.quiet);
+    if matches!(cli.command, Command::Analyze(_)) {
+        passive_openmp();
+    }
     let result = match cli.command {
         Command::Setup(a) => commands::setup::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
@@ -75,6 +78,22 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `analyze` folds on idle-priority threads beside libtorch's encoder; OpenMP threads that wait
+/// passively leave it their idle cycles (see `reexec_with_passive_openmp`). A policy the user
+/// set is kept.
+fn passive_openmp() {
+    use saescope_sae::analyze::{PASSIVE_OPENMP_MARK, reexec_with_passive_openmp};
+    if let Some(e) = reexec_with_passive_openmp() {
+        tracing::warn!(
+            "could not restart with OMP_WAIT_POLICY=PASSIVE ({e}); analysing with the default policy"
+        );
+    } else if std::env::var_os(PASSIVE_OPENMP_MARK).is_some() {
+        tracing::info!(
+            "OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE), so the analysis can use their idle cycles"
+        );
     }
 }
 

