@@ -108,18 +108,22 @@ impl Engine {
     fn ids(&self, text: &str) -> Result<Vec<u32>, String> {
         prompt_ids(&self.inm.loaded.tokenizer, text, true).map_err(|e| format!("{e:#}"))
     }
+
+    /// A token id's text, as the views show it.
+    fn token_name(&self, id: u32) -> String {
+        self.inm.loaded.tokenizer.decode(&[id]).unwrap_or_default()
+    }
 }
 
 impl PromptEngine for Engine {
     fn view(&mut self, text: &str, top: usize) -> Result<PromptView, String> {
         let ids = self.ids(text)?;
-        let tok = &self.inm.loaded.tokenizer;
         prompt_view(
             &self.inm.loaded.model,
             self.inm.opened.dict.as_dyn(),
             self.inm.opened.point,
             &ids,
-            &|i| tok.decode(&[i]).unwrap_or_default(),
+            &|i| self.token_name(i),
             top,
             self.features.as_deref(),
         )
@@ -133,13 +137,12 @@ impl PromptEngine for Engine {
         dest: usize,
     ) -> Result<Attribution, String> {
         let ids = self.ids(text)?;
-        let tok = &self.inm.loaded.tokenizer;
         attention_attribution(
             &self.inm.loaded.model,
             self.inm.opened.dict.as_dyn(),
             self.inm.opened.point,
             &ids,
-            &|i| tok.decode(&[i]).unwrap_or_default(),
+            &|i| self.token_name(i),
             feature,
             dest,
         )

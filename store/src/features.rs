@@ -14,7 +14,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -350,6 +350,11 @@ fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
         .with_batch_size(65_536)
         .build()
         .map_err(pq)?;
+    collect_batches(path, reader)
+}
+
+/// Every batch a built reader yields, with `path` named in an error.
+fn collect_batches(path: &Path, reader: ParquetRecordBatchReader) -> Result<Vec<RecordBatch>> {
     reader
         .map(|b| {
             b.map_err(|source| StoreError::Arrow {
@@ -646,14 +651,6 @@ impl ContextsFile {
             .with_batch_size(8_192)
             .build()
             .map_err(pq)?;
-        let batches = reader
-            .map(|b| {
-                b.map_err(|source| StoreError::Arrow {
-                    path: self.path.clone(),
-                    source,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        contexts_from(&self.path, batches, Some(f))
+        contexts_from(&self.path, collect_batches(&self.path, reader)?, Some(f))
     }
 }
