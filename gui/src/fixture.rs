@@ -3,7 +3,7 @@
 //! follows from the feature number, so a test can say what the screen must show.
 
 use saescope_store::features::{
-    ContextKind, ContextRow, FEATURE_STORE_VERSION, FeatureRow, NeighbourRow, Summary,
+    ContextKind, Contexts, FEATURE_STORE_VERSION, FeatureRow, NeighbourRow, Summary, Window,
     write_feature_store,
 };
 use saescope_store::{Dtype, RunWriter, WriterOptions, synthetic};
@@ -126,33 +126,32 @@ pub fn write_store(dir: &Path, spec: &FixtureSpec, heads: usize, hook: &str) {
             }
         })
         .collect();
-    let mut contexts = Vec::new();
+    // Each window reads " the", " cat", a token naming its feature and sample, "\n".
+    let mut vocab: Vec<String> = [" the", " cat", "\n"].map(String::from).to_vec();
+    let mut contexts = Contexts::default();
     for f in 0..n as u32 {
         let max = features[f as usize].max_act;
-        let window = |kind, rank: u16, act: f32| ContextRow {
-            feature: f,
-            kind,
-            rank,
-            token_index: f as u64 * 100 + rank as u64,
-            activation: act,
-            focus: 2,
-            token_ids: vec![10, 11, 12, 13],
-            tokens: vec![
-                " the".into(),
-                " cat".into(),
-                match kind {
-                    ContextKind::Top => format!(" ctx{f}r{rank}"),
-                    ContextKind::Interval(i) => format!(" ctx{f}i{i}"),
-                },
-                "\n".into(),
-            ],
-            acts: vec![0.0, act / 2.0, act, 0.0],
+        let mut window = |kind, rank: u16, act: f32| {
+            vocab.push(match kind {
+                ContextKind::Top => format!(" ctx{f}r{rank}"),
+                ContextKind::Interval(i) => format!(" ctx{f}i{i}"),
+            });
+            contexts.push(Window {
+                feature: f,
+                kind,
+                rank,
+                token_index: f as u64 * 100 + rank as u64,
+                activation: act,
+                focus: 2,
+                token_ids: &[0, 1, vocab.len() as u32 - 1, 2],
+                acts: &[0.0, act / 2.0, act, 0.0],
+            });
         };
         for rank in 0..spec.contexts as u16 {
-            contexts.push(window(ContextKind::Top, rank, max - rank as f32 * 0.01));
+            window(ContextKind::Top, rank, max - rank as f32 * 0.01);
         }
-        contexts.push(window(ContextKind::Interval(0), 0, max * 0.2));
-        contexts.push(window(ContextKind::Interval(1), 0, max * 0.7));
+        window(ContextKind::Interval(0), 0, max * 0.2);
+        window(ContextKind::Interval(1), 0, max * 0.7);
     }
     let neighbours: Vec<NeighbourRow> = (0..n as u32)
         .flat_map(|f| {
@@ -193,5 +192,5 @@ pub fn write_store(dir: &Path, spec: &FixtureSpec, heads: usize, hook: &str) {
         seconds: 0.0,
         definitions: serde_json::json!({}),
     };
-    write_feature_store(dir, &features, &contexts, &neighbours, &summary).expect("store");
+    write_feature_store(dir, &features, &contexts, &neighbours, &vocab, &summary).expect("store");
 }

@@ -15,7 +15,7 @@
 use crate::dictionary::Dictionary;
 use crate::error::{Result, SaeError};
 use rayon::prelude::*;
-use saescope_store::features::{ContextKind, ContextRow, FeatureRow, NeighbourRow};
+use saescope_store::features::{ContextKind, Contexts, FeatureRow, NeighbourRow, Window};
 use saescope_store::{ReadOptions, Run};
 use std::collections::VecDeque;
 use tch::{Device, Kind, Tensor};
@@ -214,7 +214,9 @@ impl TokenTable {
 /// Everything a pass produced, ready for [`saescope_store::features::write_feature_store`].
 pub struct Analysis {
     pub features: Vec<FeatureRow>,
-    pub contexts: Vec<ContextRow>,
+    /// Top and interval windows, sorted by feature; token text is added when the store is
+    /// written.
+    pub contexts: Contexts,
     pub neighbours: Vec<NeighbourRow>,
     pub tokens: u64,
     pub log10_density_histogram: Vec<u64>,
@@ -780,7 +782,8 @@ pub fn reexec_with_passive_openmp() -> Option<std::io::Error> {
 }
 
 /// Runs the pass over `hook` of `run`, encoding with `dict`. `weights` come from
-/// [`decoder_neighbours`], [`logit_effects`] and [`head_share`]; `token_str` names a token id.
+/// [`decoder_neighbours`], [`logit_effects`] and [`head_share`]; `token_str` names a token id
+/// of the logit effects (context windows hold ids; the store's writer names them).
 #[allow(clippy::too_many_arguments)]
 pub fn analyze(
     dict: &dyn Dictionary,
@@ -923,8 +926,8 @@ struct Folded {
     seen: Vec<u64>,
 }
 
-/// Turns the feature states into rows, one feature per rayon task (most of the time goes into
-/// naming the tokens of some 70 context windows a feature).
+/// Turns the feature states into rows, one feature per rayon task. Each feature's windows go
+/// into a small column table of their own, appended in feature order at the end.
 fn finish(
     folded: Folded,
     cooccur: &Cooccurrence,
@@ -934,31 +937,30 @@ fn finish(
     cfg: &AnalyzeConfig,
     analysed: u64,
 ) -> Analysis {
-    let context = |f: u32, kind: ContextKind, rank: usize, s: &Sample| {
-        let ids: Vec<u32> = (s.start..s.start + s.len as u64)
-            .map(|j| tokens.token_id[j as usize])
-            .collect();
-        ContextRow {
+    let context = |out: &mut Contexts, f: u32, kind: ContextKind, rank: usize, s: &Sample| {
+        let span = s.start as usize..s.start as usize + s.len as usize;
+        out.push(Window {
             feature: f,
             kind,
             rank: rank as u16,
             token_index: s.token,
             activation: s.value,
             focus: (s.token - s.start) as u16,
-            tokens: ids.iter().map(|&i| token_str(i)).collect(),
-            token_ids: ids,
-            acts: s.acts().to_vec(),
-        }
+            token_ids: &tokens.token_id[span],
+            acts: s.acts(),
+        });
     };
     let (hb, rbins) = (cfg.hist_bins, reservoir_bins(cfg));
     let Folded { states, hist, seen } = folded;
     let one = |(fi, mut s): (usize, FeatureState)| {
         let f = fi as u32;
         let seen = &seen[fi * rbins..(fi + 1) * rbins];
-        let mut contexts = Vec::with_capacity(cfg.top + cfg.intervals * cfg.per_interval);
+        let windows = cfg.top + cfg.intervals * cfg.per_interval;
+        let window_len = cfg.window_before + cfg.window_after + 1;
+        let mut contexts = Contexts::with_capacity(windows, windows * window_len);
         s.top.sort_by(|a, b| b.value.total_cmp(&a.value));
         for (rank, smp) in s.top.iter().enumerate() {
-            contexts.push(context(f, ContextKind::Top, rank, smp));
+            context(&mut contexts, f, ContextKind::Top, rank, smp);
         }
         // Reservoir bins to intervals of [0, max] by their centres.
         if s.count > 0 {
@@ -976,7 +978,7 @@ fn finish(
             for (i, (_, mut smp)) in per.into_iter().enumerate() {
                 smp.sort_by(|a, b| b.value.total_cmp(&a.value));
                 for (rank, x) in smp.iter().enumerate() {
-                    contexts.push(context(f, ContextKind::Interval(i as u8), rank, x));
+                    context(&mut contexts, f, ContextKind::Interval(i as u8), rank, x);
                 }
             }
         }
@@ -1022,7 +1024,10 @@ fn finish(
     };
     let parts: Vec<_> = states.into_par_iter().enumerate().map(one).collect();
     let mut features = Vec::with_capacity(parts.len());
-    let mut contexts = Vec::with_capacity(parts.iter().map(|p| p.1.len()).sum());
+    let mut contexts = Contexts::with_capacity(
+        parts.iter().map(|p| p.1.len()).sum(),
+        parts.iter().map(|p| p.1.tokens()).sum(),
+    );
     let mut neighbours = Vec::new();
     let mut log_hist = vec![0u64; 20];
     for (row, ctx, nb) in parts {
@@ -1031,7 +1036,7 @@ fn finish(
             .clamp(0.0, 19.0) as usize;
         log_hist[bin] += 1;
         features.push(row);
-        contexts.extend(ctx);
+        contexts.append(&ctx);
         neighbours.extend(nb);
     }
     for nb in &mut neighbours {

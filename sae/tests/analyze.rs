@@ -156,7 +156,6 @@ fn streaming_analysis_matches_brute_force() {
             for (j, &x) in c.acts.iter().enumerate() {
                 assert_eq!(x, value(lo + j as u64, f));
                 assert_eq!(c.token_ids[j], tokens.token_id[(lo + j as u64) as usize]);
-                assert_eq!(c.tokens[j], format!("<{}>", c.token_ids[j]));
             }
         }
 

@@ -81,6 +81,16 @@ pub fn run(a: Args) -> Result<()> {
         .collect();
     let token_str = |i: u32| vocab.get(i as usize).cloned().unwrap_or_default();
     let tokens = TokenTable::read(run)?;
+    // The store names context tokens from this vocabulary: refuse a mismatch before the pass.
+    if let Some(&id) = tokens.token_id.iter().max()
+        && id as usize >= vocab.len()
+    {
+        bail!(
+            "{}: the run holds token id {id}, but the model's vocabulary has {} tokens; analyse it with the model that harvested it",
+            run_dir.display(),
+            vocab.len()
+        );
+    }
     let total = a
         .tokens
         .unwrap_or(run.manifest().total_tokens)
@@ -127,6 +137,7 @@ pub fn run(a: Args) -> Result<()> {
         &analysis.features,
         &analysis.contexts,
         &analysis.neighbours,
+        &vocab,
         &summary,
     )
     .with_context(|| format!("writing the feature store to {}", out.display()))?;

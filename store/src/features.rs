@@ -11,6 +11,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Float32Array, Float32Builder, Int16Array, ListArray, ListBuilder,
     StringArray, StringBuilder, UInt8Array, UInt16Array, UInt32Array, UInt32Builder, UInt64Array,
 };
+use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -81,6 +82,151 @@ pub struct ContextRow {
     pub token_ids: Vec<u32>,
     pub tokens: Vec<String>,
     pub acts: Vec<f32>,
+}
+
+/// One window of a [`Contexts`] table, borrowed: a [`ContextRow`] without the token text.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window<'a> {
+    pub feature: u32,
+    pub kind: ContextKind,
+    pub rank: u16,
+    pub token_index: u64,
+    pub activation: f32,
+    pub focus: u16,
+    pub token_ids: &'a [u32],
+    pub acts: &'a [f32],
+}
+
+impl Window<'_> {
+    /// The row as it reads back from `contexts.parquet`, tokens named from `vocab` (an id
+    /// outside it is named by an empty string).
+    pub fn named(&self, vocab: &[String]) -> ContextRow {
+        ContextRow {
+            feature: self.feature,
+            kind: self.kind,
+            rank: self.rank,
+            token_index: self.token_index,
+            activation: self.activation,
+            focus: self.focus,
+            token_ids: self.token_ids.to_vec(),
+            tokens: self
+                .token_ids
+                .iter()
+                .map(|&i| vocab.get(i as usize).cloned().unwrap_or_default())
+                .collect(),
+            acts: self.acts.to_vec(),
+        }
+    }
+}
+
+/// The contexts table held as columns, which is how `saescope analyze` builds it and
+/// [`write_feature_store`] writes it. A feature store holds some 70 windows a feature, over a
+/// million for a large dictionary: as columns they take a few allocations in all instead of
+/// some twenty a window (one per token name), and no token text, which the writer looks up in
+/// the vocabulary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contexts {
+    feature: Vec<u32>,
+    kind: Vec<ContextKind>,
+    rank: Vec<u16>,
+    token_index: Vec<u64>,
+    activation: Vec<f32>,
+    focus: Vec<u16>,
+    /// Window i spans `offsets[i]..offsets[i + 1]` of `token_ids` and `acts`.
+    offsets: Vec<usize>,
+    token_ids: Vec<u32>,
+    acts: Vec<f32>,
+}
+
+impl Default for Contexts {
+    fn default() -> Self {
+        Contexts::with_capacity(0, 0)
+    }
+}
+
+impl Contexts {
+    /// An empty table with room for `windows` windows of `tokens` tokens in all.
+    pub fn with_capacity(windows: usize, tokens: usize) -> Contexts {
+        let mut offsets = Vec::with_capacity(windows + 1);
+        offsets.push(0);
+        Contexts {
+            feature: Vec::with_capacity(windows),
+            kind: Vec::with_capacity(windows),
+            rank: Vec::with_capacity(windows),
+            token_index: Vec::with_capacity(windows),
+            activation: Vec::with_capacity(windows),
+            focus: Vec::with_capacity(windows),
+            offsets,
+            token_ids: Vec::with_capacity(tokens),
+            acts: Vec::with_capacity(tokens),
+        }
+    }
+
+    /// Appends a window. Panics if its token ids and activations differ in length.
+    pub fn push(&mut self, w: Window<'_>) {
+        assert_eq!(
+            w.token_ids.len(),
+            w.acts.len(),
+            "a context window has one activation per token"
+        );
+        self.feature.push(w.feature);
+        self.kind.push(w.kind);
+        self.rank.push(w.rank);
+        self.token_index.push(w.token_index);
+        self.activation.push(w.activation);
+        self.focus.push(w.focus);
+        self.token_ids.extend_from_slice(w.token_ids);
+        self.acts.extend_from_slice(w.acts);
+        self.offsets.push(self.token_ids.len());
+    }
+
+    /// Appends every window of `other`, in order.
+    pub fn append(&mut self, other: &Contexts) {
+        let base = self.token_ids.len();
+        self.feature.extend_from_slice(&other.feature);
+        self.kind.extend_from_slice(&other.kind);
+        self.rank.extend_from_slice(&other.rank);
+        self.token_index.extend_from_slice(&other.token_index);
+        self.activation.extend_from_slice(&other.activation);
+        self.focus.extend_from_slice(&other.focus);
+        self.token_ids.extend_from_slice(&other.token_ids);
+        self.acts.extend_from_slice(&other.acts);
+        self.offsets
+            .extend(other.offsets[1..].iter().map(|&o| base + o));
+    }
+
+    /// Windows held.
+    pub fn len(&self) -> usize {
+        self.feature.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.feature.is_empty()
+    }
+
+    /// Tokens over all windows.
+    pub fn tokens(&self) -> usize {
+        self.token_ids.len()
+    }
+
+    /// Window `i`. Panics if `i >= self.len()`.
+    pub fn get(&self, i: usize) -> Window<'_> {
+        let span = self.offsets[i]..self.offsets[i + 1];
+        Window {
+            feature: self.feature[i],
+            kind: self.kind[i],
+            rank: self.rank[i],
+            token_index: self.token_index[i],
+            activation: self.activation[i],
+            focus: self.focus[i],
+            token_ids: &self.token_ids[span.clone()],
+            acts: &self.acts[span],
+        }
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Window<'_>> {
+        (0..self.len()).map(|i| self.get(i))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -185,14 +331,40 @@ fn batch(path: &Path, fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<Reco
 }
 
 /// Writes the three tables, then `summary.json`. Contexts and neighbours must be sorted by
-/// feature: readers then skip row groups by their statistics.
+/// feature: readers then skip row groups by their statistics. The contexts' tokens are named
+/// from `vocab`, indexed by token id; an id outside it is refused before anything is written.
 pub fn write_feature_store(
     dir: &Path,
     features: &[FeatureRow],
-    contexts: &[ContextRow],
+    contexts: &Contexts,
     neighbours: &[NeighbourRow],
+    vocab: &[String],
     summary: &Summary,
 ) -> Result<()> {
+    let contexts_path = dir.join(CONTEXTS_FILE);
+    if let Some(w) = contexts
+        .iter()
+        .find(|w| w.token_ids.iter().any(|&i| i as usize >= vocab.len()))
+    {
+        let id = w.token_ids.iter().find(|&&i| i as usize >= vocab.len());
+        return Err(StoreError::InvalidInput(format!(
+            "{}: the context of feature {} at token {} holds token id {}, outside the vocabulary of {} tokens (does the model match the run?)",
+            contexts_path.display(),
+            w.feature,
+            w.token_index,
+            id.expect("found above"),
+            vocab.len()
+        )));
+    }
+    // Parquet list offsets are 32-bit.
+    if contexts.tokens() > i32::MAX as usize {
+        return Err(StoreError::InvalidInput(format!(
+            "{}: {} context tokens in all, more than a Parquet list column holds ({}); analyse fewer features at a time or shorten the windows",
+            contexts_path.display(),
+            contexts.tokens(),
+            i32::MAX
+        )));
+    }
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
     // A re-analysis first removes the old summary: until the new one lands, the store reads
     // as incomplete rather than as a mix of old and new tables.
@@ -255,7 +427,27 @@ pub fn write_feature_store(
     write_table(&path, b, 16_384)?;
 
     let c = contexts;
-    let path = dir.join(CONTEXTS_FILE);
+    let path = contexts_path;
+    let windows = |values: ArrayRef| -> ArrayRef {
+        let item = Arc::new(Field::new("item", values.data_type().clone(), true));
+        let offsets = c.offsets.iter().map(|&o| o as i32).collect::<Vec<_>>();
+        Arc::new(ListArray::new(
+            item,
+            OffsetBuffer::new(offsets.into()),
+            values,
+            None,
+        ))
+    };
+    let mut names = ListBuilder::with_capacity(
+        StringBuilder::with_capacity(c.tokens(), 8 * c.tokens()),
+        c.len(),
+    );
+    for w in c.iter() {
+        for &id in w.token_ids {
+            names.values().append_value(&vocab[id as usize]);
+        }
+        names.append(true);
+    }
     let b = batch(
         &path,
         vec![
@@ -271,30 +463,26 @@ pub fn write_feature_store(
             list_field("acts", DataType::Float32),
         ],
         vec![
-            Arc::new(UInt32Array::from_iter_values(c.iter().map(|r| r.feature))),
-            Arc::new(StringArray::from_iter_values(c.iter().map(
-                |r| match r.kind {
+            Arc::new(UInt32Array::from(c.feature.clone())),
+            Arc::new(StringArray::from_iter_values(c.kind.iter().map(
+                |k| match k {
                     ContextKind::Top => "top",
                     ContextKind::Interval(_) => "interval",
                 },
             ))),
-            Arc::new(Int16Array::from_iter_values(c.iter().map(
-                |r| match r.kind {
+            Arc::new(Int16Array::from_iter_values(c.kind.iter().map(
+                |k| match k {
                     ContextKind::Top => -1,
-                    ContextKind::Interval(i) => i as i16,
+                    ContextKind::Interval(i) => *i as i16,
                 },
             ))),
-            Arc::new(UInt16Array::from_iter_values(c.iter().map(|r| r.rank))),
-            Arc::new(UInt64Array::from_iter_values(
-                c.iter().map(|r| r.token_index),
-            )),
-            Arc::new(Float32Array::from_iter_values(
-                c.iter().map(|r| r.activation),
-            )),
-            Arc::new(UInt16Array::from_iter_values(c.iter().map(|r| r.focus))),
-            list_u32(c.iter().map(|r| r.token_ids.clone())),
-            list_str(c.iter().map(|r| &r.tokens)),
-            list_f32(c.iter().map(|r| r.acts.clone())),
+            Arc::new(UInt16Array::from(c.rank.clone())),
+            Arc::new(UInt64Array::from(c.token_index.clone())),
+            Arc::new(Float32Array::from(c.activation.clone())),
+            Arc::new(UInt16Array::from(c.focus.clone())),
+            windows(Arc::new(UInt32Array::from(c.token_ids.clone()))),
+            Arc::new(names.finish()),
+            windows(Arc::new(Float32Array::from(c.acts.clone()))),
         ],
     )?;
     // Small row groups: the explorer reads one feature's contexts by skipping to its group.

@@ -2,7 +2,12 @@
 
 use saescope_store::features::*;
 
-fn rows() -> (Vec<FeatureRow>, Vec<ContextRow>, Vec<NeighbourRow>, Summary) {
+/// Token names by id, for the contexts' windows.
+fn vocab() -> Vec<String> {
+    ["<s>", "a", "b", "c", "d"].map(String::from).to_vec()
+}
+
+fn rows() -> (Vec<FeatureRow>, Contexts, Vec<NeighbourRow>, Summary) {
     let features: Vec<FeatureRow> = (0..5u32)
         .map(|f| FeatureRow {
             feature: f,
@@ -24,30 +29,27 @@ fn rows() -> (Vec<FeatureRow>, Vec<ContextRow>, Vec<NeighbourRow>, Summary) {
             head_share: if f % 2 == 0 { vec![0.25, 0.75] } else { vec![] },
         })
         .collect();
-    let contexts = vec![
-        ContextRow {
-            feature: 0,
-            kind: ContextKind::Top,
-            rank: 0,
-            token_index: 1234,
-            activation: 2.5,
-            focus: 2,
-            token_ids: vec![1, 2, 3],
-            tokens: vec!["a".into(), "b".into(), "c".into()],
-            acts: vec![0.0, 0.5, 2.5],
-        },
-        ContextRow {
-            feature: 3,
-            kind: ContextKind::Interval(9),
-            rank: 4,
-            token_index: 99,
-            activation: 0.1,
-            focus: 0,
-            token_ids: vec![4],
-            tokens: vec!["d".into()],
-            acts: vec![0.1],
-        },
-    ];
+    let mut contexts = Contexts::default();
+    contexts.push(Window {
+        feature: 0,
+        kind: ContextKind::Top,
+        rank: 0,
+        token_index: 1234,
+        activation: 2.5,
+        focus: 2,
+        token_ids: &[1, 2, 3],
+        acts: &[0.0, 0.5, 2.5],
+    });
+    contexts.push(Window {
+        feature: 3,
+        kind: ContextKind::Interval(9),
+        rank: 4,
+        token_index: 99,
+        activation: 0.1,
+        focus: 0,
+        token_ids: &[4],
+        acts: &[0.1],
+    });
     let neighbours = vec![NeighbourRow {
         feature: 1,
         rank: 0,
@@ -81,10 +83,13 @@ fn rows() -> (Vec<FeatureRow>, Vec<ContextRow>, Vec<NeighbourRow>, Summary) {
 fn tables_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let (f, c, n, s) = rows();
-    write_feature_store(dir.path(), &f, &c, &n, &s).unwrap();
+    write_feature_store(dir.path(), &f, &c, &n, &vocab(), &s).unwrap();
     let store = FeatureStore::open(dir.path()).unwrap();
     assert_eq!(store.features, f);
-    assert_eq!(store.contexts, c);
+    let named: Vec<ContextRow> = c.iter().map(|w| w.named(&vocab())).collect();
+    assert_eq!(store.contexts, named);
+    assert_eq!(store.contexts[0].tokens, ["a", "b", "c"]);
+    assert_eq!(store.contexts[1].tokens, ["d"]);
     assert_eq!(store.neighbours, n);
     assert_eq!(store.summary, s);
     assert!(!dir.path().join("features.parquet.tmp").exists());
@@ -94,15 +99,42 @@ fn tables_round_trip() {
 fn a_store_without_its_summary_is_refused_with_the_command_that_makes_it() {
     let dir = tempfile::tempdir().unwrap();
     let (f, c, n, s) = rows();
-    write_feature_store(dir.path(), &f, &c, &n, &s).unwrap();
+    write_feature_store(dir.path(), &f, &c, &n, &vocab(), &s).unwrap();
     std::fs::remove_file(dir.path().join(SUMMARY_FILE)).unwrap();
     let e = FeatureStore::open(dir.path()).unwrap_err().to_string();
     assert!(e.contains("saescope analyze"), "{e}");
     // A corrupted table names its file.
-    write_feature_store(dir.path(), &f, &c, &n, &s).unwrap();
+    write_feature_store(dir.path(), &f, &c, &n, &vocab(), &s).unwrap();
     std::fs::write(dir.path().join(CONTEXTS_FILE), b"not parquet").unwrap();
     let e = FeatureStore::open(dir.path()).unwrap_err().to_string();
     assert!(e.contains("contexts.parquet"), "{e}");
+}
+
+#[test]
+fn a_token_outside_the_vocabulary_is_refused_and_the_old_store_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, c, n, s) = rows();
+    write_feature_store(dir.path(), &f, &c, &n, &vocab(), &s).unwrap();
+    let mut bad = c.clone();
+    bad.push(Window {
+        feature: 4,
+        kind: ContextKind::Top,
+        rank: 0,
+        token_index: 7,
+        activation: 1.0,
+        focus: 1,
+        token_ids: &[2, 5],
+        acts: &[0.0, 1.0],
+    });
+    let e = write_feature_store(dir.path(), &f, &bad, &n, &vocab(), &s)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("contexts.parquet"), "{e}");
+    assert!(e.contains("feature 4 at token 7 holds token id 5"), "{e}");
+    assert!(e.contains("vocabulary of 5 tokens"), "{e}");
+    let store = FeatureStore::open(dir.path()).unwrap();
+    assert_eq!(store.contexts.len(), 2);
+    assert_eq!(store.summary, s);
 }
 
 #[test]
@@ -110,7 +142,7 @@ fn neuronpedia_export_carries_every_feature_and_context() {
     use saescope_store::neuronpedia::{ExportInfo, dashboard_batch};
     let dir = tempfile::tempdir().unwrap();
     let (f, c, n, s) = rows();
-    write_feature_store(dir.path(), &f, &c, &n, &s).unwrap();
+    write_feature_store(dir.path(), &f, &c, &n, &vocab(), &s).unwrap();
     let store = FeatureStore::open(dir.path()).unwrap();
     let info = ExportInfo {
         model_id: "smollm2-135m".into(),
@@ -169,9 +201,12 @@ fn one_features_contexts_are_read_from_its_row_groups_alone() {
             ..FeatureRow::default()
         })
         .collect();
-    let contexts: Vec<ContextRow> = (0..n)
-        .flat_map(|f| {
-            (0..5u16).map(move |r| ContextRow {
+    // Built a feature at a time and appended, as `analyze` does.
+    let mut contexts = Contexts::default();
+    for f in 0..n {
+        let mut part = Contexts::with_capacity(5, 10);
+        for r in 0..5u16 {
+            part.push(Window {
                 feature: f,
                 kind: if r < 3 {
                     ContextKind::Top
@@ -182,21 +217,37 @@ fn one_features_contexts_are_read_from_its_row_groups_alone() {
                 token_index: f as u64 * 10 + r as u64,
                 activation: f as f32 + r as f32 / 10.0,
                 focus: 1,
-                token_ids: vec![f, r as u32],
-                tokens: vec![format!("f{f}"), format!("r{r}")],
-                acts: vec![0.0, f as f32],
-            })
-        })
+                token_ids: &[f, n + r as u32],
+                acts: &[0.0, f as f32],
+            });
+        }
+        contexts.append(&part);
+    }
+    let vocab: Vec<String> = (0..n)
+        .map(|f| format!("f{f}"))
+        .chain((0..5).map(|r| format!("r{r}")))
         .collect();
     assert!(contexts.len() > 3 * CONTEXT_ROWS_PER_GROUP);
     s.features = n as u64;
-    write_feature_store(dir.path(), &features, &contexts, &[], &s).unwrap();
+    write_feature_store(dir.path(), &features, &contexts, &[], &vocab, &s).unwrap();
     let file = ContextsFile::open(dir.path()).unwrap();
     for f in [0, 1, 818, 819, 820, 1_638, 2_999] {
-        let want: Vec<ContextRow> = contexts
-            .iter()
-            .filter(|c| c.feature == f)
-            .cloned()
+        let want: Vec<ContextRow> = (0..5u16)
+            .map(|r| ContextRow {
+                feature: f,
+                kind: if r < 3 {
+                    ContextKind::Top
+                } else {
+                    ContextKind::Interval(r as u8)
+                },
+                rank: r,
+                token_index: f as u64 * 10 + r as u64,
+                activation: f as f32 + r as f32 / 10.0,
+                focus: 1,
+                token_ids: vec![f, n + r as u32],
+                tokens: vec![format!("f{f}"), format!("r{r}")],
+                acts: vec![0.0, f as f32],
+            })
             .collect();
         assert_eq!(file.of(f).unwrap(), want, "feature {f}");
         assert_eq!(
