@@ -255,9 +255,10 @@ fn main() {
             per_round.join(", ")
         );
         println!(
-            "last analysis: folding spanned {:.1} s of wall time on idle-priority threads and used {:.1} s of CPU time, {:.2} s after the last batch encoded; rows built in {:.2} s; {} contexts",
+            "last analysis: folding spanned {:.1} s of wall time on idle-priority threads and used {:.1} s of CPU time; the encoder waited {:.2} s for it, and it ended {:.2} s after the last batch encoded; rows built in {:.2} s; {} contexts",
             a.fold_seconds,
             a.fold_cpu_seconds,
+            a.wait_seconds,
             a.drain_seconds,
             a.finish_seconds,
             a.contexts.len(),

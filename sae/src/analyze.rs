@@ -227,6 +227,9 @@ pub struct Analysis {
     pub fold_cpu_seconds: f64,
     /// Wall time between the last batch encoded and the last row folded.
     pub drain_seconds: f64,
+    /// Wall time the encoding thread waited for the folder to take a batch: near zero when the
+    /// analysis keeps up with the encoder.
+    pub wait_seconds: f64,
     /// Wall time turning the states into rows.
     pub finish_seconds: f64,
 }
@@ -841,6 +844,7 @@ pub fn analyze(
     let pool = fold_pool()?;
     let fold_threads = &pool;
     let mut analysed = 0u64;
+    let mut waited = std::time::Duration::ZERO;
     let ((folded, cooccur, fold_seconds), read_result, drain_seconds) =
         std::thread::scope(|scope| {
             let folder = scope.spawn(move || {
@@ -890,7 +894,10 @@ pub fn analyze(
                         vals: Vec::<f32>::try_from(cpu(&codes.vals.to_kind(Kind::Float)))?,
                         offsets: Vec::<i64>::try_from(cpu(&codes.offsets))?,
                     };
-                    if send.send(encoded).is_err() {
+                    let t = std::time::Instant::now();
+                    let sent = send.send(encoded);
+                    waited += t.elapsed();
+                    if sent.is_err() {
                         break; // the folder stopped: its panic surfaces at join
                     }
                     analysed += take as u64;
@@ -915,6 +922,7 @@ pub fn analyze(
     a.fold_seconds = fold_seconds;
     a.fold_cpu_seconds = pool.broadcast(|_| thread_cpu_seconds()).iter().sum();
     a.drain_seconds = drain_seconds;
+    a.wait_seconds = waited.as_secs_f64();
     a.finish_seconds = t.elapsed().as_secs_f64();
     Ok(a)
 }
@@ -1057,6 +1065,7 @@ fn finish(
         fold_seconds: 0.0,
         fold_cpu_seconds: 0.0,
         drain_seconds: 0.0,
+        wait_seconds: 0.0,
         finish_seconds: 0.0,
     }
 }

@@ -110,6 +110,12 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     pb.finish_and_clear();
     let pass_s = t_pass.elapsed().as_secs_f64();
+    tracing::debug!(
+        "folding used {:.1} s of CPU time on idle-priority threads; the encoder waited {:.2} s for it; rows built in {:.2} s",
+        analysis.fold_cpu_seconds,
+        analysis.wait_seconds,
+        analysis.finish_seconds
+    );
 
     let out = a.out.clone().unwrap_or_else(|| opened.dir.join("features"));
     let n = analysis.features.len() as u64;
