@@ -342,17 +342,16 @@ pub fn write_feature_store(
     summary: &Summary,
 ) -> Result<()> {
     let contexts_path = dir.join(CONTEXTS_FILE);
-    if let Some(w) = contexts
-        .iter()
-        .find(|w| w.token_ids.iter().any(|&i| i as usize >= vocab.len()))
-    {
-        let id = w.token_ids.iter().find(|&&i| i as usize >= vocab.len());
+    let outside = contexts.iter().find_map(|w| {
+        let id = w.token_ids.iter().find(|&&i| i as usize >= vocab.len())?;
+        Some((w, *id))
+    });
+    if let Some((w, id)) = outside {
         return Err(StoreError::InvalidInput(format!(
-            "{}: the context of feature {} at token {} holds token id {}, outside the vocabulary of {} tokens (does the model match the run?)",
+            "{}: the context of feature {} at token {} holds token id {id}, outside the vocabulary of {} tokens (does the model match the run?)",
             contexts_path.display(),
             w.feature,
             w.token_index,
-            id.expect("found above"),
             vocab.len()
         )));
     }
@@ -428,26 +427,13 @@ pub fn write_feature_store(
 
     let c = contexts;
     let path = contexts_path;
+    // The three list columns share one set of window offsets.
+    let offsets = OffsetBuffer::new(c.offsets.iter().map(|&o| o as i32).collect());
     let windows = |values: ArrayRef| -> ArrayRef {
         let item = Arc::new(Field::new("item", values.data_type().clone(), true));
-        let offsets = c.offsets.iter().map(|&o| o as i32).collect::<Vec<_>>();
-        Arc::new(ListArray::new(
-            item,
-            OffsetBuffer::new(offsets.into()),
-            values,
-            None,
-        ))
+        Arc::new(ListArray::new(item, offsets.clone(), values, None))
     };
-    let mut names = ListBuilder::with_capacity(
-        StringBuilder::with_capacity(c.tokens(), 8 * c.tokens()),
-        c.len(),
-    );
-    for w in c.iter() {
-        for &id in w.token_ids {
-            names.values().append_value(&vocab[id as usize]);
-        }
-        names.append(true);
-    }
+    let names = StringArray::from_iter_values(c.token_ids.iter().map(|&i| &vocab[i as usize]));
     let b = batch(
         &path,
         vec![
@@ -481,7 +467,7 @@ pub fn write_feature_store(
             Arc::new(Float32Array::from(c.activation.clone())),
             Arc::new(UInt16Array::from(c.focus.clone())),
             windows(Arc::new(UInt32Array::from(c.token_ids.clone()))),
-            Arc::new(names.finish()),
+            windows(Arc::new(names)),
             windows(Arc::new(Float32Array::from(c.acts.clone()))),
         ],
     )?;
