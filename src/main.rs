@@ -1,7 +1,6 @@
 //! `saescope`: the command-line front of the workbench. Each subcommand is a thin layer that
 //! parses arguments, shows progress and formats results; the work lives in the library crates.
 
-mod assets;
 mod commands;
 mod progress;
 
@@ -85,7 +84,7 @@ fn main() -> ExitCode {
 /// passively leave it their idle cycles (see `reexec_with_passive_openmp`). A policy the user
 /// set is kept.
 fn passive_openmp() {
-    use saescope_sae::analyze::{PASSIVE_OPENMP_MARK, reexec_with_passive_openmp};
+    use saescope_analysis::features::{PASSIVE_OPENMP_MARK, reexec_with_passive_openmp};
     if let Some(e) = reexec_with_passive_openmp() {
         tracing::warn!(
             "could not restart with OMP_WAIT_POLICY=PASSIVE ({e}); analysing with the default policy"
@@ -110,6 +109,14 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_env_filter(filter)
         .with_target(false)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .without_time()
         .init();
+}
+
+/// Colour in log lines only on a terminal, and never when `NO_COLOR` is set (no-color.org):
+/// a redirected log stays plain text.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }

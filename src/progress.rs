@@ -27,6 +27,38 @@ pub fn bar(total: u64, message: &str, unit: &str) -> ProgressBar {
     pb
 }
 
+/// A bar for library work that reports (done, planned): made at the first report, when the
+/// total is known.
+pub struct Tracker {
+    bar: Option<ProgressBar>,
+    message: &'static str,
+    unit: &'static str,
+}
+
+impl Tracker {
+    pub fn new(message: &'static str, unit: &'static str) -> Tracker {
+        Tracker {
+            bar: None,
+            message,
+            unit,
+        }
+    }
+
+    /// Moves the bar to `done` of `total`.
+    pub fn update(&mut self, done: u64, total: u64) {
+        let (message, unit) = (self.message, self.unit);
+        self.bar
+            .get_or_insert_with(|| bar(total, message, unit))
+            .set_position(done);
+    }
+
+    pub fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// A spinner for work of unknown length (a download), with elapsed time.
 pub fn spinner(message: &str) -> ProgressBar {
     if QUIET.load(Ordering::Relaxed) {

@@ -209,11 +209,13 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     assert!(!t.contains("opening the explorer"), "{t}");
     assert!(t.contains("sequential 3000 tokens x 576"), "{t}");
     assert!(t.contains("shuffled   3000 tokens x 576"), "{t}");
-    // The run has one shard, so training and held-out tokens coincide; BOS is left out.
     assert!(
         t.contains("trained topk on blocks.6.hook_resid_post (6 steps, 6144 tokens)"),
         "{t}"
     );
+    // The run has one shard of 24 contexts (the last one short): the last ceil(0.1 x 24) = 3
+    // are held out, tokens 2688..3000 less their 3 BOS positions.
+    assert!(t.contains("held-out (309 tokens)"), "{t}");
     let fvu: f64 = t
         .split("FVU ")
         .nth(1)
@@ -611,4 +613,29 @@ fn analyze_runs_with_passive_openmp_threads_unless_told_otherwise() {
     let t = run(Some("ACTIVE"));
     assert!(!t.contains("OMP_WAIT_POLICY=PASSIVE"), "{t}");
     assert!(t.contains("no-dictionary"), "{t}");
+}
+
+/// Log lines carry colour only on a terminal: a log redirected to a file (here a pipe) is plain
+/// text, with or without NO_COLOR.
+#[test]
+fn redirected_logs_have_no_colour_codes() {
+    let missing = tempfile::tempdir().unwrap().path().join("no-dictionary");
+    for no_color in [None, Some("1")] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_saescope"));
+        c.args(["analyze", "--dict", missing.to_str().unwrap()])
+            .env_remove("OMP_WAIT_POLICY")
+            .env_remove("SAESCOPE_PASSIVE_OPENMP")
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let o = c.output().expect("the saescope binary runs");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("INFO"), "an info line was logged: {err}");
+        assert!(
+            !err.contains('\u{1b}'),
+            "no escape codes in a redirected log: {err:?}"
+        );
+    }
 }

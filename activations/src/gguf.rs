@@ -6,6 +6,7 @@
 //! hostile file gives an [`GgufError`] naming what was wrong, never a panic or an out-of-bounds
 //! read. Counts are also capped before anything is allocated from them.
 
+use crate::error::GgufError;
 use half::{bf16, f16};
 use std::collections::BTreeMap;
 
@@ -16,43 +17,36 @@ const MAX_TENSORS: u64 = 1 << 20;
 const MAX_KV: u64 = 1 << 20;
 const MAX_DIMS: u32 = 8;
 
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum GgufError {
-    #[error("not a GGUF file (magic bytes are {0:?}, expected \"GGUF\")")]
-    BadMagic([u8; 4]),
-    #[error("GGUF version {0} is not supported (saescope reads versions 2 and 3)")]
-    UnsupportedVersion(u32),
-    #[error("truncated at byte {at} while reading {what} (file is {len} bytes)")]
-    Truncated { what: String, at: usize, len: usize },
-    #[error("invalid {what}: {message}")]
-    Invalid { what: String, message: String },
-    #[error(
-        "tensor `{name}` has type {ty}, which saescope cannot dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)"
-    )]
-    UnsupportedType { name: String, ty: String },
-    #[error("no tensor named `{0}`")]
-    MissingTensor(String),
-    #[error("metadata key `{key}`: {message}")]
-    Metadata { key: String, message: String },
-}
-
 type Result<T> = std::result::Result<T, GgufError>;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// Unsigned 8-bit integer (value type 0).
     U8(u8),
+    /// Signed 8-bit integer (value type 1).
     I8(i8),
+    /// Unsigned 16-bit integer (value type 2).
     U16(u16),
+    /// Signed 16-bit integer (value type 3).
     I16(i16),
+    /// Unsigned 32-bit integer (value type 4).
     U32(u32),
+    /// Signed 32-bit integer (value type 5).
     I32(i32),
+    /// 32-bit float (value type 6).
     F32(f32),
+    /// Boolean, one byte, nonzero meaning true (value type 7).
     Bool(bool),
+    /// UTF-8 string with a u64 byte length (value type 8).
     String(String),
+    /// Values of one element type with a u64 count (value type 9); arrays nest at most three deep.
     Array(Vec<Value>),
+    /// Unsigned 64-bit integer (value type 10).
     U64(u64),
+    /// Signed 64-bit integer (value type 11).
     I64(i64),
+    /// 64-bit float (value type 12).
     F64(f64),
 }
 
@@ -72,6 +66,8 @@ impl Value {
         }
     }
 
+    /// The value as a float: a float, or an integer that [`Value::as_u64`] accepts (not a
+    /// negative one).
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             Value::F32(v) => Some(v as f64),
@@ -80,6 +76,7 @@ impl Value {
         }
     }
 
+    /// The value as text, if it is a string.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
@@ -91,14 +88,26 @@ impl Value {
 /// ggml's tensor element types (the ones saescope can read, and the others by number).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GgmlType {
+    /// 32-bit IEEE float, 4 bytes a value (type 0).
     F32,
+    /// 16-bit IEEE half float, 2 bytes a value (type 1).
     F16,
+    /// Blocks of 32 4-bit values q and an f16 scale d, 18 bytes: x = d·(q - 8) (type 2).
     Q4_0,
+    /// Blocks of 32 4-bit values q, an f16 scale d and an f16 min m, 20 bytes: x = d·q + m
+    /// (type 3).
     Q4_1,
+    /// Blocks of 32 signed 8-bit values q and an f16 scale d, 34 bytes: x = d·q (type 8).
     Q8_0,
+    /// Q4_K: super-blocks of 256 4-bit values, 144 bytes: 8 sub-blocks of 32, each with a 6-bit
+    /// scale s and min m under two f16s d and dmin: x = d·s·q - dmin·m (type 12).
     Q4K,
+    /// Q6_K: super-blocks of 256 6-bit values, 210 bytes: 16 sub-blocks of 16, each with a signed
+    /// 8-bit scale s, under one f16 d: x = d·s·(q - 32) (type 14).
     Q6K,
+    /// bfloat16 (the top 16 bits of an f32), 2 bytes a value (type 30).
     Bf16,
+    /// Any other ggml type, by its number: described, but refused when its data is read.
     Other(u32),
 }
 
@@ -131,6 +140,7 @@ impl GgmlType {
         })
     }
 
+    /// The name llama.cpp uses (`Q4_K`, `BF16`, ...), or `ggml type N` for any other type.
     pub fn name(self) -> String {
         match self {
             GgmlType::Other(v) => format!("ggml type {v}"),
@@ -146,15 +156,20 @@ impl GgmlType {
 /// innermost first, so `[in, out]` there is `[out, in]` here.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorInfo {
+    /// The tensor's name in the file, e.g. `blk.0.attn_q.weight`.
     pub name: String,
+    /// Dimensions, outermost first (the reverse of the file's order).
     pub shape: Vec<usize>,
+    /// How the elements are stored (float or block-quantized).
     pub ty: GgmlType,
     /// Absolute byte range of the data within the file.
     pub start: usize,
+    /// Byte length of the data; 0 (and `start` 0) for a type saescope cannot read.
     pub len: usize,
 }
 
 impl TensorInfo {
+    /// Number of elements: the product of the shape.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -163,8 +178,11 @@ impl TensorInfo {
 /// A parsed GGUF file.
 #[derive(Debug)]
 pub struct Gguf<'a> {
+    /// Format version from the header (2 or 3; others are refused).
     pub version: u32,
+    /// Metadata by key (e.g. `llama.block_count`), in key order.
     pub metadata: BTreeMap<String, Value>,
+    /// Every tensor's description, in the file's order.
     pub tensors: Vec<TensorInfo>,
     data: &'a [u8],
 }
@@ -383,6 +401,7 @@ impl<'a> Gguf<'a> {
         })
     }
 
+    /// A tensor's description by name, or `None` if the file has no such tensor.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }

@@ -9,19 +9,30 @@
 //!
 //! Hugging Face stores GPT-2's linear layers as Conv1D, [in, out]: they are used as stored.
 
+use crate::attention::{causal_attention, causal_mask};
+use crate::error::ModelError;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
-use crate::llama::{ModelError, Result, causal_attention, causal_mask, forward_plan};
 use tch::{Device, Kind, Tensor};
 
+type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// GPT-2's sizes, read from a checkpoint's `config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gpt2Config {
+    /// Transformer blocks (`n_layer`).
     pub n_layers: usize,
+    /// Width of the residual stream (`n_embd`).
     pub d_model: usize,
+    /// Attention heads (`n_head`), each d_model / n_heads wide.
     pub n_heads: usize,
+    /// Hidden width of the MLP (`n_inner`, default 4 × d_model).
     pub d_mlp: usize,
+    /// Tokens in the vocabulary: rows of the token embedding (`vocab_size`).
     pub vocab: usize,
+    /// Longest input in tokens: rows of the position embedding (`n_positions`).
     pub ctx_len: usize,
+    /// Epsilon of every LayerNorm (`layer_norm_epsilon`, default 1e-5).
     pub ln_eps: f64,
 }
 
@@ -43,7 +54,9 @@ struct Block {
     b_proj: Tensor,
 }
 
+/// A GPT-2 model's weights on one device, ready to run under hooks.
 pub struct Gpt2 {
+    /// Sizes from the checkpoint's `config.json`.
     pub cfg: Gpt2Config,
     wte: Tensor,
     wpe: Tensor,
@@ -72,22 +85,23 @@ impl Gpt2 {
 
     /// Loads a Hugging Face `GPT2LMHeadModel` checkpoint.
     pub fn from_hf(ckpt: &HfCheckpoint, device: Device, kind: Kind) -> Result<Self> {
-        if let Some(act) = ckpt.config["activation_function"].as_str()
+        let c = &ckpt.config;
+        if let Some(act) = c.activation_function.as_deref()
             && !matches!(act, "gelu_new" | "gelu_pytorch_tanh")
         {
             return Err(ModelError::Config(format!(
                 "GPT-2 activation `{act}` is not supported (gelu_new is)"
             )));
         }
-        let d = ckpt.usize("n_embd")?;
+        let d = ckpt.need("n_embd", c.n_embd)?;
         let cfg = Gpt2Config {
-            n_layers: ckpt.usize("n_layer")?,
+            n_layers: ckpt.need("n_layer", c.n_layer)?,
             d_model: d,
-            n_heads: ckpt.usize("n_head")?,
-            d_mlp: ckpt.usize("n_inner").unwrap_or(4 * d),
-            vocab: ckpt.usize("vocab_size")?,
-            ctx_len: ckpt.usize("n_positions")?,
-            ln_eps: ckpt.f64_or("layer_norm_epsilon", 1e-5),
+            n_heads: ckpt.need("n_head", c.n_head)?,
+            d_mlp: c.n_inner.unwrap_or(4 * d),
+            vocab: ckpt.need("vocab_size", c.vocab_size)?,
+            ctx_len: ckpt.need("n_positions", c.n_positions)?,
+            ln_eps: c.layer_norm_epsilon.unwrap_or(1e-5),
         };
         if cfg.n_heads == 0 || d % cfg.n_heads != 0 {
             return Err(ModelError::Config(format!(
@@ -138,6 +152,7 @@ impl Gpt2 {
         })
     }
 
+    /// The shape of one token's value at a hook (heads x d_head for `attn.hook_z`).
     pub fn hook_shape(&self, kind: HookKind) -> Vec<usize> {
         match kind {
             HookKind::AttnZ => vec![self.cfg.n_heads, self.cfg.d_model / self.cfg.n_heads],
@@ -160,8 +175,7 @@ impl Gpt2 {
     // `x = x + y`: in-place `+=` would change residual values already captured by hooks.
     #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
-        let Some((b, t, last)) =
-            forward_plan(ids, hooks, logits, self.cfg.n_layers, self.cfg.ctx_len)?
+        let Some((b, t, last)) = hooks.plan(ids, logits, self.cfg.n_layers, self.cfg.ctx_len)?
         else {
             return Ok(None);
         };

@@ -7,51 +7,25 @@
 //! `j*B .. (j+1)*B`), so a resumed run recomputes exactly the batch it stopped in and writes
 //! the same values an uninterrupted run would have.
 
-use crate::corpus::{CorpusError, CorpusSource, Document};
+use crate::corpus::{CorpusSource, Document};
+use crate::error::{CorpusError, HarvestError, ModelError};
 use crate::hooks::{HookPoint, Hooks};
-use crate::llama::ModelError;
 use crate::model::Model;
-use crate::tokenizer::{TextTokenizer, TokenizerError};
+use crate::tokenizer::TextTokenizer;
 use saescope_store::{
     BosHandling, ContextInfo, CorpusInfo, Dtype, HookInfo, Manifest, ModelInfo, RunSpec, RunWriter,
-    StoreError, TokenRecord, TokenizerInfo, WriterOptions,
+    TokenRecord, TokenizerInfo, WriterOptions,
 };
 use std::collections::VecDeque;
 use std::path::Path;
 use tch::{Kind, Tensor};
-
-#[derive(Debug, thiserror::Error)]
-pub enum HarvestError {
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    #[error(transparent)]
-    Corpus(#[from] CorpusError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Config(String),
-    #[error("the corpus {0} produced no tokens")]
-    EmptyCorpus(String),
-    #[error(
-        "{run}: cannot resume: it was harvested with {field} = {was}, and this command asks for {now}"
-    )]
-    Mismatch {
-        run: String,
-        field: String,
-        was: String,
-        now: String,
-    },
-    #[error(transparent)]
-    Torch(#[from] tch::TchError),
-}
 
 type Result<T> = std::result::Result<T, HarvestError>;
 
 /// What to harvest and how to store it.
 #[derive(Clone, Debug)]
 pub struct HarvestConfig {
+    /// Hook points to capture (at least one), in the order the run lists them.
     pub hooks: Vec<HookPoint>,
     /// Tokens per context, BOS included.
     pub ctx_len: usize,
@@ -61,23 +35,28 @@ pub struct HarvestConfig {
     pub max_tokens: Option<u64>,
     /// How activations are stored on disk.
     pub storage: Dtype,
+    /// Shard and row-group sizes and compression of a new run (unused when resuming).
     pub writer: WriterOptions,
 }
 
 /// What a finished (or resumed and finished) harvest did.
 #[derive(Debug)]
 pub struct HarvestReport {
+    /// The run's manifest as finished.
     pub manifest: Manifest,
     /// Tokens written by this invocation (less than the total when resuming).
     pub tokens_this_run: u64,
     /// Invalid UTF-8 sequences replaced by U+FFFD in the documents read.
     pub replaced_sequences: usize,
+    /// Non-empty documents taken from the corpus, counted from its start even when resuming.
     pub documents: u64,
 }
 
 /// One packed context: token ids and where each came from.
 pub struct Context {
+    /// Token ids, BOS first: `ctx_len` of them, fewer only in the corpus's last context.
     pub ids: Vec<i64>,
+    /// Each token's provenance (context, document, positions), aligned with `ids`.
     pub records: Vec<TokenRecord>,
 }
 
@@ -94,6 +73,8 @@ pub struct Packer<'a> {
 }
 
 impl<'a> Packer<'a> {
+    /// A packer over `corpus`'s documents into contexts of `ctx_len` tokens, BOS included;
+    /// fails if the corpus cannot be opened.
     pub fn new(corpus: &CorpusSource, tok: &'a TextTokenizer, ctx_len: usize) -> Result<Self> {
         Ok(Packer {
             docs: corpus.documents()?,
@@ -258,7 +239,9 @@ pub fn validate(model: &Model, cfg: &HarvestConfig) -> Result<()> {
 
 /// A model with its tokenizer and provenance: what turns text into activations.
 pub struct Harvester<'a> {
+    /// The model to run.
     pub model: &'a Model,
+    /// Splits documents into tokens and gives the BOS and EOS ids; named in the manifest.
     pub tokenizer: &'a TextTokenizer,
     /// Recorded in the run's manifest (name, file, sha256, compute dtype).
     pub model_info: ModelInfo,

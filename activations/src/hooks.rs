@@ -1,6 +1,7 @@
 //! Named hook points (TransformerLens names, which SAELens users know) and what a forward pass
 //! does at them: capture the value, replace it, or add to it.
 
+use crate::error::ModelError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
@@ -26,6 +27,7 @@ pub enum HookKind {
 }
 
 impl HookKind {
+    /// Every kind, in the order a block computes them.
     pub const ALL: [HookKind; 6] = [
         HookKind::ResidPre,
         HookKind::AttnZ,
@@ -50,11 +52,14 @@ impl HookKind {
 /// A hook point: a layer and a kind, written `blocks.{layer}.{suffix}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HookPoint {
+    /// The block, from 0.
     pub layer: usize,
+    /// Where in the block.
     pub kind: HookKind,
 }
 
 impl HookPoint {
+    /// The hook `kind` of block `layer`.
     pub fn new(layer: usize, kind: HookKind) -> Self {
         HookPoint { layer, kind }
     }
@@ -66,15 +71,17 @@ impl fmt::Display for HookPoint {
     }
 }
 
+/// A string that is not a hook name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` is not a hook name; hooks are blocks.L.{{hook_resid_pre,attn.hook_z,hook_attn_out,mlp.hook_post,hook_mlp_out,hook_resid_post}}"
+)]
+pub struct HookParseError(pub String);
+
 impl FromStr for HookPoint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "`{s}` is not a hook name; hooks are blocks.L.{{{}}}",
-                HookKind::ALL.map(|k| k.suffix()).join(",")
-            )
-        };
+    type Err = HookParseError;
+    fn from_str(s: &str) -> Result<Self, HookParseError> {
+        let bad = || HookParseError(s.to_owned());
         let rest = s.strip_prefix("blocks.").ok_or_else(bad)?;
         let (layer, suffix) = rest.split_once('.').ok_or_else(bad)?;
         let layer = layer.parse().map_err(|_| bad())?;
@@ -83,6 +90,25 @@ impl FromStr for HookPoint {
             .find(|k| k.suffix() == suffix)
             .ok_or_else(bad)?;
         Ok(HookPoint { layer, kind })
+    }
+}
+
+impl HookPoint {
+    /// Parses hook names, expanding `blocks.*.X` to `X` at every one of `n_layers` layers;
+    /// repeated names are kept once.
+    pub fn parse_list(names: &[String], n_layers: usize) -> Result<Vec<HookPoint>, HookParseError> {
+        let mut out = Vec::new();
+        for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            if let Some(rest) = name.strip_prefix("blocks.*.") {
+                for l in 0..n_layers {
+                    out.push(format!("blocks.{l}.{rest}").parse::<HookPoint>()?);
+                }
+            } else {
+                out.push(name.parse::<HookPoint>()?);
+            }
+        }
+        out.dedup();
+        Ok(out)
     }
 }
 
@@ -111,20 +137,24 @@ pub struct Hooks {
 }
 
 impl Hooks {
+    /// No hooks: the plain forward pass.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Also capture the value at `point`.
     pub fn capture(mut self, point: HookPoint) -> Self {
         self.capture.insert(point);
         self
     }
 
+    /// Also change the value at `point`.
     pub fn intervene(mut self, point: HookPoint, what: Intervention) -> Self {
         self.interventions.insert(point, what);
         self
     }
 
+    /// Also capture layer `layer`'s attention pattern and value vectors.
     pub fn capture_pattern(mut self, layer: usize) -> Self {
         self.patterns.insert(layer);
         self
@@ -138,6 +168,7 @@ impl Hooks {
         a.max(b).max(c)
     }
 
+    /// Every point captured or changed.
     pub fn points(&self) -> impl Iterator<Item = HookPoint> + '_ {
         self.capture
             .iter()
@@ -174,6 +205,7 @@ impl Hooks {
         self.captured.remove(&point)
     }
 
+    /// Takes a captured attention pattern [batch, heads, query, key] out.
     pub fn take_pattern(&mut self, layer: usize) -> Option<Tensor> {
         self.captured_patterns.remove(&layer)
     }
@@ -182,5 +214,36 @@ impl Hooks {
     /// per query head (shared key/value heads repeated): `z[q] = Σ_k pattern[q, k] · v[k]`.
     pub fn take_values(&mut self, layer: usize) -> Option<Tensor> {
         self.captured_values.remove(&layer)
+    }
+
+    /// What every forward pass checks first: the hooks exist in a model of `n_layers`, and the
+    /// input ids [batch, pos] fit its context of `ctx_len`. Returns (batch, positions, last layer
+    /// to run), or `None` when nothing needs computing (no logits asked for and no hook set).
+    pub fn plan(
+        &self,
+        ids: &Tensor,
+        logits: bool,
+        n_layers: usize,
+        ctx_len: usize,
+    ) -> Result<Option<(i64, i64, usize)>, ModelError> {
+        if let Some(p) = self.points().find(|p| p.layer >= n_layers) {
+            return Err(ModelError::UnknownHook {
+                point: p.to_string(),
+                layers: n_layers,
+            });
+        }
+        let (b, t) = ids.size2()?;
+        if t as usize > ctx_len {
+            return Err(ModelError::TooLong {
+                len: t as usize,
+                max: ctx_len,
+            });
+        }
+        let last = if logits {
+            Some(n_layers - 1)
+        } else {
+            self.last_layer()
+        };
+        Ok(last.map(|l| (b, t, l)))
     }
 }

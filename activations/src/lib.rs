@@ -3,14 +3,20 @@
 //! This crate owns running language models to get their activations: model files (the GGUF
 //! container with its quantized tensor types in [`gguf`], Hugging Face safetensors checkpoints in
 //! [`hf`]), tokenizers ([`tokenizer`]), the Llama and GPT-2 forward passes ([`llama`], [`gpt2`],
-//! one type for both in [`model`]) with named hook points that can be read and replaced
-//! ([`hooks`]), text corpora ([`corpus`]), and the harvester that streams a corpus through a model
-//! into an activation run ([`harvest`]).
+//! sharing [`attention`]; one type for both, and the entry points that open a model, in
+//! [`model`]) with named hook points that can be read and replaced ([`hooks`]), text corpora
+//! ([`corpus`]), the bundled model and corpora in saescope's cache ([`assets`]), and the
+//! harvester that streams a corpus through a model into an activation run ([`harvest`]). Every
+//! error type is in [`error`].
 //!
-//! It does not own the run's on-disk format (that is `saescope-store`) nor anything learned from
-//! activations (that is `saescope-sae`).
+//! It does not own the run's on-disk format (that is `saescope-store`), anything learned from
+//! activations (`saescope-sae`), or the analyses that run a dictionary inside a model
+//! (`saescope-analysis`).
 
+pub mod assets;
+pub mod attention;
 pub mod corpus;
+pub mod error;
 pub mod gguf;
 pub mod gpt2;
 pub mod harvest;
@@ -19,3 +25,6 @@ pub mod hooks;
 pub mod llama;
 pub mod model;
 pub mod tokenizer;
+
+pub use error::{AssetError, CorpusError, GgufError, HarvestError, ModelError, TokenizerError};
+pub use model::{Compute, Model, TextModel};

@@ -8,34 +8,14 @@
 //!   m = RMSNorm(x) · g₂;  x = x + (silu(m W_gate) ⊙ m W_up) W_down
 //! logits = RMSNorm(x) · g_f W_Uᵀ
 
-use crate::gguf::{Gguf, GgufError};
+use crate::attention::{causal_attention, causal_mask};
+use crate::error::{GgufError, ModelError};
+use crate::gguf::Gguf;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
 use tch::{Device, Kind, Tensor};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error(transparent)]
-    Gguf(#[from] GgufError),
-    #[error("architecture `{0}` is not supported (saescope runs llama and gpt2 families)")]
-    UnsupportedArchitecture(String),
-    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape {
-        name: String,
-        expected: Vec<i64>,
-        found: Vec<i64>,
-    },
-    #[error("model config: {0}")]
-    Config(String),
-    #[error("hook `{point}` does not exist in this model (it has {layers} layers: blocks.0 to blocks.{last})", last = layers - 1)]
-    UnknownHook { point: String, layers: usize },
-    #[error("input of {len} tokens is longer than the model's context of {max}")]
-    TooLong { len: usize, max: usize },
-    #[error(transparent)]
-    Torch(#[from] tch::TchError),
-}
-
-pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// How rotary embeddings pair up the dimensions of a head. llama.cpp's GGUF conversion permutes
 /// the Q and K weights so that rotating interleaved pairs (2i, 2i+1) on them equals Hugging
@@ -48,18 +28,30 @@ pub enum RopeLayout {
     RotateHalf,
 }
 
+/// A Llama-family model's sizes and settings, from GGUF metadata or a `config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
+    /// Decoder blocks.
     pub n_layers: usize,
+    /// Width of the residual stream.
     pub d_model: usize,
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads, each shared by n_heads / n_kv_heads query heads (default n_heads).
     pub n_kv_heads: usize,
+    /// Width of one head (default d_model / n_heads); must be even for RoPE.
     pub d_head: usize,
+    /// Hidden width of the SwiGLU MLP (the outputs of W_gate and W_up).
     pub d_mlp: usize,
+    /// Tokens in the vocabulary: rows of the embedding and unembedding.
     pub vocab: usize,
+    /// Longest input in tokens the model was made for; longer ones are refused.
     pub ctx_len: usize,
+    /// Epsilon added to the mean square in every RMSNorm (1e-6 if `config.json` omits it).
     pub rms_eps: f64,
+    /// RoPE frequency base θ: pair i turns by position · θ^(-2i/d_head) (default 10,000).
     pub rope_base: f64,
+    /// Pairing of the source's Q and K rows; interleaved ones are made rotate-half at load.
     pub rope: RopeLayout,
 }
 
@@ -136,7 +128,9 @@ struct Block {
     w_down: Tensor,
 }
 
+/// A Llama-family model's weights on one device, ready to run under hooks.
 pub struct Llama {
+    /// Sizes and settings it was built with.
     pub cfg: LlamaConfig,
     embed: Tensor,
     blocks: Vec<Block>,
@@ -244,21 +238,25 @@ impl Llama {
     /// Builds the model from a Hugging Face checkpoint (`LlamaForCausalLM`, and Qwen2- or
     /// Mistral-shaped ones): their Q and K weights are in the rotate-half layout.
     pub fn from_hf(ckpt: &HfCheckpoint, device: Device, kind: Kind) -> Result<Self> {
-        let n_heads = ckpt.usize("num_attention_heads")?;
-        let d_model = ckpt.usize("hidden_size")?;
-        let rope_base = ckpt.config["rope_parameters"]["rope_theta"]
-            .as_f64()
-            .unwrap_or_else(|| ckpt.f64_or("rope_theta", 10_000.0));
+        let c = &ckpt.config;
+        let n_heads = ckpt.need("num_attention_heads", c.num_attention_heads)?;
+        let d_model = ckpt.need("hidden_size", c.hidden_size)?;
+        let rope_base = c
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(c.rope_theta)
+            .unwrap_or(10_000.0);
         let cfg = LlamaConfig {
-            n_layers: ckpt.usize("num_hidden_layers")?,
+            n_layers: ckpt.need("num_hidden_layers", c.num_hidden_layers)?,
             d_model,
             n_heads,
-            n_kv_heads: ckpt.usize("num_key_value_heads").unwrap_or(n_heads),
-            d_head: ckpt.usize("head_dim").unwrap_or(d_model / n_heads.max(1)),
-            d_mlp: ckpt.usize("intermediate_size")?,
-            vocab: ckpt.usize("vocab_size")?,
-            ctx_len: ckpt.usize("max_position_embeddings")?,
-            rms_eps: ckpt.f64_or("rms_norm_eps", 1e-6),
+            n_kv_heads: c.num_key_value_heads.unwrap_or(n_heads),
+            d_head: c.head_dim.unwrap_or(d_model / n_heads.max(1)),
+            d_mlp: ckpt.need("intermediate_size", c.intermediate_size)?,
+            vocab: ckpt.need("vocab_size", c.vocab_size)?,
+            ctx_len: ckpt.need("max_position_embeddings", c.max_position_embeddings)?,
+            rms_eps: c.rms_norm_eps.unwrap_or(1e-6),
             rope_base,
             rope: RopeLayout::RotateHalf,
         };
@@ -313,6 +311,7 @@ impl Llama {
         })
     }
 
+    /// The device the weights live on and the forward pass runs on.
     pub fn device(&self) -> Device {
         self.device
     }
@@ -387,8 +386,7 @@ impl Llama {
     // residual-stream values already captured by hooks (they share storage).
     #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
-        let Some((b, t, last)) =
-            forward_plan(ids, hooks, logits, self.cfg.n_layers, self.cfg.ctx_len)?
+        let Some((b, t, last)) = hooks.plan(ids, logits, self.cfg.n_layers, self.cfg.ctx_len)?
         else {
             return Ok(None);
         };
@@ -438,54 +436,6 @@ impl Llama {
     }
 }
 
-/// True above the diagonal: the keys a query may not attend to.
-pub(crate) fn causal_mask(t: i64, device: Device) -> Tensor {
-    Tensor::ones([t, t], (Kind::Bool, device)).triu(1)
-}
-
-/// softmax(q kᵀ / √d_head + mask) v for q [batch, heads, pos, d_head] and k, v [batch, kv_heads,
-/// pos, d_head], each KV head serving heads / kv_heads consecutive query heads; returns z as
-/// [batch, pos, heads, d_head]. Without a pattern to capture, libtorch's fused kernel runs it
-/// (the pattern is never materialised, KV heads are not copied); with one, it is computed
-/// explicitly and captured.
-pub(crate) fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Tensor,
-    hooks: &mut Hooks,
-    layer: usize,
-) -> Tensor {
-    let group = q.size()[1] / k.size()[1];
-    if !hooks.wants_pattern(layer) {
-        return Tensor::scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            None::<Tensor>,
-            0.0,
-            true,
-            None,
-            group > 1,
-        )
-        .transpose(1, 2);
-    }
-    let (k, v) = if group > 1 {
-        (
-            k.repeat_interleave_self_int(group, 1, None),
-            v.repeat_interleave_self_int(group, 1, None),
-        )
-    } else {
-        (k.shallow_clone(), v.shallow_clone())
-    };
-    let scale = 1.0 / (q.size()[3] as f64).sqrt();
-    let scores = (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(mask, f64::NEG_INFINITY);
-    // The softmax runs in f32 even for a bf16 model.
-    let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-    hooks.store_pattern(layer, &pattern, &v);
-    pattern.matmul(&v).transpose(1, 2)
-}
-
 /// Reorders the rows of a Q or K weight [heads * d_head, d_model] from the interleaved RoPE
 /// layout (pairs 2i, 2i+1) to rotate-half (pairs i, i + d_head/2). Q and K get the same
 /// permutation, so q·k, the attention pattern and every hook are unchanged.
@@ -496,35 +446,4 @@ fn to_rotate_half(w: &Tensor, d_head: usize) -> Tensor {
         .transpose(1, 2)
         .contiguous()
         .view([rows, cols])
-}
-
-/// What every forward pass checks first: the hooks exist, the input fits the context. Returns
-/// (batch, positions, last layer to run), or `None` when nothing needs computing (no logits
-/// asked for and no hooks set).
-pub(crate) fn forward_plan(
-    ids: &Tensor,
-    hooks: &Hooks,
-    logits: bool,
-    n_layers: usize,
-    ctx_len: usize,
-) -> Result<Option<(i64, i64, usize)>> {
-    if let Some(p) = hooks.points().find(|p| p.layer >= n_layers) {
-        return Err(ModelError::UnknownHook {
-            point: p.to_string(),
-            layers: n_layers,
-        });
-    }
-    let (b, t) = ids.size2()?;
-    if t as usize > ctx_len {
-        return Err(ModelError::TooLong {
-            len: t as usize,
-            max: ctx_len,
-        });
-    }
-    let last = if logits {
-        Some(n_layers - 1)
-    } else {
-        hooks.last_layer()
-    };
-    Ok(last.map(|l| (b, t, l)))
 }

@@ -1,22 +1,33 @@
-//! One type for every supported architecture, so the harvester and the CLI need not care which
-//! family a model is, and one entry point that opens a model file or checkpoint directory.
+//! One type for every supported architecture, so the harvester and the analyses need not care
+//! which family a model is, and the entry points that open a model file or checkpoint directory:
+//! [`Model::load`] for the weights and whatever tokenizer is beside them, [`TextModel::open`] for
+//! a model ready to run on text, with the provenance a run manifest records.
 
+use crate::error::ModelError;
 use crate::gguf::Gguf;
 use crate::gpt2::Gpt2;
-use crate::hf::HfCheckpoint;
+use crate::hf::{HfCheckpoint, refuse_pickled};
 use crate::hooks::{HookKind, HookPoint, Hooks};
-use crate::llama::{Llama, ModelError, Result};
+use crate::llama::Llama;
 use crate::tokenizer::TextTokenizer;
+use saescope_store::ModelInfo;
 use std::path::Path;
+use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// A language model of any supported family.
 pub enum Model {
+    /// Llama, SmolLM2, Qwen2, Mistral.
     Llama(Llama),
+    /// GPT-2.
     Gpt2(Gpt2),
 }
 
 /// A loaded model with what was found beside it.
 pub struct LoadedModel {
+    /// The weights.
     pub model: Model,
     /// From the GGUF file's tables, or the checkpoint's `tokenizer.json`; `None` if neither.
     pub tokenizer: Option<TextTokenizer>,
@@ -24,7 +35,65 @@ pub struct LoadedModel {
     pub name: String,
 }
 
+/// The dtype a model computes in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compute {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 weights and matmuls (norms and softmax in f32): about 2x faster on GPUs and on
+    /// CPUs with AVX512-BF16.
+    Bf16,
+}
+
+impl Compute {
+    /// The libtorch dtype of the weights.
+    pub fn kind(self) -> Kind {
+        match self {
+            Compute::F32 => Kind::Float,
+            Compute::Bf16 => Kind::BFloat16,
+        }
+    }
+
+    /// `f32` or `bf16`, as run manifests record it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compute::F32 => "f32",
+            Compute::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Compute {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Compute::F32),
+            "bf16" => Ok(Compute::Bf16),
+            other => Err(ModelError::Config(format!(
+                "compute dtype `{other}`: expected f32 or bf16"
+            ))),
+        }
+    }
+}
+
+/// The device named `cpu` or `cuda` (the first GPU), refusing CUDA where it is not available.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => Err(ModelError::Device(
+            "--device cuda: CUDA is not available (a CPU build, or no GPU; see `saescope doctor`)"
+                .into(),
+        )),
+        other => Err(ModelError::Device(format!(
+            "--device {other}: expected cpu or cuda"
+        ))),
+    }
+}
+
 impl Model {
+    /// `llama` or `gpt2`.
     pub fn architecture(&self) -> &'static str {
         match self {
             Model::Llama(_) => "llama",
@@ -32,6 +101,7 @@ impl Model {
         }
     }
 
+    /// Transformer blocks.
     pub fn n_layers(&self) -> usize {
         match self {
             Model::Llama(m) => m.cfg.n_layers,
@@ -39,6 +109,15 @@ impl Model {
         }
     }
 
+    /// Tokens in the vocabulary (rows of the unembedding).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.cfg.vocab,
+            Model::Gpt2(m) => m.cfg.vocab,
+        }
+    }
+
+    /// The longest input, in tokens.
     pub fn ctx_len(&self) -> usize {
         match self {
             Model::Llama(m) => m.cfg.ctx_len,
@@ -78,64 +157,138 @@ impl Model {
         }
     }
 
-    /// Opens a GGUF file, or a Hugging Face checkpoint directory (`config.json` + safetensors).
+    /// Opens a GGUF file, or a Hugging Face checkpoint directory (`config.json` + safetensors),
+    /// with its weights in `kind` on `device`.
     pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedModel> {
+        refuse_pickled(path)?;
         if path.is_dir() {
-            let ckpt = HfCheckpoint::open(path)?;
-            let model_type = ckpt.config["model_type"]
-                .as_str()
-                .unwrap_or("(none)")
-                .to_owned();
-            let model = match model_type.as_str() {
-                "llama" | "qwen2" | "mistral" => Model::Llama(Llama::from_hf(&ckpt, device, kind)?),
-                "gpt2" => Model::Gpt2(Gpt2::from_hf(&ckpt, device, kind)?),
-                other => return Err(ModelError::UnsupportedArchitecture(other.to_owned())),
-            };
-            let tokenizer_path = path.join("tokenizer.json");
-            let tokenizer = if tokenizer_path.exists() {
-                Some(
-                    TextTokenizer::from_file(&tokenizer_path)
-                        .map_err(|e| ModelError::Config(e.to_string()))?,
-                )
-            } else {
-                None
-            };
-            let name = ckpt.config["_name_or_path"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .unwrap_or_else(|| {
-                    path.file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned()
-                });
-            return Ok(LoadedModel {
-                model,
-                tokenizer,
-                name,
-            });
+            return Self::load_hf(path, device, kind);
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
         let g = Gguf::parse(&bytes)?;
         let model = Model::Llama(Llama::from_gguf(&g, device, kind)?);
-        let tokenizer =
-            TextTokenizer::from_gguf(&g).map_err(|e| ModelError::Config(e.to_string()))?;
+        let tokenizer = TextTokenizer::from_gguf(&g)?;
         let name = g
             .get("general.name")
             .and_then(|v| v.as_str())
             .map(str::to_owned)
-            .unwrap_or_else(|| {
-                path.file_stem()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            });
+            .unwrap_or_else(|| file_name(path, true));
         Ok(LoadedModel {
             model,
             tokenizer: Some(tokenizer),
             name,
         })
+    }
+
+    fn load_hf(dir: &Path, device: Device, kind: Kind) -> Result<LoadedModel> {
+        let ckpt = HfCheckpoint::open(dir)?;
+        let model_type = ckpt.config.model_type.as_deref().unwrap_or("(none)");
+        let model = match model_type {
+            "llama" | "qwen2" | "mistral" => Model::Llama(Llama::from_hf(&ckpt, device, kind)?),
+            "gpt2" => Model::Gpt2(Gpt2::from_hf(&ckpt, device, kind)?),
+            other => return Err(ModelError::UnsupportedArchitecture(other.to_owned())),
+        };
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = if tokenizer_path.exists() {
+            Some(TextTokenizer::from_file(&tokenizer_path)?)
+        } else {
+            None
+        };
+        let name = ckpt
+            .config
+            .name_or_path
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| file_name(dir, false));
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            name,
+        })
+    }
+}
+
+fn file_name(path: &Path, stem: bool) -> String {
+    let n = if stem {
+        path.file_stem()
+    } else {
+        path.file_name()
+    };
+    n.unwrap_or_default().to_string_lossy().into_owned()
+}
+
+/// A model ready to run on text: the weights, a tokenizer, and where they came from.
+pub struct TextModel {
+    /// The weights.
+    pub model: Model,
+    /// Its tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// Name, architecture, file and its SHA-256, compute dtype: what a run manifest records.
+    pub info: ModelInfo,
+}
+
+impl TextModel {
+    /// Opens a GGUF file or checkpoint directory computing in `compute`; a model without a
+    /// tokenizer is refused, since text cannot reach it.
+    pub fn open(path: &Path, device: Device, compute: Compute) -> Result<TextModel> {
+        refuse_pickled(path)?;
+        if !path.exists() {
+            return Err(ModelError::NotFound(path.to_owned()));
+        }
+        let t = Instant::now();
+        let loaded = Model::load(path, device, compute.kind())?;
+        let Some(tokenizer) = loaded.tokenizer else {
+            return Err(ModelError::NoTokenizer(path.to_owned()));
+        };
+        // A checkpoint directory is identified by its config; a file by its own bytes.
+        let hashed = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_owned()
+        };
+        let sha256 = saescope_store::sha256_file(&hashed)
+            .map_err(|e| ModelError::Config(format!("hashing {}: {e}", hashed.display())))?;
+        let info = ModelInfo {
+            name: loaded.name,
+            architecture: Some(loaded.model.architecture().into()),
+            file: Some(path.display().to_string()),
+            sha256: Some(sha256),
+            compute_dtype: Some(compute.name().into()),
+        };
+        tracing::info!(
+            "loaded {} ({}, {} layers) in {:.1} s",
+            info.name,
+            loaded.model.architecture(),
+            loaded.model.n_layers(),
+            t.elapsed().as_secs_f64()
+        );
+        Ok(TextModel {
+            model: loaded.model,
+            tokenizer,
+            info,
+        })
+    }
+
+    /// The text of each token id of the vocabulary (as the unembedding numbers them).
+    pub fn vocabulary(&self) -> Vec<String> {
+        (0..self.model.vocab_size() as u32)
+            .map(|i| self.tokenizer.decode(&[i]).unwrap_or_default())
+            .collect()
+    }
+
+    /// A prompt's token ids, BOS first when `bos` is set and the tokenizer has one.
+    pub fn prompt_ids(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if bos {
+            ids.extend(self.tokenizer.bos);
+        }
+        ids.extend(self.tokenizer.encode(text)?);
+        if ids.is_empty() {
+            return Err(ModelError::Config("the prompt has no tokens".into()));
+        }
+        Ok(ids)
     }
 }

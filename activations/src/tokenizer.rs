@@ -1,6 +1,7 @@
 //! Tokenizers: from a Hugging Face `tokenizer.json`, or rebuilt from the vocabulary and merges
 //! stored inside a GGUF file, so a GGUF model needs no other file.
 
+use crate::error::TokenizerError;
 use crate::gguf::{Gguf, Value};
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -11,22 +12,14 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer};
 
-#[derive(Debug, thiserror::Error)]
-pub enum TokenizerError {
-    #[error("GGUF tokenizer: {0}")]
-    Gguf(String),
-    #[error("{path}: {message}")]
-    File { path: String, message: String },
-    #[error("tokenizer: {0}")]
-    Tokenize(String),
-}
-
 type Result<T> = std::result::Result<T, TokenizerError>;
 
 /// A tokenizer with the special-token ids a harvester needs.
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// Id put first in every context; `None` if there is none (the harvester then uses 0).
     pub bos: Option<u32>,
+    /// Id put after every document; `None` if there is none (documents then follow unseparated).
     pub eos: Option<u32>,
     /// Where it came from, for run manifests (e.g. `gguf:gpt2/smollm`).
     pub name: String,
@@ -162,12 +155,14 @@ impl TextTokenizer {
             .map_err(|e| TokenizerError::Tokenize(e.to_string()))
     }
 
+    /// The text of token ids, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, false)
             .map_err(|e| TokenizerError::Tokenize(e.to_string()))
     }
 
+    /// Tokens in the vocabulary, added (special) tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

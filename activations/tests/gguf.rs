@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 
 mod common;
-use saescope_activations::gguf::{GgmlType, Gguf, GgufError, Value, dequantize};
+use saescope_activations::GgufError;
+use saescope_activations::gguf::{GgmlType, Gguf, Value, dequantize};
 
 /// A minimal GGUF writer for tests: metadata as (key, type id, encoded value) and tensors.
 struct Writer {

@@ -1,9 +1,10 @@
 //! The harvester on the bundled model: stored values equal a direct forward pass, packing is as
 //! documented, a killed run resumes to identical files, and bad input fails before any work.
 
+use saescope_activations::HarvestError;
 use saescope_activations::corpus::CorpusSource;
 use saescope_activations::gguf::Gguf;
-use saescope_activations::harvest::{HarvestConfig, HarvestError, HarvestReport, Harvester};
+use saescope_activations::harvest::{HarvestConfig, HarvestReport, Harvester};
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks};
 use saescope_activations::llama::Llama;
 use saescope_activations::model::Model;
@@ -158,8 +159,14 @@ fn stored_activations_equal_a_direct_forward_pass_and_packing_is_as_documented()
     let first = (c * 24) as usize;
     assert_eq!(idx[first], c * 24);
     let stored = &data[first * 576..(first + 24) * 576];
+    // A batch of contexts and a single one go through different matmul blockings, so values
+    // agree to f32 rounding relative to their size, not absolutely (BOS rows reach the hundreds).
     let err = common::max_abs_diff(stored, &direct);
-    assert!(err < 1e-4, "stored and direct activations differ by {err}");
+    let scale = direct.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        err <= 1e-5 * scale.max(1.0),
+        "stored and direct activations differ by {err} (largest value {scale})"
+    );
 }
 
 #[test]

@@ -76,7 +76,7 @@ fn unsupported_and_pickled_checkpoints_are_refused_clearly() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("does not unpickle") && e.contains("safe_serialization=True"),
+        e.contains("pickled checkpoints are not loaded") && e.contains("safe_serialization=True"),
         "{e}"
     );
 

@@ -1,9 +1,10 @@
 //! The Llama forward pass on the bundled SmolLM2-135M GGUF, against reference outputs that
 //! Hugging Face transformers computed from the same file (reference/make_model_fixture.py).
 
+use saescope_activations::ModelError;
 use saescope_activations::gguf::Gguf;
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks, Intervention};
-use saescope_activations::llama::{Llama, ModelError};
+use saescope_activations::llama::Llama;
 use std::path::Path;
 
 mod common;

@@ -6,8 +6,8 @@
 
 use eframe::egui;
 use egui_kittest::Harness;
-use saescope_gui::app::{Explorer, Memory, View};
 use saescope_gui::fixture::{self, FixtureSpec, RESID_DICT};
+use saescope_gui::{Explorer, Memory, View};
 use std::time::Instant;
 
 fn summary(name: &str, mut ms: Vec<f64>, target: f64) {

@@ -3,6 +3,9 @@
 //! reads, and nothing fails as a whole: what cannot be read becomes a [`Problem`] that says what
 //! is missing and which command makes it.
 
+use crate::error::ExploreError;
+use saescope_store::DictDir;
+use saescope_store::dictionary::LogLine;
 use saescope_store::features::{
     ContextRow, ContextsFile, FeatureRow, NeighbourRow, Summary, read_features, read_neighbours,
     read_summary,
@@ -16,6 +19,7 @@ use std::sync::{Arc, Mutex};
 /// Something the explorer could not read, and how to make it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Problem {
+    /// What is missing or unreadable.
     pub what: String,
     /// The command that produces what is missing, when one does.
     pub fix: Option<String>,
@@ -30,44 +34,39 @@ impl Problem {
     }
 }
 
-/// One line of a dictionary's `metrics.jsonl` training log.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-pub struct CurvePoint {
-    #[serde(default)]
-    pub tokens: f64,
-    #[serde(default)]
-    pub loss: f64,
-    #[serde(default)]
-    pub fvu: f64,
-    #[serde(default)]
-    pub l0: f64,
-    #[serde(default)]
-    pub dead_fraction: f64,
-}
-
 /// A dictionary in the run, with what its directory says about it.
 #[derive(Clone, Debug)]
 pub struct DictEntry {
+    /// Its directory's name.
     pub name: String,
-    pub dir: PathBuf,
+    /// Its directory.
+    pub dir: DictDir,
+    /// The architecture `cfg.json` names.
     pub method: String,
+    /// The hook it reads.
     pub hook: Option<String>,
+    /// Latents.
     pub latents: Option<u64>,
+    /// Values read per token.
     pub d_in: Option<u64>,
-    /// Held-out metrics from `metrics.json`.
+    /// Held-out FVU from `metrics.json`.
     pub fvu: Option<f64>,
+    /// Held-out L0 from `metrics.json`.
     pub l0: Option<f64>,
+    /// Held-out dead fraction from `metrics.json`.
     pub dead_fraction: Option<f64>,
     /// From `eval.json`.
     pub ce_loss_recovered: Option<f64>,
-    pub curve: Vec<CurvePoint>,
+    /// The training log.
+    pub curve: Vec<LogLine>,
+    /// What could not be read, and how to make it.
     pub problems: Vec<Problem>,
 }
 
 impl DictEntry {
     /// Where its feature store lives.
     pub fn features_dir(&self) -> PathBuf {
-        self.dir.join("features")
+        self.dir.features()
     }
 
     /// The layer and heads of an attention-output (`attn.hook_z`) dictionary.
@@ -78,77 +77,46 @@ impl DictEntry {
         (kind == "attn.hook_z").then(|| layer.parse().ok())?
     }
 
-    fn read(dir: &Path) -> DictEntry {
-        let name = dir
-            .file_name()
-            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+    fn read(dir: DictDir) -> DictEntry {
         let mut problems = Vec::new();
-        let json = |file: &str, problems: &mut Vec<Problem>, fix: Option<String>| {
-            let path = dir.join(file);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        problems.push(Problem::new(format!("{}: {e}", path.display()), None));
-                        None
-                    }
-                },
-                Err(_) => {
-                    if let Some(fix) = fix {
-                        problems.push(Problem::new(
-                            format!("{} is missing", path.display()),
-                            Some(fix),
-                        ));
-                    }
-                    None
-                }
-            }
+        let mut note = |e: saescope_store::StoreError| {
+            problems.push(Problem::new(e.to_string(), None));
         };
-        let cfg = json("cfg.json", &mut problems, None).unwrap_or_default();
-        let metrics = json("metrics.json", &mut problems, None).unwrap_or_default();
-        let eval = json(
-            "eval.json",
-            &mut problems,
-            Some(format!("saescope eval --dict {}", dir.display())),
-        )
-        .unwrap_or_default();
-        let s = |v: &serde_json::Value, p: &str| {
-            v.pointer(p).and_then(|x| x.as_str()).map(str::to_owned)
-        };
-        let u = |v: &serde_json::Value, p: &str| v.pointer(p).and_then(|x| x.as_u64());
-        let f = |v: &serde_json::Value, p: &str| v.pointer(p).and_then(|x| x.as_f64());
-        let mut curve = Vec::new();
-        let log = dir.join("metrics.jsonl");
-        if let Ok(text) = std::fs::read_to_string(&log) {
-            let mut bad = 0;
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                match serde_json::from_str::<CurvePoint>(line) {
-                    Ok(p) => curve.push(p),
-                    Err(_) => bad += 1,
-                }
-            }
-            if bad > 0 {
-                problems.push(Problem::new(
-                    format!("{}: {bad} lines could not be read", log.display()),
-                    None,
-                ));
-            }
+        let cfg = dir.read_config().map_err(&mut note).unwrap_or_default();
+        let metrics = dir.read_metrics().map_err(&mut note).ok().flatten();
+        let eval = dir.read_eval().map_err(&mut note).ok().flatten();
+        let (curve, bad) = dir
+            .read_training_log()
+            .map_err(&mut note)
+            .unwrap_or_default();
+        if eval.is_none() && !dir.eval().exists() {
+            problems.push(Problem::new(
+                format!("{} is missing", dir.eval().display()),
+                Some(format!("saescope eval --dict {}", dir.path().display())),
+            ));
+        }
+        if bad > 0 {
+            problems.push(Problem::new(
+                format!(
+                    "{}: {bad} lines could not be read",
+                    dir.training_log().display()
+                ),
+                None,
+            ));
         }
         DictEntry {
-            name,
-            dir: dir.to_owned(),
-            method: s(&cfg, "/architecture").unwrap_or_else(|| "unknown".into()),
-            hook: s(&cfg, "/metadata/hook_name")
-                .or_else(|| s(&cfg, "/hook_name"))
-                .or_else(|| s(&cfg, "/saescope/hook")),
-            latents: u(&cfg, "/d_sae").or_else(|| u(&cfg, "/num_latents")),
-            d_in: u(&cfg, "/d_in"),
-            fvu: f(&metrics, "/fvu"),
-            l0: f(&metrics, "/l0"),
-            dead_fraction: f(&metrics, "/dead_fraction"),
-            ce_loss_recovered: f(&eval, "/ce_loss_recovered"),
+            name: dir.name(),
+            method: cfg.architecture().unwrap_or("unknown").to_owned(),
+            hook: cfg.hook().map(str::to_owned),
+            latents: cfg.latents(),
+            d_in: cfg.d_in,
+            fvu: metrics.as_ref().map(|m| m.fvu),
+            l0: metrics.as_ref().map(|m| m.l0),
+            dead_fraction: metrics.as_ref().map(|m| m.dead_fraction),
+            ce_loss_recovered: eval.as_ref().map(|e| e.ce_loss_recovered),
             curve,
             problems,
+            dir,
         }
     }
 }
@@ -156,9 +124,13 @@ impl DictEntry {
 /// A run directory as the explorer sees it.
 #[derive(Clone, Debug)]
 pub struct RunData {
+    /// The directory opened.
     pub dir: PathBuf,
+    /// The run's manifest, when it has one.
     pub manifest: Option<Manifest>,
+    /// Its dictionaries, by name.
     pub dictionaries: Vec<DictEntry>,
+    /// What could not be read.
     pub problems: Vec<Problem>,
 }
 
@@ -179,8 +151,8 @@ impl RunData {
                 problems,
             };
         }
-        if dir.join("cfg.json").exists() {
-            dictionaries.push(DictEntry::read(dir));
+        if DictDir::new(dir).exists() {
+            dictionaries.push(DictEntry::read(DictDir::new(dir)));
             return RunData {
                 dir: dir.to_owned(),
                 manifest: None,
@@ -220,16 +192,7 @@ impl RunData {
             ));
             None
         };
-        let dicts = dir.join("dictionaries");
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&dicts)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.join("cfg.json").exists())
-                    .collect()
-            })
-            .unwrap_or_default();
-        dirs.sort();
-        dictionaries.extend(dirs.iter().map(|d| DictEntry::read(d)));
+        dictionaries.extend(DictDir::list(dir).into_iter().map(DictEntry::read));
         if dictionaries.is_empty() && manifest.is_some() {
             problems.push(Problem::new(
                 "no dictionary has been trained on this run",
@@ -248,13 +211,16 @@ impl RunData {
 /// A dictionary's feature store, read for browsing: summary, features and neighbours in
 /// memory; contexts read one feature at a time from the Parquet file.
 pub struct FeatureTable {
+    /// The feature store's directory.
     pub dir: PathBuf,
+    /// Its summary.
     pub summary: Summary,
+    /// Every feature's row, indexed by feature.
     pub features: Vec<FeatureRow>,
     neighbours: Vec<NeighbourRow>,
     /// neighbours[nb_start[f]..nb_start[f + 1]] are feature f's.
     nb_start: Vec<usize>,
-    contexts: Result<ContextsFile, String>,
+    contexts: Result<ContextsFile, ExploreError>,
     /// Lower-cased text a search matches per feature: its top logit tokens.
     search: Vec<String>,
 }
@@ -265,14 +231,14 @@ impl FeatureTable {
         dir: &Path,
         stage: &dyn Fn(&str),
         cancel: &AtomicBool,
-    ) -> Result<FeatureTable, String> {
+    ) -> Result<FeatureTable, ExploreError> {
         let cancelled = || cancel.load(Ordering::Relaxed);
         stage("summary");
-        let summary = read_summary(dir).map_err(|e| e.to_string())?;
+        let summary = read_summary(dir)?;
         stage("features");
-        let mut features = read_features(dir).map_err(|e| e.to_string())?;
+        let mut features = read_features(dir)?;
         if cancelled() {
-            return Err("cancelled".into());
+            return Err(ExploreError::Cancelled);
         }
         // Rows are by feature number; make sure of it so a feature's row is features[f].
         if features
@@ -286,15 +252,15 @@ impl FeatureTable {
                 .enumerate()
                 .any(|(i, r)| r.feature as usize != i)
             {
-                return Err(format!(
+                return Err(ExploreError::Read(format!(
                     "{}: the features table does not hold features 0..{} once each",
                     dir.join(saescope_store::features::FEATURES_FILE).display(),
                     features.len()
-                ));
+                )));
             }
         }
         stage("neighbours");
-        let mut neighbours = read_neighbours(dir).map_err(|e| e.to_string())?;
+        let mut neighbours = read_neighbours(dir)?;
         neighbours.retain(|n| (n.feature as usize) < features.len());
         neighbours.sort_by_key(|n| (n.feature, n.rank));
         let mut nb_start = vec![0usize; features.len() + 1];
@@ -305,10 +271,10 @@ impl FeatureTable {
             nb_start[i + 1] += nb_start[i];
         }
         if cancelled() {
-            return Err("cancelled".into());
+            return Err(ExploreError::Cancelled);
         }
         stage("contexts index");
-        let contexts = ContextsFile::open(dir).map_err(|e| e.to_string());
+        let contexts = ContextsFile::open(dir).map_err(ExploreError::from);
         let search = features
             .iter()
             .map(|r| r.logit_top_tokens.join("\u{1}").to_lowercase())
@@ -324,18 +290,22 @@ impl FeatureTable {
         })
     }
 
+    /// Features in the store.
     pub fn len(&self) -> usize {
         self.features.len()
     }
 
+    /// Whether the store holds no feature.
     pub fn is_empty(&self) -> bool {
         self.features.is_empty()
     }
 
+    /// Feature `f`'s row.
     pub fn feature(&self, f: u32) -> Option<&FeatureRow> {
         self.features.get(f as usize)
     }
 
+    /// Feature `f`'s decoder neighbours, nearest first.
     pub fn neighbours(&self, f: u32) -> &[NeighbourRow] {
         let f = f as usize;
         if f + 1 >= self.nb_start.len() {
@@ -345,9 +315,9 @@ impl FeatureTable {
     }
 
     /// Feature `f`'s top contexts and interval samples.
-    pub fn contexts(&self, f: u32) -> Result<Vec<ContextRow>, String> {
+    pub fn contexts(&self, f: u32) -> Result<Vec<ContextRow>, ExploreError> {
         match &self.contexts {
-            Ok(file) => file.of(f).map_err(|e| e.to_string()),
+            Ok(file) => Ok(file.of(f)?),
             Err(e) => Err(e.clone()),
         }
     }
@@ -363,18 +333,21 @@ impl FeatureTable {
 /// Work on a background thread that reports its stage and can be cancelled; the UI polls it
 /// each frame.
 pub struct Loading<T> {
+    /// What is loading, for the screen.
     pub what: String,
     stage: Arc<Mutex<String>>,
     cancel: Arc<AtomicBool>,
-    rx: Receiver<Result<T, String>>,
+    rx: Receiver<Result<T, ExploreError>>,
     started: std::time::Instant,
 }
 
 impl<T: Send + 'static> Loading<T> {
+    /// Starts `work` on its own thread; it reports stages through its first argument and
+    /// checks the second for cancellation. `ctx` is repainted when it ends.
     pub fn start(
         what: impl Into<String>,
         ctx: Option<eframe::egui::Context>,
-        work: impl FnOnce(&dyn Fn(&str), &AtomicBool) -> Result<T, String> + Send + 'static,
+        work: impl FnOnce(&dyn Fn(&str), &AtomicBool) -> Result<T, ExploreError> + Send + 'static,
     ) -> Self {
         let stage = Arc::new(Mutex::new(String::new()));
         let cancel = Arc::new(AtomicBool::new(false));
@@ -390,7 +363,11 @@ impl<T: Send + 'static> Loading<T> {
                 };
                 let out =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&set, &cn)))
-                        .unwrap_or_else(|_| Err("the loader failed unexpectedly".into()));
+                        .unwrap_or_else(|_| {
+                            Err(ExploreError::Worker(
+                                "the loader failed unexpectedly".into(),
+                            ))
+                        });
                 let _ = tx.send(out);
                 if let Some(ctx) = ctx {
                     ctx.request_repaint();
@@ -407,29 +384,34 @@ impl<T: Send + 'static> Loading<T> {
     }
 
     /// The result once there is one.
-    pub fn poll(&self) -> Option<Result<T, String>> {
+    pub fn poll(&self) -> Option<Result<T, ExploreError>> {
         match self.rx.try_recv() {
             Ok(r) => Some(r),
             Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => Some(Err("the loader stopped".into())),
+            Err(TryRecvError::Disconnected) => {
+                Some(Err(ExploreError::Worker("the loader stopped".into())))
+            }
         }
     }
 
     /// Waits for the result (tests and benchmarks).
-    pub fn wait(&self) -> Result<T, String> {
+    pub fn wait(&self) -> Result<T, ExploreError> {
         self.rx
             .recv()
-            .unwrap_or_else(|_| Err("the loader stopped".into()))
+            .unwrap_or_else(|_| Err(ExploreError::Worker("the loader stopped".into())))
     }
 
+    /// The stage the work last reported.
     pub fn stage(&self) -> String {
         self.stage.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Seconds since it started.
     pub fn seconds(&self) -> f32 {
         self.started.elapsed().as_secs_f32()
     }
 
+    /// Asks the work to stop at its next check.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
     }

@@ -2,38 +2,55 @@
 //! a [`PromptEngine`] (the model and the dictionary, loaded once per dictionary) and polls for
 //! answers, so the window never waits on a forward pass.
 
-use saescope_sae::inspect::{Attribution, PromptView};
+use crate::error::ExploreError;
+use saescope_store::prompt::{Attribution, PromptView};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 
-/// Runs the model and one dictionary on prompts. The `saescope` binary implements it with the
-/// `inspect` API; the explorer never loads a model itself.
+/// Runs the model and one dictionary on prompts. The `saescope` binary implements it with a
+/// `saescope-analysis` session; the explorer never loads a model itself, and so does not link
+/// libtorch.
 pub trait PromptEngine: Send {
     /// Per token, the `top` most active features.
-    fn view(&mut self, text: &str, top: usize) -> Result<PromptView, String>;
+    fn view(&mut self, text: &str, top: usize) -> Result<PromptView, ExploreError>;
     /// Attention-output dictionaries: feature `feature` at token `dest` by head and source.
-    fn attribution(&mut self, text: &str, feature: u32, dest: usize)
-    -> Result<Attribution, String>;
+    fn attribution(
+        &mut self,
+        text: &str,
+        feature: u32,
+        dest: usize,
+    ) -> Result<Attribution, ExploreError>;
 }
 
 /// Opens an engine for the dictionary in a directory (on the worker thread: it may take seconds).
-pub type EngineFactory = Box<dyn Fn(&Path) -> Result<Box<dyn PromptEngine>, String> + Send>;
+pub type EngineFactory = Box<dyn Fn(&Path) -> Result<Box<dyn PromptEngine>, ExploreError> + Send>;
 
+/// What the views ask the engine.
 #[derive(Clone, Debug)]
 pub enum Request {
+    /// The prompt view of `text`.
     View {
+        /// The prompt.
         text: String,
+        /// Features per token.
         top: usize,
     },
+    /// An attribution by head and source.
     Attribution {
+        /// The prompt.
         text: String,
+        /// The feature.
         feature: u32,
+        /// The destination token.
         dest: usize,
     },
 }
 
+/// The engine's answers.
 pub enum Answer {
+    /// To [`Request::View`].
     View(PromptView),
+    /// To [`Request::Attribution`].
     Attribution(Attribution),
 }
 
@@ -46,13 +63,15 @@ struct Job {
 /// The worker thread and the last answer it gave.
 pub struct Worker {
     tx: Sender<Job>,
-    rx: Receiver<(u64, Result<Answer, String>)>,
+    rx: Receiver<(u64, Result<Answer, ExploreError>)>,
     next: u64,
     /// The request in flight, if any.
     pub pending: Option<u64>,
 }
 
 impl Worker {
+    /// Starts the worker thread; engines are opened with `factory`, and `ctx` is repainted when
+    /// an answer arrives.
     pub fn start(factory: EngineFactory, ctx: Option<eframe::egui::Context>) -> Worker {
         let (tx, jobs) = std::sync::mpsc::channel::<Job>();
         let (answers, rx) = std::sync::mpsc::channel();
@@ -84,7 +103,9 @@ impl Worker {
                     }))
                     .unwrap_or_else(|_| {
                         engine = None;
-                        Err("the model failed on this prompt".into())
+                        Err(ExploreError::Engine(
+                            "the model failed on this prompt".into(),
+                        ))
                     });
                     if answers.send((job.id, result)).is_err() {
                         break;
@@ -103,6 +124,7 @@ impl Worker {
         }
     }
 
+    /// Sends a request about the dictionary in `dict`; it supersedes any unanswered one.
     pub fn send(&mut self, dict: &Path, request: Request) {
         self.next += 1;
         let job = Job {
@@ -116,7 +138,7 @@ impl Worker {
     }
 
     /// The answer to the latest request, once it is there.
-    pub fn poll(&mut self) -> Option<Result<Answer, String>> {
+    pub fn poll(&mut self) -> Option<Result<Answer, ExploreError>> {
         loop {
             match self.rx.try_recv() {
                 Ok((id, r)) if Some(id) == self.pending => {
@@ -129,7 +151,7 @@ impl Worker {
                     return self
                         .pending
                         .take()
-                        .map(|_| Err("the prompt worker stopped".into()));
+                        .map(|_| Err(ExploreError::Worker("the prompt worker stopped".into())));
                 }
             }
         }

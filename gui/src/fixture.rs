@@ -2,23 +2,29 @@
 //! dictionary and an attention-output dictionary, each with a feature store whose every value
 //! follows from the feature number, so a test can say what the screen must show.
 
+use saescope_store::dictionary::{EvalReport, Metrics};
 use saescope_store::features::{
     ContextKind, Contexts, FEATURE_STORE_VERSION, FeatureRow, NeighbourRow, Summary, Window,
     write_feature_store,
 };
-use saescope_store::{Dtype, RunWriter, WriterOptions, synthetic};
+use saescope_store::{DictDir, Dtype, RunWriter, WriterOptions, synthetic};
 use std::path::{Path, PathBuf};
 
 /// What [`make_run`] builds.
 pub struct FixtureSpec {
+    /// Features of each dictionary.
     pub features: usize,
     /// Top contexts per feature (each also gets one sample in each of 2 intervals).
     pub contexts: usize,
+    /// Heads of the attention-output dictionary.
     pub heads: usize,
 }
 
+/// The residual dictionary's name.
 pub const RESID_DICT: &str = "blocks.1.hook_resid_post-topk";
+/// The attention-output dictionary's name.
 pub const Z_DICT: &str = "blocks.2.attn.hook_z-topk";
+/// The model the fixture claims.
 pub const MODEL_NAME: &str = "synthetic";
 
 /// The word feature `f`'s first promoted token is (search finds features by it).
@@ -58,20 +64,33 @@ pub fn make_run(dir: &Path, spec: &FixtureSpec) -> PathBuf {
         (RESID_DICT, "blocks.1.hook_resid_post", 0),
         (Z_DICT, "blocks.2.attn.hook_z", spec.heads),
     ] {
-        let d = run.join("dictionaries").join(name);
-        std::fs::create_dir_all(&d).expect("dict dir");
+        let d = DictDir::in_run(&run, name);
+        std::fs::create_dir_all(d.path()).expect("dict dir");
         let cfg = serde_json::json!({
             "architecture": "topk", "d_in": 8, "d_sae": spec.features, "k": 4,
             "metadata": {"hook_name": hook, "model_name": MODEL_NAME},
         });
-        std::fs::write(d.join("cfg.json"), cfg.to_string()).expect("cfg");
-        let metrics = serde_json::json!({"fvu": 0.125, "l0": 4.0, "dead_fraction": 0.0625});
-        std::fs::write(d.join("metrics.json"), metrics.to_string()).expect("metrics");
-        std::fs::write(
-            d.join("eval.json"),
-            serde_json::json!({"ce_loss_recovered": 0.875}).to_string(),
-        )
-        .expect("eval");
+        std::fs::write(d.config(), cfg.to_string()).expect("cfg");
+        let m = metrics(0.125, 4.0, 0.0625);
+        std::fs::write(d.metrics(), serde_json::to_string(&m).expect("json")).expect("metrics");
+        let eval = EvalReport {
+            hook: hook.to_owned(),
+            head: None,
+            exclude_bos: true,
+            contexts: 8,
+            predictions: 1016,
+            ce_clean: 3.0,
+            ce_spliced: 3.25,
+            ce_ablated: 5.0,
+            ce_loss_recovered: 0.875,
+            delta_lm_loss: 0.25,
+            kl_spliced: 0.2,
+            kl_ablated: 2.0,
+            kl_div_score: 0.9,
+            reconstruction: m,
+            formulas: serde_json::Value::Null,
+        };
+        std::fs::write(d.eval(), serde_json::to_string(&eval).expect("json")).expect("eval");
         let log: String = (1..=20)
             .map(|i| {
                 format!(
@@ -82,10 +101,33 @@ pub fn make_run(dir: &Path, spec: &FixtureSpec) -> PathBuf {
                 )
             })
             .collect();
-        std::fs::write(d.join("metrics.jsonl"), log).expect("log");
-        write_store(&d.join("features"), spec, heads, hook);
+        std::fs::write(d.training_log(), log).expect("log");
+        write_store(&d.features(), spec, heads, hook);
     }
     run
+}
+
+/// Held-out metrics with the three figures the overview shows.
+fn metrics(fvu: f64, l0: f64, dead_fraction: f64) -> Metrics {
+    Metrics {
+        tokens: 4096,
+        fvu,
+        explained_variance: 1.0 - fvu,
+        explained_variance_legacy: 1.0 - fvu,
+        mse: fvu,
+        l0,
+        l1: l0,
+        cos_sim: 0.9,
+        l2_ratio: 0.95,
+        relative_reconstruction_bias: 1.0,
+        dead_fraction,
+        dense_fraction: 0.0,
+        freq_over_1_percent: 0.5,
+        log10_density_histogram: vec![0; 20],
+        l0_histogram: vec![0; 8],
+        formulas: serde_json::Value::Null,
+        warnings: Vec::new(),
+    }
 }
 
 /// Writes a feature store of `spec.features` features to `dir`.

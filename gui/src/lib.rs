@@ -1,18 +1,24 @@
 //! The desktop explorer (`saescope explore`): an egui app that browses a run directory, its
 //! dictionaries, their feature stores, prompts and attention heads.
 //!
-//! It owns only presentation. It reads what the other crates wrote ([`data`] wraps the store's
-//! readers) and sends prompts to an engine the caller supplies ([`engine`]), on background
-//! threads so the window never blocks. No analysis code lives here, and it never writes to the
-//! run.
+//! It owns only presentation: the state ([`state`]), one module per view ([`views`]), the
+//! widgets they share ([`widgets`]) and the frame around them ([`app`]). It reads what the other
+//! crates wrote through `saescope-store` alone ([`data`]) and sends prompts to an engine the
+//! caller supplies ([`engine`]), on background threads so the window never blocks. No analysis
+//! code lives here, it never writes to the run, and it does not link libtorch.
 
 pub mod app;
 pub mod data;
 pub mod engine;
+mod error;
 pub mod fixture;
+pub mod state;
+mod views;
+mod widgets;
 
-pub use app::{Explorer, Memory, View};
 pub use engine::{EngineFactory, PromptEngine};
+pub use error::ExploreError;
+pub use state::{Explorer, Memory, View};
 
 use std::path::PathBuf;
 
@@ -29,14 +35,18 @@ pub struct Launch {
 /// A starting point given on the command line (scripts use it for screenshots).
 #[derive(Clone, Debug, Default)]
 pub struct Start {
+    /// The view to show first.
     pub view: Option<View>,
+    /// The dictionary to select (its directory name under `RUN/dictionaries`).
     pub dictionary: Option<String>,
+    /// The feature whose page to open.
     pub feature: Option<u32>,
+    /// A prompt to run in the prompt view.
     pub prompt: Option<String>,
 }
 
 /// Opens the explorer window and returns when it closes.
-pub fn run(launch: Launch) -> Result<(), String> {
+pub fn run(launch: Launch) -> Result<(), ExploreError> {
     let options = eframe::NativeOptions {
         viewport: eframe::egui::ViewportBuilder::default()
             .with_title("saescope explorer")
@@ -66,5 +76,5 @@ pub fn run(launch: Launch) -> Result<(), String> {
             Ok(Box::new(app))
         }),
     )
-    .map_err(|e| format!("cannot open the explorer window: {e}"))
+    .map_err(|e| ExploreError::Window(e.to_string()))
 }

@@ -5,10 +5,11 @@
 use eframe::egui;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use saescope_gui::app::{Explorer, Memory, View};
 use saescope_gui::engine::{EngineFactory, PromptEngine};
 use saescope_gui::fixture::{self, FixtureSpec, RESID_DICT, Z_DICT};
-use saescope_sae::inspect::{ActiveFeature, Attribution, PromptView, TokenView};
+use saescope_gui::{ExploreError, Explorer, Memory, View};
+use saescope_store::DictDir;
+use saescope_store::prompt::{ActiveFeature, Attribution, PromptView, TokenView};
 use std::path::{Path, PathBuf};
 
 const SPEC: FixtureSpec = FixtureSpec {
@@ -163,7 +164,7 @@ fn feature_page_shows_contexts_and_navigates_like_a_browser() {
 struct Words;
 
 impl PromptEngine for Words {
-    fn view(&mut self, text: &str, top: usize) -> Result<PromptView, String> {
+    fn view(&mut self, text: &str, top: usize) -> Result<PromptView, ExploreError> {
         assert_eq!(top, 5);
         Ok(PromptView {
             hook: "blocks.2.attn.hook_z".into(),
@@ -188,7 +189,7 @@ impl PromptEngine for Words {
         text: &str,
         feature: u32,
         dest: usize,
-    ) -> Result<Attribution, String> {
+    ) -> Result<Attribution, ExploreError> {
         let tokens: Vec<String> = text.split_whitespace().map(|w| format!(" {w}")).collect();
         Ok(Attribution {
             feature,
@@ -294,16 +295,19 @@ fn heads_view_counts_features_by_their_main_head() {
 #[test]
 fn missing_and_corrupted_stores_say_what_makes_them() {
     let (_tmp, run) = fixture();
-    let dict = run.join("dictionaries").join(RESID_DICT);
-    std::fs::remove_dir_all(dict.join("features")).unwrap();
+    let dict = DictDir::in_run(&run, RESID_DICT);
+    std::fs::remove_dir_all(dict.features()).unwrap();
     let mut h = harness(Some(run.clone()), Memory::default(), None);
     goto(&mut h, "Features");
     h.get_by_label("The feature store cannot be read");
     h.get_by_label_contains("no feature store here");
-    h.get_by_label(&format!("saescope analyze --dict {}", dict.display()));
+    h.get_by_label(&format!(
+        "saescope analyze --dict {}",
+        dict.path().display()
+    ));
 
     // A corrupted features table: the error names the file.
-    let z = run.join("dictionaries").join(Z_DICT).join("features");
+    let z = DictDir::in_run(&run, Z_DICT).features();
     std::fs::write(z.join("features.parquet"), b"not parquet").unwrap();
     let memory = Memory {
         dictionary: Some(Z_DICT.into()),

@@ -1,7 +1,8 @@
 //! Training-step benchmark: one full step (forward, backward, Adam, decoder constraint) of each
 //! gradient learner at d = 576, 16,384 latents, k = 32, batch 4,096, next to one dense matmul of
 //! the encoder's shape ([4096, 576] x [576, 16384]), the floor every step must pay once.
-//!   cargo run --release -p saescope-sae --example bench_train [-- STEPS]
+//!   cargo run --release -p saescope-sae --example bench_train [-- STEPS [cpu|cuda] [JSON_FILE]]
+//! With JSON_FILE, the rows are also written there (scripts/gpu-run collects them).
 
 use saescope_sae::adam::Adam;
 use saescope_sae::gba::{BufferStats, GbaSae};
@@ -11,44 +12,61 @@ use saescope_sae::train::constrained_step;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-fn time(steps: usize, mut f: impl FnMut()) -> f64 {
+/// Seconds per call of `f`, after one warm-up call. On a GPU the queue is drained before the
+/// clock starts and before it stops, so launched work counts where it runs.
+fn time(steps: usize, device: Device, mut f: impl FnMut()) -> f64 {
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
     f(); // warm-up
+    sync();
     let t = Instant::now();
     for _ in 0..steps {
         f();
     }
+    sync();
     t.elapsed().as_secs_f64() / steps as f64
 }
 
 fn main() {
-    let steps: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let args: Vec<String> = std::env::args().collect();
+    let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let device = match args.get(2).map(String::as_str) {
+        None | Some("cpu") => Device::Cpu,
+        Some("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
+        Some(other) => panic!("device `{other}`: expected cpu, or cuda on a CUDA build with a GPU"),
+    };
+    let json_file = args.get(3);
     let _g = tch::no_grad_guard();
     let (b, d, n, k) = (4096i64, 576i64, 16384i64, 32usize);
-    let o = (Kind::Float, Device::Cpu);
+    let o = (Kind::Float, device);
     tch::manual_seed(0);
     let x = Tensor::randn([b, d], o);
     let w = Tensor::randn([n, d], o) / (d as f64).sqrt();
-    let floor = time(steps, || {
+    let floor = time(steps, device, || {
         let _ = x.matmul(&w.tr());
     });
     println!(
-        "training-step benchmark: d={d}, latents={n}, k={k}, batch={b}, {} threads, {steps} steps each",
+        "training-step benchmark: d={d}, latents={n}, k={k}, batch={b}, {device:?}, {} CPU threads, {steps} steps each",
         tch::get_num_threads()
     );
     println!(
         "{:<12} {:>10} {:>12} {:>8}",
         "", "ms/step", "tokens/s", "x matmul"
     );
-    let row = |name: &str, s: f64| {
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut row = |name: &str, s: f64| {
         println!(
             "{name:<12} {:>10.1} {:>12.0} {:>8.2}",
             s * 1e3,
             b as f64 / s,
             s / floor
-        )
+        );
+        rows.push(serde_json::json!({
+            "name": name, "ms_per_step": s * 1e3, "tokens_per_s": b as f64 / s, "x_matmul": s / floor,
+        }));
     };
     row("matmul", floor);
     for (sel, bf16_select) in [
@@ -75,7 +93,7 @@ fn main() {
             0.999,
             1e-8,
         );
-        let s = time(steps, || {
+        let s = time(steps, device, || {
             let st = sae.train_step(&x, None, None);
             let g = vec![
                 st.grads.w_enc,
@@ -110,7 +128,7 @@ fn main() {
             bf16_gram,
         };
         let mut adam = Adam::new(&[&mp.atoms, &mp.b_dec], 0.9, 0.999, 1e-8);
-        let s = time(steps, || {
+        let s = time(steps, device, || {
             let st = mp.train_step(&x);
             let g = vec![st.atoms_grad, st.b_dec_grad];
             constrained_step(
@@ -131,13 +149,13 @@ fn main() {
         b_enc: Tensor::full([n], -2.0, o),
         w_dec,
         b_dec: Tensor::zeros([d], o),
-        group: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+        group: Tensor::zeros([n], (Kind::Int64, device)),
         target: Tensor::ones([n], o),
         jump: true,
     };
     let mut adam = Adam::new(&[&gba.w_dec, &gba.b_dec], 0.9, 0.999, 1e-8);
-    let mut stats = BufferStats::new(n as usize, Device::Cpu);
-    let s = time(steps, || {
+    let mut stats = BufferStats::new(n as usize, device);
+    let s = time(steps, device, || {
         let st = gba.train_step(&x, &mut stats);
         let g = vec![st.w_enc + st.w_dec, st.b_dec];
         constrained_step(
@@ -151,4 +169,14 @@ fn main() {
         gba.w_enc = gba.w_dec.shallow_clone();
     });
     row("gba", s);
+    if let Some(path) = json_file {
+        let out = serde_json::json!({
+            "device": format!("{device:?}"),
+            "cpu_threads": tch::get_num_threads(),
+            "d": d, "latents": n, "k": k, "batch": b, "steps": steps,
+            "rows": rows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&out).expect("json"))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
 }

@@ -3,19 +3,25 @@
 
 use tch::{Kind, Tensor};
 
+/// Adam's state for a fixed list of parameters, in the order `new` was given them.
 #[derive(Debug)]
 pub struct Adam {
+    /// First-moment decay: the gradients' running average (TrainConfig's `beta1`, 0.9).
     pub beta1: f64,
+    /// Second-moment decay: the squared gradients' running average (`beta2`, 0.999).
     pub beta2: f64,
+    /// Added to √v̂ in the update's denominator, against division by zero (`eps`, 1e-8).
     pub eps: f64,
     /// First and second moments, one pair per parameter.
     pub m: Vec<Tensor>,
+    /// Second moments, one per parameter and of its shape.
     pub v: Vec<Tensor>,
     /// Steps taken.
     pub t: i64,
 }
 
 impl Adam {
+    /// Zero moments shaped like `params`, whose order every `step` must keep; t = 0.
     pub fn new(params: &[&Tensor], beta1: f64, beta2: f64, eps: f64) -> Adam {
         Adam {
             beta1,

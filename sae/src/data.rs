@@ -5,35 +5,52 @@
 use crate::error::{Result, SaeError};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use saescope_store::{BosHandling, ReadOptions, Run, Shuffle};
+use saescope_store::{BosHandling, ReadOptions, Run, Shuffle, TokenSet};
+use tch::{Device, Tensor};
 
 /// A source of rows, in an order fixed by the epoch number.
 pub trait Source {
+    /// Values per row.
     fn dim(&self) -> usize;
     /// Chunks of rows (row-major f32) for one pass over the data.
     fn epoch(&self, epoch: u64) -> Result<Box<dyn Iterator<Item = Result<Vec<f32>>> + '_>>;
 }
 
-/// One hook of a harvest run.
+/// Row-major f32 rows as a tensor [rows, dim] on `device`.
+pub fn rows_to_tensor(rows: &[f32], dim: usize, device: Device) -> Tensor {
+    Tensor::from_slice(rows)
+        .view([-1, dim as i64])
+        .to_device(device)
+}
+
+/// One hook of a harvest run, restricted to a set of its tokens (a side of a held-out split).
 pub struct RunSource {
+    /// The run.
     pub run: Run,
+    /// The hook read.
     pub hook: String,
-    pub shards: Vec<usize>,
+    /// Which tokens: whole shards, of which only a range of token indices counts.
+    pub tokens: TokenSet,
+    /// Values per row (the product of the hook's shape).
     pub dim: usize,
     /// Drop each context's first position (the BOS token): its activation is an outlier.
     pub exclude_bos: bool,
+    /// Seeds each epoch's shuffle.
     pub seed: u64,
+    /// Rows in the reader's shuffle buffer (0: in order).
     pub shuffle_buffer: usize,
+    /// Check each shard's SHA-256 on the first epoch.
     pub verify_checksums: bool,
 }
 
 impl RunSource {
-    pub fn new(run: Run, hook: &str, shards: Vec<usize>) -> Result<Self> {
+    /// The tokens `tokens` of `hook` in `run`, BOS dropped, shuffled with seed 0.
+    pub fn new(run: Run, hook: &str, tokens: TokenSet) -> Result<Self> {
         let (_, info) = run.hook(hook)?;
         let dim = info.shape.iter().product();
         Ok(RunSource {
             hook: hook.to_owned(),
-            shards,
+            tokens,
             dim,
             exclude_bos: true,
             seed: 0,
@@ -52,7 +69,7 @@ impl Source for RunSource {
     fn epoch(&self, epoch: u64) -> Result<Box<dyn Iterator<Item = Result<Vec<f32>>> + '_>> {
         let opts = ReadOptions {
             batch_tokens: 8192,
-            shards: Some(self.shards.clone()),
+            shards: Some(self.tokens.shards.clone()),
             shuffle: (self.shuffle_buffer > 0).then_some(Shuffle {
                 seed: self
                     .seed
@@ -68,15 +85,17 @@ impl Source for RunSource {
         let drop_bos =
             self.exclude_bos && self.run.manifest().context.bos == BosHandling::PrependEachContext;
         let dim = self.dim;
+        let range = self.tokens.tokens.clone();
         Ok(Box::new(reader.map(move |b| {
             let b = b?;
-            if !drop_bos {
+            let whole = b.token_index.iter().all(|t| range.contains(t));
+            if !drop_bos && whole {
                 return Ok(b.data);
             }
             // Every context starts at a multiple of ctx_len, so its BOS row is token_index % ctx_len == 0.
             let mut out = Vec::with_capacity(b.data.len());
             for (i, t) in b.token_index.iter().enumerate() {
-                if t % ctx == 0 {
+                if (drop_bos && t % ctx == 0) || !range.contains(t) {
                     continue;
                 }
                 out.extend_from_slice(&b.data[i * dim..(i + 1) * dim]);
@@ -88,8 +107,11 @@ impl Source for RunSource {
 
 /// Rows held in memory (tests, synthetic data), permuted by a seeded shuffle per epoch.
 pub struct MemorySource {
+    /// Row-major rows.
     pub data: Vec<f32>,
+    /// Values per row.
     pub dim: usize,
+    /// Seeds each epoch's permutation.
     pub seed: u64,
 }
 
@@ -127,7 +149,9 @@ impl Source for MemorySource {
 pub struct Batcher<'a> {
     source: &'a dyn Source,
     batch: usize,
+    /// The epoch the next batch comes from.
     pub epoch: u64,
+    /// Batches taken in that epoch.
     pub in_epoch: u64,
     iter: Option<Box<dyn Iterator<Item = Result<Vec<f32>>> + 'a>>,
     pending: Vec<f32>,

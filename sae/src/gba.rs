@@ -78,11 +78,16 @@ impl BiasRule {
     }
 }
 
+/// A tied SAE made sparse by group bias adaptation (see the module docs); rows are latents.
 #[derive(Debug)]
 pub struct GbaSae {
+    /// Encoder weights [n, d_in]; the same tensor as `w_dec` while training (tied).
     pub w_enc: Tensor,
+    /// Encoder bias [n]: starts at 0 and is moved only by the bias rule, never by a gradient.
     pub b_enc: Tensor,
+    /// Decoder atoms [n, d_in], unit-norm rows during training.
     pub w_dec: Tensor,
+    /// Decoder bias [d_in]: subtracted from the input before encoding, added back after.
     pub b_dec: Tensor,
     /// Group of each latent, i64 [n].
     pub group: Tensor,
@@ -95,12 +100,16 @@ pub struct GbaSae {
 /// Firing counts and maximal pre-activations over the current buffer.
 #[derive(Debug)]
 pub struct BufferStats {
+    /// Tokens on which each latent's gated pre-activation u + b_enc was positive, f32 [n].
     pub fired: Tensor,
+    /// Largest gated pre-activation of each latent in the buffer, f32 [n]; starts at 0.
     pub max_pre: Tensor,
+    /// Tokens seen since the buffer was last cleared.
     pub tokens: usize,
 }
 
 impl BufferStats {
+    /// Empty statistics for `n` latents on `device`.
     pub fn new(n: usize, device: tch::Device) -> Self {
         BufferStats {
             fired: Tensor::zeros([n as i64], (Kind::Float, device)),
@@ -110,16 +119,24 @@ impl BufferStats {
     }
 }
 
+/// What one GBA training forward and backward produced; gradients are of the FVU.
 pub struct Step {
+    /// Gradient for `w_enc`, [n, d_in]; a tied trainer adds it to the decoder's.
     pub w_enc: Tensor,
+    /// Gradient for `w_dec`, [n, d_in].
     pub w_dec: Tensor,
+    /// Gradient for `b_dec`, [d_in], through both the input's centring and the decoder.
     pub b_dec: Tensor,
+    /// The activations f [B, n], dense.
     pub acts: Tensor,
+    /// The reconstruction x̂ [B, d_in], b_dec included.
     pub recon: Tensor,
+    /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖² over the batch: the loss.
     pub fvu: f64,
 }
 
 impl GbaSae {
+    /// Number of latents n (rows of `w_enc`).
     pub fn n_latents(&self) -> usize {
         self.w_enc.size()[0] as usize
     }
@@ -138,6 +155,7 @@ impl GbaSae {
         (pre, acts, xc)
     }
 
+    /// The activations f [B, n] of x [B, d_in], dense (mostly zeros).
     pub fn encode_dense(&self, x: &Tensor) -> Tensor {
         self.forward(x).1
     }

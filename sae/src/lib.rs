@@ -1,36 +1,33 @@
-//! Sparse dictionaries: learning them and measuring them.
+//! Sparse dictionaries: learning them and measuring their reconstructions.
 //!
-//! This crate owns the dictionary learners (TopK and BatchTopK SAEs, MP-SAE, GBA, SNMF; any
-//! gradient learner also serves attention-output SAEs on `attn.hook_z`), the [`Dictionary`]
-//! interface they share, their on-disk form (SAELens v6 layout; SAELens and sparsify files load
-//! too), the training loop with its checkpoints, and the reconstruction metrics. The gradient
-//! learners compute their own gradients rather than using autograd, so that everything after the
-//! encoder's dense matmul costs in proportion to the active latents.
+//! This crate owns the dictionary learners (TopK and BatchTopK SAEs in [`topk`], MP-SAE in
+//! [`mpsae`], GBA in [`gba`], SNMF in [`snmf`]; any gradient learner also serves
+//! attention-output SAEs on `attn.hook_z`), the [`Dictionary`] interface they share, their files
+//! ([`format`]: the SAELens v6 layout; SAELens and sparsify files load too), training with its
+//! checkpoints ([`train`]) and the data it reads ([`data`]), and the reconstruction metrics
+//! ([`metrics`]). The gradient learners compute their own gradients rather than using autograd,
+//! so that everything after the encoder's dense matmul costs in proportion to the active
+//! latents.
 //!
-//! It also owns the analyses of a trained dictionary: splicing it into the model
-//! ([`splice`]: CE-loss recovered, KL), the streaming feature analysis that fills a feature
-//! store ([`analyze`]), and the prompt view with attribution by head ([`inspect`]).
-//!
-//! It reads activations through `saescope-store` and does not own those formats, the model
-//! runtime (`saescope-activations`), or any display: progress goes to observers and callbacks,
-//! and results come back as data.
+//! It reads activations through `saescope-store`, which also names the dictionary directory's
+//! files. It does not run models (`saescope-activations`) or analyse a dictionary inside one
+//! (`saescope-analysis`), and it shows nothing: progress goes to observers, results come back
+//! as data.
 
 // Doc comments write tensor shapes and indices in brackets ([B, d], w[f]), not as links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
 pub mod adam;
-pub mod analyze;
 pub mod data;
 pub mod dictionary;
 mod error;
+pub mod format;
 pub mod gba;
-pub mod inspect;
 pub mod metrics;
 pub mod mpsae;
 pub mod seeded;
 pub mod snmf;
 pub mod sparse;
-pub mod splice;
 pub mod synthetic;
 pub mod topk;
 pub mod train;

@@ -4,7 +4,7 @@
 //! tokens seen (numerator and denominator accumulated separately), not the per-batch average.
 
 use crate::sparse::SparseCodes;
-use serde::{Deserialize, Serialize};
+pub use saescope_store::dictionary::Metrics;
 use tch::{Kind, Tensor};
 
 /// Running sums over tokens.
@@ -24,33 +24,6 @@ pub struct Accumulator {
     l0_hist: Vec<u64>,
 }
 
-/// The metrics of one evaluation, with the formula of each.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Metrics {
-    pub tokens: u64,
-    pub fvu: f64,
-    pub explained_variance: f64,
-    pub explained_variance_legacy: f64,
-    pub mse: f64,
-    pub l0: f64,
-    pub l1: f64,
-    pub cos_sim: f64,
-    pub l2_ratio: f64,
-    pub relative_reconstruction_bias: f64,
-    pub dead_fraction: f64,
-    pub dense_fraction: f64,
-    pub freq_over_1_percent: f64,
-    /// Features by log10(density + 1e-10), bins of 0.5 from −10 to 0 (the first bin holds the
-    /// dead features).
-    pub log10_density_histogram: Vec<u64>,
-    /// Tokens by number of active latents (index = L0, last bin = that many or more).
-    pub l0_histogram: Vec<u64>,
-    pub formulas: serde_json::Value,
-    /// What makes a figure less reliable than it looks (too few tokens for the dead fraction).
-    #[serde(default)]
-    pub warnings: Vec<String>,
-}
-
 /// Dead and dense fractions need this many evaluated tokens: a latent of density 1e-6 fires
 /// about once in them.
 pub const DEAD_MIN_TOKENS: u64 = 1_000_000;
@@ -58,6 +31,7 @@ pub const DEAD_MIN_TOKENS: u64 = 1_000_000;
 const L0_BINS: usize = 257;
 
 impl Accumulator {
+    /// Empty sums for inputs of `d_in` values and `n_latents` latents.
     pub fn new(d_in: usize, n_latents: usize) -> Self {
         Accumulator {
             tokens: 0,
@@ -141,6 +115,7 @@ impl Accumulator {
         self.tokens += b;
     }
 
+    /// The metrics of everything added.
     pub fn finish(&self) -> Metrics {
         let n = self.tokens.max(1) as f64;
         let mean_sq: f64 = self.sum.iter().map(|s| (s / n) * (s / n)).sum();

@@ -13,10 +13,12 @@ use crate::sparse::SparseCodes;
 use crate::topk::centred_sq_sum;
 use tch::{Kind, Tensor};
 
+/// An MP-SAE: tied unit-norm atoms and a bias; the pursuit is the encoder.
 #[derive(Debug)]
 pub struct MpSae {
     /// Atoms [n, d], unit rows.
     pub atoms: Tensor,
+    /// Bias b [d]: subtracted before the pursuit, added back to the reconstruction.
     pub b_dec: Tensor,
     /// Pursuit steps in training, and the default at inference.
     pub k: usize,
@@ -27,14 +29,35 @@ pub struct MpSae {
     pub bf16_gram: bool,
 }
 
-/// How inference decides when to stop.
+/// When the pursuit stops, token by token. The three settings are SAELens' (`max_iterations`,
+/// `residual_threshold`, `stop_on_duplicate_support`) with the same meaning, so a dictionary
+/// saved with them encodes alike in both.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Stop {
-    /// Exactly this many steps.
-    Steps(usize),
-    /// Per token: stop once ‖r‖ < threshold (input units) or the best correlation is not
-    /// positive, after at most `max_steps`. L0 varies by token.
-    Residual { threshold: f64, max_steps: usize },
+pub struct Stop {
+    /// Steps at most.
+    pub max_steps: usize,
+    /// Stop a token once, after a step, its residual's norm is below this (input units);
+    /// 0 turns the rule off.
+    pub residual_threshold: f64,
+    /// Stop a token after a step that left its set of active latents unchanged (it picked an
+    /// atom already active, or added nothing).
+    pub duplicate_support: bool,
+}
+
+impl Stop {
+    /// Exactly `k` steps for every token: how saescope trains, and its default at inference.
+    pub fn steps(k: usize) -> Stop {
+        Stop {
+            max_steps: k,
+            residual_threshold: 0.0,
+            duplicate_support: false,
+        }
+    }
+
+    /// Whether tokens can stop before `max_steps` (then L0 varies by token).
+    pub fn is_adaptive(&self) -> bool {
+        self.residual_threshold > 0.0 || self.duplicate_support
+    }
 }
 
 /// One unrolled pursuit: the selections, coefficients and residuals needed by the backward.
@@ -92,19 +115,27 @@ impl Pursuit {
     }
 }
 
+/// What one MP-SAE training forward and backward produced; gradients are of the FVU.
 pub struct Step {
+    /// Gradient for `atoms` [n, d], nonzero only on rows the pursuit picked.
     pub atoms_grad: Tensor,
+    /// Gradient for `b_dec` [d].
     pub b_dec_grad: Tensor,
+    /// The k-step pursuit's codes, repeated picks merged.
     pub codes: SparseCodes,
+    /// The reconstruction x̂ = x − r^T [B, d].
     pub recon: Tensor,
+    /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖² over the batch: the loss.
     pub fvu: f64,
 }
 
 impl MpSae {
+    /// Number of latents n (rows of `atoms`).
     pub fn n_latents(&self) -> usize {
         self.atoms.size()[0] as usize
     }
 
+    /// Input width d (columns of `atoms`).
     pub fn d_in(&self) -> usize {
         self.atoms.size()[1] as usize
     }
@@ -116,13 +147,6 @@ impl MpSae {
     /// (on the CPU every step is memory-bound: reading a Gram row and rewriting a correlation
     /// row per token).
     pub fn pursue(&self, x: &Tensor, stop: Stop, keep_residuals: bool) -> Pursuit {
-        let (max_steps, threshold) = match stop {
-            Stop::Steps(t) => (t, None),
-            Stop::Residual {
-                threshold,
-                max_steps,
-            } => (max_steps, Some(threshold)),
-        };
         let r = x - &self.b_dec;
         let c = r.matmul(&self.atoms.tr());
         let gram = if self.bf16_gram {
@@ -140,7 +164,7 @@ impl MpSae {
             .split(rows, 0)
             .into_iter()
             .zip(c.split(rows, 0))
-            .map(|(r, c)| self.pursue_block(r, c, &gram, max_steps, threshold, keep_residuals))
+            .map(|(r, c)| self.pursue_block(r, c, &gram, stop, keep_residuals))
             .collect();
         Pursuit::concat(blocks)
     }
@@ -150,8 +174,7 @@ impl MpSae {
         mut r: Tensor,
         mut c: Tensor,
         gram: &Tensor,
-        max_steps: usize,
-        threshold: Option<f64>,
+        stop: Stop,
         keep_residuals: bool,
     ) -> Pursuit {
         let b = r.size()[0];
@@ -159,27 +182,17 @@ impl MpSae {
         let one_each = Tensor::arange(b, (Kind::Int64, device));
         let mut active = Tensor::ones([b], (Kind::Bool, device));
         let mut p = Pursuit {
-            picks: Vec::with_capacity(max_steps),
-            coefs: Vec::with_capacity(max_steps),
+            picks: Vec::with_capacity(stop.max_steps),
+            coefs: Vec::with_capacity(stop.max_steps),
             before: Vec::new(),
             residual: Tensor::empty([0], (Kind::Float, device)),
         };
-        for _ in 0..max_steps {
-            if let Some(th) = threshold {
-                let norm = r.norm_scalaropt_dim(2.0, [1], false);
-                active = active.logical_and(&norm.ge(th));
-                if active.any().int64_value(&[]) == 0 {
-                    break;
-                }
-            }
+        for _ in 0..stop.max_steps {
             let j = c.argmax(1, false);
             let d = self.atoms.index_select(0, &j);
             // The exact projection on the current atom (c only selects).
             let alpha = ((&d * &r).sum_dim_intlist(1, false, r.kind()).clamp_min(0.0))
                 * active.to_kind(r.kind());
-            if threshold.is_some() {
-                active = active.logical_and(&alpha.gt(0.0));
-            }
             if keep_residuals {
                 p.before.push(r.shallow_clone());
             }
@@ -197,8 +210,26 @@ impl MpSae {
             )
             .0;
             let _ = c.g_sub_(&update);
+            if stop.is_adaptive() {
+                // A step that added nothing changes nothing from here on: the token is done
+                // under either rule (SAELens would go on adding zeros).
+                let mut done = alpha.le(0.0);
+                if stop.duplicate_support && !p.picks.is_empty() {
+                    let earlier = Tensor::stack(&p.picks, 0).eq_tensor(&j.unsqueeze(0));
+                    let live = Tensor::stack(&p.coefs, 0).gt(0.0);
+                    done = done.logical_or(&earlier.logical_and(&live).any_dim(0, false));
+                }
+                if stop.residual_threshold > 0.0 {
+                    let norm = r.norm_scalaropt_dim(2.0, [1], false);
+                    done = done.logical_or(&norm.lt(stop.residual_threshold));
+                }
+                active = active.logical_and(&done.logical_not());
+            }
             p.picks.push(j);
             p.coefs.push(alpha);
+            if stop.is_adaptive() && active.any().int64_value(&[]) == 0 {
+                break;
+            }
         }
         p.residual = r;
         p
@@ -216,11 +247,13 @@ impl MpSae {
         SparseCodes::from_dense(&dense)
     }
 
+    /// Codes of x [B, d] from a pursuit that stops by `stop`, repeated picks merged.
     pub fn encode(&self, x: &Tensor, stop: Stop) -> SparseCodes {
         let p = self.pursue(x, stop, false);
         self.codes_of(&p, x.size()[0])
     }
 
+    /// The reconstruction [B, d] of `codes`: Σ_j f_j atoms[j] + b_dec.
     pub fn decode(&self, codes: &SparseCodes) -> Tensor {
         codes.combine(&self.atoms) + &self.b_dec
     }
@@ -228,7 +261,7 @@ impl MpSae {
     /// One training forward (k steps) and backward through the unroll, for the loss
     /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖².
     pub fn train_step(&self, x: &Tensor) -> Step {
-        let p = self.pursue(x, Stop::Steps(self.k), true);
+        let p = self.pursue(x, Stop::steps(self.k), true);
         let total_var = centred_sq_sum(x);
         let recon = x - &p.residual;
         let fvu = p.residual.square().sum(p.residual.kind()).double_value(&[]) / total_var;

@@ -13,6 +13,7 @@ use tch::{Device, Tensor};
 pub struct Seeded(ChaCha8Rng);
 
 impl Seeded {
+    /// A stream from `seed`: the same seed gives the same draws on every device and thread.
     pub fn new(seed: u64) -> Self {
         Seeded(ChaCha8Rng::seed_from_u64(seed))
     }

@@ -21,7 +21,9 @@ pub struct SnmfConfig {
     pub sparsity: f64,
     /// Ridge added to GᵀG in the F update.
     pub ridge: f64,
+    /// Full-batch iterations at most (500).
     pub max_iter: usize,
+    /// Full-batch: stop after this many iterations without a `tol` gain (100).
     pub patience: usize,
     /// Smallest relative loss improvement that resets patience.
     pub tol: f64,
@@ -51,6 +53,7 @@ pub fn full_batch_bytes(tokens: usize, neurons: usize, features: usize) -> u64 {
     4 * tokens as u64 * (neurons as u64 + 5 * features as u64)
 }
 
+/// Fitted SNMF features; codes of new activations are solved for by [`Snmf::encode_dense`].
 #[derive(Debug)]
 pub struct Snmf {
     /// Features as rows [K, m] (Fᵀ), the dictionary's atoms.
@@ -85,6 +88,7 @@ pub fn loss(a: &Tensor, g: &Tensor, f: &Tensor) -> f64 {
 pub type Progress<'a> = &'a mut dyn FnMut(usize, f64);
 
 impl Snmf {
+    /// Number of features K (rows of `features`).
     pub fn n_latents(&self) -> usize {
         self.features.size()[0] as usize
     }

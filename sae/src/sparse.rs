@@ -19,7 +19,9 @@ pub struct SparseCodes {
     pub vals: Tensor,
     /// Start of each row's entries, i64 [rows].
     pub offsets: Tensor,
+    /// Number of rows (inputs) in the batch.
     pub rows: usize,
+    /// Number of latents the indices in `cols` range over.
     pub n_latents: usize,
 }
 

@@ -7,6 +7,7 @@
 use crate::seeded::Seeded;
 use tch::{Device, Kind, Tensor};
 
+/// A planted dictionary and samples drawn from it.
 pub struct Planted {
     /// The true atoms [n, d], unit rows.
     pub atoms: Tensor,

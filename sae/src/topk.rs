@@ -17,7 +17,9 @@ use tch::{Kind, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Selection {
+    /// The k largest pre-activations of each row.
     TopK,
+    /// The k·B largest pre-activations of a batch of B rows; a threshold at inference.
     BatchTopK,
 }
 
@@ -25,11 +27,17 @@ pub enum Selection {
 /// `w_enc` and of `w_dec` belong to latent i.
 #[derive(Debug)]
 pub struct TopKSae {
+    /// Encoder weights [n_latents, d_in].
     pub w_enc: Tensor,
+    /// Encoder bias [n_latents], added after the matmul.
     pub b_enc: Tensor,
+    /// Decoder atoms [n_latents, d_in], one per row; unit-norm during training.
     pub w_dec: Tensor,
+    /// Decoder bias [d_in]: subtracted from the input before encoding, added back after.
     pub b_dec: Tensor,
+    /// Active latents per row (TopK), or their mean over a batch (BatchTopK).
     pub k: usize,
+    /// The training rule; inference uses `threshold`, or per-row top-k without one.
     pub selection: Selection,
     /// Inference threshold per latent [n] (BatchTopK, and imported JumpReLU dictionaries):
     /// a latent is active when its pre-activation exceeds it. None: top-k per row.
@@ -43,16 +51,23 @@ pub struct TopKSae {
 /// Gradients of the four parameters.
 #[derive(Debug)]
 pub struct Grads {
+    /// The loss's gradient for `w_enc`, [n_latents, d_in].
     pub w_enc: Tensor,
+    /// The loss's gradient for `b_enc`, [n_latents].
     pub b_enc: Tensor,
+    /// The loss's gradient for `w_dec`, [n_latents, d_in], not yet projected against the atoms.
     pub w_dec: Tensor,
+    /// The loss's gradient for `b_dec`, [d_in].
     pub b_dec: Tensor,
 }
 
 /// What one training forward and backward produced.
 pub struct Step {
+    /// Gradients of the loss FVU + coefficient · AuxK loss.
     pub grads: Grads,
+    /// The training selection's codes for the batch.
     pub codes: SparseCodes,
+    /// The reconstruction x̂ [B, d_in], b_dec included.
     pub recon: Tensor,
     /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖² over the batch.
     pub fvu: f64,
@@ -67,14 +82,17 @@ pub struct Step {
 pub struct AuxK {
     /// Number of dead latents used (capped at the number of dead ones).
     pub k_aux: usize,
+    /// Weight of the AuxK loss in the total (`aux_coefficient`, 1/32 by default).
     pub coefficient: f64,
 }
 
 impl TopKSae {
+    /// Number of latents n (rows of `w_enc`).
     pub fn n_latents(&self) -> usize {
         self.w_enc.size()[0] as usize
     }
 
+    /// Input width d_in (columns of `w_enc`).
     pub fn d_in(&self) -> usize {
         self.w_enc.size()[1] as usize
     }
@@ -155,6 +173,7 @@ impl TopKSae {
         self.exact_values(codes, &xc)
     }
 
+    /// The reconstruction [B, d_in] of `codes`: Σ_j f_j W_dec[j] + b_dec.
     pub fn decode(&self, codes: &SparseCodes) -> Tensor {
         codes.combine(&self.w_dec) + &self.b_dec
     }

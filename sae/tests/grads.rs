@@ -137,7 +137,7 @@ fn matching_pursuit_gradients_match_autograd_through_the_unroll() {
     let x = Tensor::randn([7, d], opts());
     let s = sae.train_step(&x);
     // Reference: the same picks, autograd through α_t = relu(d·r) and r ← r − α d.
-    let p = sae.pursue(&x, saescope_sae::mpsae::Stop::Steps(3), false);
+    let p = sae.pursue(&x, saescope_sae::mpsae::Stop::steps(3), false);
     let a = sae.atoms.copy().set_requires_grad(true);
     let b = sae.b_dec.copy().set_requires_grad(true);
     let mut r = &x - &b;
@@ -155,7 +155,7 @@ fn matching_pursuit_gradients_match_autograd_through_the_unroll() {
     // Each step is an orthogonal projection: the residual norm never grows.
     let mut prev = f64::INFINITY;
     for t in 1..=4 {
-        let q = sae.pursue(&x, saescope_sae::mpsae::Stop::Steps(t), false);
+        let q = sae.pursue(&x, saescope_sae::mpsae::Stop::steps(t), false);
         let norm = q.residual.square().sum(Kind::Double).double_value(&[]);
         assert!(norm <= prev + 1e-9);
         prev = norm;
@@ -268,31 +268,45 @@ fn gba_gradients_match_autograd_for_both_activations() {
     }
 }
 
-/// Matching pursuit written the plain way: fresh correlations every step, one token at a time.
-fn naive_pursuit(atoms: &Tensor, b_dec: &Tensor, x: &Tensor, th: f64, max: usize) -> Tensor {
+/// Matching pursuit written the plain way, one token at a time with fresh correlations every
+/// step, stopping as SAELens' `_encode_matching_pursuit` does: after each step, a token is done
+/// once its support (the atoms with a nonzero code) did not change, if `dup`, or once its
+/// residual's norm is below `th`, if `th` > 0.
+fn naive_pursuit(
+    atoms: &Tensor,
+    b_dec: &Tensor,
+    x: &Tensor,
+    th: f64,
+    max: usize,
+    dup: bool,
+) -> Tensor {
     let n = atoms.size()[0];
     let codes = Tensor::zeros([x.size()[0], n], opts());
     for i in 0..x.size()[0] {
         let mut r = x.get(i) - b_dec;
+        let mut support: Vec<bool> = vec![false; n as usize];
         for _ in 0..max {
-            if r.norm().double_value(&[]) < th {
-                break;
-            }
-            let c = atoms.mv(&r);
+            let c = atoms.mv(&r).relu();
             let j = c.argmax(0, false).int64_value(&[]);
-            let alpha = atoms.get(j).dot(&r).double_value(&[]);
-            if alpha <= 0.0 {
-                break;
-            }
+            let alpha = atoms.get(j).dot(&r).double_value(&[]).max(0.0);
             r = r - atoms.get(j) * alpha;
             let _ = codes.get(i).get(j).g_add_(&Tensor::from(alpha));
+            let before = support.clone();
+            if alpha > 0.0 {
+                support[j as usize] = true;
+            }
+            let unchanged = dup && support == before;
+            let small = th > 0.0 && r.norm().double_value(&[]) < th;
+            if unchanged || small {
+                break;
+            }
         }
     }
     codes
 }
 
 #[test]
-fn blocked_pursuit_with_residual_stopping_matches_a_plain_pursuit() {
+fn blocked_pursuit_stops_as_saelens_does() {
     tch::manual_seed(5);
     let (n, d) = (40, 8);
     let atoms = Tensor::randn([n, d], opts());
@@ -303,16 +317,28 @@ fn blocked_pursuit_with_residual_stopping_matches_a_plain_pursuit() {
         k: 4,
         bf16_gram: false,
     };
-    // More rows than one pursuit block, so blocks stop at different steps.
+    // More rows than one pursuit block, so blocks stop at different steps; some rows start
+    // below the threshold (SAELens still takes their first step).
     let x = Tensor::randn([150, d], opts()) * Tensor::rand([150, 1], opts()) * 2.0;
-    for (th, max) in [(0.8, 6), (0.0, 4)] {
-        let stop = saescope_sae::mpsae::Stop::Residual {
-            threshold: th,
+    for (th, max, dup) in [
+        (0.8, 6, false),
+        (0.0, 4, false),
+        (0.0, 40, true),
+        (0.5, 12, true),
+    ] {
+        let stop = saescope_sae::mpsae::Stop {
             max_steps: max,
+            residual_threshold: th,
+            duplicate_support: dup,
         };
         let got = sae.encode(&x, stop).to_dense();
-        let want = naive_pursuit(&sae.atoms, &sae.b_dec, &x, th, max);
+        let want = naive_pursuit(&sae.atoms, &sae.b_dec, &x, th, max, dup);
         close(&got.to_kind(Kind::Double), &want, "codes");
+        if dup {
+            // The rule bites: some token stops before the step limit.
+            let l0 = want.ne(0.0).sum_dim_intlist(1, false, Kind::Int64);
+            assert!(l0.max().int64_value(&[]) < max as i64, "{th} {max}");
+        }
     }
 }
 

@@ -25,7 +25,7 @@ fn fit(p: &Planted, cfg: TrainConfig) -> (AnyDictionary, f64, saescope_sae::metr
         dir.path(),
         false,
         Device::Cpu,
-        Default::default(),
+        &Default::default(),
         &mut (),
     )
     .unwrap();

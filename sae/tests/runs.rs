@@ -2,9 +2,11 @@
 
 use saescope_sae::Method;
 use saescope_sae::data::MemorySource;
-use saescope_sae::dictionary::{AnyDictionary, serialize};
+use saescope_sae::dictionary::AnyDictionary;
+use saescope_sae::format::safetensors::{read_safetensors, serialize};
 use saescope_sae::synthetic::flat;
-use saescope_sae::train::{LogLine, Observer, TrainConfig, train};
+use saescope_sae::train::{Observer, TrainConfig, train};
+use saescope_store::dictionary::LogLine;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -45,11 +47,10 @@ impl Observer for KillAt {
 }
 
 fn weights(dir: &Path) -> Vec<(String, Tensor)> {
-    let mut t: Vec<_> =
-        saescope_sae::dictionary::read_safetensors(&dir.join("sae_weights.safetensors"))
-            .unwrap()
-            .into_iter()
-            .collect();
+    let mut t: Vec<_> = read_safetensors(&dir.join("sae_weights.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect();
     t.sort_by(|a, b| a.0.cmp(&b.0));
     t
 }
@@ -67,7 +68,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
             whole.path(),
             false,
             Device::Cpu,
-            Default::default(),
+            &Default::default(),
             &mut (),
         )
         .unwrap();
@@ -80,7 +81,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
                 cut.path(),
                 false,
                 Device::Cpu,
-                Default::default(),
+                &Default::default(),
                 &mut KillAt(25),
             )
             .ok()
@@ -98,7 +99,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
             cut.path(),
             true,
             Device::Cpu,
-            Default::default(),
+            &Default::default(),
             &mut (),
         )
         .unwrap();
@@ -139,7 +140,7 @@ fn resume_with_other_settings_is_refused() {
             dir.path(),
             false,
             Device::Cpu,
-            Default::default(),
+            &Default::default(),
             &mut KillAt(15),
         )
         .ok()
@@ -152,7 +153,7 @@ fn resume_with_other_settings_is_refused() {
         dir.path(),
         true,
         Device::Cpu,
-        Default::default(),
+        &Default::default(),
         &mut (),
     )
     .err()
@@ -188,7 +189,7 @@ fn saved_dictionaries_load_back_and_encode_the_same() {
             dir.path(),
             false,
             Device::Cpu,
-            Default::default(),
+            &Default::default(),
             &mut (),
         )
         .unwrap();
@@ -293,4 +294,155 @@ fn sparsify_and_saelens_files_load_by_shape() {
         err.contains("sae_weights.safetensors") && err.contains("W_enc") && err.contains("[40, 8]"),
         "{err}"
     );
+}
+
+/// A run of one shard: training and held-out rows come from different contexts, and between
+/// them cover every non-BOS token once (rows identified by their values, which are a pure
+/// function of the token).
+#[test]
+fn held_out_rows_of_a_one_shard_run_are_never_training_rows() {
+    use saescope_sae::data::{RunSource, Source};
+    use saescope_store::{Dtype, Run, RunWriter, WriterOptions, synthetic};
+    use std::collections::HashMap;
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = "blocks.0.hook_resid_post";
+    let mut w = RunWriter::create(
+        tmp.path(),
+        synthetic::spec(vec![synthetic::hook(hook, &[6], Dtype::F32)], 32),
+        &WriterOptions::default(),
+    )
+    .unwrap();
+    synthetic::append_until(&mut w, 640, 100, |_| {}).unwrap();
+    w.finish().unwrap();
+    let run = Run::open(tmp.path()).unwrap();
+    assert_eq!(run.manifest().shards.len(), 1);
+    let mut token_of: HashMap<Vec<u32>, u64> = HashMap::new();
+    for t in 0..640u64 {
+        let mut row = Vec::new();
+        synthetic::fill(t, 1, 0, 6, &mut row);
+        token_of.insert(row.iter().map(|v| v.to_bits()).collect(), t);
+    }
+    let split = run.manifest().heldout_split(0.1);
+    let read = |set| -> Vec<u64> {
+        let mut src = RunSource::new(run.clone(), hook, set).unwrap();
+        src.shuffle_buffer = 64;
+        let mut out = Vec::new();
+        for chunk in src.epoch(0).unwrap() {
+            for row in chunk.unwrap().chunks(6) {
+                let bits: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+                out.push(token_of[&bits]);
+            }
+        }
+        out.sort_unstable();
+        out
+    };
+    let train = read(split.train.clone());
+    let held = read(split.heldout.clone());
+    // 20 contexts of 32: the last 2 are held out.
+    assert!(
+        train.iter().all(|&t| t < 576),
+        "a held-out token was trained on"
+    );
+    assert!(
+        held.iter().all(|&t| t >= 576),
+        "a training token was held out"
+    );
+    let mut all = train.clone();
+    all.extend(&held);
+    all.sort_unstable();
+    let want: Vec<u64> = (0..640).filter(|t| t % 32 != 0).collect();
+    assert_eq!(all, want, "every non-BOS token once");
+}
+
+/// An MP-SAE's cfg.json states its stopping rule in SAELens' fields, so SAELens runs the same
+/// pursuit, and saescope reads the rule back from them.
+#[test]
+fn a_saved_mpsae_states_its_stopping_rule() {
+    use saescope_sae::mpsae::Stop;
+    let read_cfg = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("cfg.json")).unwrap()).unwrap()
+    };
+    let stop_of = |dir: &Path| match AnyDictionary::load(dir, None, Device::Cpu).unwrap() {
+        AnyDictionary::Mp(m) => m.stop,
+        _ => panic!("not an MP-SAE"),
+    };
+    // The default: exactly k steps, no early stop.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(Method::MpSae);
+    c.tokens = 2048;
+    train(
+        &data(),
+        None,
+        &c,
+        dir.path(),
+        false,
+        Device::Cpu,
+        &Default::default(),
+        &mut (),
+    )
+    .unwrap();
+    let j = read_cfg(dir.path());
+    assert_eq!(j["architecture"], "matching_pursuit");
+    assert_eq!(j["max_iterations"], c.k);
+    assert_eq!(j["residual_threshold"], 0.0);
+    assert_eq!(j["stop_on_duplicate_support"], false);
+    assert_eq!(stop_of(dir.path()), Stop::steps(c.k));
+    // A residual threshold set for inference is written and read back.
+    let dir2 = tempfile::tempdir().unwrap();
+    c.mp_residual_threshold = Some(0.25);
+    c.mp_max_steps = Some(12);
+    train(
+        &data(),
+        None,
+        &c,
+        dir2.path(),
+        false,
+        Device::Cpu,
+        &Default::default(),
+        &mut (),
+    )
+    .unwrap();
+    let j = read_cfg(dir2.path());
+    assert_eq!(
+        (j["max_iterations"].clone(), j["residual_threshold"].clone()),
+        (12.into(), 0.25.into())
+    );
+    let want = Stop {
+        max_steps: 12,
+        residual_threshold: 0.25,
+        duplicate_support: false,
+    };
+    assert_eq!(stop_of(dir2.path()), want);
+    // A SAELens file that leaves the fields out gets SAELens' defaults.
+    let mut j = read_cfg(dir.path());
+    let o = j.as_object_mut().unwrap();
+    for k in [
+        "max_iterations",
+        "residual_threshold",
+        "stop_on_duplicate_support",
+        "saescope",
+    ] {
+        o.remove(k);
+    }
+    std::fs::write(dir.path().join("cfg.json"), j.to_string()).unwrap();
+    let d_in = data().dim;
+    let want = Stop {
+        max_steps: d_in,
+        residual_threshold: 0.01,
+        duplicate_support: true,
+    };
+    assert_eq!(stop_of(dir.path()), want);
+    // A file saescope wrote before it used SAELens' fields kept its rule in `saescope.mp_stop`.
+    j["saescope"] = serde_json::json!({"config": {"k": 3},
+        "mp_stop": {"residual_threshold": 0.5, "max_steps": 7}});
+    std::fs::write(dir.path().join("cfg.json"), j.to_string()).unwrap();
+    let want = Stop {
+        max_steps: 7,
+        residual_threshold: 0.5,
+        duplicate_support: false,
+    };
+    assert_eq!(stop_of(dir.path()), want);
+    j["saescope"] = serde_json::json!({"config": {"k": 3}, "mp_stop": {"steps": 5}});
+    std::fs::write(dir.path().join("cfg.json"), j.to_string()).unwrap();
+    assert_eq!(stop_of(dir.path()), Stop::steps(5));
 }

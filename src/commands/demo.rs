@@ -7,16 +7,24 @@
 //! interrupted harvest or training, and re-reads what is complete. At a desktop it ends by
 //! opening the explorer on the run; elsewhere it prints the command that does.
 
-use crate::assets::{self, ASSETS, Status};
-use crate::commands::dict::DictArgs;
 use crate::commands::{analyze, eval, explore, harvest, train};
-use anyhow::{Context, Result, bail};
-use saescope_sae::dictionary::WEIGHTS_FILE;
-use saescope_sae::metrics::Metrics;
-use saescope_sae::train::{CHECKPOINT_FILE, METRICS_FILE};
+use anyhow::{Result, bail};
+use saescope_activations::assets::{self, ASSETS, Status};
+use saescope_activations::corpus::CorpusSource;
+use saescope_activations::harvest::HarvestConfig;
+use saescope_activations::hooks::HookPoint;
+use saescope_activations::model::{Compute, TextModel};
+use saescope_analysis::eval::EvalOptions;
+use saescope_analysis::features::AnalyzeConfig;
+use saescope_analysis::{Session, SessionSpec};
+use saescope_sae::Method;
+use saescope_sae::train::{RunTraining, TrainConfig};
 use saescope_store::features::{FeatureStore, SUMMARY_FILE};
-use saescope_store::{Dtype, ReadOptions, Run, Shuffle, manifest::MANIFEST_FILE};
+use saescope_store::{
+    DictDir, Dtype, ReadOptions, Run, Shuffle, WriterOptions, manifest::MANIFEST_FILE,
+};
 use std::path::PathBuf;
+use tch::Device;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -73,22 +81,20 @@ pub fn run(args: Args) -> Result<()> {
         if existing {
             println!("  resuming an interrupted harvest");
         }
-        harvest::run(harvest::Args {
-            out: args.out.clone(),
-            model: None,
-            corpus: "brown".into(),
-            text_column: "text".into(),
-            hooks: vec![args.hook.clone()],
+        let model = TextModel::open(&assets::default_model(), Device::Cpu, Compute::F32)?;
+        let cfg = HarvestConfig {
+            hooks: vec![args.hook.parse::<HookPoint>()?],
             ctx_len: 128,
-            batch_size: 16,
+            batch_contexts: 16,
             max_tokens: Some(args.tokens),
-            dtype: Dtype::F32,
-            device: "cpu".into(),
-            compute_dtype: "f32".into(),
-            shard_mb: 64,
-            zstd: false,
-            resume: existing,
-        })?;
+            storage: Dtype::F32,
+            writer: WriterOptions {
+                shard_bytes: 64 << 20,
+                ..WriterOptions::default()
+            },
+        };
+        let corpus = CorpusSource::parse("brown", "text")?;
+        harvest::harvest(&model, &corpus, &cfg, &args.out, existing)?;
     }
 
     println!("== 3/6 read the run back");
@@ -109,39 +115,29 @@ pub fn run(args: Args) -> Result<()> {
         };
         let pb = crate::progress::bar(m.total_tokens, label, "tokens");
         let t = std::time::Instant::now();
-        let (mut rows, mut sum_norm, mut non_finite) = (0u64, 0f64, 0u64);
-        for batch in run.batches(
+        let scan = run.scan(
             &hook.name,
             &ReadOptions {
                 shuffle,
                 ..ReadOptions::default()
             },
-        )? {
-            let b = batch?;
-            for r in 0..b.rows() {
-                let row = b.row(r);
-                non_finite += row.iter().filter(|v| !v.is_finite()).count() as u64;
-                sum_norm += row
-                    .iter()
-                    .map(|&v| (v as f64) * (v as f64))
-                    .sum::<f64>()
-                    .sqrt();
-            }
-            rows += b.rows() as u64;
-            pb.set_position(rows);
-        }
+            &mut |rows| pb.set_position(rows),
+        )?;
         pb.finish_and_clear();
-        if rows != m.total_tokens || non_finite > 0 {
+        if scan.rows != m.total_tokens || scan.non_finite > 0 {
             bail!(
-                "read {rows} of {} tokens, {non_finite} non-finite values",
-                m.total_tokens
+                "read {} of {} tokens, {} non-finite values",
+                scan.rows,
+                m.total_tokens,
+                scan.non_finite
             );
         }
         println!(
-            "  {label:<10} {rows} tokens x {} in {:.2} s; mean L2 norm {:.1}",
+            "  {label:<10} {} tokens x {} in {:.2} s; mean L2 norm {:.1}",
+            scan.rows,
             hook.dim(),
             t.elapsed().as_secs_f64(),
-            sum_norm / rows as f64
+            scan.mean_norm
         );
     }
     let tokens = run.read_tokens(0)?;
@@ -160,39 +156,36 @@ pub fn run(args: Args) -> Result<()> {
         "== 4/6 train a TopK dictionary ({} latents, k = 32) on {}",
         args.latents, args.hook
     );
-    let dict = args
-        .out
-        .join("dictionaries")
-        .join(format!("{}-topk", args.hook));
-    if dict.join(WEIGHTS_FILE).exists() {
-        println!("  {} is already trained: its metrics", dict.display());
-        let path = dict.join(METRICS_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let metrics: Metrics = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a metrics file", path.display()))?;
+    let dict = DictDir::in_run(&args.out, &format!("{}-topk", args.hook));
+    if let Some(metrics) = dict.read_metrics()?.filter(|_| dict.weights().exists()) {
+        println!(
+            "  {} is already trained: its metrics",
+            dict.path().display()
+        );
         train::print_metrics(&metrics);
     } else {
-        let resume = dict.join(CHECKPOINT_FILE).exists();
+        let resume = dict.checkpoint().exists();
         if resume {
             println!("  resuming an interrupted training");
         }
-        train::run(train::Args {
-            run: args.out.clone(),
-            hook: args.hook.clone(),
-            out: Some(dict.clone()),
-            config: None,
-            method: Some("topk".into()),
-            latents: Some(args.latents),
-            k: Some(32),
-            tokens: Some(args.train_tokens),
+        let cfg = TrainConfig {
+            method: Method::TopK,
+            latents: args.latents,
+            k: 32,
+            tokens: args.train_tokens,
             // A short run: smaller batches for more steps, and a larger step than the
             // 1/sqrt(n) rule's, which is tuned for runs of millions of tokens.
-            batch_size: Some(1024),
+            batch_tokens: 1024,
             lr: Some(1e-3),
-            seed: None,
-            device: "cpu".into(),
+            ..TrainConfig::default()
+        };
+        train::train(&RunTraining {
+            run: &args.out,
+            hook: &args.hook,
+            config: &cfg,
+            out: Some(dict.path()),
             resume,
+            device: Device::Cpu,
         })?;
     }
 
@@ -200,30 +193,32 @@ pub fn run(args: Args) -> Result<()> {
         "== 5/6 splice the dictionary into the model over {} held-out tokens",
         args.eval_tokens
     );
-    let report = dict.join(eval::EVAL_FILE);
-    if report.exists() {
-        let text = std::fs::read_to_string(&report)
-            .with_context(|| format!("reading {}", report.display()))?;
-        let r: saescope_sae::splice::SpliceReport = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not an evaluation report", report.display()))?;
-        println!("  {} is already evaluated:", dict.display());
-        eval::print_report(&r, "the run's corpus");
-    } else {
-        eval::run(eval::Args {
-            source: DictArgs::of_run(dict.clone(), args.out.clone()),
-            corpus: None,
-            text_column: "text".into(),
-            tokens: args.eval_tokens,
-            batch_size: 8,
-            ctx_len: None,
-            head: None,
-            include_bos: false,
-            json: false,
-        })?;
-    }
+    let spec = SessionSpec {
+        run: Some(args.out.clone()),
+        ..SessionSpec::new(dict.path())
+    };
+    let evaluated = dict.read_eval()?;
+    let session = match evaluated {
+        Some(r) => {
+            println!("  {} is already evaluated:", dict.path().display());
+            eval::print_report(&r, "the run's corpus");
+            None
+        }
+        None => {
+            let session = Session::open(&spec)?;
+            let opts = EvalOptions {
+                tokens: args.eval_tokens,
+                ..EvalOptions::default()
+            };
+            let e = eval::eval(&session, &opts)?;
+            eval::print_report(&e.report, &e.corpus);
+            println!("written to {}", e.path.display());
+            Some(session)
+        }
+    };
 
     println!("== 6/6 analyse every feature of the dictionary over the run");
-    let store_dir = dict.join("features");
+    let store_dir = dict.features();
     if store_dir.join(SUMMARY_FILE).exists() {
         let s = FeatureStore::open(&store_dir)?.summary;
         println!(
@@ -234,13 +229,11 @@ pub fn run(args: Args) -> Result<()> {
             s.dead
         );
     } else {
-        analyze::run(analyze::Args {
-            source: DictArgs::of_run(dict.clone(), args.out.clone()),
-            out: None,
-            tokens: None,
-            batch_size: 4096,
-            include_bos: false,
-        })?;
+        let session = match session {
+            Some(s) => s,
+            None => Session::open(&spec)?,
+        };
+        analyze::analyze(&session, &AnalyzeConfig::default(), None)?;
     }
 
     println!();
@@ -252,7 +245,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     println!(
         "The dictionary:    {} (SAELens layout: cfg.json, sae_weights.safetensors; metrics.json, eval.json)",
-        dict.display()
+        dict.path().display()
     );
     println!(
         "Its features:      duckdb -c \"select feature, density, logit_top_tokens from '{}/features.parquet' order by density desc limit 10\"",

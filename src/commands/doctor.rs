@@ -1,7 +1,7 @@
 //! `saescope doctor`: is this machine ready? libtorch, devices, and the bundled assets.
 
-use crate::assets::{self, ASSETS, Status};
 use anyhow::{Result, bail};
+use saescope_activations::assets::{self, ASSETS, Status};
 use tch::{Device, Kind, Tensor};
 
 #[derive(clap::Args)]

@@ -2,14 +2,12 @@
 //! the forward pass over held-out text and reports CE-loss recovered, KL and the reconstruction
 //! metrics, written to `DICT/eval.json`.
 
-use super::{dict, harvest};
-use crate::progress;
-use anyhow::{Context, Result, bail};
-use saescope_activations::harvest::Packer;
-use saescope_sae::splice::{SpliceAccumulator, SpliceOptions, SpliceReport, splice_batch};
-use tch::Tensor;
-
-pub const EVAL_FILE: &str = "eval.json";
+use super::dict;
+use crate::progress::Tracker;
+use anyhow::Result;
+use saescope_analysis::Session;
+use saescope_analysis::eval::{EvalOptions, Evaluation, evaluate};
+use saescope_store::dictionary::EvalReport;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -42,104 +40,35 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let dict::InModel {
-        opened,
-        loaded,
-        model_path,
-        ..
-    } = dict::open_in_model(&a.source)?;
-    let run = opened.run.as_ref().map(|(_, r)| r);
-    let point = opened.point;
-    let d_in = opened.dict.as_dyn().d_in();
-    if let Some(h) = a.head {
-        let heads = loaded.model.hook_shape(point.kind)[0];
-        if point.kind != saescope_activations::hooks::HookKind::AttnZ || h >= heads {
-            bail!("--head {h}: needs an attn.hook_z dictionary and a head below {heads}");
-        }
-    }
-    let ctx_len = a
-        .ctx_len
-        .or(run.map(|r| r.manifest().context.ctx_len as usize))
-        .unwrap_or(128);
-    // The run's corpus, after what it harvested; or the corpus asked for, from its start.
-    let (spec, skip) = match (&a.corpus, run) {
-        (Some(c), _) => (c.clone(), 0u64),
-        (None, Some(r)) => {
-            let m = r.manifest();
-            let spec = m
-                .corpus
-                .sources
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "brown".into());
-            (spec, m.total_tokens.div_ceil(ctx_len as u64))
-        }
-        (None, None) => ("brown".into(), 0),
-    };
-    let corpus = harvest::corpus_source(&spec, &a.text_column)?;
-    let mut packer = Packer::new(&corpus, &loaded.tokenizer, ctx_len)?;
-    for _ in 0..skip {
-        if packer.next_context()?.is_none() {
-            bail!(
-                "the corpus `{spec}` has no text beyond the {skip} contexts the run harvested; pass --corpus"
-            );
-        }
-    }
-
-    let opts = SpliceOptions {
-        point,
-        exclude_bos: !a.include_bos,
+    let session = Session::open(&a.source.spec()?)?;
+    let opts = EvalOptions {
+        corpus: a.corpus.clone(),
+        text_column: a.text_column.clone(),
+        tokens: a.tokens,
+        batch_size: a.batch_size,
+        ctx_len: a.ctx_len,
         head: a.head,
+        include_bos: a.include_bos,
     };
-    let dict = opened.dict.as_dyn();
-    let mut acc = SpliceAccumulator::new(d_in, dict.n_latents());
-    let want = a.tokens.div_ceil(ctx_len as u64);
-    let pb = progress::bar(want * ctx_len as u64, "evaluating", "tokens");
-    let mut batch: Vec<i64> = Vec::new();
-    let mut in_batch = 0usize;
-    let mut taken = 0u64;
-    loop {
-        let next = if taken < want {
-            packer.next_context()?
-        } else {
-            None
-        };
-        let full = next.as_ref().is_some_and(|c| c.ids.len() == ctx_len);
-        if full {
-            batch.extend_from_slice(&next.expect("checked").ids);
-            in_batch += 1;
-            taken += 1;
-        }
-        if in_batch > 0 && (in_batch == a.batch_size || !full) {
-            let ids = Tensor::from_slice(&batch).view([in_batch as i64, ctx_len as i64]);
-            splice_batch(&loaded.model, dict, &ids, &opts, &mut acc)
-                .with_context(|| format!("running {}", model_path.display()))?;
-            pb.set_position(acc.contexts() * ctx_len as u64);
-            batch.clear();
-            in_batch = 0;
-        }
-        if !full {
-            break;
-        }
-    }
-    pb.finish_and_clear();
-    if acc.contexts() == 0 {
-        bail!("the corpus `{spec}` gave no full context of {ctx_len} tokens to evaluate on");
-    }
-    let report = acc.finish(&opts);
-    let path = opened.dir.join(EVAL_FILE);
-    let text = serde_json::to_string_pretty(&report)?;
-    saescope_store::write_atomic(&path, text.as_bytes())?;
+    let e = eval(&session, &opts)?;
     if a.json {
-        println!("{text}");
+        println!("{}", serde_json::to_string_pretty(&e.report)?);
     } else {
-        print_report(&report, &spec);
-        println!("written to {}", path.display());
+        print_report(&e.report, &e.corpus);
+        println!("written to {}", e.path.display());
     }
     Ok(())
 }
 
-pub fn print_report(r: &SpliceReport, corpus: &str) {
+/// Evaluates with a progress bar (the demo's evaluation too).
+pub fn eval(session: &Session, opts: &EvalOptions) -> Result<Evaluation> {
+    let mut bar = Tracker::new("evaluating", "tokens");
+    let e = evaluate(session, opts, &mut |done, total| bar.update(done, total))?;
+    bar.finish();
+    Ok(e)
+}
+
+pub fn print_report(r: &EvalReport, corpus: &str) {
     println!(
         "{} over {} contexts of {corpus} ({} predictions{}):",
         r.hook,

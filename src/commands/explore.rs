@@ -1,13 +1,13 @@
 //! `saescope explore`: the desktop explorer on a run directory. The window comes from
-//! `saescope-gui`; this command gives it a prompt engine that loads the model and dictionary
-//! the way `inspect` does, on the explorer's worker thread.
+//! `saescope-gui`; this command gives it a prompt engine, a `saescope-analysis` session opened
+//! the way `inspect` opens one, on the explorer's worker thread.
 
-use super::dict::{self, DictArgs};
-use super::inspect::prompt_ids;
 use anyhow::Result;
-use saescope_gui::{EngineFactory, Launch, PromptEngine, Start, View};
-use saescope_sae::inspect::{Attribution, PromptView, attention_attribution, prompt_view};
-use saescope_store::features::{FeatureRow, SUMMARY_FILE, read_features};
+use saescope_activations::model::device;
+use saescope_analysis::{Session, SessionSpec};
+use saescope_gui::{EngineFactory, ExploreError, Launch, PromptEngine, Start, View};
+use saescope_store::features::FeatureRow;
+use saescope_store::prompt::{Attribution, PromptView};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -61,18 +61,16 @@ pub fn run(a: Args) -> Result<()> {
             "no display (neither DISPLAY nor WAYLAND_DISPLAY is set): run `saescope explore` on a desktop, or under Xvfb"
         );
     }
-    let (model, device) = (a.model.clone(), a.device.clone());
+    let (model, device) = (a.model.clone(), device(&a.device)?);
     let factory: EngineFactory = Box::new(move |dir: &Path| {
-        let args = DictArgs {
-            dict: dir.to_owned(),
-            run: None,
-            hook: None,
+        let spec = SessionSpec {
             model: model.clone(),
-            device: device.clone(),
+            device,
+            ..SessionSpec::new(dir)
         };
-        Engine::open(&args)
+        Engine::open(&spec)
             .map(|e| Box::new(e) as Box<dyn PromptEngine>)
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| ExploreError::Engine(format!("{e:#}")))
     });
     saescope_gui::run(Launch {
         run: a.run,
@@ -83,51 +81,37 @@ pub fn run(a: Args) -> Result<()> {
             feature: a.feature,
             prompt: a.prompt,
         },
-    })
-    .map_err(anyhow::Error::msg)
+    })?;
+    Ok(())
 }
 
 /// The model and one dictionary, with the feature store's rows for quantiles.
 struct Engine {
-    inm: dict::InModel,
+    session: Session,
     features: Option<Vec<FeatureRow>>,
 }
 
 impl Engine {
-    fn open(args: &DictArgs) -> Result<Engine> {
-        let inm = dict::open_in_model(args)?;
-        let store = inm.opened.dir.join("features");
-        let features = if store.join(SUMMARY_FILE).exists() {
-            Some(read_features(&store)?)
-        } else {
-            None
-        };
-        Ok(Engine { inm, features })
+    fn open(spec: &SessionSpec) -> Result<Engine> {
+        let session = Session::open(spec)?;
+        let features = session.feature_rows()?;
+        Ok(Engine { session, features })
     }
 
-    fn ids(&self, text: &str) -> Result<Vec<u32>, String> {
-        prompt_ids(&self.inm.loaded.tokenizer, text, true).map_err(|e| format!("{e:#}"))
-    }
-
-    /// A token id's text, as the views show it.
-    fn token_name(&self, id: u32) -> String {
-        self.inm.loaded.tokenizer.decode(&[id]).unwrap_or_default()
+    fn ids(&self, text: &str) -> Result<Vec<u32>, ExploreError> {
+        self.session
+            .model
+            .prompt_ids(text, true)
+            .map_err(|e| ExploreError::Engine(e.to_string()))
     }
 }
 
 impl PromptEngine for Engine {
-    fn view(&mut self, text: &str, top: usize) -> Result<PromptView, String> {
+    fn view(&mut self, text: &str, top: usize) -> Result<PromptView, ExploreError> {
         let ids = self.ids(text)?;
-        prompt_view(
-            &self.inm.loaded.model,
-            self.inm.opened.dict.as_dyn(),
-            self.inm.opened.point,
-            &ids,
-            &|i| self.token_name(i),
-            top,
-            self.features.as_deref(),
-        )
-        .map_err(|e| e.to_string())
+        self.session
+            .prompt_view(&ids, top, self.features.as_deref())
+            .map_err(|e| ExploreError::Engine(e.to_string()))
     }
 
     fn attribution(
@@ -135,17 +119,10 @@ impl PromptEngine for Engine {
         text: &str,
         feature: u32,
         dest: usize,
-    ) -> Result<Attribution, String> {
+    ) -> Result<Attribution, ExploreError> {
         let ids = self.ids(text)?;
-        attention_attribution(
-            &self.inm.loaded.model,
-            self.inm.opened.dict.as_dyn(),
-            self.inm.opened.point,
-            &ids,
-            &|i| self.token_name(i),
-            feature,
-            dest,
-        )
-        .map_err(|e| e.to_string())
+        self.session
+            .attribution(&ids, feature, dest)
+            .map_err(|e| ExploreError::Engine(e.to_string()))
     }
 }

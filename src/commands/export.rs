@@ -1,11 +1,11 @@
 //! `saescope export`: a feature store in other tools' formats.
 
-use super::dict;
 use anyhow::{Context, Result};
+use saescope_analysis::features::neuron_alignment;
+use saescope_analysis::{OpenedDictionary, SessionSpec};
 use saescope_store::features::FeatureStore;
 use saescope_store::neuronpedia::{ExportInfo, dashboard_batch};
 use std::path::PathBuf;
-use tch::{Device, Kind};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
@@ -39,33 +39,11 @@ pub fn run(c: Command) -> Result<()> {
 }
 
 fn neuronpedia(a: NeuronpediaArgs) -> Result<()> {
-    let opened = dict::open(&a.dict, None, None, Device::Cpu)?;
-    let dir = a
-        .features
-        .clone()
-        .unwrap_or_else(|| a.dict.join("features"));
+    let opened = OpenedDictionary::open(&SessionSpec::new(&a.dict))?;
+    let dir = a.features.clone().unwrap_or_else(|| opened.dir.features());
     let store = FeatureStore::open(&dir)
         .with_context(|| format!("reading the feature store in {}", dir.display()))?;
-    // Neuron alignment: each decoder row's three largest |entries| and their share of its L1 norm.
-    let atoms = opened.dict.as_dyn().atoms().to_kind(Kind::Float);
-    let l1 = atoms
-        .abs()
-        .sum_dim_intlist(1, true, Kind::Float)
-        .clamp_min(1e-12);
-    let k = 3.min(atoms.size()[1]);
-    let (_, idx) = atoms.abs().topk(k, 1, true, true);
-    let vals = atoms.gather(1, &idx, false);
-    let share = vals.abs() / &l1;
-    let idx = Vec::<Vec<i64>>::try_from(idx)?;
-    let vals = Vec::<Vec<f32>>::try_from(vals)?;
-    let share = Vec::<Vec<f32>>::try_from(share)?;
-    let neuron_alignment = (0..idx.len())
-        .map(|f| {
-            (0..k as usize)
-                .map(|j| (idx[f][j] as u32, vals[f][j], share[f][j]))
-                .collect()
-        })
-        .collect();
+    let neuron_alignment = neuron_alignment(&opened.dict.as_dyn().atoms(), 3);
     let (model, dataset, ctx) = match &opened.run {
         Some((_, r)) => {
             let m = r.manifest();

@@ -1,13 +1,12 @@
 //! `saescope harvest`: run a model over a corpus and store activations at hook points.
 
-use crate::assets;
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
+use saescope_activations::assets;
 use saescope_activations::corpus::CorpusSource;
-use saescope_activations::harvest::{HarvestConfig, Harvester};
+use saescope_activations::harvest::{HarvestConfig, HarvestReport, Harvester};
 use saescope_activations::hooks::HookPoint;
-use saescope_activations::model::Model;
-use saescope_activations::tokenizer::TextTokenizer;
-use saescope_store::{Compression, Dtype, ModelInfo, WriterOptions};
+use saescope_activations::model::{TextModel, device};
+use saescope_store::{Compression, Dtype, WriterOptions};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -66,162 +65,13 @@ pub struct Args {
     pub resume: bool,
 }
 
-/// Resolves `--corpus`.
-pub fn corpus_source(spec: &str, text_column: &str) -> Result<CorpusSource> {
-    let cache = assets::cache_dir();
-    let bundled = |name: &str| -> Result<PathBuf> {
-        let a = assets::find(name)?;
-        let dir = a.dir(&cache);
-        if a.status(&cache, false) != assets::Status::Installed {
-            bail!("the bundled corpus `{name}` is not installed (run `saescope setup {name}`)");
-        }
-        Ok(dir)
-    };
-    let column = text_column.to_owned();
-    Ok(match spec {
-        "brown" => CorpusSource::Brown(bundled("brown")?),
-        "shakespeare" => CorpusSource::Shakespeare(bundled("shakespeare")?),
-        path => {
-            let p = PathBuf::from(path);
-            if !p.exists() {
-                bail!(
-                    "--corpus {path}: no such file or directory (bundled corpora: brown, shakespeare)"
-                );
-            }
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-            let has_parquet = p.is_dir()
-                && std::fs::read_dir(&p)?
-                    .any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "parquet")));
-            match ext {
-                "jsonl" | "json" => CorpusSource::Jsonl { path: p, column },
-                "parquet" => CorpusSource::Parquet { path: p, column },
-                _ if has_parquet => CorpusSource::Parquet { path: p, column },
-                _ if p.is_dir() => CorpusSource::TextDir(p),
-                _ => bail!(
-                    "--corpus {path}: expected a directory of .txt files, a .jsonl file or Parquet"
-                ),
-            }
-        }
-    })
-}
-
-/// Expands `blocks.*.X` to every layer and parses the names.
-pub fn parse_hooks(names: &[String], n_layers: usize) -> Result<Vec<HookPoint>> {
-    let mut out = Vec::new();
-    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-        if let Some(rest) = name.strip_prefix("blocks.*.") {
-            for l in 0..n_layers {
-                out.push(
-                    format!("blocks.{l}.{rest}")
-                        .parse::<HookPoint>()
-                        .map_err(anyhow::Error::msg)?,
-                );
-            }
-        } else {
-            out.push(name.parse::<HookPoint>().map_err(anyhow::Error::msg)?);
-        }
-    }
-    out.dedup();
-    Ok(out)
-}
-
-pub fn default_model() -> PathBuf {
-    let a = assets::find("smollm2-135m-instruct").expect("bundled model is in the asset table");
-    a.key_path(&assets::cache_dir())
-}
-
-pub fn device(name: &str) -> Result<tch::Device> {
-    match name {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-        "cuda" => bail!(
-            "--device cuda: CUDA is not available (a CPU build, or no GPU; see `saescope doctor`)"
-        ),
-        other => bail!("--device {other}: expected cpu or cuda"),
-    }
-}
-
-/// A loaded model with its tokenizer and provenance.
-pub struct Loaded {
-    pub model: Model,
-    pub tokenizer: TextTokenizer,
-    pub info: ModelInfo,
-}
-
-/// Refuses what saescope will not load, before looking for the file.
-fn check_model_path(path: &Path) -> Result<()> {
-    if path
-        .extension()
-        .is_some_and(|e| e == "bin" || e == "pt" || e == "pth" || e == "ckpt")
-    {
-        bail!(
-            "{}: pickled checkpoints are not loaded (unpickling can run arbitrary code); convert to \
-             safetensors (in Python: model.save_pretrained(dir, safe_serialization=True)) or to GGUF \
-             (llama.cpp's convert_hf_to_gguf.py) first",
-            path.display()
-        );
-    }
-    if !path.exists() {
-        bail!(
-            "{}: model not found (the bundled model installs with `saescope setup`)",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-/// Loads a GGUF file or a Hugging Face checkpoint directory, with its tokenizer, computing in
-/// `compute` (`f32` or `bf16`).
-pub fn load_model(path: &Path, device: tch::Device, compute: &str) -> Result<Loaded> {
-    check_model_path(path)?;
-    let t = Instant::now();
-    let kind = match compute {
-        "bf16" => tch::Kind::BFloat16,
-        _ => tch::Kind::Float,
-    };
-    let loaded =
-        Model::load(path, device, kind).with_context(|| format!("loading {}", path.display()))?;
-    let Some(tokenizer) = loaded.tokenizer else {
-        bail!(
-            "{}: no tokenizer (put the model's tokenizer.json in the checkpoint directory)",
-            path.display()
-        );
-    };
-    // A checkpoint directory is identified by its config; a file by its own bytes.
-    let hashed = if path.is_dir() {
-        path.join("config.json")
-    } else {
-        path.to_owned()
-    };
-    let info = ModelInfo {
-        name: loaded.name,
-        architecture: Some(loaded.model.architecture().into()),
-        file: Some(path.display().to_string()),
-        sha256: Some(assets::sha256_path(&hashed)?),
-        compute_dtype: Some(compute.into()),
-    };
-    tracing::info!(
-        "loaded {} ({}, {} layers) in {:.1} s",
-        info.name,
-        loaded.model.architecture(),
-        loaded.model.n_layers(),
-        t.elapsed().as_secs_f64()
-    );
-    Ok(Loaded {
-        model: loaded.model,
-        tokenizer,
-        info,
-    })
-}
-
 pub fn run(args: Args) -> Result<()> {
     let device = device(&args.device)?;
-    let corpus = corpus_source(&args.corpus, &args.text_column)?;
-    let model_path = args.model.clone().unwrap_or_else(default_model);
-    let loaded = load_model(&model_path, device, &args.compute_dtype)?;
-    let hooks = parse_hooks(&args.hooks, loaded.model.n_layers())?;
+    let corpus = CorpusSource::parse(&args.corpus, &args.text_column)?;
+    let model_path = args.model.clone().unwrap_or_else(assets::default_model);
+    let model = TextModel::open(&model_path, device, args.compute_dtype.parse()?)?;
     let cfg = HarvestConfig {
-        hooks,
+        hooks: HookPoint::parse_list(&args.hooks, model.model.n_layers())?,
         ctx_len: args.ctx_len,
         batch_contexts: args.batch_size,
         max_tokens: args.max_tokens,
@@ -236,21 +86,34 @@ pub fn run(args: Args) -> Result<()> {
             ..WriterOptions::default()
         },
     };
-    let pb = match args.max_tokens {
+    harvest(&model, &corpus, &cfg, &args.out, args.resume)
+}
+
+/// Runs the harvest with a progress bar and prints what it wrote (the demo's harvest too).
+pub fn harvest(
+    model: &TextModel,
+    corpus: &CorpusSource,
+    cfg: &HarvestConfig,
+    out: &Path,
+    resume: bool,
+) -> Result<()> {
+    let pb = match cfg.max_tokens {
         Some(n) => crate::progress::bar(n, "harvesting", "tokens"),
         None => crate::progress::counter("harvesting", "tokens"),
     };
     let t = Instant::now();
     let harvester = Harvester {
-        model: &loaded.model,
-        tokenizer: &loaded.tokenizer,
-        model_info: loaded.info,
+        model: &model.model,
+        tokenizer: &model.tokenizer,
+        model_info: model.info.clone(),
     };
-    let report = harvester.run(&corpus, &cfg, &args.out, args.resume, &mut |n| {
-        pb.set_position(n)
-    })?;
+    let report = harvester.run(corpus, cfg, out, resume, &mut |n| pb.set_position(n))?;
     pb.finish_and_clear();
-    let secs = t.elapsed().as_secs_f64();
+    print_report(&report, corpus, out, t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_report(report: &HarvestReport, corpus: &CorpusSource, out: &Path, secs: f64) {
     let m = &report.manifest;
     println!(
         "harvested {} tokens ({} this run, {:.0} tokens/s) from {} documents of {} into {} ({} shards)",
@@ -259,7 +122,7 @@ pub fn run(args: Args) -> Result<()> {
         report.tokens_this_run as f64 / secs,
         report.documents,
         corpus.name(),
-        args.out.display(),
+        out.display(),
         m.shards.len()
     );
     println!(
@@ -276,5 +139,4 @@ pub fn run(args: Args) -> Result<()> {
             report.replaced_sequences
         );
     }
-    Ok(())
 }

@@ -5,9 +5,9 @@
 
 use super::dict;
 use anyhow::{Context, Result, bail};
-use saescope_activations::tokenizer::TextTokenizer;
-use saescope_sae::inspect::{Attribution, PromptView, attention_attribution, prompt_view};
+use saescope_analysis::Session;
 use saescope_store::features::{SUMMARY_FILE, read_features};
+use saescope_store::prompt::{Attribution, PromptView};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -43,13 +43,12 @@ struct Output {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let dict::InModel { opened, loaded, .. } = dict::open_in_model(&a.source)?;
-    let tok = &loaded.tokenizer;
-    let ids = prompt_ids(tok, &a.prompt, !a.no_bos)?;
+    let session = Session::open(&a.source.spec()?)?;
+    let ids = session.model.prompt_ids(&a.prompt, !a.no_bos)?;
     let store_dir = a
         .features
         .clone()
-        .unwrap_or_else(|| opened.dir.join("features"));
+        .unwrap_or_else(|| session.opened.dir.features());
     let store = if store_dir.join(SUMMARY_FILE).exists() {
         Some(
             read_features(&store_dir)
@@ -65,27 +64,9 @@ pub fn run(a: Args) -> Result<()> {
         }
         None
     };
-    let token_str = |i: u32| tok.decode(&[i]).unwrap_or_default();
-    let dictionary = opened.dict.as_dyn();
-    let view = prompt_view(
-        &loaded.model,
-        dictionary,
-        opened.point,
-        &ids,
-        &token_str,
-        a.top,
-        store.as_deref(),
-    )?;
+    let view = session.prompt_view(&ids, a.top, store.as_deref())?;
     let attribution = match (a.feature, a.dest) {
-        (Some(f), Some(d)) => Some(attention_attribution(
-            &loaded.model,
-            dictionary,
-            opened.point,
-            &ids,
-            &token_str,
-            f,
-            d,
-        )?),
+        (Some(f), Some(d)) => Some(session.attribution(&ids, f, d)?),
         (None, None) => None,
         _ => bail!("--feature and --dest go together"),
     };
@@ -155,17 +136,4 @@ pub fn run(a: Args) -> Result<()> {
         println!("  by head: {}", per_head.join("  "));
     }
     Ok(())
-}
-
-/// The prompt's token ids, BOS first when `bos` (and the tokenizer has one).
-pub fn prompt_ids(tok: &TextTokenizer, text: &str, bos: bool) -> Result<Vec<u32>> {
-    let mut ids = Vec::new();
-    if bos {
-        ids.extend(tok.bos);
-    }
-    ids.extend(tok.encode(text)?);
-    if ids.is_empty() {
-        bail!("the prompt has no tokens");
-    }
-    Ok(ids)
 }

@@ -1,7 +1,7 @@
 //! `saescope setup`: install (or check) the bundled assets.
 
-use crate::assets::{self, ASSETS, Status};
 use anyhow::{Result, bail};
+use saescope_activations::assets::{self, ASSETS, Status};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,7 +21,7 @@ pub fn run(args: Args) -> Result<()> {
         args.only
             .iter()
             .map(|n| assets::find(n))
-            .collect::<Result<_>>()?
+            .collect::<Result<_, _>>()?
     };
     println!("cache: {}", cache.display());
     let mut problems = Vec::new();

@@ -1,12 +1,13 @@
 //! `saescope train`: fit a dictionary to one hook of a harvest run.
 
 use crate::progress;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use saescope_activations::model::device;
 use saescope_sae::Method;
-use saescope_sae::data::RunSource;
 use saescope_sae::metrics::Metrics;
-use saescope_sae::train::{LogLine, Observer, TrainConfig, train};
-use saescope_store::Run;
+use saescope_sae::train::{Observer, RunTraining, TrainConfig};
+use saescope_store::DictDir;
+use saescope_store::dictionary::LogLine;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -51,7 +52,18 @@ pub struct Args {
     pub resume: bool,
 }
 
-struct Bar(indicatif::ProgressBar, usize);
+/// Training's progress bar: tokens, with FVU, L0 and the dead fraction as its message.
+pub struct Bar(indicatif::ProgressBar, usize);
+
+impl Bar {
+    pub fn new() -> Bar {
+        Bar(indicatif::ProgressBar::hidden(), 1)
+    }
+
+    pub fn finish(self) {
+        self.0.finish_and_clear();
+    }
+}
 
 impl Observer for Bar {
     fn start(&mut self, total: u64, batch: usize) {
@@ -72,7 +84,7 @@ impl Observer for Bar {
 }
 
 /// Trains and returns the dictionary's directory.
-pub fn run(a: Args) -> Result<PathBuf> {
+pub fn run(a: Args) -> Result<DictDir> {
     let mut cfg: TrainConfig = match &a.config {
         Some(p) => {
             let text =
@@ -83,7 +95,7 @@ pub fn run(a: Args) -> Result<PathBuf> {
         None => TrainConfig::default(),
     };
     if let Some(m) = &a.method {
-        cfg.method = m.parse::<Method>().map_err(anyhow::Error::msg)?;
+        cfg.method = m.parse::<Method>()?;
     }
     cfg.latents = a.latents.unwrap_or(cfg.latents);
     cfg.k = a.k.unwrap_or(cfg.k);
@@ -91,67 +103,28 @@ pub fn run(a: Args) -> Result<PathBuf> {
     cfg.batch_tokens = a.batch_size.unwrap_or(cfg.batch_tokens);
     cfg.lr = a.lr.or(cfg.lr);
     cfg.seed = a.seed.unwrap_or(cfg.seed);
-    let device = super::harvest::device(&a.device)?;
-    let run = Run::open(&a.run).with_context(|| format!("opening run {}", a.run.display()))?;
-    let (_, info) = run.hook(&a.hook)?;
-    let n_heads = a.hook.ends_with("attn.hook_z").then(|| info.shape[0]);
-    let (train_shards, held) = run.manifest().split_shards(cfg.heldout_fraction);
-    let (train_shards, held) = if held.is_empty() || train_shards.is_empty() {
-        tracing::warn!("the run has one shard: held-out metrics come from the training data");
-        let all: Vec<usize> = (0..run.manifest().shards.len()).collect();
-        (all.clone(), all)
-    } else {
-        (train_shards, held)
-    };
-    let mut src = RunSource::new(run.clone(), &a.hook, train_shards)?;
-    src.exclude_bos = cfg.exclude_bos;
-    src.seed = cfg.seed;
-    src.shuffle_buffer = cfg.shuffle_buffer;
-    let mut heldout = RunSource::new(run.clone(), &a.hook, held)?;
-    heldout.exclude_bos = cfg.exclude_bos;
-    heldout.shuffle_buffer = 0;
-    let method_name = serde_json::to_value(cfg.method)?
-        .as_str()
-        .unwrap_or("dict")
-        .to_owned();
-    let out = a.out.clone().unwrap_or_else(|| {
-        a.run
-            .join("dictionaries")
-            .join(format!("{}-{method_name}", a.hook))
-    });
-    if !a.resume && out.join("sae_weights.safetensors").exists() {
-        bail!(
-            "{} already holds a dictionary; choose another --out or remove it",
-            out.display()
-        );
-    }
-    let m = run.manifest();
-    let mut meta = serde_json::Map::new();
-    meta.insert("model".into(), m.model.name.clone().into());
-    meta.insert("hook".into(), a.hook.clone().into());
-    meta.insert("context_size".into(), m.context.ctx_len.into());
-    meta.insert("run".into(), a.run.display().to_string().into());
-    if let Some(h) = n_heads {
-        meta.insert("n_heads".into(), h.into());
-    }
-    let mut bar = Bar(indicatif::ProgressBar::hidden(), 1);
-    let report = train(
-        &src,
-        Some(&heldout),
-        &cfg,
-        &out,
-        a.resume,
-        device,
-        meta,
-        &mut bar,
-    )?;
-    bar.0.finish_and_clear();
+    train(&RunTraining {
+        run: &a.run,
+        hook: &a.hook,
+        config: &cfg,
+        out: a.out.as_deref(),
+        resume: a.resume,
+        device: device(&a.device)?,
+    })
+}
+
+/// Trains with a progress bar and prints the held-out metrics (the demo's training too).
+pub fn train(job: &RunTraining<'_>) -> Result<DictDir> {
+    let mut bar = Bar::new();
+    let (out, report) = job.train(&mut bar)?;
+    bar.finish();
     println!(
-        "trained {method_name} on {} ({} steps, {} tokens) into {}",
-        a.hook,
+        "trained {} on {} ({} steps, {} tokens) into {}",
+        job.config.method.name(),
+        job.hook,
         report.steps,
         report.tokens,
-        out.display()
+        out.path().display()
     );
     if let Some(mt) = &report.metrics {
         print_metrics(mt);

@@ -22,10 +22,15 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// File name of the per-feature table: statistics, activation histogram, logit effects.
 pub const FEATURES_FILE: &str = "features.parquet";
+/// File name of the sampled-contexts table: one row per window, sorted by feature.
 pub const CONTEXTS_FILE: &str = "contexts.parquet";
+/// File name of the decoder-neighbour table: one row per (feature, neighbour).
 pub const NEIGHBOURS_FILE: &str = "neighbours.parquet";
+/// File name of the summary, written last: a store without it is incomplete.
 pub const SUMMARY_FILE: &str = "summary.json";
+/// The `summary.json` format version this saescope writes and reads; others are refused.
 pub const FEATURE_STORE_VERSION: u32 = 1;
 /// Rows per row group of `contexts.parquet`: about 60 features' contexts, so reading one
 /// feature decodes a few thousand rows, not the table.
@@ -34,26 +39,38 @@ pub const CONTEXT_ROWS_PER_GROUP: usize = 4_096;
 /// One feature's statistics and logit effects.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FeatureRow {
+    /// The latent's index in the dictionary.
     pub feature: u32,
     /// Tokens on which the feature was nonzero.
     pub count: u64,
+    /// `count` divided by the tokens analysed ([`Summary::tokens`]); 0 for a dead feature.
     pub density: f64,
     /// Mean of the nonzero activations.
     pub mean_act: f32,
+    /// Largest of the nonzero activations.
     pub max_act: f32,
     /// Counts of nonzero activations in equal-width bins over [0, act_hist_max).
     pub act_hist: Vec<u32>,
+    /// Upper edge of `act_hist`'s range: a power of two above `max_act`.
     pub act_hist_max: f32,
+    /// Ids of the tokens whose logits the decoder direction raises most, largest first.
     pub logit_top_ids: Vec<u32>,
+    /// The logit effect on each of `logit_top_ids`, in the same order.
     pub logit_top_values: Vec<f32>,
+    /// The text of each of `logit_top_ids`, from the model's vocabulary.
     pub logit_top_tokens: Vec<String>,
+    /// Ids of the tokens whose logits the decoder direction lowers most, most lowered first.
     pub logit_bottom_ids: Vec<u32>,
+    /// The logit effect on each of `logit_bottom_ids`, in the same order.
     pub logit_bottom_values: Vec<f32>,
+    /// The text of each of `logit_bottom_ids`, from the model's vocabulary.
     pub logit_bottom_tokens: Vec<String>,
     /// Counts of the logit effect over the whole vocabulary, equal-width bins over
     /// [logit_hist_min, logit_hist_max].
     pub logit_hist: Vec<u32>,
+    /// Lower edge of `logit_hist`: the smallest logit effect over the vocabulary.
     pub logit_hist_min: f32,
+    /// Upper edge of `logit_hist`: the largest logit effect over the vocabulary.
     pub logit_hist_max: f32,
     /// Attention-output dictionaries: each head's share of the decoder norm (sums to 1).
     pub head_share: Vec<f32>,
@@ -71,29 +88,44 @@ pub enum ContextKind {
 /// A window of tokens around one activating token, with the feature's activation on each.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContextRow {
+    /// The feature whose activations the window shows.
     pub feature: u32,
+    /// Top context or interval sample, and which interval (`kind` and `interval` in the file).
     pub kind: ContextKind,
+    /// Order within its kind and interval; 0 is the largest activation.
     pub rank: u16,
     /// The activating token's index in the harvest run.
     pub token_index: u64,
+    /// The feature's activation on the activating token.
     pub activation: f32,
     /// Position of the activating token in the window.
     pub focus: u16,
+    /// Token ids of the window; it never crosses a context boundary.
     pub token_ids: Vec<u32>,
+    /// The text of each of `token_ids`, from the model's vocabulary.
     pub tokens: Vec<String>,
+    /// The feature's activation on each token of the window.
     pub acts: Vec<f32>,
 }
 
 /// One window of a [`Contexts`] table, borrowed: a [`ContextRow`] without the token text.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Window<'a> {
+    /// The feature whose activations the window shows.
     pub feature: u32,
+    /// Top context or interval sample, and which interval.
     pub kind: ContextKind,
+    /// Order within its kind and interval; 0 is the largest activation.
     pub rank: u16,
+    /// The activating token's index in the harvest run.
     pub token_index: u64,
+    /// The feature's activation on the activating token.
     pub activation: f32,
+    /// Position of the activating token in the window.
     pub focus: u16,
+    /// Token ids of the window; it never crosses a context boundary.
     pub token_ids: &'a [u32],
+    /// The feature's activation on each token of the window, one per token id.
     pub acts: &'a [f32],
 }
 
@@ -200,6 +232,7 @@ impl Contexts {
         self.feature.len()
     }
 
+    /// Whether the table holds no window.
     pub fn is_empty(&self) -> bool {
         self.feature.is_empty()
     }
@@ -224,15 +257,20 @@ impl Contexts {
         }
     }
 
+    /// Every window, in the order they were added.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Window<'_>> {
         (0..self.len()).map(|i| self.get(i))
     }
 }
 
+/// One row of `neighbours.parquet`: a feature and one of its nearest decoder directions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NeighbourRow {
+    /// The feature whose neighbour this is.
     pub feature: u32,
+    /// Position among the feature's neighbours; 0 has the highest cosine.
     pub rank: u8,
+    /// The neighbouring feature's index.
     pub neighbour: u32,
     /// Cosine between the two decoder directions.
     pub cosine: f32,
@@ -245,22 +283,35 @@ pub struct NeighbourRow {
 /// `summary.json`: what was analysed, and figures across all features.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
+    /// Always [`FEATURE_STORE_VERSION`]; a reader refuses any other version.
     pub format_version: u32,
+    /// Path of the analysed dictionary's directory.
     pub dictionary: String,
+    /// Path of the harvest run analysed, or `None` when it was not recorded.
     pub run: Option<String>,
+    /// The hook point the dictionary reads, e.g. `blocks.6.hook_resid_post`.
     pub hook: String,
+    /// The dictionary's architecture by its SAELens name, e.g. `topk` or `jumprelu`.
     pub method: String,
+    /// Features in the dictionary, one row each in `features.parquet`.
     pub features: u64,
+    /// Tokens analysed; every feature's `density` is its `count` divided by this.
     pub tokens: u64,
+    /// Features that never fired on the tokens analysed (`count` of 0).
     pub dead: u64,
     /// Features by log10(density + 1e-10), 20 bins of 0.5 from −10 to 0.
     pub log10_density_histogram: Vec<u64>,
     /// Intervals of interval samples, samples per interval, top contexts kept, window size.
     pub intervals: usize,
+    /// Samples kept from each interval (default 5).
     pub per_interval: usize,
+    /// Top contexts kept per feature (default 20).
     pub top_contexts: usize,
+    /// Tokens shown before the activating one in each window (default 12).
     pub window_before: usize,
+    /// Tokens shown after the activating one in each window (default 4).
     pub window_after: usize,
+    /// Wall time of the whole analysis, in seconds.
     pub seconds: f64,
     /// What each column means, for readers without this crate.
     pub definitions: serde_json::Value,
@@ -506,10 +557,15 @@ pub fn write_feature_store(
 /// A feature store read into memory.
 #[derive(Debug)]
 pub struct FeatureStore {
+    /// The directory it was read from.
     pub dir: PathBuf,
+    /// The contents of `summary.json`.
     pub summary: Summary,
+    /// The rows of `features.parquet`, in file order.
     pub features: Vec<FeatureRow>,
+    /// The rows of `contexts.parquet`, sorted by feature.
     pub contexts: Vec<ContextRow>,
+    /// The rows of `neighbours.parquet`, sorted by feature.
     pub neighbours: Vec<NeighbourRow>,
 }
 
@@ -768,6 +824,7 @@ pub struct ContextsFile {
 }
 
 impl ContextsFile {
+    /// Opens `DIR/contexts.parquet`, reading its footer and each row group's feature range.
     pub fn open(dir: &Path) -> Result<ContextsFile> {
         let path = dir.join(CONTEXTS_FILE);
         let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;

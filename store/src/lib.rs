@@ -4,28 +4,36 @@
 //! (layout documented in `store/README.md`), its streaming crash-safe [`RunWriter`], and the
 //! [`Run`] reader that checks every file against the manifest and serves batches of one hook
 //! point's activations as contiguous f32 buffers, optionally shuffled, from a background thread.
-//! It also owns the feature store written by `saescope analyze` ([`features`]) and its export to
-//! Neuronpedia's dashboard JSON ([`neuronpedia`]).
+//! It also owns the dictionary directory ([`dictionary`]: which file holds what, the typed
+//! `cfg.json`, and the training log, metrics and evaluation written beside the weights), the
+//! feature store written by `saescope analyze` ([`features`]) and its export to Neuronpedia's
+//! dashboard JSON ([`neuronpedia`]), and the prompt view's plain data ([`prompt`]).
 //!
-//! It does not run models, tokenize text or learn anything: those live in `saescope-activations`
-//! and `saescope-sae`, which read and write through this crate. It does not link libtorch.
+//! It does not run models, tokenize text or learn anything: those live in `saescope-activations`,
+//! `saescope-sae` and `saescope-analysis`, which read and write through this crate. It does not
+//! link libtorch, so the explorer can read everything through it alone.
 
+pub mod dictionary;
 mod error;
 pub mod features;
 mod fsutil;
 pub mod manifest;
 pub mod neuronpedia;
+pub mod prompt;
 mod reader;
+mod scan;
 mod schema;
 pub mod synthetic;
 mod writer;
 
+pub use dictionary::DictDir;
 pub use error::{Result, StoreError};
 pub use fsutil::{sha256_file, write_atomic};
 pub use manifest::{
-    BosHandling, Compression, ContextInfo, CorpusInfo, Dtype, FileInfo, HookInfo, Layout, Manifest,
-    ModelInfo, RunSpec, ShardInfo, TokenizerInfo,
+    BosHandling, Compression, ContextInfo, CorpusInfo, Dtype, FileInfo, HeldoutSplit, HookInfo,
+    Layout, Manifest, ModelInfo, RunSpec, ShardInfo, TokenSet, TokenizerInfo,
 };
 pub use reader::{ActivationBatch, BatchReader, ReadOptions, Run, Shuffle};
+pub use scan::Scan;
 pub use schema::{CONTEXT_ID, CONTEXT_POS, DOC_ID, DOC_POS, TOKEN_ID, TOKEN_INDEX};
 pub use writer::{RunWriter, TokenRecord, WriterOptions};

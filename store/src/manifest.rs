@@ -34,6 +34,7 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// Bytes one stored value takes: 4 for `f32`, 2 for `f16` and `bf16`.
     pub fn size_bytes(self) -> usize {
         match self {
             Dtype::F32 => 4,
@@ -41,6 +42,7 @@ impl Dtype {
         }
     }
 
+    /// The name in the manifest and the `saescope.dtype` field metadata: `f32`, `f16`, `bf16`.
     pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
@@ -50,16 +52,19 @@ impl Dtype {
     }
 }
 
+/// A dtype name other than f32, f16 or bf16.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown dtype `{0}` (expected f32, f16 or bf16)")]
+pub struct UnknownDtype(pub String);
+
 impl std::str::FromStr for Dtype {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownDtype;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownDtype> {
         match s {
             "f32" | "float32" => Ok(Dtype::F32),
             "f16" | "float16" => Ok(Dtype::F16),
             "bf16" | "bfloat16" => Ok(Dtype::Bf16),
-            other => Err(format!(
-                "unknown dtype `{other}` (expected f32, f16 or bf16)"
-            )),
+            other => Err(UnknownDtype(other.to_owned())),
         }
     }
 }
@@ -68,8 +73,11 @@ impl std::str::FromStr for Dtype {
 /// `blocks.3.attn.hook_z` with shape `[9, 64]` (heads x d_head, stored flattened row-major).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct HookInfo {
+    /// TransformerLens-style name, also the activation column's, e.g. `blocks.6.hook_resid_post`.
     pub name: String,
+    /// Per-token shape, e.g. `[576]`, or `[9, 64]` for per-head `z`; every entry positive.
     pub shape: Vec<usize>,
+    /// How the values are stored on disk; readers always return f32.
     pub dtype: Dtype,
 }
 
@@ -102,10 +110,14 @@ pub struct ModelInfo {
 /// The tokenizer that produced the token ids.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct TokenizerInfo {
+    /// Where the tokenizer came from, e.g. `gguf:gpt2/smollm`.
     pub name: String,
+    /// Number of token ids in the tokenizer's vocabulary.
     pub vocab_size: u32,
+    /// Id of the beginning-of-sequence token, or `None` if the tokenizer has none.
     #[serde(default)]
     pub bos_token_id: Option<u32>,
+    /// Id of the end-of-sequence token, or `None` if the tokenizer has none.
     #[serde(default)]
     pub eos_token_id: Option<u32>,
 }
@@ -124,19 +136,24 @@ pub enum BosHandling {
 /// How the corpus was cut into the model's input.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct ContextInfo {
+    /// Tokens per packed context, BOS included; the last context may be shorter.
     pub ctx_len: u32,
+    /// Whether position 0 of every context holds BOS.
     pub bos: BosHandling,
 }
 
 /// Where the text came from.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct CorpusInfo {
+    /// Short name of the corpus (e.g. `brown`), or the path of the user's files.
     pub name: String,
     /// Files, packages or URLs of the text, as recorded by the harvester.
     #[serde(default)]
     pub sources: Vec<String>,
+    /// Documents in the corpus, or `None` when not recorded.
     #[serde(default)]
     pub documents: Option<u64>,
+    /// Free-text description of the corpus or of how it was packed, if any.
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -144,10 +161,15 @@ pub struct CorpusInfo {
 /// What the creator of a run declares up front; the writer adds the shards.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct RunSpec {
+    /// The model whose activations the run holds.
     pub model: ModelInfo,
+    /// The tokenizer that produced the token ids.
     pub tokenizer: TokenizerInfo,
+    /// How the corpus is cut into contexts.
     pub context: ContextInfo,
+    /// The hook points to store, one activation column each, in column order.
     pub hooks: Vec<HookInfo>,
+    /// Where the text comes from.
     pub corpus: CorpusInfo,
     /// Free-form settings of the producer (e.g. the harvest command line), kept for provenance.
     #[serde(default)]
@@ -169,8 +191,11 @@ pub enum Compression {
 /// run lays out exactly like an uninterrupted one.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Layout {
+    /// Tokens per shard; only the last shard may hold fewer.
     pub rows_per_shard: u64,
+    /// Tokens per Parquet row group in both files of a shard (the unit of shuffled reading).
     pub rows_per_row_group: u64,
+    /// Compression of the activation files; token files are always zstd.
     pub compression: Compression,
 }
 
@@ -179,38 +204,54 @@ pub struct Layout {
 pub struct FileInfo {
     /// Path relative to the run directory.
     pub path: String,
+    /// Size of the file in bytes; a reader refuses a file of any other size.
     pub bytes: u64,
+    /// SHA-256 of the file, as 64 lower-case hex digits.
     pub sha256: String,
 }
 
 /// One shard: a contiguous range of tokens, split into an activation file and a token file.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ShardInfo {
+    /// Position in [`Manifest::shards`], from 0; also the number in the shard's file names.
     pub index: u32,
     /// Global index of the shard's first token.
     pub first_token: u64,
+    /// Tokens in the shard: the rows of each of its two files (never 0).
     pub rows: u64,
+    /// The activation file, `activations/part-NNNNN.parquet`.
     pub activations: FileInfo,
+    /// The token file, `tokens/part-NNNNN.parquet`.
     pub tokens: FileInfo,
 }
 
 /// The whole `manifest.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Manifest {
+    /// Always [`FORMAT`] (`saescope.activations`).
     pub format: String,
+    /// Always [`FORMAT_VERSION`]; a reader refuses any other version.
     pub format_version: u32,
     /// The saescope version that wrote the run.
     pub created_by: String,
+    /// The model that produced the activations.
     pub model: ModelInfo,
+    /// The tokenizer that produced the token ids.
     pub tokenizer: TokenizerInfo,
+    /// How the corpus was cut into contexts.
     pub context: ContextInfo,
+    /// The hook points stored, one activation column each, in column order.
     pub hooks: Vec<HookInfo>,
+    /// Where the text came from.
     pub corpus: CorpusInfo,
     /// Free-form settings of the producer, as given in [`RunSpec::extra`].
     #[serde(default)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// How rows are cut into shards and row groups; fixed for the life of the run.
     pub layout: Layout,
+    /// The complete shards, in token order; a shard still being written is not listed.
     pub shards: Vec<ShardInfo>,
+    /// Tokens in the listed shards (the sum of their `rows`); a resume continues from here.
     pub total_tokens: u64,
     /// True once the producer finished; an incomplete run can be read and resumed.
     pub complete: bool,
@@ -408,6 +449,79 @@ impl Manifest {
         let held = held.min(n);
         ((0..n - held).collect(), (n - held..n).collect())
     }
+
+    /// Splits the run's tokens into training and held-out sets that never share a token. With
+    /// two or more shards the split is by whole shards ([`Manifest::split_shards`]); with one, by
+    /// whole contexts inside it: the last `ceil(fraction * contexts)` contexts are held out (at
+    /// least one, and at least one is kept for training). A run of a single context, or a
+    /// fraction of 0, leaves the held-out set empty.
+    pub fn heldout_split(&self, heldout_fraction: f64) -> HeldoutSplit {
+        let all = 0..self.total_tokens;
+        if self.shards.len() != 1 {
+            let (train, held) = self.split_shards(heldout_fraction);
+            let span = |shards: &[usize]| match (shards.first(), shards.last()) {
+                (Some(&a), Some(&b)) => {
+                    self.shards[a].first_token..self.shards[b].first_token + self.shards[b].rows
+                }
+                _ => 0..0,
+            };
+            return HeldoutSplit {
+                train: TokenSet {
+                    tokens: span(&train),
+                    shards: train,
+                },
+                heldout: TokenSet {
+                    tokens: span(&held),
+                    shards: held,
+                },
+            };
+        }
+        let ctx = u64::from(self.context.ctx_len).max(1);
+        let contexts = self.total_tokens.div_ceil(ctx);
+        let held = if heldout_fraction > 0.0 && contexts >= 2 {
+            ((heldout_fraction.min(1.0) * contexts as f64 - 1e-9).ceil() as u64)
+                .clamp(1, contexts - 1)
+        } else {
+            0
+        };
+        let boundary = ((contexts - held) * ctx).min(self.total_tokens);
+        HeldoutSplit {
+            train: TokenSet {
+                shards: vec![0],
+                tokens: all.start..boundary,
+            },
+            heldout: TokenSet {
+                shards: if held > 0 { vec![0] } else { Vec::new() },
+                tokens: boundary..all.end,
+            },
+        }
+    }
+}
+
+/// Some of a run's tokens: whole shards, of which only the tokens in `tokens` count (the
+/// shards' own range when a split is by shard).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSet {
+    /// The shards to read, in order.
+    pub shards: Vec<usize>,
+    /// The token indices kept from them.
+    pub tokens: std::ops::Range<u64>,
+}
+
+impl TokenSet {
+    /// Whether the set holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty() || self.tokens.is_empty()
+    }
+}
+
+/// A run's tokens split into a training set and a held-out set with no token in common.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldoutSplit {
+    /// What training reads.
+    pub train: TokenSet,
+    /// What the final metrics are measured on.
+    pub heldout: TokenSet,
 }
 
 #[derive(Deserialize)]

@@ -10,10 +10,15 @@ use serde_json::{Value, json};
 
 /// What Neuronpedia needs besides the store.
 pub struct ExportInfo {
+    /// Neuronpedia's id for the model whose activations the dictionary reads.
     pub model_id: String,
+    /// The layer (block index) of the dictionary's hook point.
     pub layer: usize,
+    /// Neuronpedia's name for the set of dictionaries this one is published in.
     pub sae_set: String,
+    /// Name of the corpus the contexts came from; may be empty.
     pub dataset: String,
+    /// Tokens per prompt (the run's context length); `n_prompts_total` is tokens analysed / this.
     pub tokens_per_prompt: usize,
     /// Per feature, the decoder entries with the largest |value|: (index, value, share of the
     /// row's L1 norm). Empty when not known.

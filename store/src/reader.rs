@@ -66,6 +66,7 @@ impl Default for ReadOptions {
 /// from which they leave at random. The same seed and data give the same order.
 #[derive(Clone, Copy, Debug)]
 pub struct Shuffle {
+    /// Seed of the row-group order and of the buffer's draws.
     pub seed: u64,
     /// Rows held in the shuffle buffer; more mixes better and costs `buffer_tokens * dim * 4` bytes.
     pub buffer_tokens: usize,
@@ -76,16 +77,19 @@ pub struct Shuffle {
 pub struct ActivationBatch {
     /// `rows() * dim` values.
     pub data: Vec<f32>,
+    /// Values per row: the hook's [`HookInfo::dim`].
     pub dim: usize,
     /// Global token index of each row (joins with the token table).
     pub token_index: Vec<u64>,
 }
 
 impl ActivationBatch {
+    /// Rows (tokens) in the batch.
     pub fn rows(&self) -> usize {
         self.token_index.len()
     }
 
+    /// Row `i`'s `dim` values. Panics if `i >= self.rows()`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
@@ -99,10 +103,12 @@ impl Run {
         Ok(Run { dir, manifest })
     }
 
+    /// The run directory, as given to [`Run::open`].
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The run's manifest, validated on open.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }

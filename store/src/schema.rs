@@ -5,11 +5,17 @@ use arrow::datatypes::{DataType, Field, Schema};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Column of both files of a shard: the token's global index in the run.
 pub const TOKEN_INDEX: &str = "token_index";
+/// Token-file column: the packed context (model input row) the token was in.
 pub const CONTEXT_ID: &str = "context_id";
+/// Token-file column: the token's position inside its context (0 is the first).
 pub const CONTEXT_POS: &str = "context_pos";
+/// Token-file column: the source document; null for tokens the harvester inserted.
 pub const DOC_ID: &str = "doc_id";
+/// Token-file column: the position in the document's token sequence; null if inserted.
 pub const DOC_POS: &str = "doc_pos";
+/// Token-file column: the token's id in the tokenizer's vocabulary.
 pub const TOKEN_ID: &str = "token_id";
 
 pub(crate) fn element_type(dtype: Dtype) -> DataType {

@@ -36,6 +36,7 @@ pub struct TokenRecord {
     pub doc_id: Option<u64>,
     /// Position inside the source document's token sequence.
     pub doc_pos: Option<u32>,
+    /// The token's id in the tokenizer's vocabulary.
     pub token_id: u32,
 }
 
@@ -46,6 +47,7 @@ pub struct WriterOptions {
     pub shard_bytes: u64,
     /// Target size of one row group (the unit of shuffled reading), in bytes of stored values.
     pub row_group_bytes: u64,
+    /// Compression of the activation files; token files are always zstd.
     pub compression: Compression,
 }
 
@@ -217,10 +219,12 @@ impl RunWriter {
             + self.pending_tokens.len() as u64
     }
 
+    /// The manifest as last saved: it lists complete shards only.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
 
+    /// The run directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

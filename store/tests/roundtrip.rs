@@ -315,3 +315,44 @@ fn shards_written_by_other_tools_read_back_identically() {
         .collect();
     assert_eq!(before, after);
 }
+
+#[test]
+fn a_run_of_one_shard_is_split_by_whole_contexts() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 900 tokens, contexts of 64: one shard, 15 contexts (the last one short).
+    let m = write_run(tmp.path(), 900, Dtype::F16);
+    assert_eq!(m.shards.len(), 1);
+    let s = m.heldout_split(0.1);
+    // ceil(0.1 x 15) = 2 contexts held out: tokens from 13 x 64 on.
+    assert_eq!(s.train.tokens, 0..832);
+    assert_eq!(s.heldout.tokens, 832..900);
+    assert_eq!(
+        (s.train.shards.clone(), s.heldout.shards.clone()),
+        (vec![0], vec![0])
+    );
+    assert!(!s.heldout.is_empty());
+    // Disjoint, and together every token.
+    assert_eq!(s.train.tokens.end, s.heldout.tokens.start);
+    // At least one context each way, whatever the fraction.
+    assert_eq!(m.heldout_split(0.999).train.tokens, 0..64);
+    assert_eq!(m.heldout_split(0.001).heldout.tokens, 832 + 64..900);
+    // No fraction, or a single context: nothing held out.
+    assert!(m.heldout_split(0.0).heldout.is_empty());
+    let one = tempfile::tempdir().unwrap();
+    let m1 = write_run(one.path(), 50, Dtype::F16);
+    assert!(m1.heldout_split(0.1).heldout.is_empty());
+    assert_eq!(m1.heldout_split(0.1).train.tokens, 0..50);
+
+    // Several shards: whole shards, as split_shards says.
+    let many = tempfile::tempdir().unwrap();
+    let m5 = write_run(many.path(), 4500, Dtype::F16);
+    let s5 = m5.heldout_split(0.2);
+    assert_eq!(
+        (s5.train.shards, s5.train.tokens),
+        (vec![0, 1, 2, 3], 0..4000)
+    );
+    assert_eq!(
+        (s5.heldout.shards, s5.heldout.tokens),
+        (vec![4], 4000..4500)
+    );
+}

@@ -1,71 +1,17 @@
 //! The prompt view: run the model and a dictionary on one prompt and say, token by token, which
 //! features are active, how strongly, and where that falls in each feature's distribution; for
 //! attention-output dictionaries, which heads and source tokens built a feature's activation.
-//! Returns plain data so the CLI and the desktop app format it as they like.
+//! Returns the plain data of [`saescope_store::prompt`], so the CLI and the desktop app format it
+//! as they like without linking the model.
 
-use crate::dictionary::Dictionary;
-use crate::error::{Result, SaeError};
+use crate::error::{AnalysisError, Result};
+use crate::session::Session;
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks};
 use saescope_activations::model::Model;
+use saescope_sae::Dictionary;
 use saescope_store::features::FeatureRow;
-use serde::Serialize;
+use saescope_store::prompt::{ActiveFeature, Attribution, PromptView, TokenView, quantile};
 use tch::{Device, Kind, Tensor};
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ActiveFeature {
-    pub feature: u32,
-    pub activation: f32,
-    /// Fraction of the feature's nonzero activations (in the feature store) at or below this one.
-    pub quantile: Option<f32>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TokenView {
-    pub position: usize,
-    pub token_id: u32,
-    pub token: String,
-    /// The most active features, strongest first.
-    pub features: Vec<ActiveFeature>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct PromptView {
-    pub hook: String,
-    pub tokens: Vec<TokenView>,
-}
-
-/// Direct feature attribution of one feature at one destination token, by head and source.
-#[derive(Clone, Debug, Serialize)]
-pub struct Attribution {
-    pub feature: u32,
-    pub dest: usize,
-    /// The feature's pre-activation at `dest`.
-    pub pre_activation: f32,
-    /// b_enc[f] − b_dec · w[f]: the part no head contributes; Σ by_head_source = pre − constant.
-    pub constant: f32,
-    /// `[head][source]`: A_h[dest, src] · (v_h[src] · w[f, head block]).
-    pub by_head_source: Vec<Vec<f32>>,
-    pub tokens: Vec<String>,
-}
-
-/// Where `v` falls among a feature's nonzero activations, read off its histogram (linear within
-/// a bin).
-pub fn quantile(row: &FeatureRow, v: f32) -> Option<f32> {
-    let total: u64 = row.act_hist.iter().map(|&c| c as u64).sum();
-    if total == 0 || row.act_hist_max <= 0.0 {
-        return None;
-    }
-    let bins = row.act_hist.len();
-    let x = (v / row.act_hist_max * bins as f32).clamp(0.0, bins as f32);
-    let whole = (x.floor() as usize).min(bins);
-    let below: u64 = row.act_hist[..whole].iter().map(|&c| c as u64).sum();
-    let partial = if whole < bins {
-        row.act_hist[whole] as f32 * (x - whole as f32)
-    } else {
-        0.0
-    };
-    Some(((below as f32 + partial) / total as f32).clamp(0.0, 1.0))
-}
 
 /// The hook's value on `ids` as rows [positions, width].
 fn hook_rows(
@@ -77,9 +23,7 @@ fn hook_rows(
     let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let input = Tensor::from_slice(&ids).view([1, -1]);
     let mut hooks = hooks.capture(point);
-    model
-        .forward(&input, &mut hooks, false)
-        .map_err(|e| SaeError::Data(e.to_string()))?;
+    model.forward(&input, &mut hooks, false)?;
     let x = hooks.take(point).expect("captured");
     let rows = x.size()[1];
     Ok((x.to_kind(Kind::Float).reshape([rows, -1]), hooks))
@@ -149,17 +93,17 @@ pub fn attention_attribution(
 ) -> Result<Attribution> {
     let _g = tch::no_grad_guard();
     if point.kind != HookKind::AttnZ {
-        return Err(SaeError::Config(format!(
+        return Err(AnalysisError::Config(format!(
             "attribution by head needs an attn.hook_z dictionary, not {point}"
         )));
     }
     let Some(enc) = dict.encoder() else {
-        return Err(SaeError::Config(
+        return Err(AnalysisError::Config(
             "attribution needs a dictionary with a linear encoder (TopK, BatchTopK, GBA)".into(),
         ));
     };
     if feature as usize >= dict.n_latents() || dest >= ids.len() {
-        return Err(SaeError::Config(format!(
+        return Err(AnalysisError::Config(format!(
             "feature {feature} or destination {dest} out of range ({} features, {} tokens)",
             dict.n_latents(),
             ids.len()
@@ -207,4 +151,40 @@ pub fn attention_attribution(
         by_head_source,
         tokens: ids[..=dest].iter().map(|&i| token_str(i)).collect(),
     })
+}
+
+impl Session {
+    /// Each token's `top` most active features on `ids`, with quantiles from `features` (the
+    /// feature store's rows) when given.
+    pub fn prompt_view(
+        &self,
+        ids: &[u32],
+        top: usize,
+        features: Option<&[FeatureRow]>,
+    ) -> Result<PromptView> {
+        let names = |i: u32| self.model.tokenizer.decode(&[i]).unwrap_or_default();
+        prompt_view(
+            &self.model.model,
+            self.opened.dict.as_dyn(),
+            self.opened.point,
+            ids,
+            &names,
+            top,
+            features,
+        )
+    }
+
+    /// `feature`'s attribution at token `dest` of `ids`, by head and source token.
+    pub fn attribution(&self, ids: &[u32], feature: u32, dest: usize) -> Result<Attribution> {
+        let names = |i: u32| self.model.tokenizer.decode(&[i]).unwrap_or_default();
+        attention_attribution(
+            &self.model.model,
+            self.opened.dict.as_dyn(),
+            self.opened.point,
+            ids,
+            &names,
+            feature,
+            dest,
+        )
+    }
 }

@@ -1,10 +1,11 @@
 //! The prompt view and direct feature attribution on the bundled model.
 
 use saescope_activations::hooks::{HookPoint, Hooks};
-use saescope_sae::inspect::{attention_attribution, prompt_view, quantile};
+use saescope_analysis::inspect::{attention_attribution, prompt_view};
 use saescope_sae::seeded::Seeded;
 use saescope_sae::topk::{Selection, TopKSae};
 use saescope_store::features::FeatureRow;
+use saescope_store::prompt::quantile;
 use tch::{Device, Tensor};
 
 mod common;

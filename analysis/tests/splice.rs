@@ -2,9 +2,9 @@
 //! exactly, one that returns zeros is exactly the ablation.
 
 use saescope_activations::hooks::HookPoint;
+use saescope_analysis::splice::{SpliceAccumulator, SpliceOptions, splice_batch};
 use saescope_sae::dictionary::Dictionary;
 use saescope_sae::sparse::SparseCodes;
-use saescope_sae::splice::{SpliceAccumulator, SpliceOptions, splice_batch};
 use tch::{Device, Kind, Tensor};
 
 mod common;

@@ -7,17 +7,18 @@
 //! and the ablated run, and are left out of the reconstruction metrics; a dictionary that returns
 //! zeros is then exactly the ablation, and one that returns its input exactly the clean model.
 
-use crate::dictionary::Dictionary;
-use crate::metrics::{Accumulator, Metrics};
+use saescope_activations::ModelError;
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks, Intervention};
-use saescope_activations::llama::ModelError;
 use saescope_activations::model::Model;
-use serde::{Deserialize, Serialize};
+use saescope_sae::Dictionary;
+use saescope_sae::metrics::Accumulator;
+use saescope_store::dictionary::EvalReport;
 use tch::{Kind, Tensor};
 
 /// What to splice and how.
 #[derive(Clone, Debug)]
 pub struct SpliceOptions {
+    /// The hook replaced.
     pub point: HookPoint,
     /// Keep position 0 of every context (the BOS token) clean and out of the metrics.
     pub exclude_bos: bool,
@@ -35,29 +36,8 @@ pub struct SpliceAccumulator {
     recon: Accumulator,
 }
 
-/// The result of an evaluation, with each figure's definition.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SpliceReport {
-    pub hook: String,
-    pub head: Option<usize>,
-    pub exclude_bos: bool,
-    pub contexts: u64,
-    /// Next-token predictions scored.
-    pub predictions: u64,
-    pub ce_clean: f64,
-    pub ce_spliced: f64,
-    pub ce_ablated: f64,
-    pub ce_loss_recovered: f64,
-    pub delta_lm_loss: f64,
-    pub kl_spliced: f64,
-    pub kl_ablated: f64,
-    pub kl_div_score: f64,
-    /// Reconstruction metrics over the evaluated (non-excluded) positions.
-    pub reconstruction: Metrics,
-    pub formulas: serde_json::Value,
-}
-
 impl SpliceAccumulator {
+    /// Empty sums for a dictionary of `d_in` inputs and `n_latents` latents.
     pub fn new(d_in: usize, n_latents: usize) -> Self {
         SpliceAccumulator {
             ce: [0.0; 3],
@@ -69,16 +49,18 @@ impl SpliceAccumulator {
         }
     }
 
+    /// Contexts added so far.
     pub fn contexts(&self) -> u64 {
         self.contexts
     }
 
-    pub fn finish(&self, opts: &SpliceOptions) -> SpliceReport {
+    /// The report over everything added.
+    pub fn finish(&self, opts: &SpliceOptions) -> EvalReport {
         let p = self.predictions.max(1) as f64;
         let [clean, spliced, ablated] = self.ce.map(|s| s / p);
         let q = self.positions.max(1) as f64;
         let [kl_s, kl_a] = self.kl.map(|s| s / q);
-        SpliceReport {
+        EvalReport {
             hook: opts.point.to_string(),
             head: opts.head,
             exclude_bos: opts.exclude_bos,

@@ -1,0 +1,25 @@
+//! Analyses of a trained dictionary inside the model it reads.
+//!
+//! This crate owns opening a dictionary with its run and model on a device ([`session`]), and
+//! what runs there: splicing the dictionary into the forward pass ([`splice`], driven over
+//! held-out text by [`eval`]: CE-loss recovered, KL), the streaming feature analysis that fills
+//! a feature store ([`features`]), and the prompt view with attribution by head ([`inspect`]).
+//! Steering and circuit discovery will live here too.
+//!
+//! It builds on the model runtime (`saescope-activations`), the learners and their files
+//! (`saescope-sae`) and the formats (`saescope-store`), and shows nothing: progress goes to
+//! callbacks, results come back as data (the prompt view's as `saescope_store::prompt`'s plain
+//! types, so the explorer can show them without linking libtorch).
+
+// Doc comments write tensor shapes and indices in brackets ([B, d], w[f]), not as links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
+mod error;
+pub mod eval;
+pub mod features;
+pub mod inspect;
+pub mod session;
+pub mod splice;
+
+pub use error::{AnalysisError, Result};
+pub use session::{OpenedDictionary, Session, SessionSpec};

@@ -1,0 +1,179 @@
+//! A session: a dictionary opened with what it was trained on (its hook, its harvest run, and
+//! the model), on a device. Every command that runs a dictionary inside its model starts here
+//! (`eval`, `analyze`, `inspect`, the explorer's prompt view, and next steering, explanations
+//! and circuits), so each finds the run and model the same way and refuses the same mismatches.
+
+use crate::error::{AnalysisError, Result};
+use saescope_activations::assets;
+use saescope_activations::hooks::HookPoint;
+use saescope_activations::model::{Compute, TextModel};
+use saescope_sae::AnyDictionary;
+use saescope_store::dictionary::DictConfig;
+use saescope_store::features::{FeatureRow, SUMMARY_FILE, read_features};
+use saescope_store::manifest::MANIFEST_FILE;
+use saescope_store::{DictDir, Run};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// Which dictionary, and the run, hook and model it goes with when they are not found from it.
+#[derive(Clone, Debug)]
+pub struct SessionSpec {
+    /// The dictionary's directory (saescope, SAELens or sparsify layout).
+    pub dict: PathBuf,
+    /// The harvest run (default: the run it sits in, else the one its `cfg.json` names).
+    pub run: Option<PathBuf>,
+    /// The hook (default: its `cfg.json`'s).
+    pub hook: Option<String>,
+    /// The model (default: the run's, else the bundled SmolLM2-135M).
+    pub model: Option<PathBuf>,
+    /// Where the model and dictionary run.
+    pub device: Device,
+}
+
+impl SessionSpec {
+    /// The dictionary in `dict`, everything else found from it, on the CPU.
+    pub fn new(dict: impl Into<PathBuf>) -> SessionSpec {
+        SessionSpec {
+            dict: dict.into(),
+            run: None,
+            hook: None,
+            model: None,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// A dictionary and where it came from, without the model (enough to export its feature store).
+pub struct OpenedDictionary {
+    /// Its directory.
+    pub dir: DictDir,
+    /// Its `cfg.json`.
+    pub config: DictConfig,
+    /// The dictionary, on the session's device.
+    pub dict: AnyDictionary,
+    /// The hook it reads.
+    pub point: HookPoint,
+    /// The harvest run, when one is found.
+    pub run: Option<(PathBuf, Run)>,
+}
+
+impl OpenedDictionary {
+    /// Opens the dictionary `spec` names with its run; the model is not loaded.
+    pub fn open(spec: &SessionSpec) -> Result<OpenedDictionary> {
+        let dir = DictDir::new(&spec.dict);
+        let config = dir.read_config()?;
+        let bad = |message: String| AnalysisError::Dictionary {
+            dir: spec.dict.clone(),
+            message,
+        };
+        let hook = match spec.hook.as_deref().or(config.hook()) {
+            Some(h) => h.to_owned(),
+            None => {
+                return Err(bad(
+                    "cfg.json names no hook (metadata.hook_name); pass --hook".into(),
+                ));
+            }
+        };
+        let point: HookPoint = hook.parse().map_err(|e| bad(format!("{e}")))?;
+        let run_dir = match &spec.run {
+            Some(r) => Some(r.clone()),
+            None => dir.enclosing_run().or_else(|| {
+                config
+                    .run()
+                    .filter(|r| r.join(MANIFEST_FILE).exists())
+                    .map(Path::to_owned)
+            }),
+        };
+        let run = match run_dir {
+            Some(r) => {
+                let opened = Run::open(&r)?;
+                Some((r, opened))
+            }
+            None => None,
+        };
+        let d_in = run
+            .as_ref()
+            .and_then(|(_, r)| r.hook(&hook).ok().map(|(_, h)| h.dim()));
+        let dict = AnyDictionary::load(dir.path(), d_in, spec.device)?;
+        Ok(OpenedDictionary {
+            dir,
+            config,
+            dict,
+            point,
+            run,
+        })
+    }
+
+    /// The harvest run's manifest, when the run was found.
+    pub fn run(&self) -> Option<&Run> {
+        self.run.as_ref().map(|(_, r)| r)
+    }
+}
+
+/// A dictionary opened inside the model it reads.
+pub struct Session {
+    /// The dictionary, its hook and run.
+    pub opened: OpenedDictionary,
+    /// The model and its tokenizer.
+    pub model: TextModel,
+    /// Where the model was loaded from.
+    pub model_path: PathBuf,
+    /// Where both run.
+    pub device: Device,
+}
+
+impl Session {
+    /// Opens the dictionary and loads its model in f32, refusing a hook the model lacks or a
+    /// width the dictionary does not read.
+    pub fn open(spec: &SessionSpec) -> Result<Session> {
+        let opened = OpenedDictionary::open(spec)?;
+        let model_path = model_path(spec.model.as_deref(), opened.run());
+        let model = TextModel::open(&model_path, spec.device, Compute::F32)?;
+        let point = opened.point;
+        let bad = |message: String| AnalysisError::Dictionary {
+            dir: spec.dict.clone(),
+            message,
+        };
+        if point.layer >= model.model.n_layers() {
+            return Err(bad(format!(
+                "hook {point} is past the model's {} layers",
+                model.model.n_layers()
+            )));
+        }
+        let width: usize = model.model.hook_shape(point.kind).iter().product();
+        let d_in = opened.dict.as_dyn().d_in();
+        if width != d_in {
+            return Err(bad(format!(
+                "the dictionary reads {d_in} values per token, {point} of {} has {width}",
+                model_path.display()
+            )));
+        }
+        Ok(Session {
+            opened,
+            model,
+            model_path,
+            device: spec.device,
+        })
+    }
+
+    /// The feature store's rows (for quantiles), when the dictionary has been analysed.
+    pub fn feature_rows(&self) -> Result<Option<Vec<FeatureRow>>> {
+        let store = self.opened.dir.features();
+        if store.join(SUMMARY_FILE).exists() {
+            Ok(Some(read_features(&store)?))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The model to run: `model`, else the run's (when its file is still there), else the bundled one.
+pub fn model_path(model: Option<&Path>, run: Option<&Run>) -> PathBuf {
+    model
+        .map(Path::to_owned)
+        .or_else(|| {
+            run.and_then(|r| r.manifest().model.file.as_ref().map(PathBuf::from))
+                .filter(|p| p.exists())
+        })
+        .unwrap_or_else(assets::default_model)
+}

@@ -1,7 +1,0 @@
-//! Gives the explorer's test and benchmark binaries an rpath to libtorch (see build-support/rpath.rs).
-
-include!("../build-support/rpath.rs");
-
-fn main() {
-    emit_libtorch_rpath();
-}

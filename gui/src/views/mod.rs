@@ -1,0 +1,51 @@
+//! One module per view; each is an `impl Explorer` block that draws the view from the state
+//! and records what the user asked for.
+
+mod feature;
+mod features;
+mod heads;
+mod overview;
+mod prompt;
+
+use crate::data::Problem;
+use crate::state::Explorer;
+use crate::widgets::{loading_ui, problems_ui};
+use eframe::egui;
+
+impl Explorer {
+    /// The store's state when it is not ready to browse; true when it is.
+    pub(crate) fn store_ready(&mut self, ui: &mut egui::Ui) -> bool {
+        let Some(entry) = self.entry().cloned() else {
+            ui.heading("No dictionary");
+            ui.label("This run has no dictionary yet. Train one with saescope train.");
+            return false;
+        };
+        if let Some((_, l)) = &self.table_loading {
+            loading_ui(ui, l);
+            return false;
+        }
+        if let Some(e) = self.table_error() {
+            ui.heading("The feature store cannot be read");
+            problems_ui(
+                ui,
+                &[Problem {
+                    what: e.to_string(),
+                    fix: Some(format!(
+                        "saescope analyze --dict {}",
+                        entry.dir.path().display()
+                    )),
+                }],
+            );
+            if ui.button("Retry").clicked() {
+                self.tables.remove(&entry.features_dir());
+                self.load_table(&entry.features_dir());
+            }
+            return false;
+        }
+        if self.table().is_none() {
+            self.load_table(&entry.features_dir());
+            return false;
+        }
+        true
+    }
+}

@@ -1,0 +1,141 @@
+//! The dictionary directory: file names, and cfg.json read from SAELens, sparsify and saescope
+//! files, kept whole through a read and write, with errors that name the file and the field.
+
+use saescope_store::DictDir;
+use saescope_store::dictionary::DictConfig;
+
+fn write_cfg(dir: &DictDir, json: &str) {
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.config(), json).unwrap();
+}
+
+#[test]
+fn a_run_lists_its_dictionaries_and_each_knows_its_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("manifest.json"), "{}").unwrap();
+    for name in ["b-topk", "a-mpsae"] {
+        write_cfg(&DictDir::in_run(&run, name), r#"{"d_in": 4, "d_sae": 8}"#);
+    }
+    // A folder without cfg.json is not a dictionary.
+    std::fs::create_dir_all(run.join("dictionaries/partial")).unwrap();
+    let dicts = DictDir::list(&run);
+    let names: Vec<String> = dicts.iter().map(DictDir::name).collect();
+    assert_eq!(names, ["a-mpsae", "b-topk"]);
+    assert_eq!(dicts[0].enclosing_run(), Some(run.clone()));
+    assert_eq!(
+        dicts[0].features(),
+        run.join("dictionaries/a-mpsae/features")
+    );
+    assert_eq!(
+        dicts[0].weights(),
+        run.join("dictionaries/a-mpsae/sae_weights.safetensors")
+    );
+    // Elsewhere, a dictionary has no run.
+    let loose = DictDir::new(tmp.path().join("loose"));
+    write_cfg(&loose, "{}");
+    assert_eq!(loose.enclosing_run(), None);
+}
+
+#[test]
+fn cfg_json_is_read_from_each_producer_and_kept_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = DictDir::new(tmp.path().join("d"));
+    // SAELens v6, with a float k (SAELens allows one) and keys saescope does not name.
+    write_cfg(
+        &d,
+        r#"{"d_in": 576, "d_sae": 4096, "architecture": "topk", "k": 32.0,
+            "metadata": {"hook_name": "blocks.6.hook_resid_post", "model_name": "m", "sae_lens_version": "6.54"},
+            "normalize_activations": "none"}"#,
+    );
+    let c = d.read_config().unwrap();
+    assert_eq!(c.hook(), Some("blocks.6.hook_resid_post"));
+    assert_eq!(
+        (c.k(), c.latents(), c.model()),
+        (Some(32), Some(4096), Some("m"))
+    );
+    let back: serde_json::Value = serde_json::to_value(&c).unwrap();
+    assert_eq!(back["metadata"]["sae_lens_version"], "6.54");
+    assert_eq!(back["normalize_activations"], "none");
+    let again: DictConfig = serde_json::from_value(back).unwrap();
+    assert_eq!(again, c, "a read and write loses nothing");
+
+    // Older SAELens: a top-level hook, and TopK as an activation function.
+    write_cfg(
+        &d,
+        r#"{"d_in": 8, "d_sae": 16, "hook_name": "blocks.1.hook_resid_pre",
+            "activation_fn": "topk", "activation_fn_kwargs": {"k": 4}}"#,
+    );
+    let c = d.read_config().unwrap();
+    assert_eq!(
+        (c.hook(), c.architecture(), c.k()),
+        (Some("blocks.1.hook_resid_pre"), Some("topk"), Some(4))
+    );
+
+    // sparsify: latents from the expansion factor when num_latents is 0.
+    write_cfg(
+        &d,
+        r#"{"d_in": 8, "num_latents": 0, "expansion_factor": 4, "k": 2}"#,
+    );
+    assert_eq!(d.read_config().unwrap().latents(), Some(32));
+}
+
+#[test]
+fn a_bad_cfg_json_names_the_file_and_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = DictDir::new(tmp.path().join("d"));
+    let e = d.read_config().unwrap_err().to_string();
+    assert!(e.contains("not a dictionary directory"), "{e}");
+    write_cfg(&d, r#"{"d_in": 8, "d_sae": 2.5}"#);
+    let e = d.read_config().unwrap_err().to_string();
+    assert!(
+        e.contains("cfg.json") && e.contains("d_sae") && e.contains("whole number"),
+        "{e}"
+    );
+    write_cfg(&d, r#"{"metadata": {"hook_name": 3}}"#);
+    let e = d.read_config().unwrap_err().to_string();
+    assert!(e.contains("metadata.hook_name"), "{e}");
+}
+
+/// serde_json writes NaN as null (JSON has no NaN); the reports read it back as NaN instead of
+/// refusing the file, so one undefined figure does not hide the others.
+#[test]
+fn an_undefined_figure_reads_back_as_nan() {
+    use saescope_store::dictionary::Metrics;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = DictDir::new(tmp.path().join("d"));
+    write_cfg(&d, "{}");
+    let m = Metrics {
+        tokens: 10,
+        fvu: 0.25,
+        explained_variance: 0.75,
+        explained_variance_legacy: 0.7,
+        mse: 0.1,
+        l0: 4.0,
+        l1: 2.0,
+        cos_sim: 0.9,
+        l2_ratio: 0.95,
+        relative_reconstruction_bias: f64::NAN,
+        dead_fraction: 0.0,
+        dense_fraction: 0.0,
+        freq_over_1_percent: 0.5,
+        log10_density_histogram: vec![1, 2],
+        l0_histogram: vec![3],
+        formulas: serde_json::Value::Null,
+        warnings: vec![],
+    };
+    let text = serde_json::to_string(&m).unwrap();
+    assert!(
+        text.contains("\"relative_reconstruction_bias\":null"),
+        "{text}"
+    );
+    std::fs::write(d.metrics(), text).unwrap();
+    let back = d.read_metrics().unwrap().expect("metrics.json is there");
+    assert_eq!((back.fvu, back.l0), (0.25, 4.0));
+    assert!(back.relative_reconstruction_bias.is_nan());
+    assert!(
+        d.read_eval().unwrap().is_none(),
+        "no eval.json: None, not an error"
+    );
+}
