@@ -45,24 +45,23 @@ struct Output {
 pub fn run(a: Args) -> Result<()> {
     let session = Session::open(&a.source.spec()?)?;
     let ids = session.model.prompt_ids(&a.prompt, !a.no_bos)?;
-    let store_dir = a
-        .features
-        .clone()
-        .unwrap_or_else(|| session.opened.dir.features());
-    let store = if store_dir.join(SUMMARY_FILE).exists() {
-        Some(
-            read_features(&store_dir)
-                .with_context(|| format!("reading the feature store in {}", store_dir.display()))?,
-        )
-    } else {
-        if a.features.is_some() {
-            bail!(
-                "{}: no feature store (run `saescope analyze --dict {}`)",
-                store_dir.display(),
-                a.source.dict.display()
-            );
-        }
-        None
+    // The dictionary's own feature store when there is one; a store named with --features must exist.
+    let store = match &a.features {
+        None => session.feature_rows().with_context(|| {
+            format!(
+                "reading the feature store in {}",
+                session.opened.dir.features().display()
+            )
+        })?,
+        Some(dir) if dir.join(SUMMARY_FILE).exists() => Some(
+            read_features(dir)
+                .with_context(|| format!("reading the feature store in {}", dir.display()))?,
+        ),
+        Some(dir) => bail!(
+            "{}: no feature store (run `saescope analyze --dict {}`)",
+            dir.display(),
+            a.source.dict.display()
+        ),
     };
     let view = session.prompt_view(&ids, a.top, store.as_deref())?;
     let attribution = match (a.feature, a.dest) {
