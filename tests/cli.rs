@@ -639,3 +639,92 @@ fn redirected_logs_have_no_colour_codes() {
         );
     }
 }
+
+/// `train --resume` after a SIGKILL reaches the weights an uninterrupted run writes, for every
+/// method that checkpoints; SNMF, which keeps no checkpoint, refuses `--resume`.
+#[test]
+fn a_killed_training_resumes_from_the_command_line_to_the_same_weights() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    small_run(&run, 6000);
+    let toml = tmp.path().join("train.toml");
+    std::fs::write(&toml, "checkpoint_every = 5\nlog_every = 5\n").unwrap();
+    let args = |method: &str, out: &Path| -> Vec<String> {
+        let (run, toml, out) = (
+            run.to_str().unwrap(),
+            toml.to_str().unwrap(),
+            out.to_str().unwrap(),
+        );
+        [
+            "train",
+            "--run",
+            run,
+            "--hook",
+            "blocks.2.hook_resid_post",
+            "--method",
+            method,
+            "--latents",
+            "128",
+            "--k",
+            "4",
+            "--batch-size",
+            "64",
+            "--tokens",
+            "128000",
+            "--config",
+            toml,
+            "--out",
+            out,
+            "--quiet",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let bin = env!("CARGO_BIN_EXE_saescope");
+    for method in ["topk", "batchtopk", "mpsae", "gba"] {
+        let whole = tmp.path().join(format!("{method}-whole"));
+        let o = Command::new(bin)
+            .args(args(method, &whole))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{method}: {}", text(&o));
+
+        let cut = tmp.path().join(format!("{method}-cut"));
+        let mut child = Command::new(bin).args(args(method, &cut)).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !cut.join("checkpoint.safetensors").exists() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{method}: training finished before it could be killed"
+            );
+            assert!(Instant::now() < deadline, "{method}: no checkpoint in time");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL: no chance to clean up
+        child.wait().unwrap();
+        assert!(!cut.join("sae_weights.safetensors").exists(), "{method}");
+
+        let mut resume = args(method, &cut);
+        resume.push("--resume".into());
+        let o = Command::new(bin).args(&resume).output().unwrap();
+        assert!(o.status.success(), "{method}: {}", text(&o));
+        for file in ["sae_weights.safetensors", "saescope_extras.safetensors"] {
+            let read = |d: &Path| std::fs::read(d.join(file)).ok();
+            assert!(
+                read(&whole) == read(&cut),
+                "{method}: the resumed {file} differs from an uninterrupted run's"
+            );
+        }
+    }
+    let snmf = tmp.path().join("snmf");
+    let mut resume = args("snmf", &snmf);
+    resume.push("--resume".into());
+    let o = Command::new(bin).args(&resume).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("snmf keeps no checkpoints"),
+        "{}",
+        text(&o)
+    );
+}

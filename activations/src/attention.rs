@@ -1,38 +1,64 @@
-//! Causal self-attention as both model families compute it, given queries, keys and values
-//! already projected (and, for Llama, rotated): the mask, the fused path, and the explicit path
-//! that captures the pattern for attribution.
+//! Causal self-attention as every family computes it, given queries, keys and values already
+//! projected: rotary position embeddings ([`Rope`]), the per-layer variations ([`AttnOpts`]:
+//! scale, soft-capping, sliding window), the fused path, and the explicit path that captures
+//! the pattern for attribution.
 
 use crate::hooks::Hooks;
 use tch::{Device, Kind, Tensor};
 
-/// True above the diagonal: the keys a query may not attend to.
-pub fn causal_mask(t: i64, device: Device) -> Tensor {
-    Tensor::ones([t, t], (Kind::Bool, device)).triu(1)
+/// How one layer's attention departs from plain causal softmax(q kᵀ / √d_head) v. The default
+/// departs in nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AttnOpts {
+    /// The factor on q·k; `None` for 1/√d_head. Gemma uses `query_pre_attn_scalar`^-½.
+    pub scale: Option<f64>,
+    /// Soft cap c (Gemma 2): scores become c · tanh(scores / c) before the mask.
+    pub softcap: Option<f64>,
+    /// Sliding window of w tokens: a query sees itself and the w - 1 keys before it.
+    pub window: Option<usize>,
 }
 
-/// softmax(q kᵀ / √d_head + mask) v for q [batch, heads, pos, d_head] and k, v [batch, kv_heads,
+/// True where a query (row) may not attend to a key (column): above the diagonal, and, with a
+/// window of w, at w or more positions back.
+pub fn causal_mask(t: i64, window: Option<usize>, device: Device) -> Tensor {
+    let future = Tensor::ones([t, t], (Kind::Bool, device)).triu(1);
+    match window {
+        Some(w) if (w as i64) < t => {
+            future.logical_or(&Tensor::ones([t, t], (Kind::Bool, device)).tril(-(w as i64)))
+        }
+        _ => future,
+    }
+}
+
+/// softmax(scale · q kᵀ + mask) v for q [batch, heads, pos, d_head] and k, v [batch, kv_heads,
 /// pos, d_head], each KV head serving heads / kv_heads consecutive query heads; returns z as
-/// [batch, pos, heads, d_head]. Without a pattern to capture, libtorch's fused kernel runs it
-/// (the pattern is never materialised, KV heads are not copied); with one, it is computed
-/// explicitly and captured.
+/// [batch, pos, heads, d_head]. Without a pattern to capture or a soft cap, libtorch's fused
+/// kernel runs it (the pattern is never materialised, KV heads are not copied); otherwise it is
+/// computed explicitly, and the pattern captured when asked for.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: &Tensor,
+    opts: AttnOpts,
     hooks: &mut Hooks,
     layer: usize,
 ) -> Tensor {
     let group = q.size()[1] / k.size()[1];
-    if !hooks.wants_pattern(layer) {
+    let t = q.size()[2];
+    let windowed = opts.window.is_some_and(|w| (w as i64) < t);
+    let capture = hooks.wants_pattern(layer);
+    if !capture && opts.softcap.is_none() {
+        // The fused kernel's boolean mask marks the keys that may be attended, the opposite of
+        // ours; without a window its own causal flag is cheaper than any mask.
+        let allowed = windowed.then(|| causal_mask(t, opts.window, q.device()).logical_not());
         return Tensor::scaled_dot_product_attention(
             q,
             k,
             v,
-            None::<Tensor>,
+            allowed,
             0.0,
-            true,
-            None,
+            !windowed,
+            opts.scale,
             group > 1,
         )
         .transpose(1, 2);
@@ -45,10 +71,120 @@ pub fn causal_attention(
     } else {
         (k.shallow_clone(), v.shallow_clone())
     };
-    let scale = 1.0 / (q.size()[3] as f64).sqrt();
-    let scores = (q.matmul(&k.transpose(-2, -1)) * scale).masked_fill(mask, f64::NEG_INFINITY);
+    let scale = opts
+        .scale
+        .unwrap_or_else(|| 1.0 / (q.size()[3] as f64).sqrt());
+    let mut scores = q.matmul(&k.transpose(-2, -1)) * scale;
+    if let Some(c) = opts.softcap {
+        scores = (scores / c).tanh() * c;
+    }
+    let scores = scores.masked_fill(&causal_mask(t, opts.window, q.device()), f64::NEG_INFINITY);
     // The softmax runs in f32 even for a bf16 model.
     let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
-    hooks.store_pattern(layer, &pattern, &v);
+    if capture {
+        hooks.store_pattern(layer, &pattern, &v);
+    }
     pattern.matmul(&v).transpose(1, 2)
+}
+
+/// How a RoPE's frequencies are stretched for contexts longer than the model was trained on.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum RopeScaling {
+    /// Unchanged.
+    #[default]
+    None,
+    /// Every frequency divided by the factor (transformers' `linear`; Gemma 3's global layers).
+    Linear(f64),
+    /// Llama 3.1's rule (transformers' `llama3`): wavelengths longer than
+    /// `original_ctx / low_freq_factor` divided by `factor`, shorter than
+    /// `original_ctx / high_freq_factor` kept, and those between blended smoothly.
+    Llama3 {
+        /// What the longest wavelengths are divided by.
+        factor: f64,
+        /// Bounds the wavelengths that are fully scaled.
+        low_freq_factor: f64,
+        /// Bounds the wavelengths that are kept.
+        high_freq_factor: f64,
+        /// The context the model was first trained with.
+        original_ctx: f64,
+    },
+}
+
+impl RopeScaling {
+    /// Applies the rule to inverse frequencies [r/2] (in f32, as transformers computes them).
+    fn apply(self, inv_freq: Tensor) -> Tensor {
+        match self {
+            RopeScaling::None => inv_freq,
+            RopeScaling::Linear(factor) => inv_freq / factor,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_ctx: ctx,
+            } => {
+                let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+                let long = wavelen.gt(ctx / low);
+                let scaled = (&inv_freq / factor).where_self(&long, &inv_freq);
+                let smooth = (wavelen.reciprocal() * ctx - low) / (high - low);
+                let blended = (-&smooth + 1.0) * &scaled / factor + &smooth * &scaled;
+                let medium = wavelen.ge(ctx / high).logical_and(&long.logical_not());
+                blended.where_self(&medium, &scaled)
+            }
+        }
+    }
+}
+
+/// Rotary position embeddings in the rotate-half layout: pair (i, i + r/2) of a head's first r
+/// dimensions turns by position · θ^(-2i/r), that frequency rescaled by a [`RopeScaling`];
+/// dimensions past r pass through unturned
+/// (GPT-NeoX rotates only a fraction of each head). Interleaved-layout weights (llama.cpp's
+/// Llama GGUF files) are permuted into this layout at load time, so one code path serves all.
+pub struct Rope {
+    /// cos and sin of the angles, [pos, 1, r/2], broadcast over batch and heads.
+    cos: Tensor,
+    sin: Tensor,
+    /// r: the rotated dimensions of each head.
+    dims: i64,
+}
+
+impl Rope {
+    /// The tables for positions 0..t of a RoPE with base θ over `dims` dimensions of a head.
+    pub fn new(
+        t: i64,
+        dims: usize,
+        base: f64,
+        scaling: RopeScaling,
+        device: Device,
+        kind: Kind,
+    ) -> Rope {
+        let half = (dims / 2) as i64;
+        let opts = (Kind::Float, device);
+        let inv_freq =
+            scaling.apply((Tensor::arange(half, opts) * (-2.0 * base.ln() / dims as f64)).exp());
+        let angles = (Tensor::arange(t, opts).unsqueeze(1) * inv_freq.unsqueeze(0)).unsqueeze(1);
+        Rope {
+            cos: angles.cos().to_kind(kind),
+            sin: angles.sin().to_kind(kind),
+            dims: dims as i64,
+        }
+    }
+
+    /// Rotates x [batch, pos, heads, d_head].
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let d_head = x.size()[3];
+        let half = self.dims / 2;
+        let (a, b) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
+        let turned = Tensor::cat(
+            &[
+                &a * &self.cos - &b * &self.sin,
+                &b * &self.cos + &a * &self.sin,
+            ],
+            -1,
+        );
+        if self.dims == d_head {
+            turned
+        } else {
+            Tensor::cat(&[turned, x.narrow(-1, self.dims, d_head - self.dims)], -1)
+        }
+    }
 }

@@ -107,7 +107,11 @@ pub enum ModelError {
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
     /// A model family saescope does not run.
-    #[error("architecture `{0}` is not supported (saescope runs llama and gpt2 families)")]
+    #[error(
+        "architecture `{0}` is not supported (saescope runs Hugging Face checkpoints of llama, \
+         mistral, qwen2, qwen3, gemma2, gemma3_text, gpt2 and gpt_neox, and GGUF files of \
+         llama, qwen3 and gemma3)"
+    )]
     UnsupportedArchitecture(String),
     /// A weight whose shape does not fit the configuration.
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]

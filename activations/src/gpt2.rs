@@ -9,7 +9,7 @@
 //!
 //! Hugging Face stores GPT-2's linear layers as Conv1D, [in, out]: they are used as stored.
 
-use crate::attention::{causal_attention, causal_mask};
+use crate::attention::{AttnOpts, causal_attention};
 use crate::error::ModelError;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
@@ -181,7 +181,6 @@ impl Gpt2 {
         };
         let (h, d) = (self.cfg.n_heads as i64, self.cfg.d_model as i64);
         let dh = d / h;
-        let mask = causal_mask(t, self.device);
         let ids = ids.view([-1]).to_device(self.device);
         let mut x = (self.wte.index_select(0, &ids).view([b, t, d]) + self.wpe.narrow(0, 0, t))
             .contiguous();
@@ -195,7 +194,7 @@ impl Gpt2 {
                 &heads(&parts[0]),
                 &heads(&parts[1]),
                 &heads(&parts[2]),
-                &mask,
+                AttnOpts::default(),
                 hooks,
                 layer,
             );

@@ -78,6 +78,13 @@ impl fmt::Display for HookPoint {
 )]
 pub struct HookParseError(pub String);
 
+/// A dictionary's hook that is neither a hook name nor a module path saescope maps.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{0}` is not a hook name; hooks are blocks.L.{{hook_resid_pre,attn.hook_z,hook_attn_out,mlp.hook_post,hook_mlp_out,hook_resid_post}} (TransformerLens), or a Hugging Face module path as sparsify names them: layers.L (the block's output), layers.L.mlp, layers.L.self_attn (also h.L, h.L.mlp, h.L.attn, layers.L.attention, with a model., transformer. or gpt_neox. prefix)"
+)]
+pub struct DictionaryHookError(pub String);
+
 impl FromStr for HookPoint {
     type Err = HookParseError;
     fn from_str(s: &str) -> Result<Self, HookParseError> {
@@ -91,6 +98,54 @@ impl FromStr for HookPoint {
             .ok_or_else(bad)?;
         Ok(HookPoint { layer, kind })
     }
+}
+
+impl HookPoint {
+    /// The hook a dictionary's files name: TransformerLens' name (SAELens' `hook_name`), or the
+    /// Hugging Face module path sparsify records as its hook point, so a dictionary from either
+    /// tool finds its own hook. The flag says whether it was a module path: the module's output
+    /// is the TransformerLens hook in most families but not in Gemma, which normalises after it; the
+    /// caller, knowing the model, checks. Commands that name hooks themselves (harvest, train)
+    /// take TransformerLens names only.
+    pub fn parse_dictionary_hook(s: &str) -> Result<(HookPoint, bool), DictionaryHookError> {
+        if let Ok(p) = s.parse() {
+            return Ok((p, false));
+        }
+        module_path(s)
+            .map(|p| (p, true))
+            .ok_or_else(|| DictionaryHookError(s.to_owned()))
+    }
+}
+
+/// A Hugging Face module path: a decoder layer's output is the residual stream after the
+/// block, its MLP's output is `hook_mlp_out` and its attention's is `hook_attn_out` (the latter
+/// two as the module returns them; Gemma normalises after, so a session refuses those there).
+fn module_path(s: &str) -> Option<HookPoint> {
+    let mut rest = s;
+    for prefix in [
+        "base_model.",
+        "model.",
+        "language_model.",
+        "transformer.",
+        "gpt_neox.",
+    ] {
+        rest = rest.strip_prefix(prefix).unwrap_or(rest);
+    }
+    let rest = rest
+        .strip_prefix("layers.")
+        .or_else(|| rest.strip_prefix("h."))?;
+    let (layer, module) = match rest.split_once('.') {
+        Some((l, m)) => (l, Some(m)),
+        None => (rest, None),
+    };
+    let layer = layer.parse().ok()?;
+    let kind = match module {
+        None => HookKind::ResidPost,
+        Some("mlp") => HookKind::MlpOut,
+        Some("self_attn" | "attn" | "attention") => HookKind::AttnOut,
+        Some(_) => return None,
+    };
+    Some(HookPoint { layer, kind })
 }
 
 impl HookPoint {
@@ -245,5 +300,53 @@ impl Hooks {
             self.last_layer()
         };
         Ok(last.map(|l| (b, t, l)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Option<String> {
+        HookPoint::parse_dictionary_hook(s).ok().map(|(p, module)| {
+            assert_eq!(module, !s.starts_with("blocks."), "{s}");
+            p.to_string()
+        })
+    }
+
+    #[test]
+    fn module_paths_name_the_same_hooks_as_transformerlens() {
+        let cases = [
+            ("layers.6", "blocks.6.hook_resid_post"),
+            ("model.layers.6", "blocks.6.hook_resid_post"),
+            ("gpt_neox.layers.3", "blocks.3.hook_resid_post"),
+            ("transformer.h.11", "blocks.11.hook_resid_post"),
+            ("layers.6.mlp", "blocks.6.hook_mlp_out"),
+            ("h.2.mlp", "blocks.2.hook_mlp_out"),
+            ("layers.6.self_attn", "blocks.6.hook_attn_out"),
+            ("h.2.attn", "blocks.2.hook_attn_out"),
+            ("gpt_neox.layers.1.attention", "blocks.1.hook_attn_out"),
+            ("blocks.4.attn.hook_z", "blocks.4.attn.hook_z"),
+        ];
+        for (name, want) in cases {
+            assert_eq!(parse(name).as_deref(), Some(want), "{name}");
+        }
+        assert!(
+            "layers.6".parse::<HookPoint>().is_err(),
+            "harvest and train take TransformerLens names only"
+        );
+        for bad in [
+            "layers",
+            "layers.x",
+            "layers.6.mlp.down_proj",
+            "layers.6.self_attn.o_proj",
+            "blocks.6.hook_resid_mid",
+            "encoder.layers.6",
+        ] {
+            let e = HookPoint::parse_dictionary_hook(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad) && e.contains("layers.L.mlp"), "{e}");
+        }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! This crate owns running language models to get their activations: model files (the GGUF
 //! container with its quantized tensor types in [`gguf`], Hugging Face safetensors checkpoints in
-//! [`hf`]), tokenizers ([`tokenizer`]), the Llama and GPT-2 forward passes ([`llama`], [`gpt2`],
-//! sharing [`attention`]; one type for both, and the entry points that open a model, in
-//! [`model`]) with named hook points that can be read and replaced ([`hooks`]), text corpora
+//! [`hf`]), tokenizers ([`tokenizer`]), the forward passes of the Llama (with Qwen and Mistral),
+//! Gemma 2/3, GPT-2 and GPT-NeoX families ([`llama`], [`gemma`], [`gpt2`], [`neox`], sharing
+//! [`attention`]; one type for all, and the entry points that open a model, in [`model`]) with
+//! named hook points that can be read and replaced ([`hooks`]), text corpora
 //! ([`corpus`]), the bundled model and corpora in saescope's cache ([`assets`]), and the
 //! harvester that streams a corpus through a model into an activation run ([`harvest`]). Every
 //! error type is in [`error`].
@@ -17,6 +18,7 @@ pub mod assets;
 pub mod attention;
 pub mod corpus;
 pub mod error;
+pub mod gemma;
 pub mod gguf;
 pub mod gpt2;
 pub mod harvest;
@@ -24,6 +26,7 @@ pub mod hf;
 pub mod hooks;
 pub mod llama;
 pub mod model;
+pub mod neox;
 pub mod tokenizer;
 
 pub use error::{AssetError, CorpusError, GgufError, HarvestError, ModelError, TokenizerError};

@@ -1,14 +1,17 @@
-//! The Llama family (Llama, SmolLM2, Qwen2- and Mistral-shaped checkpoints): RMSNorm, rotary
-//! position embeddings, grouped-query attention, a SwiGLU MLP, and a tied or separate unembedding.
+//! The Llama family (Llama, SmolLM2, Qwen2, Qwen3 and Mistral): RMSNorm, rotary position
+//! embeddings, grouped-query attention, a SwiGLU MLP, and a tied or separate unembedding; Qwen3
+//! adds a per-head RMSNorm on queries and keys, Qwen2 biases on them, Mistral a sliding window.
 //!
 //! Block ℓ, with x the residual stream:
-//!   h = RMSNorm(x) · g₁;  q, k, v = h W_q, h W_k, h W_v;  q, k = RoPE(q), RoPE(k)
+//!   h = RMSNorm(x) · g₁;  q, k, v = h W_q (+ b_q), h W_k (+ b_k), h W_v (+ b_v)
+//!   q_h, k_h = RMSNorm(q_h) · g_q, RMSNorm(k_h) · g_k              (Qwen3 only, per head)
+//!   q, k = RoPE(q), RoPE(k)
 //!   z_h = softmax(q_h k_{g(h)}ᵀ / √d_head + causal mask) v_{g(h)}    (g: query head → its KV head)
-//!   x = x + concat_h(z_h) W_o
+//!   x = x + concat_h(z_h) W_o (+ b_o)
 //!   m = RMSNorm(x) · g₂;  x = x + (silu(m W_gate) ⊙ m W_up) W_down
 //! logits = RMSNorm(x) · g_f W_Uᵀ
 
-use crate::attention::{causal_attention, causal_mask};
+use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention};
 use crate::error::{GgufError, ModelError};
 use crate::gguf::Gguf;
 use crate::hf::HfCheckpoint;
@@ -31,6 +34,8 @@ pub enum RopeLayout {
 /// A Llama-family model's sizes and settings, from GGUF metadata or a `config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
+    /// The architecture as the source names it: `llama`, `qwen2`, `qwen3` or `mistral`.
+    pub arch: &'static str,
     /// Decoder blocks.
     pub n_layers: usize,
     /// Width of the residual stream.
@@ -51,21 +56,45 @@ pub struct LlamaConfig {
     pub rms_eps: f64,
     /// RoPE frequency base θ: pair i turns by position · θ^(-2i/d_head) (default 10,000).
     pub rope_base: f64,
+    /// How RoPE's frequencies are rescaled (Llama 3.1 and later: `llama3`).
+    pub rope_scaling: RopeScaling,
     /// Pairing of the source's Q and K rows; interleaved ones are made rotate-half at load.
     pub rope: RopeLayout,
+    /// Whether queries and keys get a per-head RMSNorm before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Each layer's sliding window, `None` where it attends to every earlier token.
+    pub windows: Vec<Option<usize>>,
 }
 
+/// The GGUF architectures of the Llama family and how they pair RoPE dimensions: llama.cpp
+/// permutes only `llama` Q and K weights into the interleaved layout.
+const GGUF_ARCHS: [(&str, RopeLayout); 2] = [
+    ("llama", RopeLayout::Interleaved),
+    ("qwen3", RopeLayout::RotateHalf),
+];
+
+/// The `model_type`s of Hugging Face checkpoints this module runs.
+pub const HF_TYPES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+
 impl LlamaConfig {
-    /// Reads the `llama.*` metadata of a GGUF file.
+    /// Reads the metadata of a GGUF file of architecture `llama` or `qwen3`, whose keys start
+    /// with the architecture's name (`llama.block_count`, `qwen3.block_count`, ...).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        let arch = g
+        let name = g
             .get("general.architecture")
             .and_then(|v| v.as_str())
             .unwrap_or("(none)");
-        if arch != "llama" {
-            return Err(ModelError::UnsupportedArchitecture(arch.to_owned()));
+        let Some(&(arch, rope)) = GGUF_ARCHS.iter().find(|(a, _)| *a == name) else {
+            return Err(ModelError::UnsupportedArchitecture(name.to_owned()));
+        };
+        // Llama 3.1-style files carry their RoPE scaling as per-frequency factors, which the
+        // forward pass does not apply; running without them would be silently wrong.
+        if g.tensor("rope_freqs.weight").is_some() {
+            return Err(ModelError::Config(
+                "this GGUF file scales RoPE by rope_freqs.weight, which saescope does not apply yet; use the Hugging Face checkpoint".into(),
+            ));
         }
-        let u = |k: &str| g.get_u64(&format!("llama.{k}")).map(|v| v as usize);
+        let u = |k: &str| g.get_u64(&format!("{arch}.{k}")).map(|v| v as usize);
         let n_heads = u("attention.head_count")?;
         let d_model = u("embedding_length")?;
         let vocab = match u("vocab_size") {
@@ -75,18 +104,28 @@ impl LlamaConfig {
                 .map(|t| t.shape[0])
                 .ok_or_else(|| GgufError::MissingTensor("token_embd.weight".into()))?,
         };
+        let n_layers = u("block_count")?;
         let cfg = LlamaConfig {
-            n_layers: u("block_count")?,
+            arch,
+            n_layers,
             d_model,
             n_heads,
             n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
-            d_head: u("rope.dimension_count").unwrap_or(d_model / n_heads.max(1)),
+            // Qwen3 heads are wider than d_model / heads, stated as the key length.
+            d_head: u("attention.key_length")
+                .or_else(|_| u("rope.dimension_count"))
+                .unwrap_or(d_model / n_heads.max(1)),
             d_mlp: u("feed_forward_length")?,
             vocab,
             ctx_len: u("context_length")?,
-            rms_eps: g.get_f64("llama.attention.layer_norm_rms_epsilon")?,
-            rope_base: g.get_f64("llama.rope.freq_base").unwrap_or(10_000.0),
-            rope: RopeLayout::Interleaved,
+            rms_eps: g.get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))?,
+            rope_base: g
+                .get_f64(&format!("{arch}.rope.freq_base"))
+                .unwrap_or(10_000.0),
+            rope_scaling: RopeScaling::None,
+            rope,
+            qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
+            windows: vec![None; n_layers],
         };
         cfg.check()?;
         Ok(cfg)
@@ -121,7 +160,13 @@ struct Block {
     attn_norm: Tensor,
     /// [W_q; W_k; W_v], with W_q and W_k rows in rotate-half order (see [`to_rotate_half`]).
     w_qkv: Tensor,
+    /// [b_q; b_k; b_v] where the source has them (Qwen2).
+    b_qkv: Option<Tensor>,
+    /// Qwen3's query and key norm weights, one row per head [heads + kv_heads, d_head], so that
+    /// one RMSNorm covers every query and key head.
+    qk_norm: Option<Tensor>,
     w_o: Tensor,
+    b_o: Option<Tensor>,
     mlp_norm: Tensor,
     /// [W_gate; W_up].
     w_gate_up: Tensor,
@@ -141,16 +186,16 @@ pub struct Llama {
 }
 
 /// Where weights come from, by their GGUF names (the canonical names here), with shapes checked.
-trait WeightSource {
+pub(crate) trait WeightSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     fn has(&self, name: &str) -> bool;
 }
 
 /// GGUF tensors, dequantized.
-struct GgufLoader<'a, 'b> {
-    g: &'a Gguf<'b>,
-    device: Device,
-    kind: Kind,
+pub(crate) struct GgufLoader<'a, 'b> {
+    pub(crate) g: &'a Gguf<'b>,
+    pub(crate) device: Device,
+    pub(crate) kind: Kind,
 }
 
 impl WeightSource for GgufLoader<'_, '_> {
@@ -206,6 +251,12 @@ impl HfLlamaLoader<'_> {
             "attn_k.weight" => "self_attn.k_proj.weight",
             "attn_v.weight" => "self_attn.v_proj.weight",
             "attn_output.weight" => "self_attn.o_proj.weight",
+            "attn_q.bias" => "self_attn.q_proj.bias",
+            "attn_k.bias" => "self_attn.k_proj.bias",
+            "attn_v.bias" => "self_attn.v_proj.bias",
+            "attn_output.bias" => "self_attn.o_proj.bias",
+            "attn_q_norm.weight" => "self_attn.q_norm.weight",
+            "attn_k_norm.weight" => "self_attn.k_norm.weight",
             "ffn_norm.weight" => "post_attention_layernorm.weight",
             "ffn_gate.weight" => "mlp.gate_proj.weight",
             "ffn_up.weight" => "mlp.up_proj.weight",
@@ -235,20 +286,21 @@ impl Llama {
         Self::build(cfg, &GgufLoader { g, device, kind }, device, kind)
     }
 
-    /// Builds the model from a Hugging Face checkpoint (`LlamaForCausalLM`, and Qwen2- or
-    /// Mistral-shaped ones): their Q and K weights are in the rotate-half layout.
+    /// Builds the model from a Hugging Face checkpoint of a `model_type` in [`HF_TYPES`]: their
+    /// Q and K weights are in the rotate-half layout.
     pub fn from_hf(ckpt: &HfCheckpoint, device: Device, kind: Kind) -> Result<Self> {
         let c = &ckpt.config;
+        let arch = HF_TYPES
+            .into_iter()
+            .find(|t| c.model_type.as_deref() == Some(*t))
+            .unwrap_or("llama");
         let n_heads = ckpt.need("num_attention_heads", c.num_attention_heads)?;
         let d_model = ckpt.need("hidden_size", c.hidden_size)?;
-        let rope_base = c
-            .rope_parameters
-            .as_ref()
-            .and_then(|r| r.rope_theta)
-            .or(c.rope_theta)
-            .unwrap_or(10_000.0);
+        let n_layers = ckpt.need("num_hidden_layers", c.num_hidden_layers)?;
+        let rope = c.rope();
         let cfg = LlamaConfig {
-            n_layers: ckpt.need("num_hidden_layers", c.num_hidden_layers)?,
+            arch,
+            n_layers,
             d_model,
             n_heads,
             n_kv_heads: c.num_key_value_heads.unwrap_or(n_heads),
@@ -257,8 +309,11 @@ impl Llama {
             vocab: ckpt.need("vocab_size", c.vocab_size)?,
             ctx_len: ckpt.need("max_position_embeddings", c.max_position_embeddings)?,
             rms_eps: c.rms_norm_eps.unwrap_or(1e-6),
-            rope_base,
+            rope_base: rope.rope_theta.unwrap_or(10_000.0),
+            rope_scaling: rope.scaling()?,
             rope: RopeLayout::RotateHalf,
+            qk_norm: ckpt.has("model.layers.0.self_attn.q_norm.weight"),
+            windows: (0..n_layers).map(|l| c.llama_window(l)).collect(),
         };
         cfg.check()?;
         Self::build(cfg, &HfLlamaLoader { ckpt, device, kind }, device, kind)
@@ -284,10 +339,49 @@ impl Llama {
                     l.get(&n("ffn_gate"), &[dm, d])?,
                     l.get(&n("ffn_up"), &[dm, d])?,
                 );
+                let bias = |s: &str, len: usize| {
+                    let name = format!("blk.{i}.{s}.bias");
+                    l.has(&name).then(|| l.get(&name, &[len])).transpose()
+                };
+                let b_qkv = match (
+                    bias("attn_q", q_out)?,
+                    bias("attn_k", kv_out)?,
+                    bias("attn_v", kv_out)?,
+                ) {
+                    (Some(q), Some(k), Some(v)) => Some(Tensor::cat(
+                        &[pair_rotate_half(&q, &cfg), pair_rotate_half(&k, &cfg), v],
+                        0,
+                    )),
+                    (None, None, None) => None,
+                    _ => {
+                        return Err(ModelError::Config(format!(
+                            "layer {i} has biases on some of Q, K and V but not all"
+                        )));
+                    }
+                };
+                let qk_norm = if cfg.qk_norm {
+                    let (gq, gk) = (
+                        pair_rotate_half(&l.get(&n("attn_q_norm"), &[dh])?, &cfg),
+                        pair_rotate_half(&l.get(&n("attn_k_norm"), &[dh])?, &cfg),
+                    );
+                    let (h, hk) = (cfg.n_heads as i64, cfg.n_kv_heads as i64);
+                    Some(Tensor::cat(
+                        &[
+                            gq.unsqueeze(0).expand([h, -1], false),
+                            gk.unsqueeze(0).expand([hk, -1], false),
+                        ],
+                        0,
+                    ))
+                } else {
+                    None
+                };
                 Ok(Block {
                     attn_norm: l.get(&n("attn_norm"), &[d])?,
                     w_qkv: Tensor::cat(&[w_q, w_k, w_v], 0),
+                    b_qkv,
+                    qk_norm,
                     w_o: l.get(&n("attn_output"), &[d, q_out])?,
+                    b_o: bias("attn_output", d)?,
                     mlp_norm: l.get(&n("ffn_norm"), &[d])?,
                     w_gate_up: Tensor::cat(&[w_gate, w_up], 0),
                     w_down: l.get(&n("ffn_down"), &[d, dm])?,
@@ -350,34 +444,12 @@ impl Llama {
         }
     }
 
-    /// RMSNorm, computed in f32 whatever the model's dtype (as transformers does for bf16).
+    /// RMSNorm over the last dimension, computed in f32 whatever the model's dtype (as
+    /// transformers does for bf16).
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
         let xf = x.to_kind(Kind::Float);
         let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         (xf * (var + self.cfg.rms_eps).rsqrt()).to_kind(self.kind) * w
-    }
-
-    /// cos and sin of the rotation angles, [pos, 1, d_head/2] (broadcast over heads).
-    fn rope_tables(&self, t: i64) -> (Tensor, Tensor) {
-        let half = (self.cfg.d_head / 2) as i64;
-        let opts = (Kind::Float, self.device);
-        let inv_freq = (Tensor::arange(half, opts)
-            * (-2.0 * self.cfg.rope_base.ln() / self.cfg.d_head as f64))
-            .exp();
-        let angles = (Tensor::arange(t, opts).unsqueeze(1) * inv_freq.unsqueeze(0)).unsqueeze(1);
-        (
-            angles.cos().to_kind(self.kind),
-            angles.sin().to_kind(self.kind),
-        )
-    }
-
-    /// Rotates x [batch, pos, heads, d_head] in the rotate-half layout: each pair (i, i + d/2)
-    /// turns by its position's angle. Interleaved-layout weights were permuted into this layout
-    /// at load time, so one code path serves both.
-    fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-        let half = x.size()[3] / 2;
-        let (a, b) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
-        Tensor::cat(&[&a * cos - &b * sin, &b * cos + &a * sin], -1)
     }
 
     /// Runs the model on token ids [batch, pos] under the given hooks. Returns the logits
@@ -396,8 +468,14 @@ impl Llama {
             self.cfg.d_head as i64,
             self.cfg.d_mlp as i64,
         );
-        let (cos, sin) = self.rope_tables(t);
-        let mask = causal_mask(t, self.device);
+        let rope = Rope::new(
+            t,
+            self.cfg.d_head,
+            self.cfg.rope_base,
+            self.cfg.rope_scaling,
+            self.device,
+            self.kind,
+        );
 
         let mut x = self
             .embed
@@ -408,15 +486,30 @@ impl Llama {
             x = hooks.at(hp(HookKind::ResidPre), x);
 
             let a = self.rms_norm(&x, &blk.attn_norm);
-            let qkv = a.matmul(&blk.w_qkv.tr()).view([b, t, h + 2 * hk, dh]);
-            // Q and K heads rotate together; the result is [b, t, h + hk, dh].
-            let qk = Self::rope(&qkv.narrow(2, 0, h + hk), &cos, &sin);
+            let mut qkv = a.matmul(&blk.w_qkv.tr());
+            if let Some(bias) = &blk.b_qkv {
+                qkv = qkv + bias;
+            }
+            let qkv = qkv.view([b, t, h + 2 * hk, dh]);
+            // Q and K heads are normed and rotated together; the result is [b, t, h + hk, dh].
+            let mut qk = qkv.narrow(2, 0, h + hk);
+            if let Some(g) = &blk.qk_norm {
+                qk = self.rms_norm(&qk, g);
+            }
+            let qk = rope.apply(&qk);
             let q = qk.narrow(2, 0, h).transpose(1, 2);
             let k = qk.narrow(2, h, hk).transpose(1, 2);
             let v = qkv.narrow(2, h + hk, hk).transpose(1, 2);
-            let z = causal_attention(&q, &k, &v, &mask, hooks, layer); // [b, t, h, dh]
+            let opts = AttnOpts {
+                window: self.cfg.windows[layer],
+                ..AttnOpts::default()
+            };
+            let z = causal_attention(&q, &k, &v, opts, hooks, layer); // [b, t, h, dh]
             let z = hooks.at(hp(HookKind::AttnZ), z);
-            let attn_out = z.reshape([b, t, h * dh]).matmul(&blk.w_o.tr());
+            let mut attn_out = z.reshape([b, t, h * dh]).matmul(&blk.w_o.tr());
+            if let Some(bias) = &blk.b_o {
+                attn_out = attn_out + bias;
+            }
             let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
             x = x + attn_out;
 
@@ -433,6 +526,15 @@ impl Llama {
         }
         let x = self.rms_norm(&x, &self.final_norm);
         Ok(Some(x.matmul(&self.unembed.tr())))
+    }
+}
+
+/// A Q or K bias, or a per-head norm weight, in the rotate-half order of its weight's rows:
+/// permuted like [`to_rotate_half`] permutes the rows when the source is interleaved.
+fn pair_rotate_half(v: &Tensor, cfg: &LlamaConfig) -> Tensor {
+    match cfg.rope {
+        RopeLayout::RotateHalf => v.shallow_clone(),
+        RopeLayout::Interleaved => to_rotate_half(&v.view([-1, 1]), cfg.d_head).view([-1]),
     }
 }
 

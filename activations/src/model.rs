@@ -4,11 +4,13 @@
 //! a model ready to run on text, with the provenance a run manifest records.
 
 use crate::error::ModelError;
+use crate::gemma::{Gemma, GemmaVersion};
 use crate::gguf::Gguf;
 use crate::gpt2::Gpt2;
 use crate::hf::{HfCheckpoint, refuse_pickled};
 use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::llama::Llama;
+use crate::neox::Neox;
 use crate::tokenizer::TextTokenizer;
 use saescope_store::ModelInfo;
 use std::path::Path;
@@ -19,11 +21,30 @@ type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// A language model of any supported family.
 pub enum Model {
-    /// Llama, SmolLM2, Qwen2, Mistral.
+    /// Llama, SmolLM2, Qwen2, Qwen3, Mistral.
     Llama(Llama),
     /// GPT-2.
     Gpt2(Gpt2),
+    /// Gemma 2 and Gemma 3.
+    Gemma(Gemma),
+    /// GPT-NeoX and Pythia.
+    Neox(Neox),
 }
+
+/// The `model_type`s of the Hugging Face checkpoints saescope runs.
+pub const HF_ARCHITECTURES: [&str; 8] = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+    "gpt2",
+    "gpt_neox",
+];
+
+/// The `general.architecture`s of the GGUF files saescope runs.
+pub const GGUF_ARCHITECTURES: [&str; 3] = ["llama", "qwen3", "gemma3"];
 
 /// A loaded model with what was found beside it.
 pub struct LoadedModel {
@@ -93,11 +114,17 @@ pub fn device(name: &str) -> Result<Device> {
 }
 
 impl Model {
-    /// `llama` or `gpt2`.
+    /// The architecture as the model's source names it: for the Llama family `llama`, `qwen2`,
+    /// `qwen3` or `mistral`; otherwise `gpt2`, `gemma2`, `gemma3` or `gpt_neox`.
     pub fn architecture(&self) -> &'static str {
         match self {
-            Model::Llama(_) => "llama",
+            Model::Llama(m) => m.cfg.arch,
             Model::Gpt2(_) => "gpt2",
+            Model::Gemma(m) => match m.cfg.version {
+                GemmaVersion::Gemma2 => "gemma2",
+                GemmaVersion::Gemma3 => "gemma3",
+            },
+            Model::Neox(_) => "gpt_neox",
         }
     }
 
@@ -106,6 +133,8 @@ impl Model {
         match self {
             Model::Llama(m) => m.cfg.n_layers,
             Model::Gpt2(m) => m.cfg.n_layers,
+            Model::Gemma(m) => m.cfg.n_layers,
+            Model::Neox(m) => m.cfg.n_layers,
         }
     }
 
@@ -114,6 +143,8 @@ impl Model {
         match self {
             Model::Llama(m) => m.cfg.vocab,
             Model::Gpt2(m) => m.cfg.vocab,
+            Model::Gemma(m) => m.cfg.vocab,
+            Model::Neox(m) => m.cfg.vocab,
         }
     }
 
@@ -122,6 +153,8 @@ impl Model {
         match self {
             Model::Llama(m) => m.cfg.ctx_len,
             Model::Gpt2(m) => m.cfg.ctx_len,
+            Model::Gemma(m) => m.cfg.ctx_len,
+            Model::Neox(m) => m.cfg.ctx_len,
         }
     }
 
@@ -130,6 +163,8 @@ impl Model {
         match self {
             Model::Llama(m) => m.hook_shape(kind),
             Model::Gpt2(m) => m.hook_shape(kind),
+            Model::Gemma(m) => m.hook_shape(kind),
+            Model::Neox(m) => m.hook_shape(kind),
         }
     }
 
@@ -138,6 +173,8 @@ impl Model {
         match self {
             Model::Llama(m) => m.unembed_folded(),
             Model::Gpt2(m) => m.unembed_folded(),
+            Model::Gemma(m) => m.unembed_folded(),
+            Model::Neox(m) => m.unembed_folded(),
         }
     }
 
@@ -146,6 +183,8 @@ impl Model {
         match self {
             Model::Llama(m) => m.to_residual(point),
             Model::Gpt2(m) => m.to_residual(point),
+            Model::Gemma(m) => m.to_residual(point),
+            Model::Neox(m) => m.to_residual(point),
         }
     }
 
@@ -154,6 +193,8 @@ impl Model {
         match self {
             Model::Llama(m) => m.forward(ids, hooks, logits),
             Model::Gpt2(m) => m.forward(ids, hooks, logits),
+            Model::Gemma(m) => m.forward(ids, hooks, logits),
+            Model::Neox(m) => m.forward(ids, hooks, logits),
         }
     }
 
@@ -169,7 +210,11 @@ impl Model {
             source: e,
         })?;
         let g = Gguf::parse(&bytes)?;
-        let model = Model::Llama(Llama::from_gguf(&g, device, kind)?);
+        let arch = g.get("general.architecture").and_then(|v| v.as_str());
+        let model = match arch {
+            Some("gemma3") => Model::Gemma(Gemma::from_gguf(&g, device, kind)?),
+            _ => Model::Llama(Llama::from_gguf(&g, device, kind)?),
+        };
         let tokenizer = TextTokenizer::from_gguf(&g)?;
         let name = g
             .get("general.name")
@@ -187,8 +232,15 @@ impl Model {
         let ckpt = HfCheckpoint::open(dir)?;
         let model_type = ckpt.config.model_type.as_deref().unwrap_or("(none)");
         let model = match model_type {
-            "llama" | "qwen2" | "mistral" => Model::Llama(Llama::from_hf(&ckpt, device, kind)?),
+            "llama" | "qwen2" | "qwen3" | "mistral" => {
+                Model::Llama(Llama::from_hf(&ckpt, device, kind)?)
+            }
+            "gemma2" => Model::Gemma(Gemma::from_hf(&ckpt, GemmaVersion::Gemma2, device, kind)?),
+            "gemma3_text" => {
+                Model::Gemma(Gemma::from_hf(&ckpt, GemmaVersion::Gemma3, device, kind)?)
+            }
             "gpt2" => Model::Gpt2(Gpt2::from_hf(&ckpt, device, kind)?),
+            "gpt_neox" => Model::Neox(Neox::from_hf(&ckpt, device, kind)?),
             other => return Err(ModelError::UnsupportedArchitecture(other.to_owned())),
         };
         let tokenizer_path = dir.join("tokenizer.json");

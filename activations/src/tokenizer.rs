@@ -128,8 +128,11 @@ impl TextTokenizer {
             })?;
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         Ok(TextTokenizer {
+            // Gemma's vocabulary also holds `<s>` and `</s>`, as HTML strikethrough tags, so
+            // `<bos>` and `<eos>` are looked for first (Llama and Mistral have none).
             bos: find(&[
                 "<|begin_of_text|>",
+                "<bos>",
                 "<s>",
                 "<|endoftext|>",
                 "<|im_start|>",
@@ -137,6 +140,7 @@ impl TextTokenizer {
             ]),
             eos: find(&[
                 "<|end_of_text|>",
+                "<eos>",
                 "</s>",
                 "<|endoftext|>",
                 "<|im_end|>",

@@ -93,7 +93,14 @@ fn unsupported_and_pickled_checkpoints_are_refused_clearly() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("architecture `t5` is not supported"), "{e}");
+    assert!(
+        e.contains(
+            "architecture `t5` is not supported (saescope runs Hugging Face checkpoints of \
+             llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gpt2 and gpt_neox, and GGUF \
+             files of llama, qwen3 and gemma3)"
+        ),
+        "{e}"
+    );
 
     // A config that disagrees with the weights: the shape error names the tensor.
     let mut cfg: serde_json::Value =

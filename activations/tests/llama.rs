@@ -67,19 +67,20 @@ fn logits_and_greedy_tokens_match_the_reference() {
         let want = read_f32(&format!("prompt{i}_last_logits.f32"));
         let err = common::max_abs_diff(&last, &want);
         eprintln!("prompt {i}: max abs logit error {err:.2e}");
-        assert!(err < 1e-3, "prompt {i}: max abs logit error {err}");
+        // The README states 1e-4 (4.4e-5 seen here; other CPUs' kernels round differently).
+        assert!(err < 1e-4, "prompt {i}: max abs logit error {err}");
         let greedy = logits.get(0).get(-1).argmax(0, false).int64_value(&[]);
         assert_eq!(greedy, p["greedy_next_id"].as_i64().unwrap(), "prompt {i}");
-        // Top-5 at every position agree.
+        // The top 5 tokens at every position are the same five (their order may differ only
+        // between logits closer than the error above).
         let top = logits.get(0).topk(5, -1, true, true).1;
         let want_top: Vec<Vec<i64>> = serde_json::from_value(p["top5_ids"].clone()).unwrap();
         for (pos, w) in want_top.iter().enumerate() {
-            let got: Vec<i64> = Vec::try_from(top.get(pos as i64)).unwrap();
-            assert_eq!(
-                &got[..2],
-                &w[..2],
-                "prompt {i} position {pos}: top tokens differ"
-            );
+            let mut got: Vec<i64> = Vec::try_from(top.get(pos as i64)).unwrap();
+            let mut want = w.clone();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "prompt {i} position {pos}: top 5 tokens differ");
         }
     }
     let p = &index()["prompts"];
@@ -198,7 +199,11 @@ fn bf16_compute_stays_close_to_the_reference() {
         let err = common::max_abs_diff(&last, &want);
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         eprintln!("bf16 prompt {i}: max abs logit error {err:.3} (logits up to {scale:.1})");
-        assert!(err < 0.05 * scale, "prompt {i}: bf16 logit error {err}");
+        // The README states 1.0 on these prompts (0.68 seen here, logits up to 32).
+        assert!(
+            err < 1.0,
+            "prompt {i}: bf16 logit error {err} (logits up to {scale})"
+        );
         let greedy = logits.get(0).get(-1).argmax(0, false).int64_value(&[]);
         assert_eq!(greedy, p["greedy_next_id"].as_i64().unwrap(), "prompt {i}");
     }

@@ -99,7 +99,7 @@ pub fn attention_attribution(
     }
     let Some(enc) = dict.encoder() else {
         return Err(AnalysisError::Config(
-            "attribution needs a dictionary with a linear encoder (TopK, BatchTopK, GBA)".into(),
+            "attribution needs a dictionary with a linear encoder (TopK, BatchTopK, GBA) over tokens as they are (no per-token normalisation)".into(),
         ));
     };
     if feature as usize >= dict.n_latents() || dest >= ids.len() {

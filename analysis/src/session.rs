@@ -5,7 +5,7 @@
 
 use crate::error::{AnalysisError, Result};
 use saescope_activations::assets;
-use saescope_activations::hooks::HookPoint;
+use saescope_activations::hooks::{HookKind, HookPoint};
 use saescope_activations::model::{Compute, TextModel};
 use saescope_sae::AnyDictionary;
 use saescope_store::dictionary::DictConfig;
@@ -53,6 +53,9 @@ pub struct OpenedDictionary {
     pub dict: AnyDictionary,
     /// The hook it reads.
     pub point: HookPoint,
+    /// Whether that hook was named by a Hugging Face module path (sparsify's `layers.6.mlp`)
+    /// rather than a TransformerLens name.
+    pub module_path: bool,
     /// The harvest run, when one is found.
     pub run: Option<(PathBuf, Run)>,
 }
@@ -66,15 +69,8 @@ impl OpenedDictionary {
             dir: spec.dict.clone(),
             message,
         };
-        let hook = match spec.hook.as_deref().or(config.hook()) {
-            Some(h) => h.to_owned(),
-            None => {
-                return Err(bad(
-                    "cfg.json names no hook (metadata.hook_name); pass --hook".into(),
-                ));
-            }
-        };
-        let point: HookPoint = hook.parse().map_err(|e| bad(format!("{e}")))?;
+        let (point, module_path) = hook_point(spec, &config, &dir).map_err(bad)?;
+        let hook = point.to_string();
         let run_dir = match &spec.run {
             Some(r) => Some(r.clone()),
             None => dir.enclosing_run().or_else(|| {
@@ -100,6 +96,7 @@ impl OpenedDictionary {
             config,
             dict,
             point,
+            module_path,
             run,
         })
     }
@@ -108,6 +105,50 @@ impl OpenedDictionary {
     pub fn run(&self) -> Option<&Run> {
         self.run.as_ref().map(|(_, r)| r)
     }
+}
+
+/// The hook a dictionary reads: `--hook`, else `cfg.json`'s, else (for sparsify, whose
+/// checkpoints keep one folder per hook point and no hook in `cfg.json`) the folder's name.
+/// Hugging Face module paths are read as the TransformerLens hooks they equal (and said to be).
+fn hook_point(
+    spec: &SessionSpec,
+    config: &DictConfig,
+    dir: &DictDir,
+) -> std::result::Result<(HookPoint, bool), String> {
+    let folder = dir.path().file_name().and_then(|n| n.to_str());
+    let (name, source) = match (spec.hook.as_deref(), config.hook()) {
+        (Some(h), _) => (h, "--hook"),
+        (None, Some(h)) => (h, "cfg.json's hook name"),
+        (None, None) => match folder.filter(|f| HookPoint::parse_dictionary_hook(f).is_ok()) {
+            Some(f) if dir.sparsify_weights().exists() => (f, "the folder name"),
+            _ => {
+                return Err(
+                    "cfg.json names no hook (metadata.hook_name) and the folder is not named for one (as sparsify's layers.6 is); pass --hook"
+                        .into(),
+                );
+            }
+        },
+    };
+    HookPoint::parse_dictionary_hook(name).map_err(|e| format!("{source}: {e}"))
+}
+
+/// Refuses a hook named by a module path where the module's output is not the TransformerLens
+/// hook it maps to: Gemma normalises the attention and MLP outputs before adding them to the
+/// residual, and hook_attn_out / hook_mlp_out come after that norm, the modules' outputs before.
+fn module_path_fits(
+    architecture: &str,
+    point: HookPoint,
+    module_path: bool,
+) -> std::result::Result<(), String> {
+    if module_path
+        && matches!(point.kind, HookKind::AttnOut | HookKind::MlpOut)
+        && architecture.starts_with("gemma")
+    {
+        return Err(format!(
+            "the hook was named by a module path, which in {architecture} is the output before the post-norm; saescope's {point} is after it, and it has no hook before it"
+        ));
+    }
+    Ok(())
 }
 
 /// A dictionary opened inside the model it reads.
@@ -140,6 +181,7 @@ impl Session {
                 model.model.n_layers()
             )));
         }
+        module_path_fits(model.model.architecture(), point, opened.module_path).map_err(bad)?;
         let width: usize = model.model.hook_shape(point.kind).iter().product();
         let d_in = opened.dict.as_dyn().d_in();
         if width != d_in {
@@ -176,4 +218,26 @@ pub fn model_path(model: Option<&Path>, run: Option<&Run>) -> PathBuf {
                 .filter(|p| p.exists())
         })
         .unwrap_or_else(assets::default_model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemma_module_outputs_are_not_taken_for_hooks_after_its_post_norms() {
+        let mlp = HookPoint::parse_dictionary_hook("layers.3.mlp").unwrap().0;
+        let resid = HookPoint::parse_dictionary_hook("layers.3").unwrap().0;
+        let e = module_path_fits("gemma2", mlp, true).unwrap_err();
+        assert!(e.contains("post-norm"), "{e}");
+        assert!(
+            module_path_fits("gemma3", mlp, false).is_ok(),
+            "a TransformerLens name"
+        );
+        assert!(
+            module_path_fits("gemma2", resid, true).is_ok(),
+            "the block's output"
+        );
+        assert!(module_path_fits("llama", mlp, true).is_ok(), "no post-norm");
+    }
 }

@@ -114,8 +114,7 @@ pub fn splice_batch(
     }
     let rows = keep.reshape([-1]).nonzero().squeeze_dim(1);
     let x_eval = flat.index_select(0, &rows);
-    let codes = dict.encode(&x_eval);
-    let recon = dict.decode(&codes);
+    let (codes, recon) = dict.reconstruct(&x_eval);
     acc.recon.add(&x_eval, &recon, &codes);
 
     let with_rows = |values: &Tensor| {

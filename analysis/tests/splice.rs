@@ -98,3 +98,43 @@ fn one_head_ablation_changes_less_than_all_heads() {
     assert!(one.kl_ablated < all.kl_ablated);
     assert_eq!(one.ce_loss_recovered, 1.0);
 }
+
+/// The splice's cross-entropy against transformers' own loss (`labels=ids`) on tiny checkpoints
+/// (`reference/make_ce_fixture.py`): clean, and with block 0's output zeroed, which is what a
+/// dictionary that reconstructs zeros splices in. A label shifted by one position, or a
+/// prediction scored at the wrong place, fails here.
+#[test]
+fn cross_entropy_matches_transformers() {
+    use saescope_activations::model::Model;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("tests/fixtures/ce.json")).unwrap())
+            .unwrap();
+    for name in ["llama", "gpt2"] {
+        let dir = root.join("../activations/tests/fixtures/hf").join(name);
+        let m = Model::load(&dir, Device::Cpu, Kind::Float).unwrap().model;
+        let r = &refs[name];
+        let rows: Vec<Vec<i64>> = serde_json::from_value(r["ids"].clone()).unwrap();
+        let ids = Tensor::from_slice(&rows.concat()).view([rows.len() as i64, -1]);
+        let point: HookPoint = "blocks.0.hook_resid_post".parse().unwrap();
+        let width = m.hook_shape(point.kind)[0];
+        let opts = SpliceOptions {
+            point,
+            exclude_bos: false,
+            head: None,
+        };
+        let mut zero = SpliceAccumulator::new(width, width);
+        splice_batch(&m, &Identity(false, width), &ids, &opts, &mut zero).unwrap();
+        let z = zero.finish(&opts);
+        let close = |got: f64, key: &str| {
+            let want = r[key].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-5,
+                "{name} {key}: saescope {got}, transformers {want}"
+            );
+        };
+        close(z.ce_clean, "ce_clean");
+        close(z.ce_ablated, "ce_ablated");
+        close(z.ce_spliced, "ce_ablated");
+    }
+}

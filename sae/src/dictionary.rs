@@ -6,6 +6,7 @@ use crate::gba::GbaSae;
 use crate::mpsae::{MpSae, Stop};
 use crate::snmf::Snmf;
 use crate::sparse::SparseCodes;
+use crate::token_norm::TokenNorm;
 use crate::topk::{Selection, TopKSae};
 use tch::{Kind, Tensor};
 
@@ -19,6 +20,13 @@ pub trait Dictionary {
     fn encode(&self, x: &Tensor) -> SparseCodes;
     /// The reconstruction [B, d_in] of codes.
     fn decode(&self, codes: &SparseCodes) -> Tensor;
+    /// The codes of rows x and their reconstruction [B, d_in], in x's own units (a dictionary
+    /// over normalised tokens restores each token's scale here, which `decode` alone cannot).
+    fn reconstruct(&self, x: &Tensor) -> (SparseCodes, Tensor) {
+        let codes = self.encode(x);
+        let recon = self.decode(&codes);
+        (codes, recon)
+    }
     /// Decoder directions [n_latents, d_in].
     fn atoms(&self) -> Tensor;
     /// The linear part of the encoder, for dictionaries that have one (TopK, BatchTopK, GBA):
@@ -142,6 +150,43 @@ impl Dictionary for SnmfDictionary {
     }
 }
 
+/// A dictionary that reads normalised tokens.
+pub struct Normalized {
+    /// The dictionary, over normalised tokens.
+    pub inner: AnyDictionary,
+    /// The normalisation.
+    pub norm: TokenNorm,
+}
+
+impl Dictionary for Normalized {
+    fn d_in(&self) -> usize {
+        self.inner.as_dyn().d_in()
+    }
+    fn n_latents(&self) -> usize {
+        self.inner.as_dyn().n_latents()
+    }
+    fn encode(&self, x: &Tensor) -> SparseCodes {
+        self.inner.as_dyn().encode(&self.norm.apply(x).0)
+    }
+    /// In normalised units: without the tokens the codes came from, their scale is unknown
+    /// (use [`Dictionary::reconstruct`]).
+    fn decode(&self, codes: &SparseCodes) -> Tensor {
+        self.inner.as_dyn().decode(codes)
+    }
+    fn reconstruct(&self, x: &Tensor) -> (SparseCodes, Tensor) {
+        let (xn, restore) = self.norm.apply(x);
+        let (codes, recon) = self.inner.as_dyn().reconstruct(&xn);
+        (codes, restore.undo(recon))
+    }
+    fn atoms(&self) -> Tensor {
+        self.inner.as_dyn().atoms()
+    }
+    /// None: the pre-activations are not linear in the token.
+    fn encoder(&self) -> Option<LinearEncoder> {
+        None
+    }
+}
+
 /// A dictionary of any method, as saved and loaded.
 pub enum AnyDictionary {
     /// TopK or BatchTopK (and SAELens `topk`/`jumprelu`, sparsify).
@@ -152,6 +197,8 @@ pub enum AnyDictionary {
     Gba(GbaSae),
     /// SNMF.
     Snmf(SnmfDictionary),
+    /// Any of the above over per-token normalised inputs (SAELens' `normalize_activations`).
+    Normalized(Box<Normalized>),
 }
 
 impl AnyDictionary {
@@ -162,6 +209,23 @@ impl AnyDictionary {
             AnyDictionary::Mp(d) => d,
             AnyDictionary::Gba(d) => d,
             AnyDictionary::Snmf(d) => d,
+            AnyDictionary::Normalized(d) => d.as_ref(),
+        }
+    }
+
+    /// The dictionary itself, inside any per-token normalisation.
+    pub fn inner(&self) -> &AnyDictionary {
+        match self {
+            AnyDictionary::Normalized(n) => &n.inner,
+            d => d,
+        }
+    }
+
+    /// The per-token normalisation its inputs get.
+    pub fn token_norm(&self) -> TokenNorm {
+        match self {
+            AnyDictionary::Normalized(n) => n.norm,
+            _ => TokenNorm::None,
         }
     }
 
@@ -174,6 +238,7 @@ impl AnyDictionary {
             AnyDictionary::Gba(g) if g.jump => "jumprelu",
             AnyDictionary::Gba(_) => "standard",
             AnyDictionary::Snmf(_) => "snmf",
+            AnyDictionary::Normalized(n) => n.inner.architecture(),
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod seeded;
 pub mod snmf;
 pub mod sparse;
 pub mod synthetic;
+pub mod token_norm;
 pub mod topk;
 pub mod train;
 

@@ -57,24 +57,43 @@ fn base(method: Method) -> TrainConfig {
     }
 }
 
+/// Both selection precisions, whatever this CPU would pick by default: bf16 selection only
+/// chooses latents, so recovery must not depend on it.
+const BF16: [bool; 2] = [false, true];
+
 #[test]
 fn topk_recovers_a_planted_dictionary() {
     let p = flat(512, 64, 40_000, 4, 0.01, 7);
-    let (_, rec, m) = fit(&p, base(Method::TopK));
-    eprintln!(
-        "topk: recovery {rec:.3}, fvu {:.4}, l0 {:.2}, dead {:.3}",
-        m.fvu, m.l0, m.dead_fraction
-    );
-    assert!(rec >= 0.9, "mean best cosine {rec}");
-    assert!(m.fvu < 0.25, "fvu {}", m.fvu);
+    for bf16 in BF16 {
+        let cfg = TrainConfig {
+            bf16_select: Some(bf16),
+            ..base(Method::TopK)
+        };
+        let (_, rec, m) = fit(&p, cfg);
+        eprintln!(
+            "topk (bf16 selection {bf16}): recovery {rec:.3}, fvu {:.4}, l0 {:.2}, dead {:.3}",
+            m.fvu, m.l0, m.dead_fraction
+        );
+        assert!(rec >= 0.9, "bf16 {bf16}: mean best cosine {rec}");
+        assert!(m.fvu < 0.25, "bf16 {bf16}: fvu {}", m.fvu);
+    }
 }
 
 #[test]
 fn mpsae_recovers_a_planted_dictionary() {
     let p = flat(512, 64, 40_000, 4, 0.01, 8);
-    let (_, rec, m) = fit(&p, base(Method::MpSae));
-    eprintln!("mpsae: recovery {rec:.3}, fvu {:.4}, l0 {:.2}", m.fvu, m.l0);
-    assert!(rec >= 0.9, "mean best cosine {rec}");
+    for bf16 in BF16 {
+        let cfg = TrainConfig {
+            bf16_select: Some(bf16),
+            ..base(Method::MpSae)
+        };
+        let (_, rec, m) = fit(&p, cfg);
+        eprintln!(
+            "mpsae (bf16 Gram {bf16}): recovery {rec:.3}, fvu {:.4}, l0 {:.2}",
+            m.fvu, m.l0
+        );
+        assert!(rec >= 0.9, "bf16 {bf16}: mean best cosine {rec}");
+    }
 }
 
 #[test]
@@ -123,7 +142,8 @@ fn snmf_factorises_nonnegative_mixtures() {
         "snmf: recovery {rec:.3}, fvu {:.4}, l0 {:.2}",
         met.fvu, met.l0
     );
-    assert!(met.fvu < 0.2, "fvu {}", met.fvu);
+    // The README states 0.014 (0.0138 seen here).
+    assert!(met.fvu < 0.02, "fvu {}", met.fvu);
 }
 
 #[test]

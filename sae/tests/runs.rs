@@ -58,8 +58,18 @@ fn weights(dir: &Path) -> Vec<(String, Tensor)> {
 #[test]
 fn a_killed_run_resumes_to_the_same_weights() {
     let src = data();
-    for method in [Method::TopK, Method::BatchTopK, Method::MpSae, Method::Gba] {
-        let c = cfg(method);
+    // bf16 selection forced both ways, so resume is proven for each path whatever this CPU
+    // would choose (GBA has no selection; it runs once).
+    let runs = [Method::TopK, Method::BatchTopK, Method::MpSae]
+        .into_iter()
+        .flat_map(|m| [(m, false), (m, true)])
+        .chain([(Method::Gba, false)]);
+    for (method, bf16) in runs {
+        let c = TrainConfig {
+            bf16_select: Some(bf16),
+            ..cfg(method)
+        };
+        let method = (method, bf16);
         let whole = tempfile::tempdir().unwrap();
         train(
             &src,
@@ -159,6 +169,31 @@ fn resume_with_other_settings_is_refused() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("other settings"), "{err}");
+}
+
+/// SNMF keeps no checkpoint: `--resume` is refused, not quietly turned into a fresh start.
+#[test]
+fn snmf_refuses_to_resume() {
+    let src = data();
+    let c = TrainConfig {
+        latents: 8,
+        ..cfg(Method::Snmf)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = train(
+        &src,
+        None,
+        &c,
+        dir.path(),
+        true,
+        Device::Cpu,
+        &Default::default(),
+        &mut (),
+    )
+    .err()
+    .expect("snmf with resume should be refused");
+    assert!(err.to_string().contains("--resume"), "{err}");
+    assert!(!dir.path().join("sae_weights.safetensors").exists());
 }
 
 #[test]
@@ -300,58 +335,66 @@ fn sparsify_and_saelens_files_load_by_shape() {
 /// them cover every non-BOS token once (rows identified by their values, which are a pure
 /// function of the token).
 #[test]
-fn held_out_rows_of_a_one_shard_run_are_never_training_rows() {
+fn held_out_rows_are_never_training_rows() {
     use saescope_sae::data::{RunSource, Source};
     use saescope_store::{Dtype, Run, RunWriter, WriterOptions, synthetic};
     use std::collections::HashMap;
-    let tmp = tempfile::tempdir().unwrap();
     let hook = "blocks.0.hook_resid_post";
-    let mut w = RunWriter::create(
-        tmp.path(),
-        synthetic::spec(vec![synthetic::hook(hook, &[6], Dtype::F32)], 32),
-        &WriterOptions::default(),
-    )
-    .unwrap();
-    synthetic::append_until(&mut w, 640, 100, |_| {}).unwrap();
-    w.finish().unwrap();
-    let run = Run::open(tmp.path()).unwrap();
-    assert_eq!(run.manifest().shards.len(), 1);
     let mut token_of: HashMap<Vec<u32>, u64> = HashMap::new();
     for t in 0..640u64 {
         let mut row = Vec::new();
         synthetic::fill(t, 1, 0, 6, &mut row);
         token_of.insert(row.iter().map(|v| v.to_bits()).collect(), t);
     }
-    let split = run.manifest().heldout_split(0.1);
-    let read = |set| -> Vec<u64> {
-        let mut src = RunSource::new(run.clone(), hook, set).unwrap();
-        src.shuffle_buffer = 64;
-        let mut out = Vec::new();
-        for chunk in src.epoch(0).unwrap() {
-            for row in chunk.unwrap().chunks(6) {
-                let bits: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
-                out.push(token_of[&bits]);
-            }
+    // One shard is split by whole contexts inside it; 24 bytes a token, 160 tokens a shard
+    // make four shards, of which the last is held out whole.
+    for (shard_bytes, shards, first_held) in [(None, 1, 576), (Some(24 * 160), 4, 480)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut opts = WriterOptions::default();
+        if let Some(b) = shard_bytes {
+            opts.shard_bytes = b;
+            opts.row_group_bytes = b / 2;
         }
-        out.sort_unstable();
-        out
-    };
-    let train = read(split.train.clone());
-    let held = read(split.heldout.clone());
-    // 20 contexts of 32: the last 2 are held out.
-    assert!(
-        train.iter().all(|&t| t < 576),
-        "a held-out token was trained on"
-    );
-    assert!(
-        held.iter().all(|&t| t >= 576),
-        "a training token was held out"
-    );
-    let mut all = train.clone();
-    all.extend(&held);
-    all.sort_unstable();
-    let want: Vec<u64> = (0..640).filter(|t| t % 32 != 0).collect();
-    assert_eq!(all, want, "every non-BOS token once");
+        let mut w = RunWriter::create(
+            tmp.path(),
+            synthetic::spec(vec![synthetic::hook(hook, &[6], Dtype::F32)], 32),
+            &opts,
+        )
+        .unwrap();
+        synthetic::append_until(&mut w, 640, 100, |_| {}).unwrap();
+        w.finish().unwrap();
+        let run = Run::open(tmp.path()).unwrap();
+        assert_eq!(run.manifest().shards.len(), shards);
+        let split = run.manifest().heldout_split(0.1);
+        let read = |set| -> Vec<u64> {
+            let mut src = RunSource::new(run.clone(), hook, set).unwrap();
+            src.shuffle_buffer = 64;
+            let mut out = Vec::new();
+            for chunk in src.epoch(0).unwrap() {
+                for row in chunk.unwrap().chunks(6) {
+                    let bits: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+                    out.push(token_of[&bits]);
+                }
+            }
+            out.sort_unstable();
+            out
+        };
+        let train = read(split.train.clone());
+        let held = read(split.heldout.clone());
+        assert!(
+            train.iter().all(|&t| t < first_held),
+            "{shards} shard(s): a held-out token was trained on"
+        );
+        assert!(
+            held.iter().all(|&t| t >= first_held) && !held.is_empty(),
+            "{shards} shard(s): a training token was held out"
+        );
+        let mut all = train.clone();
+        all.extend(&held);
+        all.sort_unstable();
+        let want: Vec<u64> = (0..640).filter(|t| t % 32 != 0).collect();
+        assert_eq!(all, want, "{shards} shard(s): every non-BOS token once");
+    }
 }
 
 /// An MP-SAE's cfg.json states its stopping rule in SAELens' fields, so SAELens runs the same

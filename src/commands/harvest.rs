@@ -16,8 +16,8 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Model weights: a GGUF file, or a Hugging Face checkpoint directory (config.json,
-    /// safetensors, tokenizer.json; Llama, Qwen2, Mistral or GPT-2). Default: the bundled
-    /// SmolLM2-135M-Instruct.
+    /// safetensors, tokenizer.json; Llama, Qwen2/3, Mistral, Gemma 2/3, GPT-2 or GPT-NeoX).
+    /// Default: the bundled SmolLM2-135M-Instruct.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// `brown` or `shakespeare` (bundled), a directory of .txt files, a .jsonl file, or a

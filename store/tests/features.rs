@@ -1,6 +1,7 @@
 //! The feature store's tables read back as written, and an incomplete store is refused.
 
 use saescope_store::features::*;
+use std::path::Path;
 
 /// Token names by id, for the contexts' windows.
 fn vocab() -> Vec<String> {
@@ -187,6 +188,22 @@ fn neuronpedia_export_carries_every_feature_and_context() {
         serde_json::json!([0.25, 0.75])
     );
     assert!(feats[1]["activations"].as_array().unwrap().is_empty());
+
+    // The committed copy is what `scripts/interop-fixtures --dashboard` loads into SAEDashboard's
+    // own dataclasses; SAESCOPE_BLESS=1 rewrites it after a deliberate change.
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/neuronpedia-batch.json");
+    if std::env::var_os("SAESCOPE_BLESS").is_some() {
+        std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+        std::fs::write(&golden, serde_json::to_string_pretty(&b).unwrap() + "\n").unwrap();
+    }
+    // Compared as text: reading floats back need not give the same bits.
+    let want = std::fs::read_to_string(&golden).unwrap();
+    assert!(
+        serde_json::to_string_pretty(&b).unwrap() + "\n" == want,
+        "the export differs from {}",
+        golden.display()
+    );
 }
 
 #[test]

@@ -37,3 +37,70 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A minimal GGUF writer for tests: metadata as (key, type id, encoded value) and tensors.
+pub struct Writer {
+    kv: Vec<(String, u32, Vec<u8>)>,
+    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+    alignment: usize,
+}
+
+pub fn string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+impl Writer {
+    pub fn new() -> Self {
+        Writer {
+            kv: vec![],
+            tensors: vec![],
+            alignment: 32,
+        }
+    }
+    pub fn kv(mut self, key: &str, ty: u32, value: Vec<u8>) -> Self {
+        self.kv.push((key.into(), ty, value));
+        self
+    }
+    /// `dims` innermost first, as GGUF stores them.
+    pub fn tensor(mut self, name: &str, dims: &[u64], ty: u32, data: Vec<u8>) -> Self {
+        self.tensors.push((name.into(), dims.to_vec(), ty, data));
+        self
+    }
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend((self.tensors.len() as u64).to_le_bytes());
+        out.extend((self.kv.len() as u64).to_le_bytes());
+        for (k, ty, v) in &self.kv {
+            out.extend(string(k));
+            out.extend(ty.to_le_bytes());
+            out.extend(v);
+        }
+        let mut offset = 0usize;
+        let mut offsets = vec![];
+        for (name, dims, ty, data) in &self.tensors {
+            out.extend(string(name));
+            out.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                out.extend(d.to_le_bytes());
+            }
+            out.extend(ty.to_le_bytes());
+            out.extend((offset as u64).to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + data.len()).div_ceil(self.alignment) * self.alignment;
+        }
+        let start = out.len().div_ceil(self.alignment) * self.alignment;
+        out.resize(start, 0);
+        for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
+            out.resize(start + off, 0);
+            out.extend(data);
+        }
+        out
+    }
+}
+
+pub fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}

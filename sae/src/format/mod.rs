@@ -1,7 +1,8 @@
 //! A dictionary's files. saescope writes the SAELens v6 layout (`cfg.json` plus
 //! `sae_weights.safetensors`, `W_enc` [d_in, d_sae], `W_dec` [d_sae, d_in]), so SAELens loads its
-//! TopK, BatchTopK and MP-SAE dictionaries directly, with method-specific tensors under clearly
-//! named extra keys and saescope's own settings under `cfg.json`'s `saescope` object.
+//! TopK, BatchTopK, MP-SAE and GBA dictionaries directly; method tensors SAELens has no key for
+//! go beside it in `saescope_extras.safetensors`, and saescope's own settings under `cfg.json`'s
+//! `saescope` object.
 //!
 //! Loading reads that layout, SAELens' own files ([`saelens`]) and sparsify's ([`sparsify`]),
 //! deciding each matrix's orientation by its shape. Which file is where is
@@ -20,12 +21,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+/// GBA's group of each latent, in the extras.
+pub const GBA_GROUP: &str = "gba_group";
+/// GBA's target firing frequency of each latent, in the extras.
+pub const GBA_TARGET: &str = "gba_target_frequency";
+
 impl AnyDictionary {
-    /// The named tensors of the SAELens layout (plus extras), on the CPU.
+    /// The named tensors of the SAELens layout, on the CPU: exactly the keys SAELens expects
+    /// of the architecture, since it refuses a weights file with any other.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         let cpu = |t: &Tensor| t.to_device(Device::Cpu).contiguous();
         let mut out = Vec::new();
-        match self {
+        match self.inner() {
             AnyDictionary::TopK(s) => {
                 out.push(("W_enc".into(), cpu(&s.w_enc.tr())));
                 out.push(("W_dec".into(), cpu(&s.w_dec)));
@@ -50,8 +57,6 @@ impl AnyDictionary {
                     out.push(("b_enc".into(), cpu(&g.b_enc)));
                 }
                 out.push(("b_dec".into(), cpu(&g.b_dec)));
-                out.push(("gba_group".into(), cpu(&g.group)));
-                out.push(("gba_target_frequency".into(), cpu(&g.target)));
             }
             AnyDictionary::Snmf(s) => {
                 out.push(("W_dec".into(), cpu(&s.snmf.features)));
@@ -61,8 +66,27 @@ impl AnyDictionary {
                     Tensor::zeros([d], (Kind::Float, Device::Cpu)),
                 ));
             }
+            AnyDictionary::Normalized(_) => unreachable!("inner() is never normalised"),
         }
         out
+    }
+
+    /// The method's own tensors that SAELens has no key for (GBA's groups and their target
+    /// frequencies), saved beside the weights in `saescope_extras.safetensors`.
+    pub fn extras(&self) -> Vec<(String, Tensor)> {
+        match self.inner() {
+            AnyDictionary::Gba(g) => vec![
+                (
+                    GBA_GROUP.into(),
+                    g.group.to_device(Device::Cpu).contiguous(),
+                ),
+                (
+                    GBA_TARGET.into(),
+                    g.target.to_device(Device::Cpu).contiguous(),
+                ),
+            ],
+            _ => Vec::new(),
+        }
     }
 
     /// The `cfg.json` fields that describe this dictionary itself: its shape and architecture
@@ -73,46 +97,55 @@ impl AnyDictionary {
         cfg.d_in = Some(d.d_in() as u64);
         cfg.d_sae = Some(d.n_latents() as u64);
         cfg.architecture = Some(self.architecture().into());
-        let fixed = [
-            ("dtype", "float32".into()),
-            ("device", "cpu".into()),
-            ("apply_b_dec_to_input", true.into()),
-            ("normalize_activations", "none".into()),
-        ];
-        for (k, v) in fixed {
-            cfg.other.insert(k.into(), v);
+        for (k, v) in [("dtype", "float32"), ("device", "cpu")] {
+            cfg.other.insert(k.into(), v.into());
         }
+        // Loading folds a foreign file's input bias and decoder-norm rescaling into the
+        // weights, so what is saved is always in SAELens' default form.
+        cfg.apply_b_dec_to_input = Some(true);
+        cfg.normalize_activations = Some(self.token_norm().name().into());
         cfg.reshape_activations.get_or_insert_with(|| "none".into());
-        match self {
+        match self.inner() {
             AnyDictionary::TopK(s) => {
                 cfg.k = Some(s.k as u64);
-                cfg.other
-                    .insert("rescale_acts_by_decoder_norm".into(), false.into());
+                cfg.rescale_acts_by_decoder_norm = Some(false);
             }
             AnyDictionary::Mp(m) => {
                 cfg.max_iterations = Some(m.stop.max_steps as u64);
                 cfg.residual_threshold = Some(m.stop.residual_threshold);
                 cfg.stop_on_duplicate_support = Some(m.stop.duplicate_support);
             }
-            AnyDictionary::Gba(_) | AnyDictionary::Snmf(_) => {}
+            AnyDictionary::Gba(_) | AnyDictionary::Snmf(_) | AnyDictionary::Normalized(_) => {}
         }
         cfg
     }
 
-    /// Writes `cfg.json` and `sae_weights.safetensors` into `dir` (each atomically; weights
-    /// first, so a config never points at weights that are not there). `extra` holds more
-    /// tensors (e.g. an attention dictionary's per-head shares); `cfg` carries the provenance
-    /// (see [`AnyDictionary::config`]).
+    /// Writes `cfg.json`, `sae_weights.safetensors` and, when there are any, the extras into
+    /// `dir` (each atomically; weights first, so a config never points at weights that are not
+    /// there). `extra` holds more tensors of the caller's (e.g. an attention dictionary's
+    /// per-head shares), which go with the extras; `cfg` carries the provenance (see
+    /// [`AnyDictionary::config`]).
     pub fn save(&self, dir: &DictDir, extra: &[(String, Tensor)], cfg: DictConfig) -> Result<()> {
         std::fs::create_dir_all(dir.path()).map_err(|e| SaeError::io(dir.path(), e))?;
-        let mut tensors = self.tensors();
-        tensors.extend(
+        let bytes = safetensors::serialize(&self.tensors(), None)?;
+        saescope_store::write_atomic(&dir.weights(), &bytes)?;
+        let mut extras = self.extras();
+        extras.extend(
             extra
                 .iter()
                 .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous())),
         );
-        let bytes = safetensors::serialize(&tensors, None)?;
-        saescope_store::write_atomic(&dir.weights(), &bytes)?;
+        if extras.is_empty() {
+            match std::fs::remove_file(dir.extras()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SaeError::io(&dir.extras(), e));
+                }
+                _ => {}
+            }
+        } else {
+            let bytes = safetensors::serialize(&extras, None)?;
+            saescope_store::write_atomic(&dir.extras(), &bytes)?;
+        }
         let text =
             serde_json::to_string_pretty(&self.config(cfg)).map_err(|e| SaeError::Format {
                 path: dir.config(),
@@ -148,8 +181,13 @@ impl AnyDictionary {
         } else {
             dir.weights()
         };
+        let mut tensors = safetensors::read_safetensors(&path)?;
+        // saescope before the extras file kept them in the weights file itself.
+        if dir.extras().exists() {
+            tensors.extend(safetensors::read_safetensors(&dir.extras())?);
+        }
         let w = Weights {
-            tensors: safetensors::read_safetensors(&path)?,
+            tensors,
             path,
             config: dir.config(),
             d_in,
@@ -235,6 +273,11 @@ impl Weights {
             )));
         }
         Ok(t.to_kind(Kind::Float).to_device(self.device))
+    }
+
+    /// The dictionary's directory.
+    pub fn dir(&self) -> &Path {
+        self.config.parent().unwrap_or(Path::new("."))
     }
 
     /// Values read per token.

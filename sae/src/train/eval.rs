@@ -35,8 +35,7 @@ pub fn evaluate(
             if (x.size()[0] as u64) > left {
                 x = x.narrow(0, 0, left as i64);
             }
-            let codes = dict.encode(&x);
-            let recon = dict.decode(&codes);
+            let (codes, recon) = dict.reconstruct(&x);
             acc.add(&x, &recon, &codes);
             seen += x.size()[0] as u64;
             if seen >= tokens {

@@ -47,6 +47,13 @@ pub fn train(
     let out = DictDir::new(out);
     std::fs::create_dir_all(out.path()).map_err(|e| SaeError::io(out.path(), e))?;
     if cfg.method == Method::Snmf {
+        if resume {
+            // SNMF fits the whole batch at once and writes no checkpoint, so there is nothing
+            // to continue; starting over silently would pass for a resume.
+            return Err(SaeError::Config(
+                "snmf keeps no checkpoints, so --resume cannot continue it; run it again without --resume (and a new --out, or remove the old one)".into(),
+            ));
+        }
         return snmf::run(train, heldout, cfg, &out, device, from, observer);
     }
     gradient::run(train, heldout, cfg, &out, resume, device, from, observer)

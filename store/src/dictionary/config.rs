@@ -69,6 +69,18 @@ pub struct DictConfig {
     /// unchanged (SAELens default: true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_on_duplicate_support: Option<bool>,
+    /// SAELens: whether the encoder reads x − b_dec (true, SAELens' default) or x itself
+    /// (false, as Gemma Scope's dictionaries do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_b_dec_to_input: Option<bool>,
+    /// SAELens: how each token is normalised before encoding and restored after decoding:
+    /// `none`, `constant_norm_rescale`, `layer_norm`, or a training-time setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize_activations: Option<String>,
+    /// SAELens TopK: whether pre-activations are scaled by their decoder row's norm before the
+    /// top k are chosen (and divided back out in decoding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescale_acts_by_decoder_norm: Option<bool>,
     /// `hook_z` for attention-output dictionaries over concatenated heads, else `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reshape_activations: Option<String>,

@@ -37,6 +37,12 @@ pub const CONFIG_FILE: &str = "cfg.json";
 pub const WEIGHTS_FILE: &str = "sae_weights.safetensors";
 /// The weights as EleutherAI's sparsify names them.
 pub const SPARSIFY_WEIGHTS_FILE: &str = "sae.safetensors";
+/// saescope's own tensors that SAELens has no key for (GBA's groups, per-head shares), kept out
+/// of the weights file because SAELens refuses one with keys it does not expect.
+pub const EXTRAS_FILE: &str = "saescope_extras.safetensors";
+/// SAELens' training input scale (`{"scaling_factor": s}`), beside a checkpoint it saved
+/// mid-training with `normalize_activations: expected_average_only_in`; read, never written.
+pub const ACTIVATION_SCALER_FILE: &str = "activation_scaler.json";
 /// The training state, present only while a training run is unfinished.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// The training log, one JSON object per logged step.
@@ -113,6 +119,16 @@ impl DictDir {
     /// sparsify's `sae.safetensors`.
     pub fn sparsify_weights(&self) -> PathBuf {
         self.path.join(SPARSIFY_WEIGHTS_FILE)
+    }
+
+    /// `saescope_extras.safetensors`.
+    pub fn extras(&self) -> PathBuf {
+        self.path.join(EXTRAS_FILE)
+    }
+
+    /// SAELens' `activation_scaler.json`.
+    pub fn activation_scaler(&self) -> PathBuf {
+        self.path.join(ACTIVATION_SCALER_FILE)
     }
 
     /// `checkpoint.safetensors`.

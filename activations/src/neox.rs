@@ -1,0 +1,288 @@
+//! GPT-NeoX (Pythia): LayerNorms with biases, one fused QKV projection laid out head by head,
+//! rotary embeddings on the first fraction of each head's dimensions, a GELU MLP, attention and
+//! MLP side by side on the same residual (the parallel residual) or one after the other, and a
+//! separate unembedding.
+//!
+//! Block ℓ, with x the residual stream:
+//!   [q_h | k_h | v_h] = (LN₁(x) W_qkv + b_qkv)_h        (each head's q, k, v adjacent)
+//!   q_h, k_h = RoPE(q_h), RoPE(k_h)   on the first r = d_head · rotary_pct dimensions only
+//!   z_h = softmax(q_h k_hᵀ / √d_head + causal mask) v_h;  a = concat_h(z_h) W_o + b_o
+//!   parallel:    x = x + a + mlp(LN₂(x))
+//!   sequential:  x = x + a;  x = x + mlp(LN₂(x))
+//!   mlp(m) = gelu(m W_in + b_in) W_out + b_out
+//! logits = LN_f(x) W_Uᵀ
+
+use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention};
+use crate::error::ModelError;
+use crate::hf::HfCheckpoint;
+use crate::hooks::{HookKind, HookPoint, Hooks};
+use tch::{Device, Kind, Tensor};
+
+type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// GPT-NeoX's sizes and settings, from a checkpoint's `config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NeoxConfig {
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Attention heads, each d_model / n_heads wide.
+    pub n_heads: usize,
+    /// Hidden width of the MLP.
+    pub d_mlp: usize,
+    /// Tokens in the vocabulary.
+    pub vocab: usize,
+    /// Longest input in tokens.
+    pub ctx_len: usize,
+    /// Epsilon of every LayerNorm.
+    pub ln_eps: f64,
+    /// Dimensions of each head that RoPE turns: d_head · `rotary_pct`, rounded down.
+    pub rotary_dims: usize,
+    /// RoPE frequency base.
+    pub rope_base: f64,
+    /// How RoPE's frequencies are rescaled.
+    pub rope_scaling: RopeScaling,
+    /// Attention and MLP read the same residual (`use_parallel_residual`).
+    pub parallel_residual: bool,
+    /// GELU as libtorch names its approximation: `none` (`gelu`) or `tanh`.
+    pub gelu: &'static str,
+}
+
+struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+}
+
+struct Block {
+    ln1: LayerNorm,
+    /// [3 · d_model, d_model], rows head by head: [q₀; k₀; v₀; q₁; k₁; v₁; ...].
+    w_qkv: Tensor,
+    b_qkv: Option<Tensor>,
+    w_o: Tensor,
+    b_o: Option<Tensor>,
+    ln2: LayerNorm,
+    w_in: Tensor,
+    b_in: Tensor,
+    w_out: Tensor,
+    b_out: Tensor,
+}
+
+/// A GPT-NeoX model's weights on one device, ready to run under hooks.
+pub struct Neox {
+    /// Sizes and settings from the checkpoint's `config.json`.
+    pub cfg: NeoxConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    unembed: Tensor,
+    device: Device,
+    kind: Kind,
+}
+
+fn plus(x: Tensor, bias: &Option<Tensor>) -> Tensor {
+    match bias {
+        Some(b) => x + b,
+        None => x,
+    }
+}
+
+impl Neox {
+    /// Loads a Hugging Face `GPTNeoXForCausalLM` checkpoint.
+    pub fn from_hf(ckpt: &HfCheckpoint, device: Device, kind: Kind) -> Result<Self> {
+        let c = &ckpt.config;
+        let gelu = match c.hidden_act.as_deref().unwrap_or("gelu") {
+            "gelu" => "none",
+            "gelu_new" | "gelu_pytorch_tanh" => "tanh",
+            other => {
+                return Err(ModelError::Config(format!(
+                    "GPT-NeoX activation `{other}` is not supported (gelu and gelu_new are)"
+                )));
+            }
+        };
+        let d = ckpt.need("hidden_size", c.hidden_size)?;
+        let n_heads = ckpt.need("num_attention_heads", c.num_attention_heads)?;
+        if n_heads == 0 || !d.is_multiple_of(n_heads) {
+            return Err(ModelError::Config(format!(
+                "{d} is not divisible into {n_heads} heads"
+            )));
+        }
+        let rope = c.rope();
+        // transformers' default fraction is a quarter, Pythia's value.
+        let pct = rope
+            .partial_rotary_factor
+            .or(c.partial_rotary_factor)
+            .or(c.rotary_pct)
+            .unwrap_or(0.25);
+        let d_head = d / n_heads;
+        let rotary_dims = (d_head as f64 * pct) as usize;
+        if !rotary_dims.is_multiple_of(2) || rotary_dims == 0 || rotary_dims > d_head {
+            return Err(ModelError::Config(format!(
+                "{rotary_dims} rotary dimensions per head (rotary fraction {pct} of {d_head}): must be even, positive and at most the head size"
+            )));
+        }
+        let cfg = NeoxConfig {
+            n_layers: ckpt.need("num_hidden_layers", c.num_hidden_layers)?,
+            d_model: d,
+            n_heads,
+            d_mlp: ckpt.need("intermediate_size", c.intermediate_size)?,
+            vocab: ckpt.need("vocab_size", c.vocab_size)?,
+            ctx_len: ckpt.need("max_position_embeddings", c.max_position_embeddings)?,
+            ln_eps: c.layer_norm_eps.unwrap_or(1e-5),
+            rotary_dims,
+            rope_base: rope.rope_theta.or(c.rotary_emb_base).unwrap_or(10_000.0),
+            rope_scaling: rope.scaling()?,
+            parallel_residual: c.use_parallel_residual.unwrap_or(true),
+            gelu,
+        };
+        let get = |name: &str, shape: &[usize]| ckpt.tensor(name, shape, device, kind);
+        // Biases are there unless `attention_bias` was false.
+        let bias = |name: &str, len: usize| -> Result<Option<Tensor>> {
+            ckpt.has(name).then(|| get(name, &[len])).transpose()
+        };
+        let ln = |name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                w: get(&format!("{name}.weight"), &[d])?,
+                b: get(&format!("{name}.bias"), &[d])?,
+            })
+        };
+        let m = cfg.d_mlp;
+        let blocks = (0..cfg.n_layers)
+            .map(|i| {
+                let n = |s: &str| format!("gpt_neox.layers.{i}.{s}");
+                Ok(Block {
+                    ln1: ln(&n("input_layernorm"))?,
+                    w_qkv: get(&n("attention.query_key_value.weight"), &[3 * d, d])?,
+                    b_qkv: bias(&n("attention.query_key_value.bias"), 3 * d)?,
+                    w_o: get(&n("attention.dense.weight"), &[d, d])?,
+                    b_o: bias(&n("attention.dense.bias"), d)?,
+                    ln2: ln(&n("post_attention_layernorm"))?,
+                    w_in: get(&n("mlp.dense_h_to_4h.weight"), &[m, d])?,
+                    b_in: get(&n("mlp.dense_h_to_4h.bias"), &[m])?,
+                    w_out: get(&n("mlp.dense_4h_to_h.weight"), &[d, m])?,
+                    b_out: get(&n("mlp.dense_4h_to_h.bias"), &[d])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed = get("gpt_neox.embed_in.weight", &[cfg.vocab, d])?;
+        let unembed = if ckpt.has("embed_out.weight") {
+            get("embed_out.weight", &[cfg.vocab, d])?
+        } else {
+            embed.shallow_clone() // tied
+        };
+        Ok(Neox {
+            ln_f: ln("gpt_neox.final_layer_norm")?,
+            embed,
+            blocks,
+            unembed,
+            cfg,
+            device,
+            kind,
+        })
+    }
+
+    /// The device the weights live on and the forward pass runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The unembedding [vocab, d_model] with the final LayerNorm's weight folded in (its bias
+    /// shifts every direction's logits alike and is left out).
+    pub fn unembed_folded(&self) -> Tensor {
+        &self.unembed * self.ln_f.w.unsqueeze(0)
+    }
+
+    /// See [`crate::llama::Llama::to_residual`].
+    pub fn to_residual(&self, point: HookPoint) -> Option<Tensor> {
+        let blk = self.blocks.get(point.layer)?;
+        match point.kind {
+            HookKind::AttnZ => Some(blk.w_o.shallow_clone()),
+            HookKind::MlpPost => Some(blk.w_out.shallow_clone()),
+            _ => None,
+        }
+    }
+
+    /// The shape of one token's value at a hook (heads x d_head for `attn.hook_z`).
+    pub fn hook_shape(&self, kind: HookKind) -> Vec<usize> {
+        match kind {
+            HookKind::AttnZ => vec![self.cfg.n_heads, self.cfg.d_model / self.cfg.n_heads],
+            HookKind::MlpPost => vec![self.cfg.d_mlp],
+            _ => vec![self.cfg.d_model],
+        }
+    }
+
+    fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Tensor {
+        x.layer_norm(
+            [self.cfg.d_model as i64],
+            Some(&ln.w),
+            Some(&ln.b),
+            self.cfg.ln_eps,
+            false,
+        )
+    }
+
+    /// Runs the model on token ids [batch, pos]; see [`crate::llama::Llama::forward`].
+    // `x = x + y`: in-place `+=` would change residual values already captured by hooks.
+    #[allow(clippy::assign_op_pattern)]
+    pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
+        let Some((b, t, last)) = hooks.plan(ids, logits, self.cfg.n_layers, self.cfg.ctx_len)?
+        else {
+            return Ok(None);
+        };
+        let (h, d) = (self.cfg.n_heads as i64, self.cfg.d_model as i64);
+        let dh = d / h;
+        let rope = Rope::new(
+            t,
+            self.cfg.rotary_dims,
+            self.cfg.rope_base,
+            self.cfg.rope_scaling,
+            self.device,
+            self.kind,
+        );
+        let mut x = self
+            .embed
+            .index_select(0, &ids.view([-1]).to_device(self.device))
+            .view([b, t, d]);
+        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
+            let hp = |kind| HookPoint::new(layer, kind);
+            x = hooks.at(hp(HookKind::ResidPre), x);
+
+            let qkv = plus(
+                self.layer_norm(&x, &blk.ln1).matmul(&blk.w_qkv.tr()),
+                &blk.b_qkv,
+            )
+            .view([b, t, h, 3 * dh]);
+            let q = rope.apply(&qkv.narrow(-1, 0, dh)).transpose(1, 2);
+            let k = rope.apply(&qkv.narrow(-1, dh, dh)).transpose(1, 2);
+            let v = qkv.narrow(-1, 2 * dh, dh).transpose(1, 2);
+            let z = causal_attention(&q, &k, &v, AttnOpts::default(), hooks, layer);
+            let z = hooks.at(hp(HookKind::AttnZ), z);
+            let attn_out = plus(z.reshape([b, t, d]).matmul(&blk.w_o.tr()), &blk.b_o);
+            let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
+
+            let mlp_in = if self.cfg.parallel_residual {
+                self.layer_norm(&x, &blk.ln2)
+            } else {
+                x = x + &attn_out;
+                self.layer_norm(&x, &blk.ln2)
+            };
+            let post = (mlp_in.matmul(&blk.w_in.tr()) + &blk.b_in).gelu(self.cfg.gelu);
+            let post = hooks.at(hp(HookKind::MlpPost), post);
+            let mlp_out = post.matmul(&blk.w_out.tr()) + &blk.b_out;
+            let mlp_out = hooks.at(hp(HookKind::MlpOut), mlp_out);
+            x = if self.cfg.parallel_residual {
+                // transformers' order of the sum, (mlp + attn) + x, for the last bit.
+                mlp_out + attn_out + x
+            } else {
+                x + mlp_out
+            };
+            x = hooks.at(hp(HookKind::ResidPost), x);
+        }
+        if !logits {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.layer_norm(&x, &self.ln_f).matmul(&self.unembed.tr()),
+        ))
+    }
+}
