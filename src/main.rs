@@ -40,7 +40,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// The desktop explorer: browse a run's dictionaries, features, prompts and heads.
     Explore(commands::explore::Args),
-    /// Export a feature store (to Neuronpedia's dashboard JSON).
+    /// Export a feature store (to Neuronpedia's dashboard JSON) or a TopK dictionary (to
+    /// sparsify's layout).
     #[command(subcommand)]
     Export(commands::export::Command),
     /// Activation runs: inspect and benchmark.

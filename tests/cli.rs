@@ -364,6 +364,41 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     assert_eq!(batch["layer"], 6);
     assert_eq!(batch["features"].as_array().unwrap().len(), 256);
 
+    // The same dictionary in sparsify's layout, in a folder named for its module as sparsify's
+    // trainer names it: analysed from there, its hook comes from the folder's name and its
+    // features are the same.
+    let sparsify = tmp.path().join("checkpoints/layers.6");
+    let o = saescope(&[
+        "export",
+        "sparsify",
+        "--dict",
+        dict.to_str().unwrap(),
+        "--out",
+        sparsify.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        sparsify.join("sae.safetensors").exists()
+            && !sparsify.join("sae_weights.safetensors").exists()
+    );
+    let o = saescope(&[
+        "analyze",
+        "--dict",
+        sparsify.to_str().unwrap(),
+        "--run",
+        out_s,
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("of blocks.6.hook_resid_post"), "{t}");
+    let exported =
+        saescope_store::features::FeatureStore::open(&sparsify.join("features")).unwrap();
+    assert_eq!(
+        counts(&exported),
+        counts(&store),
+        "same weights, same features"
+    );
+
     let o = saescope(&["store", "inspect", out_s]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");

@@ -7,6 +7,7 @@ use crate::session::Session;
 use crate::splice::{SpliceAccumulator, SpliceOptions, splice_batch};
 use saescope_activations::corpus::CorpusSource;
 use saescope_activations::harvest::Packer;
+use saescope_store::Run;
 use saescope_store::dictionary::EvalReport;
 use std::path::PathBuf;
 use tch::Tensor;
@@ -45,6 +46,58 @@ impl Default for EvalOptions {
     }
 }
 
+/// Where the evaluated text comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvalText {
+    /// The corpus, as `CorpusSource::parse` reads it.
+    pub corpus: String,
+    /// Contexts of it to pass over first: those the run harvested.
+    pub skip: u64,
+}
+
+impl EvalText {
+    /// The corpus asked for, from its start; else the run's corpus after every context the run
+    /// harvested (its last, possibly short, one included), so that no scored token was
+    /// harvested and none was trained on; else the Brown Corpus.
+    pub fn choose(corpus: Option<&str>, run: Option<&Run>, ctx_len: usize) -> EvalText {
+        match (corpus, run) {
+            (Some(c), _) => EvalText {
+                corpus: c.to_owned(),
+                skip: 0,
+            },
+            (None, Some(r)) => {
+                let m = r.manifest();
+                EvalText {
+                    corpus: m
+                        .corpus
+                        .sources
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "brown".into()),
+                    skip: m.total_tokens.div_ceil(ctx_len as u64),
+                }
+            }
+            (None, None) => EvalText {
+                corpus: "brown".into(),
+                skip: 0,
+            },
+        }
+    }
+
+    /// Moves `packer` (over this corpus) past the harvested contexts.
+    pub fn skip_harvested(&self, packer: &mut Packer<'_>) -> Result<()> {
+        for _ in 0..self.skip {
+            if packer.next_context()?.is_none() {
+                return Err(AnalysisError::Data(format!(
+                    "the corpus `{}` has no text beyond the {} contexts the run harvested; pass --corpus",
+                    self.corpus, self.skip
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A finished evaluation.
 pub struct Evaluation {
     /// The figures.
@@ -77,30 +130,10 @@ pub fn evaluate(
         .ctx_len
         .or(run.map(|r| r.manifest().context.ctx_len as usize))
         .unwrap_or(128);
-    // The run's corpus, after what it harvested; or the corpus asked for, from its start.
-    let (spec, skip) = match (&opts.corpus, run) {
-        (Some(c), _) => (c.clone(), 0u64),
-        (None, Some(r)) => {
-            let m = r.manifest();
-            let spec = m
-                .corpus
-                .sources
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "brown".into());
-            (spec, m.total_tokens.div_ceil(ctx_len as u64))
-        }
-        (None, None) => ("brown".into(), 0),
-    };
-    let corpus = CorpusSource::parse(&spec, &opts.text_column)?;
+    let source = EvalText::choose(opts.corpus.as_deref(), run, ctx_len);
+    let corpus = CorpusSource::parse(&source.corpus, &opts.text_column)?;
     let mut packer = Packer::new(&corpus, &s.model.tokenizer, ctx_len)?;
-    for _ in 0..skip {
-        if packer.next_context()?.is_none() {
-            return Err(AnalysisError::Data(format!(
-                "the corpus `{spec}` has no text beyond the {skip} contexts the run harvested; pass --corpus"
-            )));
-        }
-    }
+    source.skip_harvested(&mut packer)?;
     let splice = SpliceOptions {
         point,
         exclude_bos: !opts.include_bos,
@@ -138,7 +171,8 @@ pub fn evaluate(
     }
     if acc.contexts() == 0 {
         return Err(AnalysisError::Data(format!(
-            "the corpus `{spec}` gave no full context of {ctx_len} tokens to evaluate on"
+            "the corpus `{}` gave no full context of {ctx_len} tokens to evaluate on",
+            source.corpus
         )));
     }
     let report = acc.finish(&splice);
@@ -147,7 +181,7 @@ pub fn evaluate(
     saescope_store::write_atomic(&path, text.as_bytes())?;
     Ok(Evaluation {
         report,
-        corpus: spec,
+        corpus: source.corpus,
         path,
     })
 }

@@ -2,7 +2,8 @@
 //! codes and reconstructions of fixed inputs beside each (`io.safetensors`: x, codes, recon),
 //! under `sae/tests/fixtures/interop/saescope-*`. The interop tests check that saescope still
 //! reads them the same; `scripts/interop-fixtures --check` checks that SAELens reads them the
-//! same too.
+//! same too, and sparsify its own layout (`saescope-sparsify-topk`, written by the function
+//! behind `saescope export sparsify`).
 //!
 //! Usage: cargo run -p saescope-sae --example interop_fixtures [OUTDIR]
 
@@ -131,9 +132,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             None,
         )?;
-        std::fs::write(dir.path().join("io.safetensors"), io)?;
+        std::fs::write(dir.path().join("io.safetensors"), &io)?;
         let per_row = codes_l0(&dict, &x);
         println!("{name}: L0 {l0:.2} (rows {per_row})");
+        if name == "saescope-topk" {
+            // The same dictionary in sparsify's layout, for sparsify to read back.
+            let sparsify_dir = out.join("saescope-sparsify-topk");
+            saescope_sae::format::sparsify::save(&dict, &sparsify_dir)?;
+            std::fs::write(sparsify_dir.join("io.safetensors"), &io)?;
+        }
     }
     Ok(())
 }

@@ -86,6 +86,7 @@ const SPARSIFY: &[&str] = &["sparsify-topk", "sparsify-checkpoint/layers.6"];
 
 const SAESCOPE: &[&str] = &[
     "saescope-topk",
+    "saescope-sparsify-topk",
     "saescope-batchtopk",
     "saescope-gba-standard",
     "saescope-gba-jumprelu",
@@ -265,4 +266,23 @@ fn a_mid_training_input_scale_is_folded_as_saelens_folds_it() {
     std::fs::write(tmp.path().join("cfg.json"), cfg.to_string()).unwrap();
     let (c, _) = errors(tmp.path(), &src);
     assert!(c > 1e-2, "ignoring the scale changes the codes ({c:.3e})");
+}
+
+/// Only dictionaries that encode as sparsify does are written in its layout.
+#[test]
+fn sparsify_layout_refuses_what_it_cannot_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in [
+        "saescope-batchtopk",
+        "saescope-mpsae-steps",
+        "saelens-standard-layernorm",
+    ] {
+        let dict = AnyDictionary::load(&fixture(name), None, Device::Cpu).unwrap();
+        let e = saescope_sae::format::sparsify::save(&dict, &tmp.path().join(name))
+            .err()
+            .unwrap_or_else(|| panic!("{name} was written in sparsify's layout"))
+            .to_string();
+        assert!(e.contains("sparsify"), "{e}");
+        assert!(!tmp.path().join(name).join("sae.safetensors").exists());
+    }
 }

@@ -156,3 +156,52 @@ fn topk_on_hierarchical_data_reports_recovery() {
     eprintln!("topk hierarchical: recovery {rec:.3}, fvu {:.4}", m.fvu);
     assert!(rec > 0.5, "recovery {rec}");
 }
+
+/// On trained dictionaries (the near-ties that matter are those training produces, not a random
+/// matrix's), bf16 selection chooses the latents f32 chooses: TopK and BatchTopK selection, and
+/// MP-SAE's pursuit with its bf16 Gram matrix. Seeded; the fractions are printed.
+#[test]
+fn bf16_selection_agrees_with_f32_on_trained_dictionaries() {
+    use saescope_sae::mpsae::Stop;
+    use saescope_sae::topk::Selection;
+    let p = flat(512, 64, 40_000, 4, 0.01, 11);
+    let x = p.data.narrow(0, 0, 4096);
+    let agreement = |a: &Tensor, b: &Tensor| {
+        let (ca, cb) = (a.ne(0.0), b.ne(0.0));
+        let both = ca.logical_and(&cb).sum(Kind::Float).double_value(&[]);
+        both / ca.sum(Kind::Float).double_value(&[]).max(1.0)
+    };
+    let short = |method| TrainConfig {
+        tokens: 512 * 400,
+        bf16_select: Some(false),
+        ..base(method)
+    };
+    let (topk, _, _) = fit(&p, short(Method::TopK));
+    let AnyDictionary::TopK(mut sae) = topk else {
+        panic!("a TopK dictionary")
+    };
+    for selection in [Selection::TopK, Selection::BatchTopK] {
+        sae.selection = selection;
+        let mut chosen = Vec::new();
+        for bf16 in [false, true] {
+            sae.bf16_select = bf16;
+            let (pre, xc) = sae.pre_acts(&x);
+            chosen.push(sae.select(&pre, &xc).to_dense());
+        }
+        let agree = agreement(&chosen[0], &chosen[1]);
+        eprintln!("{selection:?}: bf16 selection agrees on {agree:.4} of the choices");
+        assert!(agree > 0.97, "{selection:?}: {agree}");
+    }
+    let (mp, _, _) = fit(&p, short(Method::MpSae));
+    let AnyDictionary::Mp(mut mp) = mp else {
+        panic!("an MP-SAE dictionary")
+    };
+    let mut chosen = Vec::new();
+    for bf16 in [false, true] {
+        mp.sae.bf16_gram = bf16;
+        chosen.push(mp.sae.encode(&x, Stop::steps(4)).to_dense());
+    }
+    let agree = agreement(&chosen[0], &chosen[1]);
+    eprintln!("MP-SAE: the bf16 Gram agrees on {agree:.4} of the choices");
+    assert!(agree > 0.97, "MP-SAE: {agree}");
+}

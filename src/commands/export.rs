@@ -1,8 +1,9 @@
-//! `saescope export`: a feature store in other tools' formats.
+//! `saescope export`: a feature store, or a dictionary, in other tools' formats.
 
 use anyhow::{Context, Result};
 use saescope_analysis::features::neuron_alignment;
 use saescope_analysis::{OpenedDictionary, SessionSpec};
+use saescope_sae::AnyDictionary;
 use saescope_store::features::FeatureStore;
 use saescope_store::neuronpedia::{ExportInfo, dashboard_batch};
 use std::path::PathBuf;
@@ -11,6 +12,19 @@ use std::path::PathBuf;
 pub enum Command {
     /// Neuronpedia's dashboard JSON (SAEDashboard's batch format), for publishing features.
     Neuronpedia(NeuronpediaArgs),
+    /// A TopK dictionary in sparsify's layout (cfg.json + sae.safetensors), for sparsify and
+    /// the tools that read its checkpoints.
+    Sparsify(SparsifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SparsifyArgs {
+    /// The dictionary's directory.
+    #[arg(long)]
+    pub dict: PathBuf,
+    /// The folder to write; sparsify's checkpoints name it after the hook's module (layers.6).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -35,7 +49,19 @@ pub struct NeuronpediaArgs {
 pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Neuronpedia(a) => neuronpedia(a),
+        Command::Sparsify(a) => sparsify(a),
     }
+}
+
+fn sparsify(a: SparsifyArgs) -> Result<()> {
+    let dict = AnyDictionary::load(&a.dict, None, tch::Device::Cpu)?;
+    saescope_sae::format::sparsify::save(&dict, &a.out)?;
+    println!(
+        "wrote {} in sparsify's layout to {}",
+        a.dict.display(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn neuronpedia(a: NeuronpediaArgs) -> Result<()> {
