@@ -3,12 +3,12 @@
 //! reads, and nothing fails as a whole: what cannot be read becomes a [`Problem`] that says what
 //! is missing and which command makes it.
 
-use crate::error::ExploreError;
+use crate::error::{ExploreError, panic_text};
 use saescope_store::DictDir;
 use saescope_store::dictionary::LogLine;
 use saescope_store::features::{
-    ContextRow, ContextsFile, FeatureRow, NeighbourRow, Summary, read_features, read_neighbours,
-    read_summary,
+    CONTEXTS_FILE, ContextRow, ContextsFile, FeatureRow, NeighbourRow, Summary, read_features,
+    read_neighbours, read_summary,
 };
 use saescope_store::manifest::{MANIFEST_FILE, Manifest};
 use std::path::{Path, PathBuf};
@@ -274,7 +274,7 @@ impl FeatureTable {
             return Err(ExploreError::Cancelled);
         }
         stage("contexts index");
-        let contexts = ContextsFile::open(dir).map_err(ExploreError::from);
+        let contexts = undamaged(dir, || ContextsFile::open(dir));
         let search = features
             .iter()
             .map(|r| r.logit_top_tokens.join("\u{1}").to_lowercase())
@@ -316,10 +316,9 @@ impl FeatureTable {
 
     /// Feature `f`'s top contexts and interval samples.
     pub fn contexts(&self, f: u32) -> Result<Vec<ContextRow>, ExploreError> {
-        match &self.contexts {
-            Ok(file) => Ok(file.of(f)?),
-            Err(e) => Err(e.clone()),
-        }
+        let file = self.contexts.as_ref().map_err(Clone::clone)?;
+        // Read on the window's thread, where a decoder panic would close the window.
+        undamaged(&self.dir, || file.of(f))
     }
 
     /// Whether the lower-cased `needle` appears among feature `f`'s top logit tokens.
@@ -327,6 +326,23 @@ impl FeatureTable {
         self.search
             .get(f as usize)
             .is_some_and(|s| s.contains(needle))
+    }
+}
+
+/// Reads from the contexts table in `dir`, turning a panic of the Parquet decoder (it has some
+/// on damaged bytes, such as a footer whose offsets point nowhere) into an error naming the
+/// file: a damaged table costs its contexts, not the feature list or the window.
+fn undamaged<T>(
+    dir: &Path,
+    read: impl FnOnce() -> saescope_store::Result<T>,
+) -> Result<T, ExploreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+        Ok(r) => Ok(r?),
+        Err(payload) => Err(ExploreError::Read(format!(
+            "{}: cannot read as Parquet: damaged data ({})",
+            dir.join(CONTEXTS_FILE).display(),
+            panic_text(&*payload).unwrap_or("the decoder panicked")
+        ))),
     }
 }
 

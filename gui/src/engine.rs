@@ -2,7 +2,7 @@
 //! a [`PromptEngine`] (the model and the dictionary, loaded once per dictionary) and polls for
 //! answers, so the window never waits on a forward pass.
 
-use crate::error::ExploreError;
+use crate::error::{ExploreError, panic_text};
 use saescope_store::prompt::{Attribution, PromptView};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -84,29 +84,7 @@ impl Worker {
                     while let Ok(newer) = jobs.try_recv() {
                         job = newer;
                     }
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        if engine.as_ref().is_none_or(|(d, _)| *d != job.dict) {
-                            engine = None;
-                            engine = Some((job.dict.clone(), factory(&job.dict)?));
-                        }
-                        let e = &mut engine.as_mut().expect("just opened").1;
-                        match &job.request {
-                            Request::View { text, top } => e.view(text, *top).map(Answer::View),
-                            Request::Attribution {
-                                text,
-                                feature,
-                                dest,
-                            } => e
-                                .attribution(text, *feature, *dest)
-                                .map(Answer::Attribution),
-                        }
-                    }))
-                    .unwrap_or_else(|_| {
-                        engine = None;
-                        Err(ExploreError::Engine(
-                            "the model failed on this prompt".into(),
-                        ))
-                    });
+                    let result = answer(&factory, &mut engine, &job);
                     if answers.send((job.id, result)).is_err() {
                         break;
                     }
@@ -156,4 +134,55 @@ impl Worker {
             }
         }
     }
+}
+
+/// Answers one job, opening the engine for its dictionary first when needed. A panic in the
+/// factory or the engine becomes an error naming what stopped, so the thread lives on for the
+/// next request and the view is never left waiting.
+fn answer(
+    factory: &EngineFactory,
+    engine: &mut Option<(PathBuf, Box<dyn PromptEngine>)>,
+    job: &Job,
+) -> Result<Answer, ExploreError> {
+    let mut opening = false;
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if engine.as_ref().is_none_or(|(d, _)| *d != job.dict) {
+            opening = true;
+            *engine = None;
+            let opened = factory(&job.dict).map_err(|e| {
+                ExploreError::Engine(format!(
+                    "cannot open the model with the dictionary in {}: {e}",
+                    job.dict.display()
+                ))
+            })?;
+            *engine = Some((job.dict.clone(), opened));
+            opening = false;
+        }
+        let e = &mut engine.as_mut().expect("just opened").1;
+        match &job.request {
+            Request::View { text, top } => e.view(text, *top).map(Answer::View),
+            Request::Attribution {
+                text,
+                feature,
+                dest,
+            } => e
+                .attribution(text, *feature, *dest)
+                .map(Answer::Attribution),
+        }
+    }));
+    run.unwrap_or_else(|payload| {
+        // An engine that panicked may be half-updated, so it is dropped and the next request
+        // opens a fresh one. Dropping it may panic as well, which must not end the thread.
+        let dead = engine.take();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(dead)));
+        let during = if opening {
+            format!("while opening the dictionary in {}", job.dict.display())
+        } else {
+            "on this prompt".to_owned()
+        };
+        let why = panic_text(&*payload).map_or(String::new(), |m| format!(": {m}"));
+        Err(ExploreError::Engine(format!(
+            "the prompt engine stopped {during}{why}. Run again to start a fresh one."
+        )))
+    })
 }

@@ -28,3 +28,11 @@ impl From<StoreError> for ExploreError {
         ExploreError::Read(e.to_string())
     }
 }
+
+/// The text a panic was raised with, when it carried one (`panic!` with a message does).
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}

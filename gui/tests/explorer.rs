@@ -1,6 +1,7 @@
 //! The explorer driven through egui_kittest on a fixture run: what each view shows, navigation,
-//! the prompt view's background engine, and the error states (no store, a corrupted table, an
-//! unfinished harvest, no run at all).
+//! the prompt view's background engine, and the error states (no store, a corrupted table, a
+//! damaged contexts table, an unfinished harvest, no run at all, no model, an engine that fails
+//! to open or panics).
 
 use eframe::egui;
 use egui_kittest::Harness;
@@ -362,4 +363,224 @@ fn the_last_feature_is_reopened() {
     let mut h = harness(None, memory, None);
     goto(&mut h, "Feature");
     h.get_by_label("Feature 17");
+}
+
+#[test]
+fn without_a_run_every_view_says_how_to_open_one() {
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = opened.clone();
+    let factory: EngineFactory = Box::new(move |_: &Path| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Box::new(Words) as Box<dyn PromptEngine>)
+    });
+    for engine in [None, Some(factory)] {
+        let mut h = harness(None, Memory::default(), engine);
+        // A prompt given at start waits for a run rather than going to the engine.
+        h.state_mut()
+            .start_at(Some(View::Overview), Some("tiny words".into()));
+        h.run();
+        for (view, name) in View::ALL {
+            goto(&mut h, name);
+            assert_eq!(h.state().view, view);
+            for text in ["No run open", "saescope explore RUN", "saescope demo"] {
+                assert!(
+                    h.query_by_label(text).is_some(),
+                    "the {name} view does not say `{text}`"
+                );
+            }
+        }
+        // The feature list's keys have no row to move to or open.
+        goto(&mut h, "Features");
+        h.key_press(egui::Key::ArrowDown);
+        h.key_press(egui::Key::Enter);
+        h.run();
+        assert_eq!(h.state().view, View::Features);
+        assert!(h.state().history.is_empty());
+    }
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// The prompt view with `text` typed in the box and run until the worker answers.
+fn run_prompt(h: &mut Harness<'_, Explorer>, text: &str) {
+    h.state_mut().prompt.text.clear();
+    type_into(h, egui::accesskit::Role::MultilineTextInput, text);
+    h.get_by_label("Run").click();
+    wait_for_worker(h);
+}
+
+#[test]
+fn an_engine_that_fails_to_open_says_why_and_the_next_prompt_tries_again() {
+    let (_tmp, run) = fixture();
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = opened.clone();
+    let factory: EngineFactory = Box::new(move |_: &Path| {
+        if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Err(ExploreError::Engine(
+                "model.safetensors: No such file or directory".into(),
+            ));
+        }
+        Ok(Box::new(Words) as Box<dyn PromptEngine>)
+    });
+    let memory = Memory {
+        dictionary: Some(Z_DICT.into()),
+        ..Memory::default()
+    };
+    let mut h = harness(Some(run.clone()), memory, Some(factory));
+    goto(&mut h, "Prompt");
+    run_prompt(&mut h, "tiny words");
+    h.get_by_label(&format!(
+        "Error: cannot open the model with the dictionary in {}: model.safetensors: No such file or directory",
+        run.join("dictionaries").join(Z_DICT).display()
+    ));
+
+    run_prompt(&mut h, "tiny words");
+    h.get_by_label(" tiny");
+    h.get_by_label("#5 2.50, q0.50");
+    assert!(h.query_by_label_contains("Error:").is_none());
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// An engine that panics on every prompt, and again when it is dropped.
+struct Fragile;
+
+impl PromptEngine for Fragile {
+    fn view(&mut self, text: &str, _top: usize) -> Result<PromptView, ExploreError> {
+        panic!("device-side assert on {text:?}")
+    }
+    fn attribution(&mut self, _: &str, _: u32, _: usize) -> Result<Attribution, ExploreError> {
+        panic!("device-side assert")
+    }
+}
+
+impl Drop for Fragile {
+    fn drop(&mut self) {
+        panic!("freeing the model failed");
+    }
+}
+
+#[test]
+fn an_engine_that_panics_stops_with_its_message_and_a_fresh_one_takes_over() {
+    let (_tmp, run) = fixture();
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = opened.clone();
+    let factory: EngineFactory =
+        Box::new(
+            move |_: &Path| match count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => panic!("the weights are damaged"),
+                1 => Ok(Box::new(Fragile) as Box<dyn PromptEngine>),
+                _ => Ok(Box::new(Words) as Box<dyn PromptEngine>),
+            },
+        );
+    let memory = Memory {
+        dictionary: Some(Z_DICT.into()),
+        ..Memory::default()
+    };
+    let mut h = harness(Some(run.clone()), memory, Some(factory));
+    goto(&mut h, "Prompt");
+
+    // In the factory.
+    run_prompt(&mut h, "tiny words");
+    h.get_by_label(&format!(
+        "Error: the prompt engine stopped while opening the dictionary in {}: the weights are damaged. Run again to start a fresh one.",
+        run.join("dictionaries").join(Z_DICT).display()
+    ));
+
+    // In a request, by an engine that panics once more as it is dropped.
+    run_prompt(&mut h, "tiny words");
+    h.get_by_label(
+        "Error: the prompt engine stopped on this prompt: device-side assert on \"tiny words\". Run again to start a fresh one.",
+    );
+
+    // The worker is still there, and opens a fresh engine.
+    run_prompt(&mut h, "tiny words");
+    h.get_by_label(" words");
+    h.get_by_label("#5 2.50, q0.50");
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+/// `good` (the contexts table in `dir`) with one byte of its footer changed so that reading
+/// feature `f` makes the Parquet decoder panic: the first such change, trying each byte in turn.
+fn contexts_that_panic(dir: &Path, good: &[u8], f: u32) -> Vec<u8> {
+    let path = dir.join("contexts.parquet");
+    let n = good.len();
+    let footer_len = u32::from_le_bytes(good[n - 8..n - 4].try_into().unwrap()) as usize;
+    for i in n - 8 - footer_len..n - 8 {
+        for v in [0x00, 0x01, 0x7f, 0x80, 0xff, good[i] ^ 0x40, good[i] ^ 0x08] {
+            let mut bad = good.to_vec();
+            bad[i] = v;
+            std::fs::write(&path, &bad).unwrap();
+            let read = std::panic::catch_unwind(|| {
+                saescope_store::features::ContextsFile::open(dir).map(|c| c.of(f).is_ok())
+            });
+            if read.is_err() {
+                return bad;
+            }
+        }
+    }
+    panic!(
+        "no one-byte change to the footer of {} makes the Parquet decoder panic any more",
+        path.display()
+    );
+}
+
+#[test]
+fn a_damaged_contexts_table_costs_the_contexts_not_the_feature_list() {
+    let (_tmp, run) = fixture();
+    let dict = DictDir::in_run(&run, RESID_DICT);
+    let path = dict.features().join("contexts.parquet");
+    let good = std::fs::read(&path).unwrap();
+    let first = SPEC.features as u32 - 1;
+    let data_end = good.len()
+        - 8
+        - u32::from_le_bytes(good[good.len() - 8..good.len() - 4].try_into().unwrap()) as usize;
+    let mut pages = good.clone();
+    pages[data_end / 4..data_end / 2].fill(0xff);
+    let cases = [
+        ("cut short", good[..good.len() / 2].to_vec()),
+        ("damaged pages", pages),
+        (
+            "a footer the decoder panics on",
+            contexts_that_panic(&dict.features(), &good, first),
+        ),
+    ];
+    for (case, bytes) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        let mut h = harness(Some(run.clone()), Memory::default(), None);
+        goto(&mut h, "Features");
+        h.get_by_label(&format!(
+            "{} of {} features shown; log10 density across features (click a bar to filter):",
+            SPEC.features, SPEC.features
+        ));
+        h.key_press(egui::Key::Enter);
+        h.run();
+        h.get_by_label(&format!("Feature {first}"));
+        let named = format!("contexts: {}: ", path.display());
+        assert!(
+            h.query_by_label_contains(&named).is_some(),
+            "{case}: no error naming {}",
+            path.display()
+        );
+        h.get_by_label(&format!(
+            "saescope analyze --dict {}",
+            dict.path().display()
+        ));
+        assert!(
+            h.query_by_label("Top activations").is_none(),
+            "{case}: the page lists contexts"
+        );
+    }
+}
+
+#[test]
+fn prompts_without_a_model_say_how_to_get_one() {
+    let (_tmp, run) = fixture();
+    let mut h = harness(Some(run.clone()), Memory::default(), None);
+    goto(&mut h, "Prompt");
+    h.get_by_label("Prompts need a model");
+    h.get_by_label(&format!("saescope explore {}", run.display()));
+    assert!(
+        h.query_by_role(egui::accesskit::Role::MultilineTextInput)
+            .is_none()
+    );
+    assert!(h.query_by_label("Run").is_none());
 }

@@ -8,7 +8,7 @@ use eframe::egui::{self, RichText};
 impl Explorer {
     pub(crate) fn heads_view(&mut self, ui: &mut egui::Ui) {
         let Some(run) = &self.run else {
-            ui.heading("No run open");
+            super::no_run(ui);
             return;
         };
         let z: Vec<(usize, usize, DictEntry)> = run

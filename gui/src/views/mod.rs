@@ -12,9 +12,23 @@ use crate::state::Explorer;
 use crate::widgets::{loading_ui, problems_ui};
 use eframe::egui;
 
+/// What every view shows when no run is open. The window cannot pick a directory itself, so the
+/// way in is the command line.
+fn no_run(ui: &mut egui::Ui) {
+    ui.heading("No run open");
+    ui.label("The explorer was started without a run directory. Start it on one:");
+    ui.code("saescope explore RUN");
+    ui.label("Or build the demo run (in runs/demo), which opens here when it is done:");
+    ui.code("saescope demo");
+}
+
 impl Explorer {
     /// The store's state when it is not ready to browse; true when it is.
     pub(crate) fn store_ready(&mut self, ui: &mut egui::Ui) -> bool {
+        if self.run.is_none() {
+            no_run(ui);
+            return false;
+        }
         let Some(entry) = self.entry().cloned() else {
             ui.heading("No dictionary");
             ui.label("This run has no dictionary yet. Train one with saescope train.");

