@@ -7,6 +7,8 @@ use saescope_activations::gguf::Gguf;
 use saescope_activations::tokenizer::TextTokenizer;
 use std::io::Read;
 
+mod common;
+
 fn vocabulary_gguf() -> Vec<u8> {
     let gz = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -52,4 +54,156 @@ fn gemma3_vocabulary_gives_the_reference_ids() {
     assert_eq!(tok.name, "gguf:llama/gemma3");
     let (texts, tokens) = check_ids(&tok);
     assert_eq!((texts, tokens), (25, 290));
+}
+
+/// A vocabulary small enough to work out by hand: merges follow token order, runs of spaces stored
+/// as spaces still match, unknown characters fall back to bytes, newlines stay whole.
+fn tiny_vocabulary(arch: &str, space_prefix: Option<bool>) -> Vec<u8> {
+    const ARRAY: u32 = 9;
+    let mut tokens: Vec<(String, i32)> = ["<pad>", "<eos>", "<bos>", "<unk>"]
+        .iter()
+        .map(|t| (t.to_string(), 3))
+        .collect();
+    for t in ["a", "b", "\u{2581}", "ab", "\u{2581}ab"] {
+        tokens.push((t.into(), 1));
+    }
+    tokens.push(("  ".into(), 4));
+    tokens.push(("\n".into(), 4));
+    tokens.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 6)));
+    let mut strings = 8u32.to_le_bytes().to_vec();
+    strings.extend((tokens.len() as u64).to_le_bytes());
+    let mut types = 5u32.to_le_bytes().to_vec();
+    types.extend((tokens.len() as u64).to_le_bytes());
+    for (t, ty) in &tokens {
+        strings.extend(common::string(t));
+        types.extend(ty.to_le_bytes());
+    }
+    let mut w = common::Writer::new()
+        .kv("general.architecture", 8, common::string(arch))
+        .kv("tokenizer.ggml.model", 8, common::string("llama"))
+        .kv("tokenizer.ggml.tokens", ARRAY, strings)
+        .kv("tokenizer.ggml.token_type", ARRAY, types)
+        .kv(
+            "tokenizer.ggml.bos_token_id",
+            4,
+            2u32.to_le_bytes().to_vec(),
+        )
+        .kv(
+            "tokenizer.ggml.eos_token_id",
+            4,
+            1u32.to_le_bytes().to_vec(),
+        );
+    if let Some(p) = space_prefix {
+        w = w.kv("tokenizer.ggml.add_space_prefix", 7, vec![p as u8]);
+    }
+    w.bytes()
+}
+
+#[test]
+fn sentencepiece_rules_on_a_tiny_vocabulary() {
+    let bytes = tiny_vocabulary("gemma3", Some(false));
+    let tok = TextTokenizer::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+    assert_eq!((tok.bos, tok.eos), (Some(2), Some(1)));
+    let byte = |b: u8| 11 + b as u32;
+    for (text, want) in [
+        ("ab ab", vec![7, 8]),
+        // `ab` merges before `▁ab` before `▁▁` (the stored "  "), by their order in the file.
+        ("ab  ab", vec![7, 6, 8]),
+        ("é", vec![byte(0xC3), byte(0xA9)]),
+        ("<bos>a\nb", vec![2, 4, 10, 5]),
+        (" ", vec![6]),
+    ] {
+        let got = tok.encode(text).unwrap();
+        assert_eq!(got, want, "{text:?}");
+        assert_eq!(tok.decode(&got).unwrap(), text);
+    }
+    // llama.cpp's flag, when a file sets it, puts a `▁` before the text.
+    let bytes = tiny_vocabulary("gemma3", Some(true));
+    let tok = TextTokenizer::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+    assert_eq!(tok.encode("ab").unwrap(), vec![8]);
+    // Other SentencePiece models place the prefix space and order merges their own ways.
+    let bytes = tiny_vocabulary("llama", None);
+    let e = TextTokenizer::from_gguf(&Gguf::parse(&bytes).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("SentencePiece vocabulary in a `llama` file"),
+        "{e}"
+    );
+}
+
+/// The real gemma-3-270m Q4_K_M file (250 MB, not fetched by CI): opt in by pointing
+/// `SAESCOPE_GEMMA_GGUF` at it. `Model::load` takes it whole, its tokenizer gives the reference
+/// ids, and its logits match transformers' on the same file dequantized to f32
+/// (reference/make_gemma_logits.py).
+#[test]
+fn real_gemma3_file_matches_transformers() {
+    use saescope_activations::Model;
+    use saescope_activations::hooks::Hooks;
+    use std::time::Instant;
+    use tch::{Device, Kind, Tensor};
+
+    let Some(path) = std::env::var_os("SAESCOPE_GEMMA_GGUF").filter(|p| !p.is_empty()) else {
+        eprintln!(
+            "SKIPPED real_gemma3_file_matches_transformers: set SAESCOPE_GEMMA_GGUF to \
+             gemma-3-270m-q4_k_m.gguf to run it"
+        );
+        return;
+    };
+    let t = Instant::now();
+    let loaded = Model::load(std::path::Path::new(&path), Device::Cpu, Kind::Float).unwrap();
+    eprintln!("loaded in {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(loaded.model.architecture(), "gemma3");
+    assert_eq!(loaded.name, "Gemma 3 270m");
+    let tok = loaded.tokenizer.expect("a tokenizer from the file");
+    let (texts, tokens) = check_ids(&tok);
+    eprintln!("tokenizer: {texts} texts, {tokens} tokens, all equal");
+
+    let want: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/gemma3-logits.json")).unwrap();
+    let stride = want["stride"].as_i64().unwrap();
+    let mut worst = 0f32;
+    for (i, p) in want["prompts"].as_array().unwrap().iter().enumerate() {
+        let text = p["text"].as_str().unwrap();
+        let ids: Vec<i64> = serde_json::from_value(p["ids"].clone()).unwrap();
+        let mut ours: Vec<i64> = vec![tok.bos.unwrap() as i64];
+        ours.extend(tok.encode(text).unwrap().into_iter().map(i64::from));
+        assert_eq!(ours, ids, "prompt {i} ids");
+        let input = Tensor::from_slice(&ids).unsqueeze(0);
+        let logits = loaded
+            .model
+            .forward(&input, &mut Hooks::new(), true)
+            .unwrap()
+            .unwrap()
+            .get(0);
+        assert_eq!(logits.size(), [ids.len() as i64, 262144]);
+        let mut err = 0f32;
+        let top_ids: Vec<Vec<i64>> = serde_json::from_value(p["top5_ids"].clone()).unwrap();
+        let top_logits: Vec<Vec<f32>> = serde_json::from_value(p["top5_logits"].clone()).unwrap();
+        for (pos, (ids5, values)) in top_ids.iter().zip(&top_logits).enumerate() {
+            let row = logits.get(pos as i64);
+            for (&id, &v) in ids5.iter().zip(values) {
+                err = err.max((row.double_value(&[id]) as f32 - v).abs());
+            }
+            // The same five tokens lead (their order may differ only between near-equal logits).
+            let mut got: Vec<i64> = Vec::try_from(row.topk(5, -1, true, true).1).unwrap();
+            let mut want5 = ids5.clone();
+            got.sort_unstable();
+            want5.sort_unstable();
+            assert_eq!(got, want5, "prompt {i} position {pos}: top 5 tokens differ");
+        }
+        let last = logits.get(-1).slice(0, 0, None, stride);
+        let last: Vec<f32> = Vec::try_from(last.contiguous()).unwrap();
+        let strided: Vec<f32> = serde_json::from_value(p["last_strided_logits"].clone()).unwrap();
+        for (g, w) in last.iter().zip(&strided) {
+            err = err.max((g - w).abs());
+        }
+        let greedy = logits.get(-1).argmax(0, false).int64_value(&[]);
+        assert_eq!(greedy, p["greedy_next_id"].as_i64().unwrap(), "prompt {i}");
+        eprintln!("prompt {i}: max abs logit error {err:.2e}");
+        worst = worst.max(err);
+    }
+    assert!(worst < 1e-4, "max abs logit error {worst}");
+    eprintln!("real file checked in {:.1} s", t.elapsed().as_secs_f64());
 }
