@@ -134,15 +134,15 @@ fn sentencepiece_rules_on_a_tiny_vocabulary() {
 }
 
 /// The real gemma-3-270m Q4_K_M file (250 MB, not fetched by CI): opt in by pointing
-/// `SAESCOPE_GEMMA_GGUF` at it. `Model::load` takes it whole, its tokenizer gives the reference
+/// `SAESCOPE_GEMMA_GGUF` at it. `TextModel::open` (the commands' way in) takes it whole, its tokenizer gives the reference
 /// ids, and its logits match transformers' on the same file dequantized to f32
 /// (reference/make_gemma_logits.py).
 #[test]
 fn real_gemma3_file_matches_transformers() {
-    use saescope_activations::Model;
     use saescope_activations::hooks::Hooks;
+    use saescope_activations::{Compute, TextModel};
     use std::time::Instant;
-    use tch::{Device, Kind, Tensor};
+    use tch::{Device, Tensor};
 
     let Some(path) = std::env::var_os("SAESCOPE_GEMMA_GGUF").filter(|p| !p.is_empty()) else {
         eprintln!(
@@ -152,12 +152,23 @@ fn real_gemma3_file_matches_transformers() {
         return;
     };
     let t = Instant::now();
-    let loaded = Model::load(std::path::Path::new(&path), Device::Cpu, Kind::Float).unwrap();
-    eprintln!("loaded in {:.1} s", t.elapsed().as_secs_f64());
-    assert_eq!(loaded.model.architecture(), "gemma3");
-    assert_eq!(loaded.name, "Gemma 3 270m");
-    let tok = loaded.tokenizer.expect("a tokenizer from the file");
-    let (texts, tokens) = check_ids(&tok);
+    // What the commands open: the weights, the file's own tokenizer, and the manifest's record.
+    let opened = TextModel::open(std::path::Path::new(&path), Device::Cpu, Compute::F32).unwrap();
+    eprintln!("opened in {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(opened.model.architecture(), "gemma3");
+    assert_eq!(opened.info.name, "Gemma 3 270m");
+    assert_eq!(
+        opened.info.sha256.as_deref(),
+        Some("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")
+    );
+    let vocabulary = opened.vocabulary();
+    assert_eq!(vocabulary.len(), 262144);
+    assert_eq!(
+        (vocabulary[2].as_str(), vocabulary[818].as_str()),
+        ("<bos>", "The")
+    );
+    let tok = &opened.tokenizer;
+    let (texts, tokens) = check_ids(tok);
     eprintln!("tokenizer: {texts} texts, {tokens} tokens, all equal");
 
     let want: serde_json::Value =
@@ -171,7 +182,7 @@ fn real_gemma3_file_matches_transformers() {
         ours.extend(tok.encode(text).unwrap().into_iter().map(i64::from));
         assert_eq!(ours, ids, "prompt {i} ids");
         let input = Tensor::from_slice(&ids).unsqueeze(0);
-        let logits = loaded
+        let logits = opened
             .model
             .forward(&input, &mut Hooks::new(), true)
             .unwrap()
@@ -205,5 +216,35 @@ fn real_gemma3_file_matches_transformers() {
         worst = worst.max(err);
     }
     assert!(worst < 1e-4, "max abs logit error {worst}");
+    drop(opened);
+
+    // bf16 compute: the same greedy tokens, logits near (as the README states for SmolLM2).
+    let bf16 = TextModel::open(std::path::Path::new(&path), Device::Cpu, Compute::Bf16).unwrap();
+    let mut worst_bf16 = 0f32;
+    for (i, p) in want["prompts"].as_array().unwrap().iter().enumerate() {
+        let ids: Vec<i64> = serde_json::from_value(p["ids"].clone()).unwrap();
+        let input = Tensor::from_slice(&ids).unsqueeze(0);
+        let last = bf16
+            .model
+            .forward(&input, &mut Hooks::new(), true)
+            .unwrap()
+            .unwrap()
+            .get(0)
+            .get(-1)
+            .to_kind(tch::Kind::Float);
+        let greedy = last.argmax(0, false).int64_value(&[]);
+        assert_eq!(
+            greedy,
+            p["greedy_next_id"].as_i64().unwrap(),
+            "bf16 prompt {i}"
+        );
+        let strided: Vec<f32> = serde_json::from_value(p["last_strided_logits"].clone()).unwrap();
+        let got: Vec<f32> = Vec::try_from(last.slice(0, 0, None, stride).contiguous()).unwrap();
+        for (g, w) in got.iter().zip(&strided) {
+            worst_bf16 = worst_bf16.max((g - w).abs());
+        }
+    }
+    eprintln!("bf16: same greedy tokens, max abs logit error {worst_bf16:.2}");
+    assert!(worst_bf16 < 1.0, "bf16 max abs logit error {worst_bf16}");
     eprintln!("real file checked in {:.1} s", t.elapsed().as_secs_f64());
 }
