@@ -51,6 +51,19 @@ x = rng.normal(size=40).astype(np.float32)
 bits = (x.view(np.uint32) >> 16).astype(np.uint16)  # bf16 by truncation; the value is exact
 cases["BF16"] = {"bytes": bits.tobytes().hex(), "values": [float(v) for v in (bits.astype(np.uint32) << 16).view(np.float32)]}
 
+# Added later, from a generator of their own, so the cases above keep their bytes.
+rng = np.random.default_rng(20261129)
+for ty, size in [(T.Q5_0, 22), (T.Q5_1, 24)]:
+    raw = bytearray(rng.integers(0, 256, 3 * size, dtype=np.uint8).tobytes())
+    for at in range(0, len(raw), size):
+        raw[at : at + 2] = f16_bytes(rng.uniform(0.001, 0.1))
+        if ty == T.Q5_1:
+            raw[at + 2 : at + 4] = f16_bytes(rng.uniform(-1, 1))
+    raw = bytes(raw)
+    values = dequantize(np.frombuffer(raw, dtype=np.uint8), ty).astype(np.float32).ravel()
+    assert values.size == 3 * 32 and np.isfinite(values).all()
+    cases[ty.name] = {"bytes": raw.hex(), "values": [float(v) for v in values]}
+
 with open("tests/fixtures/dequant.json", "w") as f:
     json.dump(cases, f)
 print({k: len(v["values"]) for k, v in cases.items()})

@@ -97,6 +97,12 @@ pub enum GgmlType {
     /// Blocks of 32 4-bit values q, an f16 scale d and an f16 min m, 20 bytes: x = d·q + m
     /// (type 3).
     Q4_1,
+    /// Blocks of 32 5-bit values q (low nibbles, then a u32 of fifth bits) and an f16 scale d,
+    /// 22 bytes: x = d·(q - 16) (type 6).
+    Q5_0,
+    /// Blocks of 32 5-bit values q, an f16 scale d and an f16 min m, 24 bytes: x = d·q + m
+    /// (type 7).
+    Q5_1,
     /// Blocks of 32 signed 8-bit values q and an f16 scale d, 34 bytes: x = d·q (type 8).
     Q8_0,
     /// Q4_K: super-blocks of 256 4-bit values, 144 bytes: 8 sub-blocks of 32, each with a 6-bit
@@ -118,6 +124,8 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
             12 => GgmlType::Q4K,
             14 => GgmlType::Q6K,
@@ -133,6 +141,8 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::Bf16 => (1, 2),
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q5_0 => (32, 22),
+            GgmlType::Q5_1 => (32, 24),
             GgmlType::Q8_0 => (32, 34),
             GgmlType::Q4K => (256, 144),
             GgmlType::Q6K => (256, 210),
@@ -485,6 +495,22 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Option<Vec<f32>> 
                 };
                 out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
                 out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
+            }
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            // As Q4_0/Q4_1, with bit j of the u32 the fifth bit of element j.
+            for b in blocks {
+                let d = f16_at(b, 0);
+                let (m, rest) = if ty == GgmlType::Q5_1 {
+                    (f16_at(b, 2), &b[4..24])
+                } else {
+                    (-16.0 * d, &b[2..22])
+                };
+                let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let qs = &rest[4..20];
+                let fifth = |j: usize| (((qh >> j) & 1) << 4) as u8;
+                out.extend((0..16).map(|j| ((qs[j] & 0xF) | fifth(j)) as f32 * d + m));
+                out.extend((0..16).map(|j| ((qs[j] >> 4) | fifth(j + 16)) as f32 * d + m));
             }
         }
         GgmlType::Q4K => {

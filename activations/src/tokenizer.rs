@@ -1,16 +1,24 @@
-//! Tokenizers: from a Hugging Face `tokenizer.json`, or rebuilt from the vocabulary and merges
-//! stored inside a GGUF file, so a GGUF model needs no other file.
+//! Tokenizers: from a Hugging Face `tokenizer.json`, or rebuilt from the vocabulary (and merges,
+//! where the file has them) stored inside a GGUF file, so a GGUF model needs no other file.
 
 use crate::error::TokenizerError;
 use crate::gguf::{Gguf, Value};
+use std::collections::HashMap;
 use std::path::Path;
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::normalizers::{
+    NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence,
+};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 type Result<T> = std::result::Result<T, TokenizerError>;
 
@@ -41,20 +49,42 @@ fn strings<'a>(g: &'a Gguf, key: &str) -> Result<Vec<&'a str>> {
     }
 }
 
+/// SentencePiece's stand-in for a space.
+const SPACE: &str = "\u{2581}";
+
+/// The architectures whose SentencePiece vocabulary (`tokenizer.ggml.model = llama`) saescope
+/// rebuilds; other SentencePiece models (Llama 2, Mistral v1, Phi-3) differ in how they place the
+/// prefix space and order their merges, and have not been checked against a reference.
+const SPM_ARCHITECTURES: [&str; 3] = ["gemma", "gemma2", "gemma3"];
+
 impl TextTokenizer {
-    /// Rebuilds a byte-level BPE tokenizer (`tokenizer.ggml.model = gpt2`) from a GGUF file.
-    /// The pre-tokenizer follows `tokenizer.ggml.pre`: `smollm` also splits digits one by one,
-    /// as SmolLM2's original tokenizer does.
+    /// Rebuilds the tokenizer a GGUF file describes: byte-level BPE (`tokenizer.ggml.model =
+    /// gpt2`), or Gemma's SentencePiece BPE (`llama`, in a `gemma`, `gemma2` or `gemma3` file).
+    /// For byte-level BPE the pre-tokenizer follows `tokenizer.ggml.pre`: `smollm` also splits
+    /// digits one by one, as SmolLM2's original tokenizer does.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let model = g
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
             .unwrap_or("(none)");
-        if model != "gpt2" {
-            return Err(TokenizerError::Gguf(format!(
-                "tokenizer model `{model}` is not supported yet (saescope reads byte-level BPE, `gpt2`); pass the model's tokenizer.json instead"
-            )));
+        let arch = g
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("(none)");
+        match model {
+            "gpt2" => Self::byte_level_from_gguf(g),
+            "llama" if SPM_ARCHITECTURES.contains(&arch) => Self::gemma_from_gguf(g, arch),
+            "llama" => Err(TokenizerError::Gguf(format!(
+                "a SentencePiece vocabulary in a `{arch}` file is not supported yet (saescope rebuilds Gemma's); pass the model's tokenizer.json instead"
+            ))),
+            other => Err(TokenizerError::Gguf(format!(
+                "tokenizer model `{other}` is not supported yet (saescope reads byte-level BPE, `gpt2`, and Gemma's SentencePiece, `llama`); pass the model's tokenizer.json instead"
+            ))),
         }
+    }
+
+    fn byte_level_from_gguf(g: &Gguf) -> Result<Self> {
+        let model = "gpt2";
         let tokens = strings(g, "tokenizer.ggml.tokens")?;
         let merges = strings(g, "tokenizer.ggml.merges")?
             .into_iter()
@@ -108,6 +138,107 @@ impl TextTokenizer {
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
             name: format!("gguf:{model}/{pre}"),
+        })
+    }
+
+    /// Gemma's SentencePiece BPE, built as transformers builds it from a GGUF file
+    /// (`GemmaTokenizer` with merges recovered from the vocabulary), so ids match the reference.
+    fn gemma_from_gguf(g: &Gguf, arch: &str) -> Result<Self> {
+        let tokens = strings(g, "tokenizer.ggml.tokens")?;
+        // Runs of spaces are stored as real spaces, but text reaches the model with its spaces
+        // already turned into `▁`: spelt as stored, those tokens could never match.
+        let spelled: Vec<String> = tokens
+            .iter()
+            .map(|t| {
+                if !t.is_empty() && t.chars().all(|c| c == ' ') {
+                    SPACE.repeat(t.chars().count())
+                } else {
+                    (*t).to_owned()
+                }
+            })
+            .collect();
+        let merges = merges_by_position(&spelled);
+        let vocab: Vocab = spelled
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let unk = g
+            .get("tokenizer.ggml.unknown_token_id")
+            .and_then(Value::as_u64)
+            .and_then(|i| spelled.get(i as usize))
+            .cloned()
+            .unwrap_or_else(|| "<unk>".to_owned());
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .unk_token(unk)
+            .fuse_unk(true)
+            .byte_fallback(true)
+            .build()
+            .map_err(|e| TokenizerError::Gguf(e.to_string()))?;
+        let mut inner = Tokenizer::new(bpe);
+        let replace = Replace::new(" ", SPACE).map_err(|e| TokenizerError::Gguf(e.to_string()))?;
+        // Gemma's files say no (and transformers never adds one for Gemma); llama.cpp, which
+        // defines the flag, puts a `▁` before the text when it is set.
+        let prefix = matches!(
+            g.get("tokenizer.ggml.add_space_prefix"),
+            Some(Value::Bool(true))
+        );
+        let normalizer: NormalizerWrapper = if prefix {
+            NormalizerSequence::new(vec![Prepend::new(SPACE.to_owned()).into(), replace.into()])
+                .into()
+        } else {
+            replace.into()
+        };
+        inner
+            .with_normalizer(Some(normalizer))
+            .map_err(|e| TokenizerError::Gguf(e.to_string()))?;
+        // Spaces are gone by the time this runs, so it splits nothing; it is kept because
+        // transformers' GemmaTokenizer has it, and the two should stay the same pipeline.
+        let split = Split::new(
+            SplitPattern::String(" ".into()),
+            SplitDelimiterBehavior::MergedWithPrevious,
+            false,
+        )
+        .map_err(|e| TokenizerError::Gguf(e.to_string()))?;
+        inner.with_pre_tokenizer(Some(split));
+        inner.with_decoder(Some(DecoderSequence::new(vec![
+            Replace::new(SPACE, " ")
+                .map_err(|e| TokenizerError::Gguf(e.to_string()))?
+                .into(),
+            ByteFallback::default().into(),
+            Fuse::default().into(),
+        ])));
+        if let Some(Value::Array(types)) = g.get("tokenizer.ggml.token_type") {
+            let of_type = |ty: u64| {
+                types
+                    .iter()
+                    .zip(&tokens)
+                    .filter(move |(t, _)| t.as_u64() == Some(ty))
+                    .map(|(_, tok)| *tok)
+            };
+            // Control tokens (`<bos>`, `<start_of_turn>`, Gemma's HTML tags) are matched whole.
+            let control: Vec<AddedToken> = of_type(3).map(|t| AddedToken::from(t, true)).collect();
+            inner
+                .add_special_tokens(control)
+                .map_err(|e| TokenizerError::Gguf(format!("special tokens: {e}")))?;
+            // User-defined ones (runs of newlines) are matched whole too, but stay ordinary text;
+            // the runs of spaces among them are left to BPE, as transformers leaves them, since
+            // their stored spelling is not the one in the vocabulary.
+            let user: Vec<AddedToken> = of_type(4)
+                .filter(|t| !(t.chars().all(|c| c == ' ')))
+                .map(|t| AddedToken::from(t, false).normalized(false))
+                .collect();
+            inner
+                .add_tokens(user)
+                .map_err(|e| TokenizerError::Gguf(format!("user-defined tokens: {e}")))?;
+        }
+        let id = |key: &str| g.get(key).and_then(Value::as_u64).map(|v| v as u32);
+        Ok(TextTokenizer {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            name: format!("gguf:llama/{arch}"),
         })
     }
 
@@ -170,4 +301,42 @@ impl TextTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// BPE merges implied by a vocabulary that lists none: every way of cutting a token into two
+/// tokens is a merge, and earlier tokens merge first. SentencePiece's scores would be the usual
+/// order, but Gemma's do not follow its merge order while the token order does; this is how
+/// transformers' GGUF converter orders them (`generate_merges` with `-position` as the score), so
+/// the same text gets the same ids. Ties within one token go to the longer left piece, then the
+/// longer right piece, then the lower ids.
+fn merges_by_position(tokens: &[String]) -> Vec<(String, String)> {
+    // As in a Python dict built from the list, a repeated token keeps its last id.
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    // (position of the merged token, chars of left, chars of right, left id, right id, cut byte)
+    let mut cuts: Vec<(usize, usize, usize, usize, usize, usize)> = Vec::new();
+    for (pos, t) in tokens.iter().enumerate() {
+        if ids.get(t.as_str()) != Some(&pos) {
+            continue;
+        }
+        let n = t.chars().count();
+        let start = cuts.len();
+        for (k, (at, _)) in t.char_indices().enumerate().skip(1) {
+            if let (Some(&l), Some(&r)) = (ids.get(&t[..at]), ids.get(&t[at..])) {
+                cuts.push((pos, k, n - k, l, r, at));
+            }
+        }
+        cuts[start..].sort_by_key(|c| (c.3, c.4));
+    }
+    // Stable, so equal keys keep the order above, as Python's sort(reverse=True) keeps it.
+    cuts.sort_by(|a, b| (a.0, b.1, b.2).cmp(&(b.0, a.1, a.2)));
+    cuts.into_iter()
+        .map(|(pos, _, _, _, _, at)| {
+            let t = &tokens[pos];
+            (t[..at].to_owned(), t[at..].to_owned())
+        })
+        .collect()
 }

@@ -75,6 +75,8 @@ fn dequantization_matches_the_independent_reference() {
     let types = [
         ("Q4_0", GgmlType::Q4_0),
         ("Q4_1", GgmlType::Q4_1),
+        ("Q5_0", GgmlType::Q5_0),
+        ("Q5_1", GgmlType::Q5_1),
         ("Q8_0", GgmlType::Q8_0),
         ("Q4_K", GgmlType::Q4K),
         ("Q6_K", GgmlType::Q6K),
@@ -101,7 +103,7 @@ fn dequantization_matches_the_independent_reference() {
         }
     }
     assert_eq!(GgmlType::Q4K.name(), "Q4_K");
-    assert!(dequantize(GgmlType::Other(6), &[0; 22], 32).is_none());
+    assert!(dequantize(GgmlType::Other(10), &[0; 84], 256).is_none());
 }
 
 #[test]
@@ -164,7 +166,7 @@ fn hostile_headers_are_refused() {
             .contains("block size 32")
     );
     // Unknown types parse (their tensors are listed) but cannot be read.
-    let other = Writer::new().tensor("x", &[32], 6, vec![0; 22]).bytes();
+    let other = Writer::new().tensor("x", &[256], 10, vec![0; 84]).bytes();
     let g = Gguf::parse(&other).unwrap();
     let e = g.dequantize("x").unwrap_err();
     assert!(matches!(e, GgufError::UnsupportedType { .. }), "{e}");
