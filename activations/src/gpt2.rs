@@ -13,6 +13,7 @@ use crate::attention::{AttnOpts, causal_attention};
 use crate::error::ModelError;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::norm::LayerNorm;
 use tch::{Device, Kind, Tensor};
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -34,11 +35,6 @@ pub struct Gpt2Config {
     pub ctx_len: usize,
     /// Epsilon of every LayerNorm (`layer_norm_epsilon`, default 1e-5).
     pub ln_eps: f64,
-}
-
-struct LayerNorm {
-    w: Tensor,
-    b: Tensor,
 }
 
 struct Block {
@@ -161,16 +157,6 @@ impl Gpt2 {
         }
     }
 
-    fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Tensor {
-        x.layer_norm(
-            [self.cfg.d_model as i64],
-            Some(&ln.w),
-            Some(&ln.b),
-            self.cfg.ln_eps,
-            false,
-        )
-    }
-
     /// Runs the model on token ids [batch, pos]; see [`crate::llama::Llama::forward`].
     // `x = x + y`: in-place `+=` would change residual values already captured by hooks.
     #[allow(clippy::assign_op_pattern)]
@@ -187,7 +173,7 @@ impl Gpt2 {
         for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
             let hp = |kind| HookPoint::new(layer, kind);
             x = hooks.at(hp(HookKind::ResidPre), x);
-            let qkv = self.layer_norm(&x, &blk.ln1).matmul(&blk.w_qkv) + &blk.b_qkv;
+            let qkv = blk.ln1.apply(&x, self.cfg.ln_eps).matmul(&blk.w_qkv) + &blk.b_qkv;
             let parts = qkv.split(d, -1);
             let heads = |t_: &Tensor| t_.view([b, t, h, dh]).transpose(1, 2);
             let z = causal_attention(
@@ -202,7 +188,8 @@ impl Gpt2 {
             let attn_out = z.reshape([b, t, d]).matmul(&blk.w_o) + &blk.b_o;
             let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
             x = x + attn_out;
-            let post = (self.layer_norm(&x, &blk.ln2).matmul(&blk.w_fc) + &blk.b_fc).gelu("tanh");
+            let post =
+                (blk.ln2.apply(&x, self.cfg.ln_eps).matmul(&blk.w_fc) + &blk.b_fc).gelu("tanh");
             let post = hooks.at(hp(HookKind::MlpPost), post);
             let mlp_out = hooks.at(hp(HookKind::MlpOut), post.matmul(&blk.w_proj) + &blk.b_proj);
             x = x + mlp_out;
@@ -211,6 +198,8 @@ impl Gpt2 {
         if !logits {
             return Ok(None);
         }
-        Ok(Some(self.layer_norm(&x, &self.ln_f).matmul(&self.wte.tr())))
+        Ok(Some(
+            self.ln_f.apply(&x, self.cfg.ln_eps).matmul(&self.wte.tr()),
+        ))
     }
 }

@@ -27,6 +27,7 @@ pub mod hooks;
 pub mod llama;
 pub mod model;
 pub mod neox;
+mod norm;
 pub mod tokenizer;
 
 pub use error::{AssetError, CorpusError, GgufError, HarvestError, ModelError, TokenizerError};

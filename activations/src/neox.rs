@@ -16,6 +16,7 @@ use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention};
 use crate::error::ModelError;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::norm::LayerNorm;
 use tch::{Device, Kind, Tensor};
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -47,11 +48,6 @@ pub struct NeoxConfig {
     pub parallel_residual: bool,
     /// GELU as libtorch names its approximation: `none` (`gelu`) or `tanh`.
     pub gelu: &'static str,
-}
-
-struct LayerNorm {
-    w: Tensor,
-    b: Tensor,
 }
 
 struct Block {
@@ -211,16 +207,6 @@ impl Neox {
         }
     }
 
-    fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Tensor {
-        x.layer_norm(
-            [self.cfg.d_model as i64],
-            Some(&ln.w),
-            Some(&ln.b),
-            self.cfg.ln_eps,
-            false,
-        )
-    }
-
     /// Runs the model on token ids [batch, pos]; see [`crate::llama::Llama::forward`].
     // `x = x + y`: in-place `+=` would change residual values already captured by hooks.
     #[allow(clippy::assign_op_pattern)]
@@ -248,7 +234,7 @@ impl Neox {
             x = hooks.at(hp(HookKind::ResidPre), x);
 
             let qkv = plus(
-                self.layer_norm(&x, &blk.ln1).matmul(&blk.w_qkv.tr()),
+                blk.ln1.apply(&x, self.cfg.ln_eps).matmul(&blk.w_qkv.tr()),
                 &blk.b_qkv,
             )
             .view([b, t, h, 3 * dh]);
@@ -261,10 +247,10 @@ impl Neox {
             let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
 
             let mlp_in = if self.cfg.parallel_residual {
-                self.layer_norm(&x, &blk.ln2)
+                blk.ln2.apply(&x, self.cfg.ln_eps)
             } else {
                 x = x + &attn_out;
-                self.layer_norm(&x, &blk.ln2)
+                blk.ln2.apply(&x, self.cfg.ln_eps)
             };
             let post = (mlp_in.matmul(&blk.w_in.tr()) + &blk.b_in).gelu(self.cfg.gelu);
             let post = hooks.at(hp(HookKind::MlpPost), post);
@@ -282,7 +268,9 @@ impl Neox {
             return Ok(None);
         }
         Ok(Some(
-            self.layer_norm(&x, &self.ln_f).matmul(&self.unembed.tr()),
+            self.ln_f
+                .apply(&x, self.cfg.ln_eps)
+                .matmul(&self.unembed.tr()),
         ))
     }
 }

@@ -19,7 +19,7 @@ use saescope_activations::gguf::Gguf;
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks};
 use saescope_activations::llama::Llama;
 use saescope_activations::model::Model;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
 use common::{Writer, string};
@@ -27,18 +27,7 @@ use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f32 = 1e-5;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(name)
-}
-
-fn flat(v: &serde_json::Value) -> Vec<f32> {
-    match v {
-        serde_json::Value::Array(a) => a.iter().flat_map(flat).collect(),
-        x => vec![x.as_f64().unwrap() as f32],
-    }
-}
+use common::{flat, hf_fixture as fixture};
 
 fn reference(name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(fixture(name).join("reference.json")).unwrap()).unwrap()

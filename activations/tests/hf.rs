@@ -4,23 +4,11 @@
 
 use saescope_activations::hooks::{HookPoint, Hooks};
 use saescope_activations::model::Model;
-use std::path::{Path, PathBuf};
 
 mod common;
 use tch::{Device, Kind, Tensor};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(name)
-}
-
-fn flat(v: &serde_json::Value) -> Vec<f32> {
-    match v {
-        serde_json::Value::Array(a) => a.iter().flat_map(flat).collect(),
-        x => vec![x.as_f64().unwrap() as f32],
-    }
-}
+use common::{flat, hf_fixture as fixture};
 
 fn check(name: &str, arch: &str) {
     let dir = fixture(name);
