@@ -265,11 +265,13 @@ impl GemmaConfig {
             .get("general.architecture")
             .and_then(|v| v.as_str())
             .unwrap_or("(none)");
-        if arch != "gemma3" {
-            return Err(ModelError::UnsupportedArchitecture(arch.to_owned()));
-        }
-        let u = |k: &str| g.get_u64(&format!("gemma3.{k}")).map(|v| v as usize);
-        let f = |k: &str| g.get_f64(&format!("gemma3.{k}"));
+        let version = match arch {
+            "gemma2" => GemmaVersion::Gemma2,
+            "gemma3" => GemmaVersion::Gemma3,
+            _ => return Err(ModelError::UnsupportedArchitecture(arch.to_owned())),
+        };
+        let u = |k: &str| g.get_u64(&format!("{arch}.{k}")).map(|v| v as usize);
+        let f = |k: &str| g.get_f64(&format!("{arch}.{k}"));
         let n_layers = u("block_count")?;
         let d_model = u("embedding_length")?;
         let n_heads = u("attention.head_count")?;
@@ -279,7 +281,10 @@ impl GemmaConfig {
             .map(|t| t.shape[0])
             .ok_or_else(|| GgufError::MissingTensor("token_embd.weight".into()))?;
         let window = u("attention.sliding_window").ok();
-        let scaling = match g.get("gemma3.rope.scaling.type").and_then(|v| v.as_str()) {
+        let scaling = match g
+            .get(&format!("{arch}.rope.scaling.type"))
+            .and_then(|v| v.as_str())
+        {
             None | Some("none") => RopeScaling::None,
             Some("linear") => RopeScaling::Linear(f("rope.scaling.factor")?),
             Some(other) => {
@@ -288,13 +293,48 @@ impl GemmaConfig {
                 )));
             }
         };
-        let scalar = if n_layers == 62 {
+        // GGUF does not store query_pre_attn_scalar; llama.cpp takes the head size, except for
+        // the 27B models (Gemma 2: 46 layers, Gemma 3: 62), which scale by width / heads.
+        let big = matches!(
+            (version, n_layers),
+            (GemmaVersion::Gemma2, 46) | (GemmaVersion::Gemma3, 62)
+        );
+        let scalar = if big {
             d_model / n_heads.max(1)
         } else {
             d_head
         };
+        // llama.cpp's layer rules: Gemma 2 alternates, starting with a sliding layer; Gemma 3
+        // makes every sixth layer global.
+        let sliding: Vec<bool> = (0..n_layers)
+            .map(|l| match version {
+                GemmaVersion::Gemma2 => l % 2 == 0,
+                GemmaVersion::Gemma3 => !(l + 1).is_multiple_of(6),
+            })
+            .collect();
+        let base = f("rope.freq_base");
+        let (rope_local, rope_global) = match version {
+            // One RoPE for every layer.
+            GemmaVersion::Gemma2 => {
+                let one = RopeSpec {
+                    base: base.unwrap_or(10_000.0),
+                    scaling,
+                };
+                (one, one)
+            }
+            GemmaVersion::Gemma3 => (
+                RopeSpec {
+                    base: 10_000.0,
+                    scaling: RopeScaling::None,
+                },
+                RopeSpec {
+                    base: base.unwrap_or(1e6),
+                    scaling,
+                },
+            ),
+        };
         let cfg = GemmaConfig {
-            version: GemmaVersion::Gemma3,
+            version,
             n_layers,
             d_model,
             n_heads,
@@ -305,21 +345,16 @@ impl GemmaConfig {
             ctx_len: u("context_length")?,
             rms_eps: f("attention.layer_norm_rms_epsilon")?,
             attn_scale: (scalar as f64).powf(-0.5),
-            attn_softcap: None,
+            // Gemma 3 has no attention soft cap (transformers ignores the field there too).
+            attn_softcap: match version {
+                GemmaVersion::Gemma2 => f("attn_logit_softcapping").ok(),
+                GemmaVersion::Gemma3 => None,
+            },
             final_softcap: f("final_logit_softcapping").ok(),
-            // llama.cpp's rule for Gemma 3: every sixth layer is global.
-            sliding: (0..n_layers).map(|l| !(l + 1).is_multiple_of(6)).collect(),
-            windows: (0..n_layers)
-                .map(|l| window.filter(|_| !(l + 1).is_multiple_of(6)))
-                .collect(),
-            rope_local: RopeSpec {
-                base: 10_000.0,
-                scaling: RopeScaling::None,
-            },
-            rope_global: RopeSpec {
-                base: f("rope.freq_base").unwrap_or(1e6),
-                scaling,
-            },
+            windows: sliding.iter().map(|&s| window.filter(|_| s)).collect(),
+            sliding,
+            rope_local,
+            rope_global,
             gelu: "tanh",
         };
         cfg.check()?;

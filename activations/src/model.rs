@@ -44,7 +44,7 @@ pub const HF_ARCHITECTURES: [&str; 8] = [
 ];
 
 /// The `general.architecture`s of the GGUF files saescope runs.
-pub const GGUF_ARCHITECTURES: [&str; 3] = ["llama", "qwen3", "gemma3"];
+pub const GGUF_ARCHITECTURES: [&str; 4] = ["llama", "qwen3", "gemma2", "gemma3"];
 
 /// A loaded model with what was found beside it.
 pub struct LoadedModel {
@@ -212,7 +212,7 @@ impl Model {
         let g = Gguf::parse(&bytes)?;
         let arch = g.get("general.architecture").and_then(|v| v.as_str());
         let model = match arch {
-            Some("gemma3") => Model::Gemma(Gemma::from_gguf(&g, device, kind)?),
+            Some("gemma2" | "gemma3") => Model::Gemma(Gemma::from_gguf(&g, device, kind)?),
             _ => Model::Llama(Llama::from_gguf(&g, device, kind)?),
         };
         let tokenizer = TextTokenizer::from_gguf(&g)?;

@@ -413,6 +413,53 @@ fn gemma3_gguf_matches_transformers() {
     compare(&Model::Gemma(m), &reference("gemma3"), "gemma3 (GGUF)");
 }
 
+/// Gemma 2 through the GGUF path: the soft caps and window from the metadata, llama.cpp's
+/// alternating layers (the fixture's too) and one RoPE base. The attention scale, which GGUF
+/// does not store (llama.cpp takes the head size), is set to the fixture's before comparing.
+#[test]
+fn gemma2_gguf_matches_transformers() {
+    let renames: Vec<(&str, &str)> = [
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "post_attention_norm"),
+        ("pre_feedforward_layernorm", "ffn_norm"),
+        ("post_feedforward_layernorm", "post_ffw_norm"),
+    ]
+    .into_iter()
+    .chain(ATTN_RENAMES)
+    .chain(MLP_RENAMES)
+    .collect();
+    let bytes = to_gguf(
+        "gemma2",
+        vec![
+            ("general.architecture", STR, string("gemma2")),
+            ("gemma2.block_count", U32, u32v(2)),
+            ("gemma2.context_length", U32, u32v(64)),
+            ("gemma2.embedding_length", U32, u32v(32)),
+            ("gemma2.feed_forward_length", U32, u32v(64)),
+            ("gemma2.attention.head_count", U32, u32v(4)),
+            ("gemma2.attention.head_count_kv", U32, u32v(2)),
+            ("gemma2.attention.key_length", U32, u32v(16)),
+            ("gemma2.attention.sliding_window", U32, u32v(4)),
+            ("gemma2.attn_logit_softcapping", F32, f32v(2.0)),
+            ("gemma2.final_logit_softcapping", F32, f32v(5.0)),
+            ("gemma2.attention.layer_norm_rms_epsilon", F32, f32v(1e-6)),
+        ],
+        &renames,
+        1.0,
+    );
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut m = Gemma::from_gguf(&g, Device::Cpu, Kind::Float).unwrap();
+    let c = &m.cfg;
+    assert_eq!((c.n_layers, c.d_head, c.vocab), (2, 16, 128));
+    assert_eq!(c.sliding, [true, false]);
+    assert_eq!(c.windows, [Some(4), None]);
+    assert_eq!((c.attn_softcap, c.final_softcap), (Some(2.0), Some(5.0)));
+    assert_eq!(c.rope_local, c.rope_global);
+    assert_eq!(c.attn_scale, 0.25);
+    m.cfg.attn_scale = 24f64.powf(-0.5);
+    compare(&Model::Gemma(m), &reference("gemma2"), "gemma2 (GGUF)");
+}
+
 /// Attribution by head reads the pattern and values the explicit path captures: they must
 /// rebuild z exactly, soft caps and windows included.
 #[test]
