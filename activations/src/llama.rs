@@ -67,9 +67,11 @@ pub struct LlamaConfig {
 }
 
 /// The GGUF architectures of the Llama family and how they pair RoPE dimensions: llama.cpp
-/// permutes only `llama` Q and K weights into the interleaved layout.
-const GGUF_ARCHS: [(&str, RopeLayout); 2] = [
+/// permutes only `llama` Q and K weights into the interleaved layout; Qwen's it leaves as they
+/// were and rotates with its NEOX (rotate-half) RoPE.
+const GGUF_ARCHS: [(&str, RopeLayout); 3] = [
     ("llama", RopeLayout::Interleaved),
+    ("qwen2", RopeLayout::RotateHalf),
     ("qwen3", RopeLayout::RotateHalf),
 ];
 
@@ -77,8 +79,8 @@ const GGUF_ARCHS: [(&str, RopeLayout); 2] = [
 pub const HF_TYPES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
 
 impl LlamaConfig {
-    /// Reads the metadata of a GGUF file of architecture `llama` or `qwen3`, whose keys start
-    /// with the architecture's name (`llama.block_count`, `qwen3.block_count`, ...).
+    /// Reads the metadata of a GGUF file of architecture `llama`, `qwen2` or `qwen3`, whose keys
+    /// start with the architecture's name (`llama.block_count`, `qwen2.block_count`, ...).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let name = g
             .get("general.architecture")

@@ -44,7 +44,7 @@ pub const HF_ARCHITECTURES: [&str; 8] = [
 ];
 
 /// The `general.architecture`s of the GGUF files saescope runs.
-pub const GGUF_ARCHITECTURES: [&str; 4] = ["llama", "qwen3", "gemma2", "gemma3"];
+pub const GGUF_ARCHITECTURES: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3"];
 
 /// A loaded model with what was found beside it.
 pub struct LoadedModel {

@@ -49,6 +49,10 @@ fn strings<'a>(g: &'a Gguf, key: &str) -> Result<Vec<&'a str>> {
     }
 }
 
+/// How Qwen2 and Qwen2.5 cut text before BPE (llama.cpp's `qwen2` pre-tokenizer, transformers'
+/// `Qwen2Tokenizer`): like Llama 3's, but digits stand alone rather than in runs of up to three.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// SentencePiece's stand-in for a space.
 const SPACE: &str = "\u{2581}";
 
@@ -61,7 +65,8 @@ impl TextTokenizer {
     /// Rebuilds the tokenizer a GGUF file describes: byte-level BPE (`tokenizer.ggml.model =
     /// gpt2`), or Gemma's SentencePiece BPE (`llama`, in a `gemma`, `gemma2` or `gemma3` file).
     /// For byte-level BPE the pre-tokenizer follows `tokenizer.ggml.pre`: `smollm` also splits
-    /// digits one by one, as SmolLM2's original tokenizer does.
+    /// digits one by one, as SmolLM2's original tokenizer does; `qwen2` cuts text with Qwen's
+    /// own pattern.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let model = g
             .get("tokenizer.ggml.model")
@@ -111,6 +116,18 @@ impl TextTokenizer {
         let pre_tokenizer = match pre {
             "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level]),
             "gpt2" | "default" => Sequence::new(vec![byte_level]),
+            // The pattern does GPT-2's job, so the byte-level step only maps bytes (as
+            // transformers' GGUF converter and Qwen's own tokenizer.json set it up).
+            "qwen2" => Sequence::new(vec![
+                Split::new(
+                    SplitPattern::Regex(QWEN2_SPLIT.into()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(|e| TokenizerError::Gguf(e.to_string()))?
+                .into(),
+                ByteLevel::new(false, true, false).into(),
+            ]),
             other => {
                 return Err(TokenizerError::Gguf(format!(
                     "pre-tokenizer `{other}` is not supported yet; pass the model's tokenizer.json instead"
