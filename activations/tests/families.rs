@@ -353,13 +353,9 @@ fn qwen3_gguf_matches_transformers() {
     compare(&Model::Llama(m), &reference("qwen3"), "qwen3 (GGUF)");
 }
 
-/// Gemma 3 through the GGUF path: llama.cpp's names and metadata, norm weights stored as 1 + g.
-/// The loader's reading of the metadata is checked, then the two settings llama.cpp does not
-/// store but fixes (every sixth layer global, attention scaled by d_head^-½) are set to the
-/// fixture's before comparing with transformers.
-#[test]
-fn gemma3_gguf_matches_transformers() {
-    let renames: Vec<(&str, &str)> = [
+/// llama.cpp's names for a Gemma block's tensors.
+fn gemma_renames() -> Vec<(&'static str, &'static str)> {
+    [
         ("input_layernorm", "attn_norm"),
         ("post_attention_layernorm", "post_attention_norm"),
         ("pre_feedforward_layernorm", "ffn_norm"),
@@ -368,7 +364,16 @@ fn gemma3_gguf_matches_transformers() {
     .into_iter()
     .chain(ATTN_RENAMES)
     .chain(MLP_RENAMES)
-    .collect();
+    .collect()
+}
+
+/// Gemma 3 through the GGUF path: llama.cpp's names and metadata, norm weights stored as 1 + g.
+/// The loader's reading of the metadata is checked, then the two settings llama.cpp does not
+/// store but fixes (every sixth layer global, attention scaled by d_head^-½) are set to the
+/// fixture's before comparing with transformers.
+#[test]
+fn gemma3_gguf_matches_transformers() {
+    let renames = gemma_renames();
     let bytes = to_gguf(
         "gemma3",
         vec![
@@ -418,16 +423,7 @@ fn gemma3_gguf_matches_transformers() {
 /// does not store (llama.cpp takes the head size), is set to the fixture's before comparing.
 #[test]
 fn gemma2_gguf_matches_transformers() {
-    let renames: Vec<(&str, &str)> = [
-        ("input_layernorm", "attn_norm"),
-        ("post_attention_layernorm", "post_attention_norm"),
-        ("pre_feedforward_layernorm", "ffn_norm"),
-        ("post_feedforward_layernorm", "post_ffw_norm"),
-    ]
-    .into_iter()
-    .chain(ATTN_RENAMES)
-    .chain(MLP_RENAMES)
-    .collect();
+    let renames = gemma_renames();
     let bytes = to_gguf(
         "gemma2",
         vec![

@@ -119,3 +119,46 @@ pub fn flat(v: &serde_json::Value) -> Vec<f32> {
         x => vec![x.as_f64().unwrap() as f32],
     }
 }
+
+/// A metadata-only vocabulary GGUF under tests/fixtures (`{name}-vocab.gguf.gz`), unpacked.
+pub fn vocabulary_gguf(name: &str) -> Vec<u8> {
+    use std::io::Read;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}-vocab.gguf.gz"));
+    let gz = std::fs::read(&path).unwrap();
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+/// The ids transformers gave for each text (`{name}-tokens.json`) against `tok`'s, each text
+/// also decoding back to itself; returns (texts, tokens) compared.
+pub fn check_reference_ids(
+    name: &str,
+    tok: &saescope_activations::tokenizer::TextTokenizer,
+) -> (usize, usize) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}-tokens.json"));
+    let want: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(tok.bos, Some(want["bos"].as_u64().unwrap() as u32));
+    assert_eq!(tok.eos, Some(want["eos"].as_u64().unwrap() as u32));
+    assert_eq!(
+        tok.vocab_size() as u64,
+        want["vocab_size"].as_u64().unwrap()
+    );
+    let (mut texts, mut tokens) = (0, 0);
+    for case in want["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let got = tok.encode(text).unwrap();
+        assert_eq!(got, ids, "{text:?}");
+        assert_eq!(tok.decode(&got).unwrap(), text, "decoding {text:?}");
+        texts += 1;
+        tokens += ids.len();
+    }
+    (texts, tokens)
+}
