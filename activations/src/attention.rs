@@ -3,6 +3,7 @@
 //! scale, soft-capping, sliding window), the fused path, and the explicit path that captures
 //! the pattern for attribution.
 
+use crate::error::ModelError;
 use crate::hooks::Hooks;
 use tch::{Device, Kind, Tensor};
 
@@ -187,4 +188,42 @@ impl Rope {
             Tensor::cat(&[turned, x.narrow(-1, self.dims, d_head - self.dims)], -1)
         }
     }
+}
+
+/// Checks the head layout every rotary family needs: layers and heads present, query heads
+/// shared evenly by the key/value heads, and an even head size (RoPE turns pairs).
+pub(crate) fn check_heads(
+    n_layers: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    d_head: usize,
+) -> Result<(), ModelError> {
+    if n_layers == 0 || n_heads == 0 || n_kv_heads == 0 {
+        return Err(ModelError::Config(
+            "layers and heads must be positive".into(),
+        ));
+    }
+    if !n_heads.is_multiple_of(n_kv_heads) {
+        return Err(ModelError::Config(format!(
+            "{n_heads} query heads cannot share {n_kv_heads} key/value heads evenly"
+        )));
+    }
+    if d_head == 0 || !d_head.is_multiple_of(2) {
+        return Err(ModelError::Config(format!(
+            "head size {d_head} must be even"
+        )));
+    }
+    Ok(())
+}
+
+/// QK norm's gains for the Q heads then the K heads, as the stacked [n_heads + n_kv_heads,
+/// d_head] the fused projection yields, so one norm call covers both.
+pub(crate) fn qk_gains(q: &Tensor, k: &Tensor, n_heads: usize, n_kv_heads: usize) -> Tensor {
+    Tensor::cat(
+        &[
+            q.unsqueeze(0).expand([n_heads as i64, -1], false),
+            k.unsqueeze(0).expand([n_kv_heads as i64, -1], false),
+        ],
+        0,
+    )
 }

@@ -14,7 +14,7 @@
 //!   m = RMSNorm_pre_ff(x);  x = x + RMSNorm_post_ff((gelu_tanh(m W_gate) ⊙ m W_up) W_down)
 //! x₀ = W_E[token] · √d_model;  logits = c_f · tanh(RMSNorm_f(x) W_Eᵀ / c_f)       (c_f: Gemma 2)
 
-use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention};
+use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention, check_heads, qk_gains};
 use crate::error::{GgufError, ModelError};
 use crate::gguf::Gguf;
 use crate::hf::{HfCheckpoint, HfConfig, RopeParameters};
@@ -362,24 +362,7 @@ impl GemmaConfig {
     }
 
     fn check(&self) -> Result<()> {
-        if self.n_layers == 0 || self.n_heads == 0 || self.n_kv_heads == 0 {
-            return Err(ModelError::Config(
-                "layers and heads must be positive".into(),
-            ));
-        }
-        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return Err(ModelError::Config(format!(
-                "{} query heads cannot share {} key/value heads evenly",
-                self.n_heads, self.n_kv_heads
-            )));
-        }
-        if self.d_head == 0 || !self.d_head.is_multiple_of(2) {
-            return Err(ModelError::Config(format!(
-                "head size {} must be even",
-                self.d_head
-            )));
-        }
-        Ok(())
+        check_heads(self.n_layers, self.n_heads, self.n_kv_heads, self.d_head)
     }
 }
 
@@ -474,13 +457,7 @@ impl Gemma {
                             norm(&n("attn_k_norm"), dh)?.gain,
                         );
                         Some(RmsNorm {
-                            gain: Tensor::cat(
-                                &[
-                                    gq.unsqueeze(0).expand([h as i64, -1], false),
-                                    gk.unsqueeze(0).expand([hk as i64, -1], false),
-                                ],
-                                0,
-                            ),
+                            gain: qk_gains(&gq, &gk, h, hk),
                         })
                     }
                 };

@@ -11,7 +11,7 @@
 //!   m = RMSNorm(x) · g₂;  x = x + (silu(m W_gate) ⊙ m W_up) W_down
 //! logits = RMSNorm(x) · g_f W_Uᵀ
 
-use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention};
+use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention, check_heads, qk_gains};
 use crate::error::{GgufError, ModelError};
 use crate::gguf::Gguf;
 use crate::hf::HfCheckpoint;
@@ -134,24 +134,7 @@ impl LlamaConfig {
     }
 
     fn check(&self) -> Result<()> {
-        if self.n_layers == 0 || self.n_heads == 0 || self.n_kv_heads == 0 {
-            return Err(ModelError::Config(
-                "layers and heads must be positive".into(),
-            ));
-        }
-        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
-            return Err(ModelError::Config(format!(
-                "{} query heads cannot share {} key/value heads evenly",
-                self.n_heads, self.n_kv_heads
-            )));
-        }
-        if !self.d_head.is_multiple_of(2) || self.d_head * self.n_heads == 0 {
-            return Err(ModelError::Config(format!(
-                "head size {} must be even",
-                self.d_head
-            )));
-        }
-        Ok(())
+        check_heads(self.n_layers, self.n_heads, self.n_kv_heads, self.d_head)
     }
 }
 
@@ -366,14 +349,7 @@ impl Llama {
                         pair_rotate_half(&l.get(&n("attn_q_norm"), &[dh])?, &cfg),
                         pair_rotate_half(&l.get(&n("attn_k_norm"), &[dh])?, &cfg),
                     );
-                    let (h, hk) = (cfg.n_heads as i64, cfg.n_kv_heads as i64);
-                    Some(Tensor::cat(
-                        &[
-                            gq.unsqueeze(0).expand([h, -1], false),
-                            gk.unsqueeze(0).expand([hk, -1], false),
-                        ],
-                        0,
-                    ))
+                    Some(qk_gains(&gq, &gk, cfg.n_heads, cfg.n_kv_heads))
                 } else {
                     None
                 };
