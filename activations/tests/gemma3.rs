@@ -157,27 +157,7 @@ fn real_gemma3_file_matches_transformers() {
             .unwrap()
             .get(0);
         assert_eq!(logits.size(), [ids.len() as i64, 262144]);
-        let mut err = 0f32;
-        let top_ids: Vec<Vec<i64>> = serde_json::from_value(p["top5_ids"].clone()).unwrap();
-        let top_logits: Vec<Vec<f32>> = serde_json::from_value(p["top5_logits"].clone()).unwrap();
-        for (pos, (ids5, values)) in top_ids.iter().zip(&top_logits).enumerate() {
-            let row = logits.get(pos as i64);
-            for (&id, &v) in ids5.iter().zip(values) {
-                err = err.max((row.double_value(&[id]) as f32 - v).abs());
-            }
-            // The same five tokens lead (their order may differ only between near-equal logits).
-            let mut got: Vec<i64> = Vec::try_from(row.topk(5, -1, true, true).1).unwrap();
-            let mut want5 = ids5.clone();
-            got.sort_unstable();
-            want5.sort_unstable();
-            assert_eq!(got, want5, "prompt {i} position {pos}: top 5 tokens differ");
-        }
-        let last = logits.get(-1).slice(0, 0, None, stride);
-        let last: Vec<f32> = Vec::try_from(last.contiguous()).unwrap();
-        let strided: Vec<f32> = serde_json::from_value(p["last_strided_logits"].clone()).unwrap();
-        for (g, w) in last.iter().zip(&strided) {
-            err = err.max((g - w).abs());
-        }
+        let err = common::fixture_logit_error(&logits, p, stride, i);
         let greedy = logits.get(-1).argmax(0, false).int64_value(&[]);
         assert_eq!(greedy, p["greedy_next_id"].as_i64().unwrap(), "prompt {i}");
         eprintln!("prompt {i}: max abs logit error {err:.2e}");

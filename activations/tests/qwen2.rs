@@ -95,27 +95,7 @@ fn real_qwen2_file_matches_transformers() {
             .get(0);
         let forward_s = t_prompt.elapsed().as_secs_f64();
         assert_eq!(logits.size(), [ids.len() as i64, 151936]);
-        let mut err = 0f32;
-        let top_ids: Vec<Vec<i64>> = serde_json::from_value(p["top5_ids"].clone()).unwrap();
-        let top_logits: Vec<Vec<f32>> = serde_json::from_value(p["top5_logits"].clone()).unwrap();
-        for (pos, (ids5, values)) in top_ids.iter().zip(&top_logits).enumerate() {
-            let row = logits.get(pos as i64);
-            for (&id, &v) in ids5.iter().zip(values) {
-                err = err.max((row.double_value(&[id]) as f32 - v).abs());
-            }
-            let mut got: Vec<i64> = Vec::try_from(row.topk(5, -1, true, true).1).unwrap();
-            let mut want5 = ids5.clone();
-            got.sort_unstable();
-            want5.sort_unstable();
-            assert_eq!(got, want5, "prompt {i} position {pos}: top 5 tokens differ");
-        }
-        let last = logits.get(-1).slice(0, 0, None, stride);
-        let last: Vec<f32> = Vec::try_from(last.contiguous()).unwrap();
-        let strided: Vec<f32> = serde_json::from_value(p["last_strided_logits"].clone()).unwrap();
-        assert_eq!(last.len(), strided.len());
-        for (g, w) in last.iter().zip(&strided) {
-            err = err.max((g - w).abs());
-        }
+        let err = common::fixture_logit_error(&logits, p, stride, i);
         // Greedy decoding, one full forward pass a step (no cache), as transformers' generate.
         let want_steps: Vec<i64> = serde_json::from_value(p["greedy_ids"].clone()).unwrap();
         let mut seq = ids.clone();

@@ -162,3 +162,40 @@ pub fn check_reference_ids(
     }
     (texts, tokens)
 }
+
+/// The largest logit error of `logits` [positions, vocab] against one prompt of a real-file
+/// fixture (`top5_ids`/`top5_logits` at every position, `last_strided_logits` every `stride`-th
+/// id of the last), asserting on the way that the same five tokens lead at every position
+/// (their order may differ only between near-equal logits).
+pub fn fixture_logit_error(
+    logits: &tch::Tensor,
+    p: &serde_json::Value,
+    stride: i64,
+    prompt: usize,
+) -> f32 {
+    let mut err = 0f32;
+    let top_ids: Vec<Vec<i64>> = serde_json::from_value(p["top5_ids"].clone()).unwrap();
+    let top_logits: Vec<Vec<f32>> = serde_json::from_value(p["top5_logits"].clone()).unwrap();
+    for (pos, (ids5, values)) in top_ids.iter().zip(&top_logits).enumerate() {
+        let row = logits.get(pos as i64);
+        for (&id, &v) in ids5.iter().zip(values) {
+            err = err.max((row.double_value(&[id]) as f32 - v).abs());
+        }
+        let mut got: Vec<i64> = Vec::try_from(row.topk(5, -1, true, true).1).unwrap();
+        let mut want5 = ids5.clone();
+        got.sort_unstable();
+        want5.sort_unstable();
+        assert_eq!(
+            got, want5,
+            "prompt {prompt} position {pos}: top 5 tokens differ"
+        );
+    }
+    let last = logits.get(-1).slice(0, 0, None, stride);
+    let last: Vec<f32> = Vec::try_from(last.contiguous()).unwrap();
+    let strided: Vec<f32> = serde_json::from_value(p["last_strided_logits"].clone()).unwrap();
+    assert_eq!(last.len(), strided.len());
+    for (g, w) in last.iter().zip(&strided) {
+        err = err.max((g - w).abs());
+    }
+    err
+}
