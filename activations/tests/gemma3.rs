@@ -112,16 +112,16 @@ fn real_gemma3_file_matches_transformers() {
     use std::time::Instant;
     use tch::{Device, Tensor};
 
-    let Some(path) = std::env::var_os("SAESCOPE_GEMMA_GGUF").filter(|p| !p.is_empty()) else {
-        eprintln!(
-            "SKIPPED real_gemma3_file_matches_transformers: set SAESCOPE_GEMMA_GGUF to \
-             gemma-3-270m-q4_k_m.gguf to run it"
-        );
+    let Some(path) = common::opt_in_file(
+        "SAESCOPE_GEMMA_GGUF",
+        "real_gemma3_file_matches_transformers",
+        "gemma-3-270m-q4_k_m.gguf",
+    ) else {
         return;
     };
     let t = Instant::now();
     // What the commands open: the weights, the file's own tokenizer, and the manifest's record.
-    let opened = TextModel::open(std::path::Path::new(&path), Device::Cpu, Compute::F32).unwrap();
+    let opened = TextModel::open(&path, Device::Cpu, Compute::F32).unwrap();
     eprintln!("opened in {:.1} s", t.elapsed().as_secs_f64());
     assert_eq!(opened.model.architecture(), "gemma3");
     assert_eq!(opened.info.name, "Gemma 3 270m");
@@ -167,7 +167,7 @@ fn real_gemma3_file_matches_transformers() {
     drop(opened);
 
     // bf16 compute: the same greedy tokens, logits near (as the README states for SmolLM2).
-    let bf16 = TextModel::open(std::path::Path::new(&path), Device::Cpu, Compute::Bf16).unwrap();
+    let bf16 = TextModel::open(&path, Device::Cpu, Compute::Bf16).unwrap();
     let mut worst_bf16 = 0f32;
     for (i, p) in want["prompts"].as_array().unwrap().iter().enumerate() {
         let ids: Vec<i64> = serde_json::from_value(p["ids"].clone()).unwrap();

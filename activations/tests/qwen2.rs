@@ -44,15 +44,15 @@ fn real_qwen2_file_matches_transformers() {
     use std::time::Instant;
     use tch::{Device, Tensor};
 
-    let Some(path) = std::env::var_os("SAESCOPE_QWEN_GGUF").filter(|p| !p.is_empty()) else {
-        eprintln!(
-            "SKIPPED real_qwen2_file_matches_transformers: set SAESCOPE_QWEN_GGUF to \
-             qwen2.5-coder-0.5b-instruct-q4_k_m.gguf to run it"
-        );
+    let Some(path) = common::opt_in_file(
+        "SAESCOPE_QWEN_GGUF",
+        "real_qwen2_file_matches_transformers",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ) else {
         return;
     };
     let t = Instant::now();
-    let opened = TextModel::open(std::path::Path::new(&path), Device::Cpu, Compute::F32).unwrap();
+    let opened = TextModel::open(&path, Device::Cpu, Compute::F32).unwrap();
     eprintln!("opened in {:.1} s", t.elapsed().as_secs_f64());
     assert_eq!(opened.model.architecture(), "qwen2");
     assert_eq!(opened.model.n_layers(), 24);

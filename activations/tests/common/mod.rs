@@ -199,3 +199,13 @@ pub fn fixture_logit_error(
     }
     err
 }
+
+/// The real model file an opt-in test reads, from environment variable `var`; `None` (after
+/// saying so, naming the file to point it at) when it is unset, so CI need not fetch it.
+pub fn opt_in_file(var: &str, test: &str, file: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var).filter(|p| !p.is_empty());
+    if path.is_none() {
+        eprintln!("SKIPPED {test}: set {var} to {file} to run it");
+    }
+    path.map(PathBuf::from)
+}
