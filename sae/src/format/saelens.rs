@@ -152,18 +152,15 @@ fn scaling_factor(w: &Weights) -> Result<f64> {
 /// SAELens' fold of a training input scale s (the model saw s·x): W_enc·s, W_dec/s, b_dec/s;
 /// the same map on unscaled x, as SAELens' own `fold_activation_norm_scaling_factor` makes it.
 fn fold_input_scale(dict: &mut AnyDictionary, s: f64, w: &Weights) -> Result<()> {
+    // b_enc and a threshold compare pre-activations, which the fold leaves as they were.
+    let fold = |w_enc: &mut Tensor, w_dec: &mut Tensor, b_dec: &mut Tensor| {
+        *w_enc = &*w_enc * s;
+        *w_dec = &*w_dec / s;
+        *b_dec = &*b_dec / s;
+    };
     match dict {
-        AnyDictionary::TopK(d) => {
-            d.w_enc = &d.w_enc * s;
-            d.w_dec = &d.w_dec / s;
-            // b_enc and the threshold compare pre-activations, which the fold leaves as they were.
-            d.b_dec = &d.b_dec / s;
-        }
-        AnyDictionary::Gba(d) => {
-            d.w_enc = &d.w_enc * s;
-            d.w_dec = &d.w_dec / s;
-            d.b_dec = &d.b_dec / s;
-        }
+        AnyDictionary::TopK(d) => fold(&mut d.w_enc, &mut d.w_dec, &mut d.b_dec),
+        AnyDictionary::Gba(d) => fold(&mut d.w_enc, &mut d.w_dec, &mut d.b_dec),
         _ => {
             return Err(w.config_error(
                 "field `normalize_activations` is `expected_average_only_in`, which saescope folds only for topk, jumprelu and standard".into(),
