@@ -115,19 +115,21 @@ fn hook_point(
     config: &DictConfig,
     dir: &DictDir,
 ) -> std::result::Result<(HookPoint, bool), String> {
-    let folder = dir.path().file_name().and_then(|n| n.to_str());
     let (name, source) = match (spec.hook.as_deref(), config.hook()) {
         (Some(h), _) => (h, "--hook"),
         (None, Some(h)) => (h, "cfg.json's hook name"),
-        (None, None) => match folder.filter(|f| HookPoint::parse_dictionary_hook(f).is_ok()) {
-            Some(f) if dir.sparsify_weights().exists() => (f, "the folder name"),
-            _ => {
-                return Err(
+        (None, None) => {
+            return dir
+                .path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|_| dir.sparsify_weights().exists())
+                .and_then(|f| HookPoint::parse_dictionary_hook(f).ok())
+                .ok_or_else(|| {
                     "cfg.json names no hook (metadata.hook_name) and the folder is not named for one (as sparsify's layers.6 is); pass --hook"
-                        .into(),
-                );
-            }
-        },
+                        .into()
+                });
+        }
     };
     HookPoint::parse_dictionary_hook(name).map_err(|e| format!("{source}: {e}"))
 }
