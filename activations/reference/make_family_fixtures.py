@@ -1,16 +1,19 @@
 """Tiny randomly initialised (seeded) checkpoints of the model families published sparse
 dictionaries were trained on, and what Hugging Face transformers computes for them, for
-tests/families.rs. Writes tests/fixtures/hf/{qwen3,gemma2,gemma3,neox,neox-serial,llama3}/:
-config.json,
-model.safetensors (bf16) and reference.json (input ids, logits, and every hook of every layer,
-each captured with forward hooks where saescope defines it).
+tests/families.rs. Writes tests/fixtures/hf/{qwen3,gemma2,gemma3,neox,neox-serial,llama3,mistral,
+qwen2}/: config.json, model.safetensors (bf16) and reference.json (input ids, logits, and every
+hook of every layer, each captured with forward hooks where saescope defines it).
 
 Each configuration makes the family's peculiarities matter: norm weights and biases are
 drawn at random (zero-initialised Gemma norms would hide a missing "1 +"), the soft caps
 are small enough to bend the values, the sequence (10 tokens) is longer than the sliding window
 (4), head size times heads differs from the model width, Gemma's query_pre_attn_scalar differs
-from its head size, Gemma 3's global layer uses linear RoPE scaling, and the Llama 3 RoPE
-scaling's original context (32) puts the head's wavelengths in all three of its bands.
+from its head size, Gemma 3's global layer uses linear RoPE scaling, the Llama 3 RoPE
+scaling's original context (32) puts the head's wavelengths in all three of its bands, Mistral's
+window (4) applies on every layer, and Qwen2 has its random q/k/v biases (and none on o_proj).
+
+Each fixture is seeded on its own (build() calls torch.manual_seed), so one appended at the end
+leaves the files of the others byte for byte as they were.
 
 Weights are rounded to bf16 before the reference runs (in f32), so the saved bf16 file holds
 exactly the weights the reference used. Attention is transformers' eager implementation, which
@@ -32,6 +35,8 @@ from transformers import (
     Gemma3TextConfig,
     GPTNeoXConfig,
     LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
     Qwen3Config,
 )
 
@@ -167,3 +172,23 @@ llama3 = build(LlamaConfig(
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
 ), seed=6, one_centred=False)
 run("llama3", llama3, llama3.model.layers, llama_like)
+
+# Mistral: a sliding window (4) shorter than the sequence on every layer, head size times heads
+# differing from the width, untied embeddings.
+mistral = build(MistralConfig(
+    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+    rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=4, tie_word_embeddings=False,
+    initializer_range=0.1,
+), seed=7, one_centred=False)
+run("mistral", mistral, mistral.model.layers, llama_like)
+
+# Qwen2: biases on q, k and v (drawn at random) and none on o_proj, no QK norm, the default head
+# size (width / heads), untied embeddings, no sliding window.
+qwen2 = build(Qwen2Config(
+    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False, use_sliding_window=False,
+    initializer_range=0.1,
+), seed=8, one_centred=False)
+run("qwen2", qwen2, qwen2.model.layers, llama_like)

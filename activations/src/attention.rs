@@ -4,6 +4,7 @@
 //! the pattern for attribution.
 
 use crate::error::ModelError;
+use crate::gguf::Gguf;
 use crate::hooks::Hooks;
 use tch::{Device, Kind, Tensor};
 
@@ -112,6 +113,21 @@ pub enum RopeScaling {
 }
 
 impl RopeScaling {
+    /// The scaling a GGUF file of architecture `arch` states in `{arch}.rope.scaling.type` and
+    /// `.factor`: none when absent. Types llama.cpp stores that saescope does not compute (YaRN)
+    /// are refused rather than run unscaled.
+    pub(crate) fn from_gguf(g: &Gguf, arch: &str) -> Result<Self, ModelError> {
+        let key = |k: &str| format!("{arch}.rope.scaling.{k}");
+        match g.get(&key("type")).and_then(|v| v.as_str()) {
+            None | Some("none") => Ok(RopeScaling::None),
+            Some("linear") => Ok(RopeScaling::Linear(g.get_f64(&key("factor"))?)),
+            Some(other) => Err(ModelError::Config(format!(
+                "`{}` is `{other}`: saescope computes `none` and `linear` for GGUF files",
+                key("type")
+            ))),
+        }
+    }
+
     /// Applies the rule to inverse frequencies [r/2] (in f32, as transformers computes them).
     fn apply(self, inv_freq: Tensor) -> Tensor {
         match self {

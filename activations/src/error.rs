@@ -110,7 +110,7 @@ pub enum ModelError {
     #[error(
         "architecture `{0}` is not supported (saescope runs Hugging Face checkpoints of llama, \
          mistral, qwen2, qwen3, gemma2, gemma3_text, gpt2 and gpt_neox, and GGUF files of \
-         llama, qwen2, qwen3, gemma2 and gemma3)"
+         llama, qwen2, qwen3, gemma2, gemma3 and gptneox)"
     )]
     UnsupportedArchitecture(String),
     /// A weight whose shape does not fit the configuration.

@@ -281,18 +281,7 @@ impl GemmaConfig {
             .map(|t| t.shape[0])
             .ok_or_else(|| GgufError::MissingTensor("token_embd.weight".into()))?;
         let window = u("attention.sliding_window").ok();
-        let scaling = match g
-            .get(&format!("{arch}.rope.scaling.type"))
-            .and_then(|v| v.as_str())
-        {
-            None | Some("none") => RopeScaling::None,
-            Some("linear") => RopeScaling::Linear(f("rope.scaling.factor")?),
-            Some(other) => {
-                return Err(ModelError::Config(format!(
-                    "rope scaling `{other}` is not supported (saescope computes `none` and `linear`)"
-                )));
-            }
-        };
+        let scaling = RopeScaling::from_gguf(g, arch)?;
         // GGUF does not store query_pre_attn_scalar; llama.cpp takes the head size, except for
         // the 27B models (Gemma 2: 46 layers, Gemma 3: 62), which scale by width / heads.
         let big = matches!(
@@ -324,7 +313,9 @@ impl GemmaConfig {
             }
             GemmaVersion::Gemma3 => (
                 RopeSpec {
-                    base: 10_000.0,
+                    // Newer converters store the sliding layers' base; older files rely on
+                    // llama.cpp's fixed 10,000.
+                    base: f("rope.freq_base_swa").unwrap_or(10_000.0),
                     scaling: RopeScaling::None,
                 },
                 RopeSpec {

@@ -124,7 +124,7 @@ impl LlamaConfig {
             rope_base: g
                 .get_f64(&format!("{arch}.rope.freq_base"))
                 .unwrap_or(10_000.0),
-            rope_scaling: RopeScaling::None,
+            rope_scaling: RopeScaling::from_gguf(g, arch)?,
             rope,
             qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
             windows: vec![None; n_layers],

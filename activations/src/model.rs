@@ -44,7 +44,8 @@ pub const HF_ARCHITECTURES: [&str; 8] = [
 ];
 
 /// The `general.architecture`s of the GGUF files saescope runs.
-pub const GGUF_ARCHITECTURES: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3"];
+pub const GGUF_ARCHITECTURES: [&str; 6] =
+    ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "gptneox"];
 
 /// A loaded model with what was found beside it.
 pub struct LoadedModel {
@@ -213,6 +214,7 @@ impl Model {
         let arch = g.get("general.architecture").and_then(|v| v.as_str());
         let model = match arch {
             Some("gemma2" | "gemma3") => Model::Gemma(Gemma::from_gguf(&g, device, kind)?),
+            Some("gptneox") => Model::Neox(Neox::from_gguf(&g, device, kind)?),
             _ => Model::Llama(Llama::from_gguf(&g, device, kind)?),
         };
         let tokenizer = TextTokenizer::from_gguf(&g)?;

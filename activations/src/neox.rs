@@ -13,9 +13,11 @@
 //! logits = LN_f(x) W_Uᵀ
 
 use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention};
-use crate::error::ModelError;
+use crate::error::{GgufError, ModelError};
+use crate::gguf::{Gguf, Value};
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::llama::{GgufLoader, WeightSource};
 use crate::norm::LayerNorm;
 use tch::{Device, Kind, Tensor};
 
@@ -48,6 +50,144 @@ pub struct NeoxConfig {
     pub parallel_residual: bool,
     /// GELU as libtorch names its approximation: `none` (`gelu`) or `tanh`.
     pub gelu: &'static str,
+}
+
+/// Where a fused QKV projection keeps each head's rows.
+#[derive(Clone, Copy)]
+enum QkvRows {
+    /// Head by head, [q₀; k₀; v₀; q₁; ...]: Hugging Face's layout, and the forward pass's.
+    ByHead,
+    /// All queries, then all keys, then all values: how llama.cpp's converter stores them.
+    Blocks,
+}
+
+impl QkvRows {
+    /// A weight [3 · d, ...] or bias [3 · d] in the head-by-head layout.
+    fn by_head(self, w: Tensor, heads: usize) -> Tensor {
+        match self {
+            QkvRows::ByHead => w,
+            QkvRows::Blocks => {
+                let size = w.size();
+                let h = heads as i64;
+                let mut split = vec![3, h, size[0] / (3 * h)];
+                split.extend_from_slice(&size[1..]);
+                w.view(split.as_slice())
+                    .transpose(0, 1)
+                    .contiguous()
+                    .view(size.as_slice())
+            }
+        }
+    }
+}
+
+/// An even, positive number of rotary dimensions, at most the head size.
+fn check_rotary(rotary_dims: usize, d_head: usize, source: &str) -> Result<()> {
+    if !rotary_dims.is_multiple_of(2) || rotary_dims == 0 || rotary_dims > d_head {
+        return Err(ModelError::Config(format!(
+            "{rotary_dims} rotary dimensions per head ({source}): must be even, positive and at most the head size"
+        )));
+    }
+    Ok(())
+}
+
+impl NeoxConfig {
+    /// Reads the `gptneox.*` metadata llama.cpp's converter writes. GGUF does not name the MLP's
+    /// activation; Pythia and GPT-NeoX checkpoints use the exact GELU (`hidden_act: gelu`), which
+    /// is what the dictionaries trained on them saw, so that is what runs (llama.cpp itself uses
+    /// its tanh approximation).
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = g
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("(none)");
+        if arch != "gptneox" {
+            return Err(ModelError::UnsupportedArchitecture(arch.to_owned()));
+        }
+        let u = |k: &str| g.get_u64(&format!("gptneox.{k}")).map(|v| v as usize);
+        let d_model = u("embedding_length")?;
+        let n_heads = u("attention.head_count")?;
+        if n_heads == 0 || !d_model.is_multiple_of(n_heads) {
+            return Err(ModelError::Config(format!(
+                "gptneox.embedding_length {d_model} is not divisible into {n_heads} heads"
+            )));
+        }
+        let d_head = d_model / n_heads;
+        let rotary_dims = u("rope.dimension_count")?;
+        check_rotary(rotary_dims, d_head, "gptneox.rope.dimension_count")?;
+        let vocab = g
+            .tensor("token_embd.weight")
+            .map(|t| t.shape[0])
+            .ok_or_else(|| GgufError::MissingTensor("token_embd.weight".into()))?;
+        let parallel_residual = match g.get("gptneox.use_parallel_residual") {
+            None => true,
+            Some(v) => matches!(v, Value::Bool(true)),
+        };
+        Ok(NeoxConfig {
+            n_layers: u("block_count")?,
+            d_model,
+            n_heads,
+            d_mlp: u("feed_forward_length")?,
+            vocab,
+            ctx_len: u("context_length")?,
+            ln_eps: g
+                .get_f64("gptneox.attention.layer_norm_epsilon")
+                .unwrap_or(1e-5),
+            rotary_dims,
+            rope_base: g.get_f64("gptneox.rope.freq_base").unwrap_or(10_000.0),
+            rope_scaling: RopeScaling::from_gguf(g, "gptneox")?,
+            parallel_residual,
+            gelu: "none",
+        })
+    }
+}
+
+/// A Hugging Face `GPTNeoXForCausalLM` checkpoint's tensors, found by translating GGUF names.
+struct HfNeoxLoader<'a> {
+    ckpt: &'a HfCheckpoint,
+    device: Device,
+    kind: Kind,
+}
+
+impl HfNeoxLoader<'_> {
+    fn translate(name: &str) -> String {
+        let global = match name {
+            "token_embd.weight" => Some("gpt_neox.embed_in.weight"),
+            "output_norm.weight" => Some("gpt_neox.final_layer_norm.weight"),
+            "output_norm.bias" => Some("gpt_neox.final_layer_norm.bias"),
+            "output.weight" => Some("embed_out.weight"),
+            _ => None,
+        };
+        if let Some(n) = global {
+            return n.to_owned();
+        }
+        let Some((layer, part)) = name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else {
+            return name.to_owned();
+        };
+        let Some((module, param)) = part.split_once('.') else {
+            return name.to_owned();
+        };
+        let module = match module {
+            "attn_norm" => "input_layernorm",
+            "attn_qkv" => "attention.query_key_value",
+            "attn_output" => "attention.dense",
+            "ffn_norm" => "post_attention_layernorm",
+            "ffn_up" => "mlp.dense_h_to_4h",
+            "ffn_down" => "mlp.dense_4h_to_h",
+            other => other,
+        };
+        format!("gpt_neox.layers.{layer}.{module}.{param}")
+    }
+}
+
+impl WeightSource for HfNeoxLoader<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.ckpt
+            .tensor(&Self::translate(name), shape, self.device, self.kind)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.ckpt.has(&Self::translate(name))
+    }
 }
 
 struct Block {
@@ -112,11 +252,11 @@ impl Neox {
             .unwrap_or(0.25);
         let d_head = d / n_heads;
         let rotary_dims = (d_head as f64 * pct) as usize;
-        if !rotary_dims.is_multiple_of(2) || rotary_dims == 0 || rotary_dims > d_head {
-            return Err(ModelError::Config(format!(
-                "{rotary_dims} rotary dimensions per head (rotary fraction {pct} of {d_head}): must be even, positive and at most the head size"
-            )));
-        }
+        check_rotary(
+            rotary_dims,
+            d_head,
+            &format!("rotary fraction {pct} of {d_head}"),
+        )?;
         let cfg = NeoxConfig {
             n_layers: ckpt.need("num_hidden_layers", c.num_hidden_layers)?,
             d_model: d,
@@ -131,43 +271,72 @@ impl Neox {
             parallel_residual: c.use_parallel_residual.unwrap_or(true),
             gelu,
         };
-        let get = |name: &str, shape: &[usize]| ckpt.tensor(name, shape, device, kind);
+        Self::build(
+            cfg,
+            &HfNeoxLoader { ckpt, device, kind },
+            QkvRows::ByHead,
+            device,
+            kind,
+        )
+    }
+
+    /// Loads a GGUF file of architecture `gptneox`, as llama.cpp's converter writes one from a
+    /// `GPTNeoXForCausalLM` checkpoint.
+    pub fn from_gguf(g: &Gguf, device: Device, kind: Kind) -> Result<Self> {
+        let cfg = NeoxConfig::from_gguf(g)?;
+        Self::build(
+            cfg,
+            &GgufLoader { g, device, kind },
+            QkvRows::Blocks,
+            device,
+            kind,
+        )
+    }
+
+    /// Builds the model from weights named as in GGUF files.
+    fn build(
+        cfg: NeoxConfig,
+        l: &dyn WeightSource,
+        qkv: QkvRows,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        let (d, m, h) = (cfg.d_model, cfg.d_mlp, cfg.n_heads);
         // Biases are there unless `attention_bias` was false.
         let bias = |name: &str, len: usize| -> Result<Option<Tensor>> {
-            ckpt.has(name).then(|| get(name, &[len])).transpose()
+            l.has(name).then(|| l.get(name, &[len])).transpose()
         };
         let ln = |name: &str| -> Result<LayerNorm> {
             Ok(LayerNorm {
-                w: get(&format!("{name}.weight"), &[d])?,
-                b: get(&format!("{name}.bias"), &[d])?,
+                w: l.get(&format!("{name}.weight"), &[d])?,
+                b: l.get(&format!("{name}.bias"), &[d])?,
             })
         };
-        let m = cfg.d_mlp;
         let blocks = (0..cfg.n_layers)
             .map(|i| {
-                let n = |s: &str| format!("gpt_neox.layers.{i}.{s}");
+                let n = |s: &str| format!("blk.{i}.{s}");
                 Ok(Block {
-                    ln1: ln(&n("input_layernorm"))?,
-                    w_qkv: get(&n("attention.query_key_value.weight"), &[3 * d, d])?,
-                    b_qkv: bias(&n("attention.query_key_value.bias"), 3 * d)?,
-                    w_o: get(&n("attention.dense.weight"), &[d, d])?,
-                    b_o: bias(&n("attention.dense.bias"), d)?,
-                    ln2: ln(&n("post_attention_layernorm"))?,
-                    w_in: get(&n("mlp.dense_h_to_4h.weight"), &[m, d])?,
-                    b_in: get(&n("mlp.dense_h_to_4h.bias"), &[m])?,
-                    w_out: get(&n("mlp.dense_4h_to_h.weight"), &[d, m])?,
-                    b_out: get(&n("mlp.dense_4h_to_h.bias"), &[d])?,
+                    ln1: ln(&n("attn_norm"))?,
+                    w_qkv: qkv.by_head(l.get(&n("attn_qkv.weight"), &[3 * d, d])?, h),
+                    b_qkv: bias(&n("attn_qkv.bias"), 3 * d)?.map(|b| qkv.by_head(b, h)),
+                    w_o: l.get(&n("attn_output.weight"), &[d, d])?,
+                    b_o: bias(&n("attn_output.bias"), d)?,
+                    ln2: ln(&n("ffn_norm"))?,
+                    w_in: l.get(&n("ffn_up.weight"), &[m, d])?,
+                    b_in: l.get(&n("ffn_up.bias"), &[m])?,
+                    w_out: l.get(&n("ffn_down.weight"), &[d, m])?,
+                    b_out: l.get(&n("ffn_down.bias"), &[d])?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embed = get("gpt_neox.embed_in.weight", &[cfg.vocab, d])?;
-        let unembed = if ckpt.has("embed_out.weight") {
-            get("embed_out.weight", &[cfg.vocab, d])?
+        let embed = l.get("token_embd.weight", &[cfg.vocab, d])?;
+        let unembed = if l.has("output.weight") {
+            l.get("output.weight", &[cfg.vocab, d])?
         } else {
             embed.shallow_clone() // tied
         };
         Ok(Neox {
-            ln_f: ln("gpt_neox.final_layer_norm")?,
+            ln_f: ln("output_norm")?,
             embed,
             blocks,
             unembed,

@@ -115,7 +115,9 @@ impl TextTokenizer {
         let byte_level: PreTokenizerWrapper = ByteLevel::new(false, true, true).into();
         let pre_tokenizer = match pre {
             "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level]),
-            "gpt2" | "default" => Sequence::new(vec![byte_level]),
+            // GPT-2's pattern: llama.cpp's `gpt-2` (GPT-2, Pythia and GPT-NeoX files) and `olmo`
+            // (the GPT-NeoX-20B tokenizer) name the same pre-tokenizer.
+            "gpt-2" | "gpt2" | "olmo" | "default" => Sequence::new(vec![byte_level]),
             // The pattern does GPT-2's job, so the byte-level step only maps bytes (as
             // transformers' GGUF converter and Qwen's own tokenizer.json set it up).
             "qwen2" => Sequence::new(vec![

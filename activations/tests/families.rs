@@ -1,17 +1,18 @@
-//! Qwen3, Gemma 2, Gemma 3, GPT-NeoX (parallel and sequential residual) checkpoints and a Llama
-//! with Llama 3.1's RoPE scaling: tiny random models against what transformers computed for
-//! them (reference/make_family_fixtures.py), logits and every hook of every layer; the same
-//! weights through the GGUF path (Qwen3, Gemma 3) and through the older config spellings; and
-//! the refusals.
+//! Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3, GPT-NeoX (parallel and sequential residual)
+//! checkpoints and a Llama with Llama 3.1's RoPE scaling: tiny random models against what
+//! transformers computed for them (reference/make_family_fixtures.py), logits and every hook of
+//! every layer; the same weights as GGUF files written by llama.cpp's own converter
+//! (reference/make_gguf_fixtures.py) and through the older config spellings; and the refusals.
 //!
 //! Largest errors observed (f32 on CPU, max abs over logits and every hook): qwen3 9.5e-7,
-//! gemma2 2.4e-6, gemma3 5.7e-6 (at mlp.hook_post, values up to 12: a few ulps), neox 5.1e-7,
-//! neox-serial 7.2e-7, llama3 6.3e-7; the GGUF copies as their checkpoints. The tolerance is
-//! 1e-5, as for Llama and GPT-2. Dropping any one feature misses it by 0.15 or more on the
-//! logits: either soft cap, the 1 + g of Gemma's norms, the embedding scale, a sliding window,
-//! a QK norm, the Q/K/V biases, Gemma 3's local RoPE base, linear or Llama 3 RoPE scaling (or
-//! only its blended band), the parallel residual, NeoX's partial rotary or its head-by-head
-//! QKV layout.
+//! qwen2 6.6e-7, mistral 8.3e-7, gemma2 2.9e-6, gemma3 3.6e-6 (at mlp.hook_post, values up to
+//! 12: a few ulps), neox 5.0e-7, neox-serial 9.5e-7, llama3 8.9e-7; the GGUF files as their
+//! checkpoints. The tolerance is 1e-5, as for Llama and GPT-2. Dropping any one feature misses it
+//! by 0.15 or more on the logits: either soft cap, the 1 + g of Gemma's norms, the embedding
+//! scale, a sliding window, a QK norm, the Q/K/V biases, Gemma 3's local RoPE base, linear or
+//! Llama 3 RoPE scaling (or only its blended band), the parallel residual, NeoX's partial rotary
+//! or its head-by-head QKV layout (1.47 when the GGUF file's blocks are read as heads); NeoX's
+//! tanh GELU instead of the exact one misses it by 3.6e-4.
 
 use saescope_activations::attention::RopeScaling;
 use saescope_activations::gemma::{Gemma, RopeSpec};
@@ -22,7 +23,6 @@ use saescope_activations::model::Model;
 use std::path::Path;
 
 mod common;
-use common::{Writer, string};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f32 = 1e-5;
@@ -126,6 +126,16 @@ fn gemma3_checkpoint_matches_transformers() {
 #[test]
 fn llama3_rope_scaling_matches_transformers() {
     check("llama3", "llama", 2);
+}
+
+#[test]
+fn mistral_checkpoint_matches_transformers() {
+    check("mistral", "mistral", 2);
+}
+
+#[test]
+fn qwen2_checkpoint_matches_transformers() {
+    check("qwen2", "qwen2", 2);
 }
 
 #[test]
@@ -236,166 +246,101 @@ fn unsupported_settings_are_refused_clearly() {
     );
 }
 
-/// Fixture `name` rewritten as a GGUF file with F32 tensors, as llama.cpp's converter lays it
-/// out: its tensor names (`renames`, applied in order to each layer's part), the metadata `kv`
-/// (type ids as GGUF numbers them), Q and K rows unpermuted (Qwen3 and Gemma 3 rotate halves
-/// in llama.cpp too), and `norm_shift` added to every norm weight.
-fn to_gguf(
-    name: &str,
-    kv: Vec<(&str, u32, Vec<u8>)>,
-    renames: &[(&str, &str)],
-    norm_shift: f32,
-) -> Vec<u8> {
-    let bytes = std::fs::read(fixture(name).join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut w = kv
-        .into_iter()
-        .fold(Writer::new(), |w, (k, ty, v)| w.kv(k, ty, v));
-    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-    names.sort();
-    for hf_name in names {
-        let view = st.tensor(&hf_name).unwrap();
-        assert_eq!(view.dtype(), safetensors::Dtype::BF16);
-        let shift = if hf_name.ends_with("norm.weight") {
-            norm_shift
-        } else {
-            0.0
-        };
-        let data: Vec<u8> = view
-            .data()
-            .chunks_exact(2)
-            .flat_map(|b| {
-                (half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32() + shift)
-                    .to_le_bytes()
-            })
-            .collect();
-        let gguf_name = match hf_name.as_str() {
-            "model.embed_tokens.weight" => "token_embd.weight".to_owned(),
-            "model.norm.weight" => "output_norm.weight".to_owned(),
-            other => {
-                let rest = other.strip_prefix("model.layers.").unwrap();
-                let (layer, part) = rest.split_once('.').unwrap();
-                let part = renames
-                    .iter()
-                    .fold(part.to_owned(), |p, (from, to)| p.replace(from, to));
-                format!("blk.{layer}.{part}")
-            }
-        };
-        // GGUF lists dimensions innermost first.
-        let dims: Vec<u64> = view.shape().iter().rev().map(|&d| d as u64).collect();
-        w = w.tensor(&gguf_name, &dims, 0, data);
+/// A GGUF file llama.cpp's own converter (`convert_hf_to_gguf.py`) made from fixture `name`,
+/// in F32 (reference/make_gguf_fixtures.py), loaded as a user's file is: weights, metadata and
+/// tokenizer.
+fn converted(name: &str) -> Model {
+    let path = fixture(name).join(format!("../../gguf/{name}.gguf"));
+    let loaded = Model::load(&path, Device::Cpu, Kind::Float).unwrap();
+    let tokenizer = loaded.tokenizer.expect("the converter stores a vocabulary");
+    assert_eq!(tokenizer.vocab_size(), 128, "{name}");
+    loaded.model
+}
+
+fn llama(m: Model) -> Llama {
+    match m {
+        Model::Llama(m) => m,
+        _ => panic!("expected the Llama family"),
     }
-    w.bytes()
 }
 
-const U32: u32 = 4;
-const F32: u32 = 6;
-const STR: u32 = 8;
-
-fn u32v(v: u32) -> Vec<u8> {
-    v.to_le_bytes().to_vec()
+fn gemma(m: Model) -> Gemma {
+    match m {
+        Model::Gemma(m) => m,
+        _ => panic!("expected Gemma"),
+    }
 }
 
-fn f32v(v: f32) -> Vec<u8> {
-    v.to_le_bytes().to_vec()
+/// Qwen2 and its Q/K/V biases (and no output bias) from llama.cpp's file: nothing to set.
+#[test]
+fn qwen2_gguf_matches_transformers() {
+    let m = llama(converted("qwen2"));
+    assert_eq!(
+        (m.cfg.arch, m.cfg.d_head, m.cfg.qk_norm),
+        ("qwen2", 8, false)
+    );
+    compare(&Model::Llama(m), &reference("qwen2"), "qwen2 (GGUF)");
 }
 
-const ATTN_RENAMES: [(&str, &str); 6] = [
-    ("self_attn.q_proj", "attn_q"),
-    ("self_attn.k_proj", "attn_k"),
-    ("self_attn.v_proj", "attn_v"),
-    ("self_attn.o_proj", "attn_output"),
-    ("self_attn.q_norm", "attn_q_norm"),
-    ("self_attn.k_norm", "attn_k_norm"),
-];
-
-const MLP_RENAMES: [(&str, &str); 3] = [
-    ("mlp.gate_proj", "ffn_gate"),
-    ("mlp.up_proj", "ffn_up"),
-    ("mlp.down_proj", "ffn_down"),
-];
-
+/// Qwen3's QK norm and wide heads from llama.cpp's file. llama.cpp's Qwen3 has no sliding
+/// window, so the fixture's (second layer) is set before comparing.
 #[test]
 fn qwen3_gguf_matches_transformers() {
-    let renames: Vec<(&str, &str)> = [
-        ("input_layernorm", "attn_norm"),
-        ("post_attention_layernorm", "ffn_norm"),
-    ]
-    .into_iter()
-    .chain(ATTN_RENAMES)
-    .chain(MLP_RENAMES)
-    .collect();
-    let bytes = to_gguf(
-        "qwen3",
-        vec![
-            ("general.architecture", STR, string("qwen3")),
-            ("qwen3.block_count", U32, u32v(2)),
-            ("qwen3.context_length", U32, u32v(64)),
-            ("qwen3.embedding_length", U32, u32v(32)),
-            ("qwen3.feed_forward_length", U32, u32v(64)),
-            ("qwen3.attention.head_count", U32, u32v(4)),
-            ("qwen3.attention.head_count_kv", U32, u32v(2)),
-            ("qwen3.attention.key_length", U32, u32v(16)),
-            ("qwen3.rope.freq_base", F32, f32v(1e6)),
-            ("qwen3.attention.layer_norm_rms_epsilon", F32, f32v(1e-6)),
-        ],
-        &renames,
-        0.0,
-    );
-    let g = Gguf::parse(&bytes).unwrap();
-    let mut m = Llama::from_gguf(&g, Device::Cpu, Kind::Float).unwrap();
+    let mut m = llama(converted("qwen3"));
     assert_eq!(
         (m.cfg.arch, m.cfg.d_head, m.cfg.qk_norm),
         ("qwen3", 16, true)
     );
-    // llama.cpp's Qwen3 has no sliding window; the fixture's second layer has one.
+    assert_eq!(m.cfg.windows, [None, None]);
     m.cfg.windows = vec![None, Some(4)];
     compare(&Model::Llama(m), &reference("qwen3"), "qwen3 (GGUF)");
 }
 
-/// llama.cpp's names for a Gemma block's tensors.
-fn gemma_renames() -> Vec<(&'static str, &'static str)> {
-    [
-        ("input_layernorm", "attn_norm"),
-        ("post_attention_layernorm", "post_attention_norm"),
-        ("pre_feedforward_layernorm", "ffn_norm"),
-        ("post_feedforward_layernorm", "post_ffw_norm"),
-    ]
-    .into_iter()
-    .chain(ATTN_RENAMES)
-    .chain(MLP_RENAMES)
-    .collect()
+/// Mistral converts as `llama`, whose Q and K rows llama.cpp interleaves: the loader must undo
+/// that. The file does not keep Mistral's window, which is set before comparing. Its
+/// SentencePiece vocabulary is not one saescope rebuilds, so this reads the weights alone.
+#[test]
+fn mistral_gguf_matches_transformers() {
+    let path = fixture("mistral").join("../../gguf/mistral.gguf");
+    let e = Model::load(&path, Device::Cpu, Kind::Float)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("SentencePiece vocabulary in a `llama` file"),
+        "{e}"
+    );
+    let bytes = std::fs::read(path).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    let mut m = Llama::from_gguf(&g, Device::Cpu, Kind::Float).unwrap();
+    assert_eq!((m.cfg.arch, m.cfg.d_head), ("llama", 16));
+    m.cfg.windows = vec![Some(4); 2];
+    compare(&Model::Llama(m), &reference("mistral"), "mistral (GGUF)");
 }
 
-/// Gemma 3 through the GGUF path: llama.cpp's names and metadata, norm weights stored as 1 + g.
-/// The loader's reading of the metadata is checked, then the two settings llama.cpp does not
-/// store but fixes (every sixth layer global, attention scaled by d_head^-½) are set to the
-/// fixture's before comparing with transformers.
+/// Gemma 2 from llama.cpp's file: norms stored as 1 + g, the soft caps and window from the
+/// metadata, and llama.cpp's alternating layers (the fixture's too). The attention scale, which
+/// GGUF does not store (llama.cpp takes the head size), is set to the fixture's before comparing.
+#[test]
+fn gemma2_gguf_matches_transformers() {
+    let mut m = gemma(converted("gemma2"));
+    let c = &m.cfg;
+    assert_eq!((c.n_layers, c.d_head, c.vocab), (2, 16, 128));
+    assert_eq!(c.sliding, [true, false]);
+    assert_eq!(c.windows, [Some(4), None]);
+    assert_eq!((c.attn_softcap, c.final_softcap), (Some(2.0), Some(5.0)));
+    assert_eq!(c.rope_local, c.rope_global);
+    assert_eq!(c.attn_scale, 0.25);
+    m.cfg.attn_scale = 24f64.powf(-0.5);
+    compare(&Model::Gemma(m), &reference("gemma2"), "gemma2 (GGUF)");
+}
+
+/// Gemma 3 from llama.cpp's file: QK norms, the global layers' base and linear scaling, the
+/// sliding layers' base (`freq_base_swa`). Two settings llama.cpp does not store but fixes
+/// (every sixth layer global, attention scaled by d_head^-½) are set to the fixture's.
 #[test]
 fn gemma3_gguf_matches_transformers() {
-    let renames = gemma_renames();
-    let bytes = to_gguf(
-        "gemma3",
-        vec![
-            ("general.architecture", STR, string("gemma3")),
-            ("gemma3.block_count", U32, u32v(3)),
-            ("gemma3.context_length", U32, u32v(64)),
-            ("gemma3.embedding_length", U32, u32v(32)),
-            ("gemma3.feed_forward_length", U32, u32v(64)),
-            ("gemma3.attention.head_count", U32, u32v(4)),
-            ("gemma3.attention.head_count_kv", U32, u32v(2)),
-            ("gemma3.attention.key_length", U32, u32v(16)),
-            ("gemma3.attention.sliding_window", U32, u32v(4)),
-            ("gemma3.rope.freq_base", F32, f32v(1e6)),
-            ("gemma3.rope.scaling.type", STR, string("linear")),
-            ("gemma3.rope.scaling.factor", F32, f32v(2.0)),
-            ("gemma3.attention.layer_norm_rms_epsilon", F32, f32v(1e-6)),
-        ],
-        &renames,
-        1.0,
-    );
-    let g = Gguf::parse(&bytes).unwrap();
-    let mut m = Gemma::from_gguf(&g, Device::Cpu, Kind::Float).unwrap();
+    let mut m = gemma(converted("gemma3"));
     let c = &m.cfg;
     assert_eq!((c.n_layers, c.d_head, c.vocab), (3, 16, 128));
     assert_eq!(c.windows, [Some(4); 3]);
@@ -418,42 +363,16 @@ fn gemma3_gguf_matches_transformers() {
     compare(&Model::Gemma(m), &reference("gemma3"), "gemma3 (GGUF)");
 }
 
-/// Gemma 2 through the GGUF path: the soft caps and window from the metadata, llama.cpp's
-/// alternating layers (the fixture's too) and one RoPE base. The attention scale, which GGUF
-/// does not store (llama.cpp takes the head size), is set to the fixture's before comparing.
+/// GPT-NeoX from llama.cpp's file (`gptneox`): its QKV rows regrouped from blocks back to head
+/// by head, partial rotary from `rope.dimension_count`, the exact GELU; nothing to set.
 #[test]
-fn gemma2_gguf_matches_transformers() {
-    let renames = gemma_renames();
-    let bytes = to_gguf(
-        "gemma2",
-        vec![
-            ("general.architecture", STR, string("gemma2")),
-            ("gemma2.block_count", U32, u32v(2)),
-            ("gemma2.context_length", U32, u32v(64)),
-            ("gemma2.embedding_length", U32, u32v(32)),
-            ("gemma2.feed_forward_length", U32, u32v(64)),
-            ("gemma2.attention.head_count", U32, u32v(4)),
-            ("gemma2.attention.head_count_kv", U32, u32v(2)),
-            ("gemma2.attention.key_length", U32, u32v(16)),
-            ("gemma2.attention.sliding_window", U32, u32v(4)),
-            ("gemma2.attn_logit_softcapping", F32, f32v(2.0)),
-            ("gemma2.final_logit_softcapping", F32, f32v(5.0)),
-            ("gemma2.attention.layer_norm_rms_epsilon", F32, f32v(1e-6)),
-        ],
-        &renames,
-        1.0,
-    );
-    let g = Gguf::parse(&bytes).unwrap();
-    let mut m = Gemma::from_gguf(&g, Device::Cpu, Kind::Float).unwrap();
-    let c = &m.cfg;
-    assert_eq!((c.n_layers, c.d_head, c.vocab), (2, 16, 128));
-    assert_eq!(c.sliding, [true, false]);
-    assert_eq!(c.windows, [Some(4), None]);
-    assert_eq!((c.attn_softcap, c.final_softcap), (Some(2.0), Some(5.0)));
-    assert_eq!(c.rope_local, c.rope_global);
-    assert_eq!(c.attn_scale, 0.25);
-    m.cfg.attn_scale = 24f64.powf(-0.5);
-    compare(&Model::Gemma(m), &reference("gemma2"), "gemma2 (GGUF)");
+fn neox_gguf_matches_transformers() {
+    let m = converted("neox");
+    let Model::Neox(n) = &m else {
+        panic!("expected GPT-NeoX")
+    };
+    assert_eq!((n.cfg.rotary_dims, n.cfg.parallel_residual), (4, true));
+    compare(&m, &reference("neox"), "neox (GGUF)");
 }
 
 /// Attribution by head reads the pattern and values the explicit path captures: they must

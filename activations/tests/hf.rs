@@ -85,7 +85,7 @@ fn unsupported_and_pickled_checkpoints_are_refused_clearly() {
         e.contains(
             "architecture `t5` is not supported (saescope runs Hugging Face checkpoints of \
              llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gpt2 and gpt_neox, and GGUF \
-             files of llama, qwen2, qwen3, gemma2 and gemma3)"
+             files of llama, qwen2, qwen3, gemma2, gemma3 and gptneox)"
         ),
         "{e}"
     );
