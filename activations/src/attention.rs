@@ -6,6 +6,7 @@
 use crate::error::ModelError;
 use crate::gguf::Gguf;
 use crate::hooks::Hooks;
+use crate::kv_cache::KvCache;
 use tch::{Device, Kind, Tensor};
 
 /// How one layer's attention departs from plain causal softmax(q kᵀ / √d_head) v. The default
@@ -33,15 +34,19 @@ pub fn causal_mask(t: i64, window: Option<usize>, device: Device) -> Tensor {
 }
 
 /// softmax(scale · q kᵀ + mask) v for q [batch, heads, pos, d_head] and k, v [batch, kv_heads,
-/// pos, d_head], each KV head serving heads / kv_heads consecutive query heads; returns z as
-/// [batch, pos, heads, d_head]. Without a pattern to capture or a soft cap, libtorch's fused
-/// kernel runs it (the pattern is never materialised, KV heads are not copied); otherwise it is
-/// computed explicitly, and the pattern captured when asked for.
+/// keys, d_head], each KV head serving heads / kv_heads consecutive query heads; returns z as
+/// [batch, pos, heads, d_head]. `allowed` [batch, 1, pos, keys] marks the keys each query may
+/// attend when the batch is padded or the keys include cached ones (generation, see
+/// [`crate::kv_cache::KvCache::allowed`]); `None` is the plain causal square. Without a pattern
+/// to capture or a soft cap, libtorch's fused kernel runs it (the pattern is never
+/// materialised, KV heads are not copied); otherwise it is computed explicitly, and the pattern
+/// captured when asked for.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     opts: AttnOpts,
+    allowed: Option<&Tensor>,
     hooks: &mut Hooks,
     layer: usize,
 ) -> Tensor {
@@ -52,14 +57,20 @@ pub fn causal_attention(
     if !capture && opts.softcap.is_none() {
         // The fused kernel's boolean mask marks the keys that may be attended, the opposite of
         // ours; without a window its own causal flag is cheaper than any mask.
-        let allowed = windowed.then(|| causal_mask(t, opts.window, q.device()).logical_not());
+        let (mask, causal) = match allowed {
+            Some(a) => (Some(a.shallow_clone()), false),
+            None => (
+                windowed.then(|| causal_mask(t, opts.window, q.device()).logical_not()),
+                !windowed,
+            ),
+        };
         return Tensor::scaled_dot_product_attention(
             q,
             k,
             v,
-            allowed,
+            mask,
             0.0,
-            !windowed,
+            causal,
             opts.scale,
             group > 1,
         )
@@ -80,7 +91,11 @@ pub fn causal_attention(
     if let Some(c) = opts.softcap {
         scores = (scores / c).tanh() * c;
     }
-    let scores = scores.masked_fill(&causal_mask(t, opts.window, q.device()), f64::NEG_INFINITY);
+    let masked = match allowed {
+        Some(a) => a.logical_not(),
+        None => causal_mask(t, opts.window, q.device()),
+    };
+    let scores = scores.masked_fill(&masked, f64::NEG_INFINITY);
     // The softmax runs in f32 even for a bf16 model.
     let pattern = scores.softmax(-1, Kind::Float).to_kind(q.kind());
     if capture {
@@ -157,7 +172,8 @@ impl RopeScaling {
 /// (GPT-NeoX rotates only a fraction of each head). Interleaved-layout weights (llama.cpp's
 /// Llama GGUF files) are permuted into this layout at load time, so one code path serves all.
 pub struct Rope {
-    /// cos and sin of the angles, [pos, 1, r/2], broadcast over batch and heads.
+    /// cos and sin of the angles, [pos, 1, r/2] (or [batch, pos, 1, r/2], see [`Rope::at`]),
+    /// broadcast over batch and heads.
     cos: Tensor,
     sin: Tensor,
     /// r: the rotated dimensions of each head.
@@ -183,6 +199,42 @@ impl Rope {
             cos: angles.cos().to_kind(kind),
             sin: angles.sin().to_kind(kind),
             dims: dims as i64,
+        }
+    }
+
+    /// The same tables at each token's own position, [batch, pos] (generation: padded rows
+    /// and cached prefixes put tokens at positions other than 0..t).
+    pub fn at(&self, positions: &Tensor) -> Rope {
+        let (b, t) = positions.size2().expect("positions [batch, pos]");
+        let pick = |table: &Tensor| {
+            table
+                .index_select(0, &positions.view([-1]))
+                .view([b, t, 1, -1])
+        };
+        Rope {
+            cos: pick(&self.cos),
+            sin: pick(&self.sin),
+            dims: self.dims,
+        }
+    }
+
+    /// The tables for a forward pass: positions 0..t of a plain pass, or each token's own
+    /// position in a generation step.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn for_pass(
+        t: i64,
+        cache: Option<&KvCache>,
+        dims: usize,
+        base: f64,
+        scaling: RopeScaling,
+        device: Device,
+        kind: Kind,
+    ) -> Rope {
+        match cache {
+            None => Rope::new(t, dims, base, scaling, device, kind),
+            Some(c) => {
+                Rope::new(c.table_len(), dims, base, scaling, device, kind).at(c.positions())
+            }
         }
     }
 

@@ -19,6 +19,7 @@ use crate::error::{GgufError, ModelError};
 use crate::gguf::Gguf;
 use crate::hf::{HfCheckpoint, HfConfig, RopeParameters};
 use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::kv_cache::{KvCache, attend_cached};
 use crate::llama::{GgufLoader, WeightSource};
 use tch::{Device, Kind, Tensor};
 
@@ -555,8 +556,30 @@ impl Gemma {
 
     /// Runs the model on token ids [batch, pos]; see [`crate::llama::Llama::forward`].
     // `x = x + y`: in-place `+=` would change residual values already captured by hooks.
-    #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
+        self.run(ids, hooks, logits, None)
+    }
+
+    /// One generation step; see [`crate::llama::Llama::forward_cached`].
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        hooks: &mut Hooks,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        Ok(self
+            .run(ids, hooks, true, Some(cache))?
+            .expect("logits were asked for"))
+    }
+
+    #[allow(clippy::assign_op_pattern)]
+    fn run(
+        &self,
+        ids: &Tensor,
+        hooks: &mut Hooks,
+        logits: bool,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Option<Tensor>> {
         let Some((b, t, last)) = hooks.plan(ids, logits, self.cfg.n_layers, self.cfg.ctx_len)?
         else {
             return Ok(None);
@@ -568,8 +591,9 @@ impl Gemma {
             self.cfg.d_mlp as i64,
         );
         let rope = |s: RopeSpec| {
-            Rope::new(
+            Rope::for_pass(
                 t,
+                cache.as_deref(),
                 self.cfg.d_head,
                 s.base,
                 s.scaling,
@@ -608,7 +632,8 @@ impl Gemma {
             let q = qk.narrow(2, 0, h).transpose(1, 2);
             let k = qk.narrow(2, h, hk).transpose(1, 2);
             let v = qkv.narrow(2, h + hk, hk).transpose(1, 2);
-            let z = causal_attention(&q, &k, &v, opts, hooks, layer);
+            let (k, v, allowed) = attend_cached(cache.as_deref_mut(), layer, k, v, opts.window);
+            let z = causal_attention(&q, &k, &v, opts, allowed.as_ref(), hooks, layer);
             let z = hooks.at(hp(HookKind::AttnZ), z);
             let o = z.reshape([b, t, h * dh]).matmul(&blk.attn.w_o.tr());
             let attn_out = hooks.at(

@@ -13,6 +13,7 @@ use crate::attention::{AttnOpts, causal_attention};
 use crate::error::ModelError;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::kv_cache::{KvCache, attend_cached};
 use crate::norm::LayerNorm;
 use tch::{Device, Kind, Tensor};
 
@@ -157,10 +158,37 @@ impl Gpt2 {
         }
     }
 
+    /// The device the weights live on and the forward pass runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     /// Runs the model on token ids [batch, pos]; see [`crate::llama::Llama::forward`].
     // `x = x + y`: in-place `+=` would change residual values already captured by hooks.
-    #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
+        self.run(ids, hooks, logits, None)
+    }
+
+    /// One generation step; see [`crate::llama::Llama::forward_cached`].
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        hooks: &mut Hooks,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        Ok(self
+            .run(ids, hooks, true, Some(cache))?
+            .expect("logits were asked for"))
+    }
+
+    #[allow(clippy::assign_op_pattern)]
+    fn run(
+        &self,
+        ids: &Tensor,
+        hooks: &mut Hooks,
+        logits: bool,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Option<Tensor>> {
         let Some((b, t, last)) = hooks.plan(ids, logits, self.cfg.n_layers, self.cfg.ctx_len)?
         else {
             return Ok(None);
@@ -168,19 +196,33 @@ impl Gpt2 {
         let (h, d) = (self.cfg.n_heads as i64, self.cfg.d_model as i64);
         let dh = d / h;
         let ids = ids.view([-1]).to_device(self.device);
-        let mut x = (self.wte.index_select(0, &ids).view([b, t, d]) + self.wpe.narrow(0, 0, t))
-            .contiguous();
+        let positions = match &cache {
+            Some(c) => self
+                .wpe
+                .index_select(0, &c.positions().view([-1]))
+                .view([b, t, d]),
+            None => self.wpe.narrow(0, 0, t),
+        };
+        let mut x = (self.wte.index_select(0, &ids).view([b, t, d]) + positions).contiguous();
         for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
             let hp = |kind| HookPoint::new(layer, kind);
             x = hooks.at(hp(HookKind::ResidPre), x);
             let qkv = blk.ln1.apply(&x, self.cfg.ln_eps).matmul(&blk.w_qkv) + &blk.b_qkv;
             let parts = qkv.split(d, -1);
             let heads = |t_: &Tensor| t_.view([b, t, h, dh]).transpose(1, 2);
+            let (k, v, allowed) = attend_cached(
+                cache.as_deref_mut(),
+                layer,
+                heads(&parts[1]),
+                heads(&parts[2]),
+                None,
+            );
             let z = causal_attention(
                 &heads(&parts[0]),
-                &heads(&parts[1]),
-                &heads(&parts[2]),
+                &k,
+                &v,
                 AttnOpts::default(),
+                allowed.as_ref(),
                 hooks,
                 layer,
             );

@@ -19,15 +19,18 @@ pub mod attention;
 pub mod corpus;
 pub mod error;
 pub mod gemma;
+pub mod generate;
 pub mod gguf;
 pub mod gpt2;
 pub mod harvest;
 pub mod hf;
 pub mod hooks;
+pub mod kv_cache;
 pub mod llama;
 pub mod model;
 pub mod neox;
 mod norm;
+pub mod sampler;
 pub mod tokenizer;
 
 pub use error::{AssetError, CorpusError, GgufError, HarvestError, ModelError, TokenizerError};

@@ -16,6 +16,7 @@ use crate::error::{GgufError, ModelError};
 use crate::gguf::Gguf;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::kv_cache::{KvCache, attend_cached};
 use tch::{Device, Kind, Tensor};
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -434,8 +435,32 @@ impl Llama {
     /// [batch, pos, vocab] when `logits` is true; otherwise stops after the last hooked layer.
     // `x = x + y`, not `x += y`: on tensors `+=` adds in place, which would also change the
     // residual-stream values already captured by hooks (they share storage).
-    #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
+        self.run(ids, hooks, logits, None)
+    }
+
+    /// One generation step: runs the step's tokens [batch, t] (registered with
+    /// [`KvCache::begin`]) against the cached ones, appends their keys and values, and returns
+    /// the logits [batch, t, vocab].
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        hooks: &mut Hooks,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        Ok(self
+            .run(ids, hooks, true, Some(cache))?
+            .expect("logits were asked for"))
+    }
+
+    #[allow(clippy::assign_op_pattern)]
+    fn run(
+        &self,
+        ids: &Tensor,
+        hooks: &mut Hooks,
+        logits: bool,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Option<Tensor>> {
         let Some((b, t, last)) = hooks.plan(ids, logits, self.cfg.n_layers, self.cfg.ctx_len)?
         else {
             return Ok(None);
@@ -446,8 +471,9 @@ impl Llama {
             self.cfg.d_head as i64,
             self.cfg.d_mlp as i64,
         );
-        let rope = Rope::new(
+        let rope = Rope::for_pass(
             t,
+            cache.as_deref(),
             self.cfg.d_head,
             self.cfg.rope_base,
             self.cfg.rope_scaling,
@@ -482,7 +508,8 @@ impl Llama {
                 window: self.cfg.windows[layer],
                 ..AttnOpts::default()
             };
-            let z = causal_attention(&q, &k, &v, opts, hooks, layer); // [b, t, h, dh]
+            let (k, v, allowed) = attend_cached(cache.as_deref_mut(), layer, k, v, opts.window);
+            let z = causal_attention(&q, &k, &v, opts, allowed.as_ref(), hooks, layer); // [b, t, h, dh]
             let z = hooks.at(hp(HookKind::AttnZ), z);
             let mut attn_out = z.reshape([b, t, h * dh]).matmul(&blk.w_o.tr());
             if let Some(bias) = &blk.b_o {

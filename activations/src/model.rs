@@ -9,6 +9,7 @@ use crate::gguf::Gguf;
 use crate::gpt2::Gpt2;
 use crate::hf::{HfCheckpoint, refuse_pickled};
 use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::kv_cache::KvCache;
 use crate::llama::Llama;
 use crate::neox::Neox;
 use crate::tokenizer::TextTokenizer;
@@ -149,6 +150,16 @@ impl Model {
         }
     }
 
+    /// The device the weights live on and the forward pass runs on.
+    pub fn device(&self) -> Device {
+        match self {
+            Model::Llama(m) => m.device(),
+            Model::Gpt2(m) => m.device(),
+            Model::Gemma(m) => m.device(),
+            Model::Neox(m) => m.device(),
+        }
+    }
+
     /// The longest input, in tokens.
     pub fn ctx_len(&self) -> usize {
         match self {
@@ -196,6 +207,22 @@ impl Model {
             Model::Gpt2(m) => m.forward(ids, hooks, logits),
             Model::Gemma(m) => m.forward(ids, hooks, logits),
             Model::Neox(m) => m.forward(ids, hooks, logits),
+        }
+    }
+
+    /// One generation step on the step's tokens [batch, t] against those in `cache` (see
+    /// [`KvCache`]): the logits [batch, t, vocab].
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        hooks: &mut Hooks,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        match self {
+            Model::Llama(m) => m.forward_cached(ids, hooks, cache),
+            Model::Gpt2(m) => m.forward_cached(ids, hooks, cache),
+            Model::Gemma(m) => m.forward_cached(ids, hooks, cache),
+            Model::Neox(m) => m.forward_cached(ids, hooks, cache),
         }
     }
 

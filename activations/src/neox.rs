@@ -17,6 +17,7 @@ use crate::error::{GgufError, ModelError};
 use crate::gguf::{Gguf, Value};
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
+use crate::kv_cache::{KvCache, attend_cached};
 use crate::llama::{GgufLoader, WeightSource};
 use crate::norm::LayerNorm;
 use tch::{Device, Kind, Tensor};
@@ -378,16 +379,39 @@ impl Neox {
 
     /// Runs the model on token ids [batch, pos]; see [`crate::llama::Llama::forward`].
     // `x = x + y`: in-place `+=` would change residual values already captured by hooks.
-    #[allow(clippy::assign_op_pattern)]
     pub fn forward(&self, ids: &Tensor, hooks: &mut Hooks, logits: bool) -> Result<Option<Tensor>> {
+        self.run(ids, hooks, logits, None)
+    }
+
+    /// One generation step; see [`crate::llama::Llama::forward_cached`].
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        hooks: &mut Hooks,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        Ok(self
+            .run(ids, hooks, true, Some(cache))?
+            .expect("logits were asked for"))
+    }
+
+    #[allow(clippy::assign_op_pattern)]
+    fn run(
+        &self,
+        ids: &Tensor,
+        hooks: &mut Hooks,
+        logits: bool,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Option<Tensor>> {
         let Some((b, t, last)) = hooks.plan(ids, logits, self.cfg.n_layers, self.cfg.ctx_len)?
         else {
             return Ok(None);
         };
         let (h, d) = (self.cfg.n_heads as i64, self.cfg.d_model as i64);
         let dh = d / h;
-        let rope = Rope::new(
+        let rope = Rope::for_pass(
             t,
+            cache.as_deref(),
             self.cfg.rotary_dims,
             self.cfg.rope_base,
             self.cfg.rope_scaling,
@@ -410,7 +434,16 @@ impl Neox {
             let q = rope.apply(&qkv.narrow(-1, 0, dh)).transpose(1, 2);
             let k = rope.apply(&qkv.narrow(-1, dh, dh)).transpose(1, 2);
             let v = qkv.narrow(-1, 2 * dh, dh).transpose(1, 2);
-            let z = causal_attention(&q, &k, &v, AttnOpts::default(), hooks, layer);
+            let (k, v, allowed) = attend_cached(cache.as_deref_mut(), layer, k, v, None);
+            let z = causal_attention(
+                &q,
+                &k,
+                &v,
+                AttnOpts::default(),
+                allowed.as_ref(),
+                hooks,
+                layer,
+            );
             let z = hooks.at(hp(HookKind::AttnZ), z);
             let attn_out = plus(z.reshape([b, t, d]).matmul(&blk.w_o.tr()), &blk.b_o);
             let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);

@@ -1,0 +1,182 @@
+//! Text generation: a batch of prompts runs through the model once (prefill, left-padded so
+//! every prompt ends in the same column), then each step feeds one new token per prompt against
+//! the [`KvCache`] (decode), until every prompt has met a stop token, its limit of new tokens or
+//! the model's context.
+//!
+//! Hooks act during generation as in any forward pass, on the positions being computed: the
+//! prompts during prefill, then each new token. [`HookScope::NewTokens`] leaves the prompts
+//! alone. A prompt's continuation does not depend on the other prompts in its batch: padding is
+//! never attended, positions count from each prompt's first token, and each prompt samples from
+//! its own random stream ([`Sampler`]).
+
+use crate::error::ModelError;
+use crate::hooks::Hooks;
+use crate::kv_cache::KvCache;
+use crate::model::Model;
+use crate::sampler::{Sampler, Sampling};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// What to generate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateConfig {
+    /// New tokens per prompt at most.
+    pub max_new_tokens: usize,
+    /// How each token is chosen.
+    pub sampling: Sampling,
+    /// Token ids that end a continuation; the stop token is kept as its last token.
+    pub stop: Vec<u32>,
+}
+
+/// Why a continuation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// It produced one of the stop tokens.
+    StopToken,
+    /// It reached `max_new_tokens`.
+    MaxTokens,
+    /// Prompt and continuation filled the model's context.
+    Context,
+}
+
+/// One prompt's new tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Continuation {
+    /// The new token ids, the stop token included when there was one.
+    pub token_ids: Vec<u32>,
+    /// Why it ended.
+    pub stop: StopReason,
+}
+
+/// Which forward passes the hooks act in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookScope {
+    /// The prompts (prefill) and every new token.
+    All,
+    /// The new tokens only: the prompts run unhooked.
+    NewTokens,
+}
+
+/// Token id put in padding slots; never attended, so any id in the vocabulary does.
+const PAD: i64 = 0;
+
+/// Checks prompts and settings before any work: at least one prompt, none empty or longer
+/// than the context, at least one new token, sampling settings in range.
+pub fn check(model: &Model, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Result<()> {
+    let bad = |m: String| Err(ModelError::Config(m));
+    if prompts.is_empty() {
+        return bad("no prompt to continue".into());
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return bad(format!("prompt {} is empty", i + 1));
+    }
+    let ctx = model.ctx_len();
+    if let Some(i) = prompts.iter().position(|p| p.len() >= ctx) {
+        return bad(format!(
+            "prompt {} is {} tokens: it leaves no room in the model's context of {ctx}",
+            i + 1,
+            prompts[i].len()
+        ));
+    }
+    let vocab = model.vocab_size() as u32;
+    if let Some(&t) = prompts.iter().flatten().find(|&&t| t >= vocab) {
+        return bad(format!("token id {t} is outside the vocabulary of {vocab}"));
+    }
+    if cfg.max_new_tokens == 0 {
+        return bad("max new tokens is 0: nothing to generate".into());
+    }
+    cfg.sampling.check().map_err(ModelError::Config)
+}
+
+/// Continues each prompt (token ids) under `hooks`. `observe` sees, before each token is
+/// chosen, the step number and the next-token logits [prompts, vocab] (rows of prompts that
+/// have ended included; their values are not meaningful).
+pub fn generate(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    cfg: &GenerateConfig,
+    hooks: &mut Hooks,
+    scope: HookScope,
+    observe: &mut dyn FnMut(usize, &Tensor),
+) -> Result<Vec<Continuation>> {
+    check(model, prompts, cfg)?;
+    let n = prompts.len();
+    let device = model.device();
+    let ctx = model.ctx_len();
+    let (ids, valid) = left_padded(prompts, device);
+    let mut cache = KvCache::new(model.n_layers(), n, device);
+    cache.begin(&valid, ctx)?;
+    let mut unhooked = Hooks::new();
+    let prefill_hooks = match scope {
+        HookScope::All => &mut *hooks,
+        HookScope::NewTokens => &mut unhooked,
+    };
+    let width = ids.size()[1];
+    let mut last = model
+        .forward_cached(&ids, prefill_hooks, &mut cache)?
+        .select(1, width - 1);
+    let mut sampler = Sampler::new(cfg.sampling, n);
+    let mut out: Vec<Continuation> = (0..n)
+        .map(|_| Continuation {
+            token_ids: Vec::new(),
+            stop: StopReason::MaxTokens,
+        })
+        .collect();
+    let mut live = vec![true; n];
+    for step in 0..cfg.max_new_tokens {
+        observe(step, &last);
+        let rows = Vec::<Vec<f32>>::try_from(last.to_kind(Kind::Float).to_device(Device::Cpu))?;
+        for i in 0..n {
+            if !live[i] {
+                continue;
+            }
+            let token = sampler.pick(i, &rows[i]);
+            let c = &mut out[i];
+            c.token_ids.push(token);
+            if cfg.stop.contains(&token) {
+                (live[i], c.stop) = (false, StopReason::StopToken);
+            } else if c.token_ids.len() == cfg.max_new_tokens {
+                (live[i], c.stop) = (false, StopReason::MaxTokens);
+            } else if prompts[i].len() + c.token_ids.len() >= ctx {
+                (live[i], c.stop) = (false, StopReason::Context);
+            }
+        }
+        if !live.contains(&true) {
+            break;
+        }
+        // Rows that ended are fed padding, which nothing attends and which takes no position.
+        let next: Vec<i64> = (0..n)
+            .map(|i| match (live[i], out[i].token_ids.last()) {
+                (true, Some(&t)) => t as i64,
+                _ => PAD,
+            })
+            .collect();
+        let step_valid = Tensor::from_slice(&live).view([n as i64, 1]);
+        cache.begin(&step_valid, ctx)?;
+        let next = Tensor::from_slice(&next)
+            .view([n as i64, 1])
+            .to_device(device);
+        last = model.forward_cached(&next, hooks, &mut cache)?.select(1, 0);
+    }
+    Ok(out)
+}
+
+/// Prompts as one batch [n, longest], padding first, and which slots are real tokens.
+fn left_padded(prompts: &[Vec<u32>], device: Device) -> (Tensor, Tensor) {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * width);
+    let mut valid = Vec::with_capacity(prompts.len() * width);
+    for p in prompts {
+        let pad = width - p.len();
+        ids.extend(std::iter::repeat_n(PAD, pad).chain(p.iter().map(|&t| t as i64)));
+        valid.extend((0..width).map(|j| j >= pad));
+    }
+    let shape = [prompts.len() as i64, width as i64];
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&valid).view(shape),
+    )
+}
