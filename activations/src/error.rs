@@ -72,6 +72,9 @@ pub enum TokenizerError {
     /// Encoding or decoding failed.
     #[error("tokenizer: {0}")]
     Tokenize(String),
+    /// The model has no chat template, or its template failed to render.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
 }
 
 /// A corpus that cannot be read.

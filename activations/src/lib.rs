@@ -16,6 +16,7 @@
 
 pub mod assets;
 pub mod attention;
+pub mod chat;
 pub mod corpus;
 pub mod error;
 pub mod gemma;

@@ -3,6 +3,7 @@
 //! [`Model::load`] for the weights and whatever tokenizer is beside them, [`TextModel::open`] for
 //! a model ready to run on text, with the provenance a run manifest records.
 
+use crate::chat::template_from_config;
 use crate::error::ModelError;
 use crate::gemma::{Gemma, GemmaVersion};
 use crate::gguf::Gguf;
@@ -274,7 +275,9 @@ impl Model {
         };
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = if tokenizer_path.exists() {
-            Some(TextTokenizer::from_file(&tokenizer_path)?)
+            let mut t = TextTokenizer::from_file(&tokenizer_path)?;
+            t.chat_template = template_from_config(&dir.join("tokenizer_config.json"))?;
+            Some(t)
         } else {
             None
         };

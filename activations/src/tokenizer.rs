@@ -1,6 +1,7 @@
 //! Tokenizers: from a Hugging Face `tokenizer.json`, or rebuilt from the vocabulary (and merges,
 //! where the file has them) stored inside a GGUF file, so a GGUF model needs no other file.
 
+use crate::chat::ChatTemplate;
 use crate::error::TokenizerError;
 use crate::gguf::{Gguf, Value};
 use std::collections::HashMap;
@@ -31,6 +32,14 @@ pub struct TextTokenizer {
     pub eos: Option<u32>,
     /// Where it came from, for run manifests (e.g. `gguf:gpt2/smollm`).
     pub name: String,
+    /// The model's chat template (Jinja), when it has one.
+    pub chat_template: Option<String>,
+}
+
+fn chat_template(g: &Gguf) -> Option<String> {
+    g.get("tokenizer.chat_template")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 fn strings<'a>(g: &'a Gguf, key: &str) -> Result<Vec<&'a str>> {
@@ -157,6 +166,7 @@ impl TextTokenizer {
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
             name: format!("gguf:{model}/{pre}"),
+            chat_template: chat_template(g),
         })
     }
 
@@ -258,6 +268,7 @@ impl TextTokenizer {
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
             name: format!("gguf:llama/{arch}"),
+            chat_template: chat_template(g),
         })
     }
 
@@ -297,6 +308,7 @@ impl TextTokenizer {
                 "[SEP]",
             ]),
             name: format!("tokenizer.json:{}", path.display()),
+            chat_template: None,
             inner,
         })
     }
@@ -314,6 +326,26 @@ impl TextTokenizer {
         self.inner
             .decode(ids, false)
             .map_err(|e| TokenizerError::Tokenize(e.to_string()))
+    }
+
+    /// The chat template with this vocabulary's BOS and EOS; an error naming the tokenizer when
+    /// the model has none.
+    pub fn chat(&self) -> Result<ChatTemplate> {
+        let source = self.chat_template.clone().ok_or_else(|| {
+            TokenizerError::ChatTemplate(format!(
+                "the tokenizer ({}) has no chat template; prompts can only be plain text",
+                self.name
+            ))
+        })?;
+        let token = |id: Option<u32>| {
+            id.and_then(|i| self.inner.id_to_token(i))
+                .unwrap_or_default()
+        };
+        Ok(ChatTemplate {
+            source,
+            bos_token: token(self.bos),
+            eos_token: token(self.eos),
+        })
     }
 
     /// Tokens in the vocabulary, added (special) tokens included.

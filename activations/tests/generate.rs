@@ -329,3 +329,59 @@ fn greedy_generation_matches_transformers() {
         eprintln!("{name}: 2 x 32 tokens equal, top-5 logits within {worst:.1e}");
     }
 }
+
+/// The bundled model's chat template, from its GGUF file, renders two conversations as
+/// transformers' `apply_chat_template` does, to the same ids; greedy answers stopped at EOS are
+/// transformers' too.
+#[test]
+fn chat_prompts_match_transformers() {
+    use saescope_activations::chat::Message;
+    let f = fixture();
+    let path = common::cache().join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let loaded = Model::load(&path, Device::Cpu, Kind::Float).unwrap();
+    let tokenizer = loaded.tokenizer.unwrap();
+    let chat = tokenizer.chat().unwrap();
+    let reference = &f["smollm2_chat"];
+    assert_eq!(chat.source, reference["chat_template"].as_str().unwrap());
+    let eos = tokenizer.eos.unwrap();
+    assert_eq!(eos as u64, reference["eos_id"].as_u64().unwrap());
+    for (i, c) in reference["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let messages: Vec<Message> = serde_json::from_value(c["messages"].clone()).unwrap();
+        let text = chat.render(&messages, true).unwrap();
+        assert_eq!(text, c["rendered"].as_str().unwrap(), "conversation {i}");
+        let prompt = tokenizer.encode(&text).unwrap();
+        assert_eq!(prompt, ids(&c["prompt_ids"]), "conversation {i}");
+        let want = ids(&c["new_ids"]);
+        let cfg = GenerateConfig {
+            stop: vec![eos],
+            ..greedy(reference["max_new_tokens"].as_u64().unwrap() as usize)
+        };
+        let out = generate(
+            &loaded.model,
+            &[prompt],
+            &cfg,
+            &mut Hooks::new(),
+            HookScope::All,
+            &mut |_, _| {},
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(out.token_ids, want, "conversation {i}");
+        let stopped = c["stopped_at_eos"].as_bool().unwrap();
+        assert_eq!(
+            out.stop == StopReason::StopToken,
+            stopped,
+            "conversation {i}"
+        );
+    }
+    let e = Model::load(&hf_fixture("gpt2"), Device::Cpu, Kind::Float)
+        .unwrap()
+        .tokenizer
+        .map(|t| t.chat().unwrap_err().to_string());
+    assert!(e.is_none_or(|e| e.contains("has no chat template")));
+}
