@@ -38,6 +38,8 @@ enum Command {
     Analyze(commands::analyze::Args),
     /// The prompt view: each token's most active features, and attribution by head and source.
     Inspect(commands::inspect::Args),
+    /// Continue prompts with a model: greedy or sampled, plain text or through its chat template.
+    Generate(commands::generate::Args),
     /// The desktop explorer: browse a run's dictionaries, features, prompts and heads.
     Explore(commands::explore::Args),
     /// Export a feature store (to Neuronpedia's dashboard JSON) or a TopK dictionary (to
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::Analyze(a) => commands::analyze::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Generate(a) => commands::generate::run(a),
         Command::Explore(a) => commands::explore::run(a),
         Command::Export(c) => commands::export::run(c),
         Command::Store(c) => commands::store::run(c),

@@ -45,8 +45,8 @@ fn help_lists_every_working_command() {
     assert!(o.status.success());
     let t = text(&o);
     for cmd in [
-        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "inspect", "explore",
-        "export", "store",
+        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "inspect", "generate",
+        "explore", "export", "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -779,4 +779,68 @@ fn a_killed_training_resumes_from_the_command_line_to_the_same_weights() {
         "{}",
         text(&o)
     );
+}
+
+/// `generate --json` on the bundled model: the greedy continuation transformers' `generate`
+/// gave for the same prompt (activations/tests/fixtures/generate.json), ended at the model's
+/// EOS, and the chat template's prompt; bad requests fail before the model loads.
+#[test]
+fn generate_continues_prompts_as_transformers_does() {
+    let f: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/activations/tests/fixtures/generate.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let case = &f["smollm2"]["cases"][0];
+    assert_eq!(case["bos_prepended"], false);
+    let o = saescope(&[
+        "generate",
+        "--json",
+        "--max-new-tokens",
+        "40",
+        case["text"].as_str().unwrap(),
+        "--chat",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let chat: serde_json::Value =
+        serde_json::from_slice(o.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(
+        chat["prompt_token_ids"][0], 1,
+        "the template's own <|im_start|>"
+    );
+    let o = saescope(&[
+        "generate",
+        "--json",
+        "--max-new-tokens",
+        "40",
+        case["text"].as_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got["prompt_token_ids"], case["prompt_ids"]);
+    let want: Vec<u64> = serde_json::from_value(case["new_ids"].clone()).unwrap();
+    let eos = want
+        .iter()
+        .position(|&t| t == f["smollm2"]["eos_id"])
+        .unwrap();
+    assert_eq!(got["token_ids"], serde_json::json!(want[..=eos]));
+    assert_eq!(got["stop"], "stop_token");
+    assert!(got["text"].as_str().unwrap().starts_with(" Paris."));
+
+    for (args, message) in [
+        (
+            vec!["generate", "--max-new-tokens", "0", "x"],
+            "--max-new-tokens 0",
+        ),
+        (vec!["generate", "  "], "prompt 1: the prompt is empty"),
+        (vec!["generate", "--temperature=-2", "x"], "temperature -2"),
+        (vec!["generate", "--top-p", "1.5", "x"], "top-p 1.5"),
+    ] {
+        let o = saescope(&args);
+        assert!(!o.status.success());
+        assert!(text(&o).contains(message), "{args:?}: {}", text(&o));
+    }
 }

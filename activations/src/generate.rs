@@ -9,10 +9,11 @@
 //! never attended, positions count from each prompt's first token, and each prompt samples from
 //! its own random stream ([`Sampler`]).
 
+use crate::chat::Message;
 use crate::error::ModelError;
 use crate::hooks::Hooks;
 use crate::kv_cache::KvCache;
-use crate::model::Model;
+use crate::model::{Model, TextModel};
 use crate::sampler::{Sampler, Sampling};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -179,4 +180,97 @@ fn left_padded(prompts: &[Vec<u32>], device: Device) -> (Tensor, Tensor) {
         Tensor::from_slice(&ids).view(shape).to_device(device),
         Tensor::from_slice(&valid).view(shape),
     )
+}
+
+/// How text prompts become token ids.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PromptStyle {
+    /// Render each prompt as a user turn through the model's chat template, ready for the
+    /// assistant's answer.
+    pub chat: bool,
+    /// With `chat`: a system turn first.
+    pub system: Option<String>,
+    /// Put BOS first (plain prompts): `None` follows the model file, and adds BOS when the
+    /// file does not say. A chat template places its own.
+    pub bos: Option<bool>,
+}
+
+/// A text prompt and its continuation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TextContinuation {
+    /// The prompt as given.
+    pub prompt: String,
+    /// The ids the model read (after the chat template, with BOS if any).
+    pub prompt_token_ids: Vec<u32>,
+    /// The new ids, a stop token included.
+    pub token_ids: Vec<u32>,
+    /// The new text, without a final stop token.
+    pub text: String,
+    /// Why it ended.
+    pub stop: StopReason,
+}
+
+/// The token ids of a text prompt in `style`.
+pub fn prompt_ids(model: &TextModel, prompt: &str, style: &PromptStyle) -> Result<Vec<u32>> {
+    if prompt.trim().is_empty() {
+        return Err(ModelError::Config("the prompt is empty".into()));
+    }
+    if !style.chat {
+        let bos = style
+            .bos
+            .or(model.tokenizer.add_bos)
+            .unwrap_or(model.tokenizer.bos.is_some());
+        return model.prompt_ids(prompt, bos);
+    }
+    let mut messages: Vec<Message> = style
+        .system
+        .iter()
+        .map(|s| Message::new("system", s))
+        .collect();
+    messages.push(Message::new("user", prompt));
+    let text = model.tokenizer.chat()?.render(&messages, true)?;
+    Ok(model.tokenizer.encode(&text)?)
+}
+
+/// Continues text prompts: each rendered in `style`, generated under `hooks` (see
+/// [`generate`]), stopped also at the model's EOS, and decoded.
+pub fn continue_texts(
+    model: &TextModel,
+    prompts: &[String],
+    style: &PromptStyle,
+    cfg: &GenerateConfig,
+    hooks: &mut Hooks,
+    scope: HookScope,
+) -> Result<Vec<TextContinuation>> {
+    let ids = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            prompt_ids(model, p, style).map_err(|e| match e {
+                ModelError::Config(m) => ModelError::Config(format!("prompt {}: {m}", i + 1)),
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut cfg = cfg.clone();
+    cfg.stop.extend(model.tokenizer.eos);
+    let out = generate(&model.model, &ids, &cfg, hooks, scope, &mut |_, _| {})?;
+    prompts
+        .iter()
+        .zip(ids)
+        .zip(out)
+        .map(|((prompt, prompt_token_ids), c)| {
+            let shown = match c.stop {
+                StopReason::StopToken => &c.token_ids[..c.token_ids.len() - 1],
+                _ => &c.token_ids[..],
+            };
+            Ok(TextContinuation {
+                prompt: prompt.clone(),
+                prompt_token_ids,
+                text: model.tokenizer.decode(shown)?,
+                token_ids: c.token_ids,
+                stop: c.stop,
+            })
+        })
+        .collect()
 }

@@ -34,6 +34,9 @@ pub struct TextTokenizer {
     pub name: String,
     /// The model's chat template (Jinja), when it has one.
     pub chat_template: Option<String>,
+    /// Whether the model's file says to put BOS before a prompt (`tokenizer.ggml.add_bos_token`);
+    /// `None` when it does not say.
+    pub add_bos: Option<bool>,
 }
 
 fn chat_template(g: &Gguf) -> Option<String> {
@@ -167,6 +170,10 @@ impl TextTokenizer {
             eos: id("tokenizer.ggml.eos_token_id"),
             name: format!("gguf:{model}/{pre}"),
             chat_template: chat_template(g),
+            add_bos: match g.get("tokenizer.ggml.add_bos_token") {
+                Some(Value::Bool(b)) => Some(*b),
+                _ => None,
+            },
         })
     }
 
@@ -269,6 +276,10 @@ impl TextTokenizer {
             eos: id("tokenizer.ggml.eos_token_id"),
             name: format!("gguf:llama/{arch}"),
             chat_template: chat_template(g),
+            add_bos: match g.get("tokenizer.ggml.add_bos_token") {
+                Some(Value::Bool(b)) => Some(*b),
+                _ => None,
+            },
         })
     }
 
@@ -309,6 +320,7 @@ impl TextTokenizer {
             ]),
             name: format!("tokenizer.json:{}", path.display()),
             chat_template: None,
+            add_bos: None,
             inner,
         })
     }

@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod eval;
 pub mod explore;
 pub mod export;
+pub mod generate;
 pub mod harvest;
 pub mod inspect;
 pub mod setup;
