@@ -40,6 +40,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Continue prompts with a model: greedy or sampled, plain text or through its chat template.
     Generate(commands::generate::Args),
+    /// Generate with a dictionary's features pushed on: clean and steered text side by side.
+    Steer(commands::steer::Args),
     /// The desktop explorer: browse a run's dictionaries, features, prompts and heads.
     Explore(commands::explore::Args),
     /// Export a feature store (to Neuronpedia's dashboard JSON) or a TopK dictionary (to
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Analyze(a) => commands::analyze::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Generate(a) => commands::generate::run(a),
+        Command::Steer(a) => commands::steer::run(a),
         Command::Explore(a) => commands::explore::run(a),
         Command::Export(c) => commands::export::run(c),
         Command::Store(c) => commands::store::run(c),

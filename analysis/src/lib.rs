@@ -3,8 +3,8 @@
 //! This crate owns opening a dictionary with its run and model on a device ([`session`]), and
 //! what runs there: splicing the dictionary into the forward pass ([`splice`], driven over
 //! held-out text by [`eval`]: CE-loss recovered, KL), the streaming feature analysis that fills
-//! a feature store ([`features`]), and the prompt view with attribution by head ([`inspect`]).
-//! Steering and circuit discovery will live here too.
+//! a feature store ([`features`]), the prompt view with attribution by head ([`inspect`]), and
+//! steering: generation with features pushed on ([`steer`]). Circuit discovery will live here too.
 //!
 //! It builds on the model runtime (`saescope-activations`), the learners and their files
 //! (`saescope-sae`) and the formats (`saescope-store`), and shows nothing: progress goes to
@@ -20,6 +20,7 @@ pub mod features;
 pub mod inspect;
 pub mod session;
 pub mod splice;
+pub mod steer;
 
 pub use error::{AnalysisError, Result};
 pub use session::{OpenedDictionary, Session, SessionSpec};

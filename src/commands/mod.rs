@@ -9,5 +9,6 @@ pub mod generate;
 pub mod harvest;
 pub mod inspect;
 pub mod setup;
+pub mod steer;
 pub mod store;
 pub mod train;
