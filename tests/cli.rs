@@ -213,6 +213,13 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         t.contains("trained topk on blocks.6.hook_resid_post (6 steps, 6144 tokens)"),
         "{t}"
     );
+    // It ends by steering with a feature it found: clean and steered text side by side.
+    assert!(t.contains("== 7/7 steer"), "{t}");
+    assert!(
+        t.contains("  clean:   ") && t.contains("  steered: "),
+        "{t}"
+    );
+    assert!(t.contains("saescope steer --dict"), "{t}");
     // The run has one shard of 24 contexts (the last one short): the last ceil(0.1 x 24) = 3
     // are held out, tokens 2688..3000 less their 3 BOS positions.
     assert!(t.contains("held-out (309 tokens)"), "{t}");

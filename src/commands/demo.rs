@@ -11,11 +11,14 @@ use crate::commands::{analyze, eval, explore, harvest, train};
 use anyhow::{Result, bail};
 use saescope_activations::assets::{self, ASSETS, Status};
 use saescope_activations::corpus::CorpusSource;
+use saescope_activations::generate::{GenerateConfig, PromptStyle};
 use saescope_activations::harvest::HarvestConfig;
 use saescope_activations::hooks::HookPoint;
 use saescope_activations::model::{Compute, TextModel};
+use saescope_activations::sampler::Sampling;
 use saescope_analysis::eval::EvalOptions;
 use saescope_analysis::features::AnalyzeConfig;
+use saescope_analysis::steer::{Push, SteerRequest, Steering, promoted_tokens, steer};
 use saescope_analysis::{Session, SessionSpec};
 use saescope_sae::Method;
 use saescope_sae::train::{RunTraining, TrainConfig};
@@ -49,7 +52,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    println!("== 1/6 bundled assets");
+    println!("== 1/7 bundled assets");
     let cache = assets::cache_dir();
     let missing: Vec<&str> = ASSETS
         .iter()
@@ -65,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("  all {} installed in {}", ASSETS.len(), cache.display());
 
     println!(
-        "== 2/6 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
+        "== 2/7 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
         args.tokens,
         args.hook,
         args.out.display()
@@ -97,7 +100,7 @@ pub fn run(args: Args) -> Result<()> {
         harvest::harvest(&model, &corpus, &cfg, &args.out, existing)?;
     }
 
-    println!("== 3/6 read the run back");
+    println!("== 3/7 read the run back");
     let run = Run::open(&args.out)?;
     let m = run.manifest();
     let hook = &m.hooks[0];
@@ -153,7 +156,7 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     println!(
-        "== 4/6 train a TopK dictionary ({} latents, k = 32) on {}",
+        "== 4/7 train a TopK dictionary ({} latents, k = 32) on {}",
         args.latents, args.hook
     );
     let dict = DictDir::in_run(&args.out, &format!("{}-topk", args.hook));
@@ -190,7 +193,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     println!(
-        "== 5/6 splice the dictionary into the model over {} held-out tokens",
+        "== 5/7 splice the dictionary into the model over {} held-out tokens",
         args.eval_tokens
     );
     let spec = SessionSpec {
@@ -217,7 +220,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
 
-    println!("== 6/6 analyse every feature of the dictionary over the run");
+    println!("== 6/7 analyse every feature of the dictionary over the run");
     let store_dir = dict.features();
     if store_dir.join(SUMMARY_FILE).exists() {
         let s = FeatureStore::open(&store_dir)?.summary;
@@ -235,6 +238,9 @@ pub fn run(args: Args) -> Result<()> {
         };
         analyze::analyze(&session, &AnalyzeConfig::default(), None)?;
     }
+
+    println!("== 7/7 steer the model with one of the dictionary's features");
+    demo_steer(&spec)?;
 
     println!();
     let explore = format!("saescope explore {}", args.out.display());
@@ -273,5 +279,65 @@ pub fn run(args: Args) -> Result<()> {
             prompt: None,
         })?;
     }
+    Ok(())
+}
+
+/// The prompt the demo steers.
+const STEER_PROMPT: &str = "I went to the market and";
+
+/// Steers with the feature whose decoder direction moves the logits most among those that fire
+/// on 0.1% to 5% of tokens (a specific feature with a visible effect; else the rarest that
+/// fired), adding 4 times its largest activation.
+fn demo_steer(spec: &SessionSpec) -> Result<()> {
+    let session = Session::open(spec)?;
+    let rows = session.feature_rows()?.unwrap_or_default();
+    let live = || {
+        rows.iter()
+            .filter(|r| r.density > 0.0 && !r.logit_top_values.is_empty())
+    };
+    let specific = live()
+        .filter(|r| (0.001..=0.05).contains(&r.density))
+        .max_by(|a, b| a.logit_top_values[0].total_cmp(&b.logit_top_values[0]));
+    // A short run may have none that specific: then the rarest that fired.
+    let Some(row) = specific.or_else(|| live().min_by(|a, b| a.density.total_cmp(&b.density)))
+    else {
+        println!("  no feature fired: nothing to steer with");
+        return Ok(());
+    };
+    let f = row.feature;
+    println!(
+        "  feature {f}: fires on {:.2}% of tokens, promotes {:?}",
+        100.0 * row.density,
+        &row.logit_top_tokens[..row.logit_top_tokens.len().min(5)]
+    );
+    let steering = Steering::new(&session, &[f], Some(&rows), false)?;
+    let promoted = promoted_tokens(&session, f, Some(&rows), 5)?;
+    let request = SteerRequest {
+        style: PromptStyle::default(),
+        generate: GenerateConfig {
+            max_new_tokens: 24,
+            sampling: Sampling::default(),
+            stop: vec![],
+        },
+        samples: 1,
+        only_new: false,
+    };
+    let prompts = [STEER_PROMPT.to_owned()];
+    let reports = steer(
+        &session,
+        &steering,
+        &prompts,
+        Push::Add(4.0),
+        None,
+        &request,
+        &promoted,
+    )?;
+    for r in &reports {
+        super::steer::print_report(r);
+    }
+    println!(
+        "  the same from the command line: saescope steer --dict {} --feature {f} --add 4 \"{STEER_PROMPT}\"",
+        spec.dict.display()
+    );
     Ok(())
 }

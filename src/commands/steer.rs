@@ -123,7 +123,8 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn print_report(r: &SteerReport) {
+/// Prints a report as the command does: clean and steered text, step KLs, promoted tokens.
+pub(crate) fn print_report(r: &SteerReport) {
     let push = match r.push {
         Push::Add(s) => format!("add {s:.3}"),
         Push::Clamp(v) => format!("clamp to {v}"),
