@@ -285,9 +285,14 @@ pub fn run(args: Args) -> Result<()> {
 /// The prompt the demo steers.
 const STEER_PROMPT: &str = "I went to the market and";
 
+/// The demo's push: the add strength that moves the prompt's next-token distributions by this
+/// many nats on average, so the text changes without falling apart whatever the feature.
+const STEER_KL: f64 = 0.5;
+
 /// Steers with the feature whose decoder direction moves the logits most among those that fire
 /// on 0.1% to 5% of tokens (a specific feature with a visible effect; else the rarest that
-/// fired), adding 4 times its largest activation.
+/// fired), at the strength that moves the prompt's next-token
+/// distributions by [`STEER_KL`].
 fn demo_steer(spec: &SessionSpec) -> Result<()> {
     let session = Session::open(spec)?;
     let rows = session.feature_rows()?.unwrap_or_default();
@@ -315,7 +320,7 @@ fn demo_steer(spec: &SessionSpec) -> Result<()> {
     let request = SteerRequest {
         style: PromptStyle::default(),
         generate: GenerateConfig {
-            max_new_tokens: 24,
+            max_new_tokens: 32,
             sampling: Sampling::default(),
             stop: vec![],
         },
@@ -327,8 +332,8 @@ fn demo_steer(spec: &SessionSpec) -> Result<()> {
         &session,
         &steering,
         &prompts,
-        Push::Add(4.0),
-        None,
+        Push::Add(0.0), // replaced by the strength found for the KL target
+        Some(STEER_KL),
         &request,
         &promoted,
     )?;
@@ -336,7 +341,7 @@ fn demo_steer(spec: &SessionSpec) -> Result<()> {
         super::steer::print_report(r);
     }
     println!(
-        "  the same from the command line: saescope steer --dict {} --feature {f} --add 4 \"{STEER_PROMPT}\"",
+        "  the same from the command line: saescope steer --dict {} --feature {f} --target-kl {STEER_KL} \"{STEER_PROMPT}\"",
         spec.dict.display()
     );
     Ok(())
