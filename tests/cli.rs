@@ -851,3 +851,100 @@ fn generate_continues_prompts_as_transformers_does() {
         assert!(text(&o).contains(message), "{args:?}: {}", text(&o));
     }
 }
+
+/// A dictionary trained by `demo` on a late layer of the bundled model: adding each of its 20
+/// most frequent features raises the log-probability of the feature's own top promoted tokens
+/// (from its feature store) at the next position for at least 18 of them; `steer` refuses bad
+/// requests before generating.
+#[test]
+fn steering_a_trained_late_layer_dictionary_raises_its_own_tokens() {
+    use saescope_activations::generate::{PromptStyle, prompt_ids};
+    use saescope_analysis::steer::{Push, Steering, promoted_shift};
+    use saescope_analysis::{Session, SessionSpec};
+    assets_installed();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("late");
+    let hook = "blocks.26.hook_resid_post";
+    let o = saescope(&[
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--hook",
+        hook,
+        "--tokens",
+        "4000",
+        "--latents",
+        "256",
+        "--train-tokens",
+        "16000",
+        "--eval-tokens",
+        "256",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let dict = out.join(format!("dictionaries/{hook}-topk"));
+    let session = Session::open(&SessionSpec::new(&dict)).unwrap();
+    let rows = session.feature_rows().unwrap().unwrap();
+    let mut live: Vec<_> = rows.iter().filter(|r| r.count > 0).collect();
+    live.sort_by_key(|r| std::cmp::Reverse(r.count));
+    let ids = prompt_ids(
+        &session.model,
+        "The weather in the city was",
+        &PromptStyle::default(),
+    )
+    .unwrap();
+    let mut raised = 0;
+    for row in live.iter().take(20) {
+        let steering = Steering::new(&session, &[row.feature], Some(&rows), false).unwrap();
+        let top = &row.logit_top_ids[..5];
+        let shift = promoted_shift(&session, &steering, &ids, Push::Add(1.0), top).unwrap();
+        let mean = shift.iter().map(|t| t.steered - t.clean).sum::<f64>() / 5.0;
+        if mean > 0.0 {
+            raised += 1;
+        }
+    }
+    assert!(
+        raised >= 18,
+        "{raised} of 20 features raised their own tokens"
+    );
+
+    let d = dict.to_str().unwrap();
+    let long = "word ".repeat(9000);
+    for (args, message) in [
+        (
+            vec!["--feature", "256", "--add", "1", "x"],
+            "feature 256: the dictionary has 256 features",
+        ),
+        (
+            vec!["--feature", "1", "--add", "1", "  "],
+            "prompt 1 is empty",
+        ),
+        (
+            vec!["--feature", "1", "--add", "1", "--max-new-tokens", "0", "x"],
+            "--max-new-tokens 0",
+        ),
+        (
+            vec![
+                "--feature",
+                "1",
+                "--add",
+                "1",
+                "--hook",
+                "blocks.40.hook_resid_post",
+                "x",
+            ],
+            "past the model's 30 layers",
+        ),
+        (
+            vec!["--feature", "1", "--add", "1", long.as_str()],
+            "context of 8192",
+        ),
+        (vec!["--feature", "1", "x"], "--add"),
+    ] {
+        let mut all = vec!["steer", "--dict", d];
+        all.extend(args.iter().copied());
+        let o = saescope(&all);
+        assert!(!o.status.success(), "{message}");
+        let t = text(&o);
+        assert!(t.contains(message), "{message}: {t}");
+    }
+}

@@ -385,3 +385,52 @@ fn chat_prompts_match_transformers() {
         .map(|t| t.chat().unwrap_err().to_string());
     assert!(e.is_none_or(|e| e.contains("has no chat template")));
 }
+
+/// Hooks act during generation on the positions being computed: an added zero changes
+/// nothing; with `NewTokens` the prompt runs clean, so the first token's logits are the clean
+/// ones and later steps differ; with `All` the first step already differs. Captures see each
+/// step's new positions.
+#[test]
+fn hooks_act_during_generation_where_asked() {
+    use saescope_activations::hooks::{HookKind, HookPoint, Intervention};
+    let m = load("llama");
+    let point = HookPoint::new(1, HookKind::ResidPost);
+    let prompts = vec![vec![5u32, 17, 99, 3]];
+    let steps = |hooks: &mut Hooks, scope: HookScope| {
+        let mut seen: Vec<Vec<f32>> = vec![];
+        let out = generate(&m, &prompts, &greedy(4), hooks, scope, &mut |_, l| {
+            seen.push(Vec::<f32>::try_from(l.select(0, 0)).unwrap())
+        })
+        .unwrap();
+        (out[0].token_ids.clone(), seen)
+    };
+    let (clean_ids, clean) = steps(&mut Hooks::new(), HookScope::All);
+    let d = m.hook_shape(HookKind::ResidPost)[0] as i64;
+    let zero = Tensor::zeros([d], (Kind::Float, Device::Cpu));
+    let (ids, same) = steps(
+        &mut Hooks::new().intervene(point, Intervention::Add(zero)),
+        HookScope::All,
+    );
+    assert_eq!((ids, same), (clean_ids.clone(), clean.clone()));
+    let push = || Intervention::Add(Tensor::ones([d], (Kind::Float, Device::Cpu)) * 3.0);
+    let (_, new_only) = steps(
+        &mut Hooks::new().intervene(point, push()),
+        HookScope::NewTokens,
+    );
+    assert_eq!(new_only[0], clean[0], "the prompt ran clean");
+    assert!(common::max_abs_diff(&new_only[1], &clean[1]) > 1e-3);
+    let (_, all) = steps(&mut Hooks::new().intervene(point, push()), HookScope::All);
+    assert!(common::max_abs_diff(&all[0], &clean[0]) > 1e-3);
+    // A capture holds the last step's new position: [1, 1, d_model].
+    let mut capture = Hooks::new().capture(point);
+    generate(
+        &m,
+        &prompts,
+        &greedy(3),
+        &mut capture,
+        HookScope::All,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(capture.take(point).unwrap().size(), [1, 1, d]);
+}

@@ -354,19 +354,7 @@ pub fn steer(
             let steered_lp = log_probs(session, &all, &mut steering.hooks(push, from))?;
             kl_per_step.push(kl(&clean_lp, &steered_lp)[ids.len() - 1..].to_vec());
         }
-        let clean_lp = log_probs(session, &ids, &mut Hooks::new())?.select(1, -1);
-        let steered_lp = log_probs(session, &ids, &mut steering.hooks(push, None))?.select(1, -1);
-        let promoted = promoted
-            .iter()
-            .map(|&id| {
-                Ok(TokenShift {
-                    id,
-                    token: model.tokenizer.decode(&[id])?,
-                    clean: clean_lp.double_value(&[0, id as i64]),
-                    steered: steered_lp.double_value(&[0, id as i64]),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let promoted = promoted_shift(session, steering, &ids, push, promoted)?;
         out.push(SteerReport {
             prompt: prompt.clone(),
             features: steering.features.clone(),
@@ -380,6 +368,30 @@ pub fn steer(
         });
     }
     Ok(out)
+}
+
+/// The log-probabilities of `tokens` at the position after prompt `ids`, without and with
+/// `push` on the whole prompt.
+pub fn promoted_shift(
+    session: &Session,
+    steering: &Steering,
+    ids: &[u32],
+    push: Push,
+    tokens: &[u32],
+) -> Result<Vec<TokenShift>> {
+    let clean = log_probs(session, ids, &mut Hooks::new())?.select(1, -1);
+    let steered = log_probs(session, ids, &mut steering.hooks(push, None))?.select(1, -1);
+    tokens
+        .iter()
+        .map(|&id| {
+            Ok(TokenShift {
+                id,
+                token: session.model.tokenizer.decode(&[id])?,
+                clean: clean.double_value(&[0, id as i64]),
+                steered: steered.double_value(&[0, id as i64]),
+            })
+        })
+        .collect()
 }
 
 /// The `n` tokens feature `f` promotes most: the feature store's list when there is one, else
