@@ -560,20 +560,10 @@ impl Gemma {
         self.run(ids, hooks, logits, None)
     }
 
-    /// One generation step; see [`crate::llama::Llama::forward_cached`].
-    pub fn forward_cached(
-        &self,
-        ids: &Tensor,
-        hooks: &mut Hooks,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        Ok(self
-            .run(ids, hooks, true, Some(cache))?
-            .expect("logits were asked for"))
-    }
-
+    /// The forward pass, plain or as one generation step against `cache` (see
+    /// [`crate::model::Model::forward_cached`]).
     #[allow(clippy::assign_op_pattern)]
-    fn run(
+    pub(crate) fn run(
         &self,
         ids: &Tensor,
         hooks: &mut Hooks,

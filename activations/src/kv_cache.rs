@@ -77,16 +77,16 @@ impl KvCache {
         }
         let counts = valid.to_kind(Kind::Int64);
         let pos = (self.next_pos.unsqueeze(1) + counts.cumsum(1, Kind::Int64) - 1).clamp_min(0);
-        self.next_pos = &self.next_pos + counts.sum_dim_intlist(1, false, Kind::Int64);
-        let longest = self.next_pos.max().int64_value(&[]) as usize;
+        let next_pos = &self.next_pos + counts.sum_dim_intlist(1, false, Kind::Int64);
+        let longest = next_pos.max().int64_value(&[]) as usize;
         if longest > ctx_len {
             // Nothing of the step is kept: the cache stays as it was.
-            self.next_pos = &self.next_pos - counts.sum_dim_intlist(1, false, Kind::Int64);
             return Err(ModelError::TooLong {
                 len: longest,
                 max: ctx_len,
             });
         }
+        self.next_pos = next_pos;
         let past = self.len();
         self.key_pos = Tensor::cat(&[&self.key_pos, &pos], 1);
         self.key_valid = Tensor::cat(&[&self.key_valid, &valid], 1);

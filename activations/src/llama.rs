@@ -439,22 +439,10 @@ impl Llama {
         self.run(ids, hooks, logits, None)
     }
 
-    /// One generation step: runs the step's tokens [batch, t] (registered with
-    /// [`KvCache::begin`]) against the cached ones, appends their keys and values, and returns
-    /// the logits [batch, t, vocab].
-    pub fn forward_cached(
-        &self,
-        ids: &Tensor,
-        hooks: &mut Hooks,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        Ok(self
-            .run(ids, hooks, true, Some(cache))?
-            .expect("logits were asked for"))
-    }
-
+    /// The forward pass, plain or as one generation step against `cache` (see
+    /// [`crate::model::Model::forward_cached`]).
     #[allow(clippy::assign_op_pattern)]
-    fn run(
+    pub(crate) fn run(
         &self,
         ids: &Tensor,
         hooks: &mut Hooks,

@@ -219,12 +219,13 @@ impl Model {
         hooks: &mut Hooks,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        match self {
-            Model::Llama(m) => m.forward_cached(ids, hooks, cache),
-            Model::Gpt2(m) => m.forward_cached(ids, hooks, cache),
-            Model::Gemma(m) => m.forward_cached(ids, hooks, cache),
-            Model::Neox(m) => m.forward_cached(ids, hooks, cache),
-        }
+        let logits = match self {
+            Model::Llama(m) => m.run(ids, hooks, true, Some(cache)),
+            Model::Gpt2(m) => m.run(ids, hooks, true, Some(cache)),
+            Model::Gemma(m) => m.run(ids, hooks, true, Some(cache)),
+            Model::Neox(m) => m.run(ids, hooks, true, Some(cache)),
+        }?;
+        Ok(logits.expect("logits were asked for"))
     }
 
     /// Opens a GGUF file, or a Hugging Face checkpoint directory (`config.json` + safetensors),
