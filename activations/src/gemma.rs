@@ -21,6 +21,7 @@ use crate::hf::{HfCheckpoint, HfConfig, RopeParameters};
 use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::kv_cache::{KvCache, attend_cached};
 use crate::llama::{GgufLoader, WeightSource};
+use saescope_kernels::linear;
 use tch::{Device, Kind, Tensor};
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -603,7 +604,7 @@ impl Gemma {
             x = hooks.at(hp(HookKind::ResidPre), x);
 
             let a = self.rms_norm(&x, &blk.input_norm);
-            let qkv = a.matmul(&blk.attn.w_qkv.tr()).view([b, t, h + 2 * hk, dh]);
+            let qkv = linear(&a, &blk.attn.w_qkv).view([b, t, h + 2 * hk, dh]);
             let mut qk = qkv.narrow(2, 0, h + hk);
             if let Some(norm) = &blk.attn.qk_norm {
                 qk = self.rms_norm(&qk, norm);
@@ -625,7 +626,7 @@ impl Gemma {
             let (k, v, allowed) = attend_cached(cache.as_deref_mut(), layer, k, v, opts.window);
             let z = causal_attention(&q, &k, &v, opts, allowed.as_ref(), hooks, layer);
             let z = hooks.at(hp(HookKind::AttnZ), z);
-            let o = z.reshape([b, t, h * dh]).matmul(&blk.attn.w_o.tr());
+            let o = linear(&z.reshape([b, t, h * dh]), &blk.attn.w_o);
             let attn_out = hooks.at(
                 hp(HookKind::AttnOut),
                 self.rms_norm(&o, &blk.post_attn_norm),
@@ -633,10 +634,10 @@ impl Gemma {
             x = x + attn_out;
 
             let m = self.rms_norm(&x, &blk.pre_ff_norm);
-            let gate_up = m.matmul(&blk.mlp.w_gate_up.tr());
+            let gate_up = linear(&m, &blk.mlp.w_gate_up);
             let post = gate_up.narrow(-1, 0, dm).gelu(self.cfg.gelu) * gate_up.narrow(-1, dm, dm);
             let post = hooks.at(hp(HookKind::MlpPost), post);
-            let down = post.matmul(&blk.mlp.w_down.tr());
+            let down = linear(&post, &blk.mlp.w_down);
             let mlp_out = hooks.at(
                 hp(HookKind::MlpOut),
                 self.rms_norm(&down, &blk.post_ff_norm),
@@ -649,7 +650,7 @@ impl Gemma {
         }
         let x = self.rms_norm(&x, &self.final_norm);
         Ok(Some(Self::soft_cap(
-            x.matmul(&self.unembed.tr()),
+            linear(&x, &self.unembed),
             self.cfg.final_softcap,
         )))
     }

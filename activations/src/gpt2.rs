@@ -7,7 +7,8 @@
 //!   x = x + gelu(LN₂(x) W_fc + b_fc) W_proj + b_proj
 //! logits = LN_f(x) W_Eᵀ
 //!
-//! Hugging Face stores GPT-2's linear layers as Conv1D, [in, out]: they are used as stored.
+//! Hugging Face stores GPT-2's linear layers as Conv1D, [in, out]; they are transposed once at
+//! load to the [out, in] every other family uses, which the decode kernel reads row by row.
 
 use crate::attention::{AttnOpts, causal_attention};
 use crate::error::ModelError;
@@ -15,6 +16,7 @@ use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::kv_cache::{KvCache, attend_cached};
 use crate::norm::LayerNorm;
+use saescope_kernels::linear;
 use tch::{Device, Kind, Tensor};
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -69,13 +71,12 @@ impl Gpt2 {
         &self.wte * self.ln_f.w.unsqueeze(0)
     }
 
-    /// See [`crate::llama::Llama::to_residual`]; GPT-2 stores these [in, out], so they are
-    /// transposed here.
+    /// See [`crate::llama::Llama::to_residual`].
     pub fn to_residual(&self, point: HookPoint) -> Option<Tensor> {
         let blk = self.blocks.get(point.layer)?;
         match point.kind {
-            HookKind::AttnZ => Some(blk.w_o.tr()),
-            HookKind::MlpPost => Some(blk.w_proj.tr()),
+            HookKind::AttnZ => Some(blk.w_o.shallow_clone()),
+            HookKind::MlpPost => Some(blk.w_proj.shallow_clone()),
             _ => None,
         }
     }
@@ -115,6 +116,9 @@ impl Gpt2 {
         let get = |name: &str, shape: &[usize]| {
             ckpt.tensor(&format!("{prefix}{name}"), shape, device, kind)
         };
+        let conv1d = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            Ok(get(name, shape)?.tr().contiguous())
+        };
         let ln = |name: &str| -> Result<LayerNorm> {
             Ok(LayerNorm {
                 w: get(&format!("{name}.weight"), &[d])?,
@@ -127,14 +131,14 @@ impl Gpt2 {
                 let n = |s: &str| format!("h.{i}.{s}");
                 Ok(Block {
                     ln1: ln(&n("ln_1"))?,
-                    w_qkv: get(&n("attn.c_attn.weight"), &[d, 3 * d])?,
+                    w_qkv: conv1d(&n("attn.c_attn.weight"), &[d, 3 * d])?,
                     b_qkv: get(&n("attn.c_attn.bias"), &[3 * d])?,
-                    w_o: get(&n("attn.c_proj.weight"), &[d, d])?,
+                    w_o: conv1d(&n("attn.c_proj.weight"), &[d, d])?,
                     b_o: get(&n("attn.c_proj.bias"), &[d])?,
                     ln2: ln(&n("ln_2"))?,
-                    w_fc: get(&n("mlp.c_fc.weight"), &[d, m])?,
+                    w_fc: conv1d(&n("mlp.c_fc.weight"), &[d, m])?,
                     b_fc: get(&n("mlp.c_fc.bias"), &[m])?,
-                    w_proj: get(&n("mlp.c_proj.weight"), &[m, d])?,
+                    w_proj: conv1d(&n("mlp.c_proj.weight"), &[m, d])?,
                     b_proj: get(&n("mlp.c_proj.bias"), &[d])?,
                 })
             })
@@ -197,7 +201,7 @@ impl Gpt2 {
         for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
             let hp = |kind| HookPoint::new(layer, kind);
             x = hooks.at(hp(HookKind::ResidPre), x);
-            let qkv = blk.ln1.apply(&x, self.cfg.ln_eps).matmul(&blk.w_qkv) + &blk.b_qkv;
+            let qkv = linear(&blk.ln1.apply(&x, self.cfg.ln_eps), &blk.w_qkv) + &blk.b_qkv;
             let parts = qkv.split(d, -1);
             let heads = |t_: &Tensor| t_.view([b, t, h, dh]).transpose(1, 2);
             let (k, v, allowed) = attend_cached(
@@ -217,21 +221,25 @@ impl Gpt2 {
                 layer,
             );
             let z = hooks.at(hp(HookKind::AttnZ), z);
-            let attn_out = z.reshape([b, t, d]).matmul(&blk.w_o) + &blk.b_o;
+            let attn_out = linear(&z.reshape([b, t, d]), &blk.w_o) + &blk.b_o;
             let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
             x = x + attn_out;
             let post =
-                (blk.ln2.apply(&x, self.cfg.ln_eps).matmul(&blk.w_fc) + &blk.b_fc).gelu("tanh");
+                (linear(&blk.ln2.apply(&x, self.cfg.ln_eps), &blk.w_fc) + &blk.b_fc).gelu("tanh");
             let post = hooks.at(hp(HookKind::MlpPost), post);
-            let mlp_out = hooks.at(hp(HookKind::MlpOut), post.matmul(&blk.w_proj) + &blk.b_proj);
+            let mlp_out = hooks.at(
+                hp(HookKind::MlpOut),
+                linear(&post, &blk.w_proj) + &blk.b_proj,
+            );
             x = x + mlp_out;
             x = hooks.at(hp(HookKind::ResidPost), x);
         }
         if !logits {
             return Ok(None);
         }
-        Ok(Some(
-            self.ln_f.apply(&x, self.cfg.ln_eps).matmul(&self.wte.tr()),
-        ))
+        Ok(Some(linear(
+            &self.ln_f.apply(&x, self.cfg.ln_eps),
+            &self.wte,
+        )))
     }
 }

@@ -17,6 +17,7 @@ use crate::gguf::Gguf;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::kv_cache::{KvCache, attend_cached};
+use saescope_kernels::linear;
 use tch::{Device, Kind, Tensor};
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -478,7 +479,7 @@ impl Llama {
             x = hooks.at(hp(HookKind::ResidPre), x);
 
             let a = self.rms_norm(&x, &blk.attn_norm);
-            let mut qkv = a.matmul(&blk.w_qkv.tr());
+            let mut qkv = linear(&a, &blk.w_qkv);
             if let Some(bias) = &blk.b_qkv {
                 qkv = qkv + bias;
             }
@@ -499,7 +500,7 @@ impl Llama {
             let (k, v, allowed) = attend_cached(cache.as_deref_mut(), layer, k, v, opts.window);
             let z = causal_attention(&q, &k, &v, opts, allowed.as_ref(), hooks, layer); // [b, t, h, dh]
             let z = hooks.at(hp(HookKind::AttnZ), z);
-            let mut attn_out = z.reshape([b, t, h * dh]).matmul(&blk.w_o.tr());
+            let mut attn_out = linear(&z.reshape([b, t, h * dh]), &blk.w_o);
             if let Some(bias) = &blk.b_o {
                 attn_out = attn_out + bias;
             }
@@ -507,10 +508,10 @@ impl Llama {
             x = x + attn_out;
 
             let m = self.rms_norm(&x, &blk.mlp_norm);
-            let gate_up = m.matmul(&blk.w_gate_up.tr());
+            let gate_up = linear(&m, &blk.w_gate_up);
             let post = gate_up.narrow(-1, 0, dm).silu() * gate_up.narrow(-1, dm, dm);
             let post = hooks.at(hp(HookKind::MlpPost), post);
-            let mlp_out = hooks.at(hp(HookKind::MlpOut), post.matmul(&blk.w_down.tr()));
+            let mlp_out = hooks.at(hp(HookKind::MlpOut), linear(&post, &blk.w_down));
             x = x + mlp_out;
             x = hooks.at(hp(HookKind::ResidPost), x);
         }
@@ -518,7 +519,7 @@ impl Llama {
             return Ok(None);
         }
         let x = self.rms_norm(&x, &self.final_norm);
-        Ok(Some(x.matmul(&self.unembed.tr())))
+        Ok(Some(linear(&x, &self.unembed)))
     }
 }
 

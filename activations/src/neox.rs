@@ -20,6 +20,7 @@ use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::kv_cache::{KvCache, attend_cached};
 use crate::llama::{GgufLoader, WeightSource};
 use crate::norm::LayerNorm;
+use saescope_kernels::linear;
 use tch::{Device, Kind, Tensor};
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -417,7 +418,7 @@ impl Neox {
             x = hooks.at(hp(HookKind::ResidPre), x);
 
             let qkv = plus(
-                blk.ln1.apply(&x, self.cfg.ln_eps).matmul(&blk.w_qkv.tr()),
+                linear(&blk.ln1.apply(&x, self.cfg.ln_eps), &blk.w_qkv),
                 &blk.b_qkv,
             )
             .view([b, t, h, 3 * dh]);
@@ -435,7 +436,7 @@ impl Neox {
                 layer,
             );
             let z = hooks.at(hp(HookKind::AttnZ), z);
-            let attn_out = plus(z.reshape([b, t, d]).matmul(&blk.w_o.tr()), &blk.b_o);
+            let attn_out = plus(linear(&z.reshape([b, t, d]), &blk.w_o), &blk.b_o);
             let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
 
             let mlp_in = if self.cfg.parallel_residual {
@@ -444,9 +445,9 @@ impl Neox {
                 x = x + &attn_out;
                 blk.ln2.apply(&x, self.cfg.ln_eps)
             };
-            let post = (mlp_in.matmul(&blk.w_in.tr()) + &blk.b_in).gelu(self.cfg.gelu);
+            let post = (linear(&mlp_in, &blk.w_in) + &blk.b_in).gelu(self.cfg.gelu);
             let post = hooks.at(hp(HookKind::MlpPost), post);
-            let mlp_out = post.matmul(&blk.w_out.tr()) + &blk.b_out;
+            let mlp_out = linear(&post, &blk.w_out) + &blk.b_out;
             let mlp_out = hooks.at(hp(HookKind::MlpOut), mlp_out);
             x = if self.cfg.parallel_residual {
                 // transformers' order of the sum, (mlp + attn) + x, for the last bit.
@@ -459,10 +460,9 @@ impl Neox {
         if !logits {
             return Ok(None);
         }
-        Ok(Some(
-            self.ln_f
-                .apply(&x, self.cfg.ln_eps)
-                .matmul(&self.unembed.tr()),
-        ))
+        Ok(Some(linear(
+            &self.ln_f.apply(&x, self.cfg.ln_eps),
+            &self.unembed,
+        )))
     }
 }

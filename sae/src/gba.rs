@@ -16,6 +16,7 @@
 //!                                                     unit-norm tied decoder cannot undo
 
 use crate::topk::centred_sq_sum;
+use saescope_kernels::linear;
 use tch::{Kind, Tensor};
 
 /// The bias-adaptation rule's constants.
@@ -145,7 +146,7 @@ impl GbaSae {
     /// the centred input.
     pub fn forward(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
         let xc = x - &self.b_dec;
-        let u = xc.matmul(&self.w_enc.tr());
+        let u = linear(&xc, &self.w_enc);
         let pre = &u + &self.b_enc;
         let acts = if self.jump {
             u * pre.gt(0.0).to_kind(Kind::Float)

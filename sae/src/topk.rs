@@ -11,6 +11,7 @@
 //! every gradient of the decoder, and the encoder's backward go through [`SparseCodes`].
 
 use crate::sparse::{SparseCodes, row_starts};
+use saescope_kernels::affine;
 use tch::{Kind, Tensor};
 
 /// Which selection rule.
@@ -105,7 +106,7 @@ impl TopKSae {
             let h = |t: &Tensor| t.to_kind(Kind::BFloat16);
             h(&self.b_enc).addmm(&h(&xc), &h(&self.w_enc).tr())
         } else {
-            self.b_enc.addmm(&xc, &self.w_enc.tr())
+            affine(&xc, &self.w_enc, &self.b_enc)
         };
         (pre.relu_(), xc)
     }
