@@ -1,6 +1,7 @@
-//! The prompt view's link to the model: the explorer sends prompts to a worker thread that owns
-//! a [`PromptEngine`] (the model and the dictionary, loaded once per dictionary) and polls for
-//! answers, so the window never waits on a forward pass.
+//! The explorer's link to the model: the prompt view and the steering panels send requests to
+//! a worker thread that owns a [`PromptEngine`] (the model and the dictionary, loaded once per
+//! dictionary) and poll for answers, so the window never waits on a forward pass or on
+//! generation.
 
 use crate::error::{ExploreError, panic_text};
 use saescope_store::prompt::{Attribution, PromptView};
@@ -20,6 +21,51 @@ pub trait PromptEngine: Send {
         feature: u32,
         dest: usize,
     ) -> Result<Attribution, ExploreError>;
+    /// Greedy continuations of `text`, clean and with `feature` pushed by `push` at the
+    /// dictionary's hook, `max_new_tokens` new tokens each (as `saescope steer`).
+    fn steer(
+        &mut self,
+        text: &str,
+        feature: u32,
+        push: SteerPush,
+        max_new_tokens: usize,
+    ) -> Result<Steered, ExploreError>;
+}
+
+/// How a steering request pushes on its feature.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SteerPush {
+    /// Add this many times the feature's decoder direction at its largest activation.
+    Add(f32),
+    /// Set the feature's activation to this value, keeping the reconstruction error.
+    Clamp(f32),
+}
+
+impl std::fmt::Display for SteerPush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SteerPush::Add(s) => write!(f, "add {s:.2}"),
+            SteerPush::Clamp(v) => write!(f, "clamp to {v:.2}"),
+        }
+    }
+}
+
+/// A prompt's clean and steered continuations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Steered {
+    /// The prompt.
+    pub prompt: String,
+    /// The feature pushed.
+    pub feature: u32,
+    /// How it was pushed.
+    pub push: SteerPush,
+    /// The continuation without the push.
+    pub clean: String,
+    /// The continuation with it.
+    pub steered: String,
+    /// KL(clean ‖ steered) of the next-token distributions, averaged over the steered
+    /// continuation's steps, in nats.
+    pub mean_kl: f64,
 }
 
 /// Opens an engine for the dictionary in a directory (on the worker thread: it may take seconds).
@@ -44,6 +90,17 @@ pub enum Request {
         /// The destination token.
         dest: usize,
     },
+    /// Clean and steered continuations.
+    Steer {
+        /// The prompt.
+        text: String,
+        /// The feature.
+        feature: u32,
+        /// How it is pushed.
+        push: SteerPush,
+        /// New tokens per continuation.
+        max_new_tokens: usize,
+    },
 }
 
 /// The engine's answers.
@@ -52,6 +109,8 @@ pub enum Answer {
     View(PromptView),
     /// To [`Request::Attribution`].
     Attribution(Attribution),
+    /// To [`Request::Steer`].
+    Steer(Steered),
 }
 
 struct Job {
@@ -67,6 +126,8 @@ pub struct Worker {
     next: u64,
     /// The request in flight, if any.
     pub pending: Option<u64>,
+    /// What the request in flight asked, handed back with its answer.
+    asked: Option<Request>,
 }
 
 impl Worker {
@@ -99,6 +160,7 @@ impl Worker {
             rx,
             next: 0,
             pending: None,
+            asked: None,
         }
     }
 
@@ -108,28 +170,28 @@ impl Worker {
         let job = Job {
             id: self.next,
             dict: dict.to_owned(),
-            request,
+            request: request.clone(),
         };
         if self.tx.send(job).is_ok() {
             self.pending = Some(self.next);
+            self.asked = Some(request);
         }
     }
 
-    /// The answer to the latest request, once it is there.
-    pub fn poll(&mut self) -> Option<Result<Answer, ExploreError>> {
+    /// The latest request and its answer, once the answer is there.
+    pub fn poll(&mut self) -> Option<(Request, Result<Answer, ExploreError>)> {
         loop {
             match self.rx.try_recv() {
                 Ok((id, r)) if Some(id) == self.pending => {
                     self.pending = None;
-                    return Some(r);
+                    return self.asked.take().map(|q| (q, r));
                 }
                 Ok(_) => continue, // an answer to a superseded request
                 Err(TryRecvError::Empty) => return None,
                 Err(TryRecvError::Disconnected) => {
-                    return self
-                        .pending
-                        .take()
-                        .map(|_| Err(ExploreError::Worker("the prompt worker stopped".into())));
+                    self.pending.take()?;
+                    let stopped = Err(ExploreError::Worker("the prompt worker stopped".into()));
+                    return self.asked.take().map(|q| (q, stopped));
                 }
             }
         }
@@ -168,6 +230,14 @@ fn answer(
             } => e
                 .attribution(text, *feature, *dest)
                 .map(Answer::Attribution),
+            Request::Steer {
+                text,
+                feature,
+                push,
+                max_new_tokens,
+            } => e
+                .steer(text, *feature, *push, *max_new_tokens)
+                .map(Answer::Steer),
         }
     }));
     run.unwrap_or_else(|payload| {

@@ -16,7 +16,7 @@ pub mod state;
 mod views;
 mod widgets;
 
-pub use engine::{EngineFactory, PromptEngine};
+pub use engine::{EngineFactory, PromptEngine, SteerPush, Steered};
 pub use error::ExploreError;
 pub use state::{Explorer, Memory, View};
 

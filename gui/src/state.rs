@@ -4,7 +4,7 @@
 //! [`crate::data`] and answers from [`crate::engine`].
 
 use crate::data::{DictEntry, FeatureTable, Loading, Problem, RunData};
-use crate::engine::{Answer, EngineFactory, Request, Worker};
+use crate::engine::{Answer, EngineFactory, Request, Steered, Worker};
 use crate::error::ExploreError;
 use eframe::egui;
 use saescope_store::features::ContextRow;
@@ -153,6 +153,43 @@ pub struct PromptState {
     pub dest: Option<usize>,
     /// The attribution's answer.
     pub attribution: Option<Result<Attribution, ExploreError>>,
+    /// The value the shaded feature is clamped to.
+    pub clamp_value: f32,
+    /// The prompt's continuations with the shaded feature clamped, and without.
+    pub clamped: Option<Result<Steered, ExploreError>>,
+}
+
+/// The feature page's steering panel.
+pub struct SteerState {
+    /// The prompt in the box.
+    pub text: String,
+    /// Clamp (rather than add).
+    pub clamp: bool,
+    /// The slider: the add strength in largest activations, or the clamp value.
+    pub strength: f32,
+    /// New tokens per continuation.
+    pub max_new_tokens: usize,
+    /// The engine's answer.
+    pub result: Option<Result<Steered, ExploreError>>,
+}
+
+impl Default for SteerState {
+    fn default() -> Self {
+        SteerState {
+            text: String::new(),
+            clamp: false,
+            strength: 4.0,
+            max_new_tokens: 24,
+            result: None,
+        }
+    }
+}
+
+/// Which panel a steering request came from, for its answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum SteerFrom {
+    FeaturePage,
+    PromptView,
 }
 
 /// The whole explorer.
@@ -176,6 +213,9 @@ pub struct Explorer {
     pub page: Option<Page>,
     /// The prompt view's state.
     pub prompt: PromptState,
+    /// The feature page's steering panel.
+    pub steer: SteerState,
+    pub(crate) steer_from: SteerFrom,
     pub(crate) worker: Option<Worker>,
     /// The (dictionary, head) cell selected in the heads view.
     pub heads_selected: Option<(usize, usize)>,
@@ -207,6 +247,8 @@ impl Explorer {
             at: 0,
             page: None,
             prompt: PromptState::default(),
+            steer: SteerState::default(),
+            steer_from: SteerFrom::FeaturePage,
             worker: engine.map(|f| Worker::start(f, ctx.clone())),
             heads_selected: None,
             memory,
@@ -435,19 +477,36 @@ impl Explorer {
             );
         }
         if let Some(w) = &mut self.worker
-            && let Some(answer) = w.poll()
+            && let Some((asked, answer)) = w.poll()
         {
-            match answer {
-                Ok(Answer::View(v)) => self.prompt.result = Some(Ok(v)),
-                Ok(Answer::Attribution(a)) => self.prompt.attribution = Some(Ok(a)),
-                Err(e) => {
-                    if self.prompt.dest.is_some() && self.prompt.result.is_some() {
-                        self.prompt.attribution = Some(Err(e));
-                    } else {
-                        self.prompt.result = Some(Err(e));
-                    }
-                }
+            match (asked, answer) {
+                (_, Ok(Answer::View(v))) => self.prompt.result = Some(Ok(v)),
+                (_, Ok(Answer::Attribution(a))) => self.prompt.attribution = Some(Ok(a)),
+                (_, Ok(Answer::Steer(s))) => self.steered(Ok(s)),
+                (Request::View { .. }, Err(e)) => self.prompt.result = Some(Err(e)),
+                (Request::Attribution { .. }, Err(e)) => self.prompt.attribution = Some(Err(e)),
+                (Request::Steer { .. }, Err(e)) => self.steered(Err(e)),
             }
+        }
+    }
+
+    /// Sends a steering request from `from` about the open dictionary.
+    pub(crate) fn send_steer(&mut self, from: SteerFrom, request: Request) {
+        let dir = self.entry().map(|d| d.dir.clone());
+        if let (Some(dir), Some(w)) = (dir, &mut self.worker) {
+            self.steer_from = from;
+            match from {
+                SteerFrom::FeaturePage => self.steer.result = None,
+                SteerFrom::PromptView => self.prompt.clamped = None,
+            }
+            w.send(dir.path(), request);
+        }
+    }
+
+    fn steered(&mut self, r: Result<Steered, ExploreError>) {
+        match self.steer_from {
+            SteerFrom::FeaturePage => self.steer.result = Some(r),
+            SteerFrom::PromptView => self.prompt.clamped = Some(r),
         }
     }
 }

@@ -5,10 +5,10 @@
 
 use eframe::egui;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use saescope_gui::engine::{EngineFactory, PromptEngine};
 use saescope_gui::fixture::{self, FixtureSpec, RESID_DICT, Z_DICT};
-use saescope_gui::{ExploreError, Explorer, Memory, View};
+use saescope_gui::{ExploreError, Explorer, Memory, SteerPush, Steered, View};
 use saescope_store::DictDir;
 use saescope_store::prompt::{ActiveFeature, Attribution, PromptView, TokenView};
 use std::path::{Path, PathBuf};
@@ -203,6 +203,29 @@ impl PromptEngine for Words {
             tokens,
         })
     }
+    /// Clean text fixed, steered text naming the push; feature 6 cannot be steered.
+    fn steer(
+        &mut self,
+        text: &str,
+        feature: u32,
+        push: SteerPush,
+        max_new_tokens: usize,
+    ) -> Result<Steered, ExploreError> {
+        assert_eq!(max_new_tokens, 24);
+        if feature == 6 {
+            return Err(ExploreError::Engine(format!(
+                "feature {feature} never fired"
+            )));
+        }
+        Ok(Steered {
+            prompt: text.to_owned(),
+            feature,
+            push,
+            clean: " and then it rained".into(),
+            steered: format!(" pushed {feature} by {push}"),
+            mean_kl: 0.25,
+        })
+    }
 }
 
 /// Steps frames (a spinner keeps asking for them) until no spinner is left.
@@ -265,6 +288,62 @@ fn prompt_view_runs_in_the_background_and_shades_by_a_feature() {
     h.get_by_label_contains("feature 5 at token 2: pre-activation 1.500 = constant 0.500");
     h.get_by_label("head 1");
     h.get_by_label("+0.75"); // head 1, source 2
+
+    // Clamping the shaded feature (to 0 unless changed) continues the prompt both ways.
+    h.get_by_label("Clamp feature 5 to");
+    h.get_by_label("Continue clean and clamped").click();
+    wait_for_worker(&mut h);
+    h.get_by_label("steered (clamp to 0.00)");
+    h.get_by_label(" pushed 5 by clamp to 0.00");
+    h.get_by_label(" and then it rained");
+    assert_eq!(h.get_all_by_label("tiny words matter").count(), 2);
+    // A steering error shows by the clamp; the prompt's table stays.
+    h.get_by_label("#6 3.00, q0.50").click();
+    h.run();
+    h.get_by_label("Continue clean and clamped").click();
+    wait_for_worker(&mut h);
+    h.get_by_label("Error: feature 6 never fired");
+    h.get_by_label("#4 2.00, q0.50");
+}
+
+#[test]
+fn feature_page_steers_on_the_worker() {
+    let (_tmp, run) = fixture();
+    let factory: EngineFactory = Box::new(|_: &Path| Ok(Box::new(Words) as Box<dyn PromptEngine>));
+    let memory = Memory {
+        dictionary: Some(Z_DICT.into()),
+        feature: Some(7),
+        ..Memory::default()
+    };
+    let mut h = harness(Some(run), memory, Some(factory));
+    goto(&mut h, "Feature");
+    h.get_by_label("Feature 7");
+    assert!(
+        h.get_by_label("Generate").accesskit_node().is_disabled(),
+        "nothing to generate without a prompt"
+    );
+    type_into(&mut h, egui::accesskit::Role::TextInput, "Once upon a time");
+    h.get_by_label("Generate").click();
+    wait_for_worker(&mut h);
+    h.get_by_label(
+        "feature 7, add 4.00: mean KL from the clean next-token distributions 0.250 nats",
+    );
+    h.get_by_label("clean");
+    h.get_by_label("steered (add 4.00)");
+    h.get_by_label(" and then it rained");
+    h.get_by_label(" pushed 7 by add 4.00");
+    assert_eq!(h.get_all_by_label("Once upon a time").count(), 2);
+    // Clamp instead: the same slider now gives the activation.
+    h.get_by_label("clamp").click();
+    h.run();
+    h.get_by_label("Generate").click();
+    wait_for_worker(&mut h);
+    h.get_by_label(" pushed 7 by clamp to 4.00");
+    // Another feature's page does not show this one's result.
+    h.state_mut().open_feature(8);
+    h.run();
+    h.get_by_label("Feature 8");
+    assert!(h.query_by_label(" pushed 7 by clamp to 4.00").is_none());
 }
 
 #[test]
@@ -448,6 +527,9 @@ impl PromptEngine for Fragile {
         panic!("device-side assert on {text:?}")
     }
     fn attribution(&mut self, _: &str, _: u32, _: usize) -> Result<Attribution, ExploreError> {
+        panic!("device-side assert")
+    }
+    fn steer(&mut self, _: &str, _: u32, _: SteerPush, _: usize) -> Result<Steered, ExploreError> {
         panic!("device-side assert")
     }
 }

@@ -1,11 +1,17 @@
 //! `saescope explore`: the desktop explorer on a run directory. The window comes from
 //! `saescope-gui`; this command gives it a prompt engine, a `saescope-analysis` session opened
-//! the way `inspect` opens one, on the explorer's worker thread.
+//! the way `inspect` opens one, on the explorer's worker thread, which also steers as
+//! `saescope steer` does.
 
 use anyhow::Result;
+use saescope_activations::generate::{GenerateConfig, PromptStyle};
 use saescope_activations::model::device;
+use saescope_activations::sampler::Sampling;
+use saescope_analysis::steer::{Push, SteerRequest, Steering, steer};
 use saescope_analysis::{Session, SessionSpec};
-use saescope_gui::{EngineFactory, ExploreError, Launch, PromptEngine, Start, View};
+use saescope_gui::{
+    EngineFactory, ExploreError, Launch, PromptEngine, Start, SteerPush, Steered, View,
+};
 use saescope_store::features::FeatureRow;
 use saescope_store::prompt::{Attribution, PromptView};
 use std::path::{Path, PathBuf};
@@ -124,5 +130,125 @@ impl PromptEngine for Engine {
         self.session
             .attribution(&ids, feature, dest)
             .map_err(|e| ExploreError::Engine(e.to_string()))
+    }
+
+    fn steer(
+        &mut self,
+        text: &str,
+        feature: u32,
+        push: SteerPush,
+        max_new_tokens: usize,
+    ) -> Result<Steered, ExploreError> {
+        let fail = |e: saescope_analysis::AnalysisError| ExploreError::Engine(e.to_string());
+        let (push_as, raw) = match push {
+            SteerPush::Add(s) => (Push::Add(s as f64), false),
+            // A clamp needs no largest activation, so it works without a feature store.
+            SteerPush::Clamp(v) => (Push::Clamp(v as f64), self.features.is_none()),
+        };
+        let steering = Steering::new(&self.session, &[feature], self.features.as_deref(), raw)
+            .map_err(fail)?;
+        let request = SteerRequest {
+            style: PromptStyle::default(),
+            generate: GenerateConfig {
+                max_new_tokens,
+                sampling: Sampling::default(),
+                stop: vec![],
+            },
+            samples: 1,
+            only_new: false,
+        };
+        let prompts = [text.to_owned()];
+        let report = steer(
+            &self.session,
+            &steering,
+            &prompts,
+            push_as,
+            None,
+            &request,
+            &[],
+        )
+        .map_err(fail)?
+        .pop()
+        .ok_or_else(|| ExploreError::Engine("steering gave no report".into()))?;
+        let kl = &report.kl_per_step[0];
+        Ok(Steered {
+            prompt: text.to_owned(),
+            feature,
+            push,
+            clean: report.clean[0].text.clone(),
+            steered: report.steered[0].text.clone(),
+            mean_kl: kl.iter().sum::<f64>() / kl.len().max(1) as f64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saescope_sae::AnyDictionary;
+    use saescope_sae::seeded::Seeded;
+    use saescope_sae::topk::{Selection, TopKSae};
+    use saescope_store::dictionary::{DictConfig, DictDir};
+    use tch::{Device, Kind, Tensor};
+
+    /// The explorer's engine on the bundled model with a random TopK dictionary at layer 20
+    /// (no feature store).
+    fn engine(dir: &Path) -> Engine {
+        let mut rng = Seeded::new(11);
+        let (n, d) = (64, 576);
+        let w = rng.normal(&[n, d], Device::Cpu);
+        let sae = TopKSae {
+            w_enc: &w / 4.0,
+            b_enc: rng.normal(&[n], Device::Cpu) * 0.1 - 0.5,
+            w_dec: &w / w.norm_scalaropt_dim(2.0, [1], true),
+            b_dec: Tensor::zeros([d], (Kind::Float, Device::Cpu)),
+            k: 4,
+            selection: Selection::TopK,
+            threshold: None,
+            bf16_select: false,
+        };
+        let out = DictDir::new(dir.join("d"));
+        let cfg = DictConfig {
+            hook_name: Some("blocks.20.hook_resid_post".into()),
+            ..DictConfig::default()
+        };
+        AnyDictionary::TopK(sae).save(&out, &[], cfg).unwrap();
+        Engine::open(&SessionSpec::new(out.path())).unwrap()
+    }
+
+    /// A clamp of a feature to its own activation on every token leaves the text and the
+    /// distributions as they were; a strong clamp changes both; adding needs the feature
+    /// store's largest activation, and says so.
+    #[test]
+    fn the_explorer_engine_steers_like_the_steer_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut e = engine(tmp.path());
+        let prompt = "The cat sat on the mat and";
+        // A feature that never fires on the prompt or its clean continuation: its own
+        // activation is 0 everywhere.
+        let clean = e.steer(prompt, 0, SteerPush::Clamp(0.0), 12).unwrap().clean;
+        let view = e.view(&format!("{prompt}{clean}"), 64).unwrap();
+        let silent = (0..64u32)
+            .find(|f| {
+                view.tokens
+                    .iter()
+                    .all(|t| t.features.iter().all(|a| a.feature != *f))
+            })
+            .expect("a silent feature");
+        let same = e.steer(prompt, silent, SteerPush::Clamp(0.0), 12).unwrap();
+        assert_eq!(same.clean, clean);
+        assert_eq!(same.steered, same.clean);
+        assert!(same.mean_kl < 1e-6, "{}", same.mean_kl);
+        assert!(!same.clean.is_empty());
+        let pushed = e
+            .steer(prompt, silent, SteerPush::Clamp(200.0), 12)
+            .unwrap();
+        assert_eq!(pushed.clean, same.clean);
+        assert_ne!(pushed.steered, pushed.clean);
+        assert!(pushed.mean_kl > 0.1, "{}", pushed.mean_kl);
+        let err = e
+            .steer(prompt, silent, SteerPush::Add(4.0), 12)
+            .unwrap_err();
+        assert!(err.to_string().contains("no feature store"), "{err}");
     }
 }

@@ -1,5 +1,5 @@
-//! A feature's page: statistics, histograms, logit effects, neighbours, head shares, and its
-//! top and interval contexts.
+//! A feature's page: statistics, histograms, logit effects, neighbours, head shares, the
+//! steering panel, and its top and interval contexts.
 
 use crate::data::Problem;
 use crate::state::Explorer;
@@ -105,6 +105,8 @@ impl Explorer {
                     .allow_scroll(false)
                     .show(ui, |p| p.bar_chart(BarChart::new("head share", bars)));
             }
+            ui.separator();
+            self.steer_panel(ui, f, r.max_act);
             ui.separator();
             match &self.page.as_ref().expect("ensured").contexts {
                 Err(e) => {

@@ -6,6 +6,7 @@ mod features;
 mod heads;
 mod overview;
 mod prompt;
+mod steer;
 
 use crate::data::Problem;
 use crate::state::Explorer;

@@ -1,8 +1,10 @@
 //! The prompt view: a prompt through the model and dictionary, each token's strongest features,
-//! and for attention-output dictionaries the attribution by head and source token.
+//! the prompt continued with a chosen feature clamped, and for attention-output dictionaries the
+//! attribution by head and source token.
 
-use crate::engine::Request;
-use crate::state::Explorer;
+use super::steer::steered_ui;
+use crate::engine::{Request, SteerPush};
+use crate::state::{Explorer, SteerFrom};
 use crate::widgets::{show_token, signed_colour, token_chip};
 use eframe::egui::{self, Color32, RichText};
 
@@ -104,6 +106,9 @@ impl Explorer {
                 }
             });
         }
+        if let Some(f) = self.prompt.shade {
+            self.clamp_ui(ui, f);
+        }
         egui::ScrollArea::vertical().show(ui, |ui| {
             egui::Grid::new("prompt-tokens").striped(true).show(ui, |ui| {
                 ui.strong("position");
@@ -159,6 +164,35 @@ impl Explorer {
         }
         if let Some(f) = open {
             self.open_feature(f);
+        }
+    }
+
+    /// Continues the prompt with feature `f` clamped to a value (0 removes it), beside the clean
+    /// continuation.
+    fn clamp_ui(&mut self, ui: &mut egui::Ui, f: u32) {
+        let pending = self.worker.as_ref().is_some_and(|w| w.pending.is_some());
+        let mut go = false;
+        ui.horizontal(|ui| {
+            ui.label(format!("Clamp feature {f} to"));
+            ui.add(egui::DragValue::new(&mut self.prompt.clamp_value).speed(0.05));
+            go = ui
+                .add_enabled(!pending, egui::Button::new("Continue clean and clamped"))
+                .on_hover_text("greedy continuations of the prompt, as is and with the feature's activation set to this value at every token (0 removes it)")
+                .clicked();
+        });
+        if go {
+            let request = Request::Steer {
+                text: self.prompt.ran.clone(),
+                feature: f,
+                push: SteerPush::Clamp(self.prompt.clamp_value),
+                max_new_tokens: self.steer.max_new_tokens,
+            };
+            self.send_steer(SteerFrom::PromptView, request);
+        }
+        match &self.prompt.clamped {
+            Some(Ok(s)) if s.feature != f || s.prompt != self.prompt.ran => {}
+            Some(r) => steered_ui(ui, r),
+            None => {}
         }
     }
 
