@@ -11,7 +11,7 @@
 
 use crate::chat::Message;
 use crate::error::ModelError;
-use crate::hooks::Hooks;
+use crate::hooks::{HookPoint, Hooks};
 use crate::kv_cache::KvCache;
 use crate::model::{Model, TextModel};
 use crate::sampler::{Sampler, Sampling};
@@ -95,6 +95,12 @@ pub fn check(model: &Model, prompts: &[Vec<u32>], cfg: &GenerateConfig) -> Resul
 /// Continues each prompt (token ids) under `hooks`. `observe` sees, before each token is
 /// chosen, the step number and the next-token logits [prompts, vocab] (rows of prompts that
 /// have ended included; their values are not meaningful).
+///
+/// A captured hook holds every position computed, [prompts, columns, ...]: the left-padded
+/// prompts (unless `scope` is [`HookScope::NewTokens`]), then one column per token fed back.
+/// Row i's real values are its prompt's last `prompts[i].len()` prompt columns and its first
+/// `token_ids.len() - 1` new columns (the last token chosen is never fed back); the other
+/// columns hold padding, whose values mean nothing. Attention patterns keep the last pass only.
 pub fn generate(
     model: &Model,
     prompts: &[Vec<u32>],
@@ -119,6 +125,8 @@ pub fn generate(
     let mut last = model
         .forward_cached(&ids, prefill_hooks, &mut cache)?
         .select(1, width - 1);
+    let mut trajectory = Trajectory::new(hooks);
+    trajectory.collect(hooks);
     let mut sampler = Sampler::new(cfg.sampling, n);
     let mut out: Vec<Continuation> = (0..n)
         .map(|_| Continuation {
@@ -161,8 +169,34 @@ pub fn generate(
             .view([n as i64, 1])
             .to_device(device);
         last = model.forward_cached(&next, hooks, &mut cache)?.select(1, 0);
+        trajectory.collect(hooks);
     }
+    trajectory.hand_back(hooks);
     Ok(out)
+}
+
+/// Each captured hook's values, pass by pass, to be joined along the positions at the end.
+struct Trajectory(Vec<(HookPoint, Vec<Tensor>)>);
+
+impl Trajectory {
+    fn new(hooks: &Hooks) -> Trajectory {
+        Trajectory(hooks.captures().into_iter().map(|p| (p, vec![])).collect())
+    }
+
+    /// Moves the last pass's captures out of `hooks`.
+    fn collect(&mut self, hooks: &mut Hooks) {
+        for (point, passes) in &mut self.0 {
+            passes.extend(hooks.take(*point));
+        }
+    }
+
+    fn hand_back(self, hooks: &mut Hooks) {
+        for (point, passes) in self.0 {
+            if !passes.is_empty() {
+                hooks.put_captured(point, Tensor::cat(&passes, 1));
+            }
+        }
+    }
 }
 
 /// Prompts as one batch [n, longest], padding first, and which slots are real tokens.

@@ -231,6 +231,16 @@ impl Hooks {
             .copied()
     }
 
+    /// The points whose values are captured.
+    pub(crate) fn captures(&self) -> Vec<HookPoint> {
+        self.capture.iter().copied().collect()
+    }
+
+    /// Puts a captured value back (generation hands back the whole trajectory).
+    pub(crate) fn put_captured(&mut self, point: HookPoint, x: Tensor) {
+        self.captured.insert(point, x);
+    }
+
     pub(crate) fn wants_pattern(&self, layer: usize) -> bool {
         self.patterns.contains(&layer)
     }

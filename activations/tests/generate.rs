@@ -421,16 +421,53 @@ fn hooks_act_during_generation_where_asked() {
     assert!(common::max_abs_diff(&new_only[1], &clean[1]) > 1e-3);
     let (_, all) = steps(&mut Hooks::new().intervene(point, push()), HookScope::All);
     assert!(common::max_abs_diff(&all[0], &clean[0]) > 1e-3);
-    // A capture holds the last step's new position: [1, 1, d_model].
+    // A capture holds every position computed, prompts left-padded then one column per token
+    // fed back; each row's real columns equal a plain forward pass over its prompt and tokens.
+    let two = vec![vec![5u32, 17, 99, 3], vec![8u32, 40]];
     let mut capture = Hooks::new().capture(point);
-    generate(
+    let out = generate(
         &m,
-        &prompts,
+        &two,
         &greedy(3),
         &mut capture,
         HookScope::All,
         &mut |_, _| {},
     )
     .unwrap();
-    assert_eq!(capture.take(point).unwrap().size(), [1, 1, d]);
+    let got = capture.take(point).unwrap();
+    assert_eq!(got.size(), [2, 4 + 2, d]);
+    for (i, p) in two.iter().enumerate() {
+        let fed = out[i].token_ids.len() - 1;
+        let mut ids: Vec<i64> = p.iter().map(|&t| t as i64).collect();
+        ids.extend(out[i].token_ids[..fed].iter().map(|&t| t as i64));
+        let mut plain = Hooks::new().capture(point);
+        m.forward(&Tensor::from_slice(&ids).view([1, -1]), &mut plain, false)
+            .unwrap();
+        let want = plain.take(point).unwrap().squeeze_dim(0);
+        let row = got.get(i as i64);
+        let real = Tensor::cat(
+            &[
+                row.narrow(0, 4 - p.len() as i64, p.len() as i64),
+                row.narrow(0, 4, fed as i64),
+            ],
+            0,
+        );
+        let err = common::max_abs_diff(
+            &Vec::<f32>::try_from(real.reshape([-1])).unwrap(),
+            &Vec::<f32>::try_from(want.reshape([-1])).unwrap(),
+        );
+        assert!(err < 1e-4, "row {i}: {err}");
+    }
+    // With the prompts left alone, only the new columns are captured.
+    let mut capture = Hooks::new().capture(point);
+    generate(
+        &m,
+        &two,
+        &greedy(3),
+        &mut capture,
+        HookScope::NewTokens,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(capture.take(point).unwrap().size(), [2, 2, d]);
 }
