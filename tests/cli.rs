@@ -836,6 +836,35 @@ fn generate_continues_prompts_as_transformers_does() {
     assert_eq!(got["token_ids"], serde_json::json!(want[..=eos]));
     assert_eq!(got["stop"], "stop_token");
     assert!(got["text"].as_str().unwrap().starts_with(" Paris."));
+    // A stop the user names ends the text at its first occurrence, which is kept in the ids
+    // and left out of the text, as EOS is.
+    let o = saescope(&[
+        "generate",
+        "--json",
+        "--max-new-tokens",
+        "40",
+        "--stop",
+        ".",
+        case["text"].as_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stopped: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first_dot = got["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|t| {
+            t == &stopped["token_ids"]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()
+                .clone()
+        })
+        .unwrap();
+    assert_eq!(stopped["token_ids"], serde_json::json!(want[..=first_dot]));
+    assert_eq!(stopped["stop"], "stop_token");
+    assert_eq!(stopped["text"], " Paris");
 
     for (args, message) in [
         (
@@ -845,6 +874,10 @@ fn generate_continues_prompts_as_transformers_does() {
         (vec!["generate", "  "], "prompt 1: the prompt is empty"),
         (vec!["generate", "--temperature=-2", "x"], "temperature -2"),
         (vec!["generate", "--top-p", "1.5", "x"], "top-p 1.5"),
+        (
+            vec!["generate", "--stop", "Paris is", "x"],
+            "stop \"Paris is\" is 2 tokens",
+        ),
     ] {
         let o = saescope(&args);
         assert!(!o.status.success());

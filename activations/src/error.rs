@@ -75,6 +75,14 @@ pub enum TokenizerError {
     /// The model has no chat template, or its template failed to render.
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A stop text that is not exactly one token.
+    #[error("stop {text:?} is {} tokens ({ids:?}); a stop must be one token of the model's vocabulary", ids.len())]
+    NotOneToken {
+        /// The text given.
+        text: String,
+        /// What it encodes to.
+        ids: Vec<u32>,
+    },
 }
 
 /// A corpus that cannot be read.

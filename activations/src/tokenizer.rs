@@ -333,6 +333,18 @@ impl TextTokenizer {
             .map_err(|e| TokenizerError::Tokenize(e.to_string()))
     }
 
+    /// The one token id of `text` (a stop token named by the user: `.`, `\n`, `<|im_end|>`),
+    /// or an error naming the text and what it encodes to.
+    pub fn one_token(&self, text: &str) -> Result<u32> {
+        match self.encode(text)?.as_slice() {
+            [id] => Ok(*id),
+            ids => Err(TokenizerError::NotOneToken {
+                text: text.to_owned(),
+                ids: ids.to_vec(),
+            }),
+        }
+    }
+
     /// The text of token ids, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

@@ -34,6 +34,10 @@ pub struct Args {
     /// Seed of the samples: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also stop at this token (repeatable; each must be one token, e.g. "." or "<|im_end|>");
+    /// the model's EOS always stops.
+    #[arg(long)]
+    pub stop: Vec<String>,
     /// Send each prompt as a user turn through the model's chat template.
     #[arg(long)]
     pub chat: bool,
@@ -58,17 +62,13 @@ pub fn run(a: Args) -> Result<()> {
     if a.max_new_tokens == 0 {
         bail!("--max-new-tokens 0: nothing to generate");
     }
-    let cfg = GenerateConfig {
-        max_new_tokens: a.max_new_tokens,
-        sampling: Sampling {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
-        stop: vec![],
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
     };
-    if let Err(m) = cfg.sampling.check() {
+    if let Err(m) = sampling.check() {
         bail!("{m}");
     }
     let style = PromptStyle {
@@ -78,6 +78,16 @@ pub fn run(a: Args) -> Result<()> {
     };
     let path = a.model.clone().unwrap_or_else(assets::default_model);
     let model = TextModel::open(&path, device(&a.device)?, a.compute_dtype.parse()?)?;
+    let stop = a
+        .stop
+        .iter()
+        .map(|s| model.tokenizer.one_token(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cfg = GenerateConfig {
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        stop,
+    };
     let out = continue_texts(
         &model,
         &a.prompts,
