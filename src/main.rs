@@ -36,6 +36,9 @@ enum Command {
     Eval(commands::eval::Args),
     /// Build a dictionary's feature store: statistics, contexts, logit effects, neighbours.
     Analyze(commands::analyze::Args),
+    /// Draw each latent's example windows for autointerp: train (explainer) and test (scorers)
+    /// sets from disjoint halves of the run.
+    Examples(commands::examples::Args),
     /// The prompt view: each token's most active features, and attribution by head and source.
     Inspect(commands::inspect::Args),
     /// Continue prompts with a model: greedy or sampled, plain text or through its chat template.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train::run(a).map(|_| ()),
         Command::Eval(a) => commands::eval::run(a),
         Command::Analyze(a) => commands::analyze::run(a),
+        Command::Examples(a) => commands::examples::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Steer(a) => commands::steer::run(a),

@@ -45,8 +45,8 @@ fn help_lists_every_working_command() {
     assert!(o.status.success());
     let t = text(&o);
     for cmd in [
-        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "inspect", "generate",
-        "explore", "export", "store",
+        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "examples", "inspect",
+        "generate", "explore", "export", "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -436,6 +436,67 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     );
     assert!(t.contains("is already trained: its metrics"), "{t}");
     assert!(t.contains(&format!("FVU {fvu:.4}")), "{t}");
+
+    // Example sets for autointerp: train windows from the first half of the run, test windows
+    // from the second, recorded in examples.parquet with the split in examples.json.
+    let d = dict.to_str().unwrap();
+    let args = [
+        "examples",
+        "--dict",
+        d,
+        "--latents",
+        "0..40",
+        "--window",
+        "16",
+        "--min-activating",
+        "10",
+    ];
+    let o = saescope(&args);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("of 40 latents of blocks.6.hook_resid_post over 3000 tokens"),
+        "{t}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dict.join("examples.json")).unwrap()).unwrap();
+    let split = summary["split_token"].as_u64().unwrap();
+    assert!((1500..1600).contains(&split), "{split}");
+    let rows = saescope_store::examples::read_examples(&dict.join("examples.parquet")).unwrap();
+    let skipped = summary["skipped"].as_array().unwrap().len();
+    let latents: std::collections::BTreeSet<u32> = rows.iter().map(|r| r.latent).collect();
+    assert_eq!(
+        latents.len() + skipped,
+        40,
+        "every latent drawn or reported"
+    );
+    assert!(!latents.is_empty());
+    for r in &rows {
+        let end = r.start + r.token_ids.len() as u64;
+        match r.set {
+            saescope_store::examples::ExampleSet::Train => assert!(end <= split),
+            saescope_store::examples::ExampleSet::Test => assert!(r.start >= split),
+        }
+    }
+    for (args, message) in [
+        (
+            vec!["examples", "--dict", d, "--latents", "5..2"],
+            "the range is empty",
+        ),
+        (
+            vec!["examples", "--dict", d, "--latents", "3,x"],
+            "expected a range A..B",
+        ),
+        (
+            vec!["examples", "--dict", d, "--latents", "300"],
+            "latent 300: the dictionary has 256 latents",
+        ),
+        (vec!["examples", "--dict", d, "--sample", "0"], "--sample 0"),
+    ] {
+        let o = saescope(&args);
+        assert!(!o.status.success());
+        assert!(text(&o).contains(message), "{args:?}: {}", text(&o));
+    }
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! what runs there: splicing the dictionary into the forward pass ([`splice`], driven over
 //! held-out text by [`eval`]: CE-loss recovered, KL), the streaming feature analysis that fills
 //! a feature store ([`features`]), the prompt view with attribution by head ([`inspect`]), and
-//! steering: generation with features pushed on ([`steer`]). Circuit discovery will live here too.
+//! steering: generation with features pushed on ([`steer`]), and the example sets autointerp
+//! explains and scores from ([`examples`]). Circuit discovery will live here too.
 //!
 //! It builds on the model runtime (`saescope-activations`), the learners and their files
 //! (`saescope-sae`) and the formats (`saescope-store`), and shows nothing: progress goes to
@@ -16,6 +17,7 @@
 
 mod error;
 pub mod eval;
+pub mod examples;
 pub mod features;
 pub mod inspect;
 pub mod session;

@@ -3,6 +3,7 @@ pub mod demo;
 pub mod dict;
 pub mod doctor;
 pub mod eval;
+pub mod examples;
 pub mod explore;
 pub mod export;
 pub mod generate;

@@ -317,7 +317,7 @@ pub struct Summary {
     pub definitions: serde_json::Value,
 }
 
-fn list_u32(rows: impl Iterator<Item = Vec<u32>>) -> ArrayRef {
+pub(crate) fn list_u32(rows: impl Iterator<Item = Vec<u32>>) -> ArrayRef {
     let mut b = ListBuilder::new(UInt32Builder::new());
     for r in rows {
         b.values().append_slice(&r);
@@ -326,7 +326,7 @@ fn list_u32(rows: impl Iterator<Item = Vec<u32>>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-fn list_f32(rows: impl Iterator<Item = Vec<f32>>) -> ArrayRef {
+pub(crate) fn list_f32(rows: impl Iterator<Item = Vec<f32>>) -> ArrayRef {
     let mut b = ListBuilder::new(Float32Builder::new());
     for r in rows {
         b.values().append_slice(&r);
@@ -346,7 +346,7 @@ fn list_str<'a>(rows: impl Iterator<Item = &'a Vec<String>>) -> ArrayRef {
     Arc::new(b.finish())
 }
 
-fn list_field(name: &str, item: DataType) -> Field {
+pub(crate) fn list_field(name: &str, item: DataType) -> Field {
     Field::new(
         name,
         DataType::List(Arc::new(Field::new("item", item, true))),
@@ -354,7 +354,7 @@ fn list_field(name: &str, item: DataType) -> Field {
     )
 }
 
-fn write_table(path: &Path, batch: RecordBatch, rows_per_group: usize) -> Result<()> {
+pub(crate) fn write_table(path: &Path, batch: RecordBatch, rows_per_group: usize) -> Result<()> {
     let tmp = tmp_path(path);
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -372,7 +372,11 @@ fn write_table(path: &Path, batch: RecordBatch, rows_per_group: usize) -> Result
     std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))
 }
 
-fn batch(path: &Path, fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+pub(crate) fn batch(
+    path: &Path,
+    fields: Vec<Field>,
+    columns: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|source| {
         StoreError::Arrow {
             path: path.to_owned(),
@@ -569,7 +573,7 @@ pub struct FeatureStore {
     pub neighbours: Vec<NeighbourRow>,
 }
 
-fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
+pub(crate) fn read_batches(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
     let pq = |source| StoreError::Parquet {
         path: path.to_owned(),
@@ -596,9 +600,9 @@ fn collect_batches(path: &Path, reader: ParquetRecordBatchReader) -> Result<Vec<
 }
 
 /// Column access that names the file and column when something is off.
-struct Cols<'a> {
-    path: &'a Path,
-    batch: &'a RecordBatch,
+pub(crate) struct Cols<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) batch: &'a RecordBatch,
 }
 
 impl<'a> Cols<'a> {
@@ -610,7 +614,7 @@ impl<'a> Cols<'a> {
                 message: format!("column `{name}` is missing"),
             })
     }
-    fn typed<T: 'static>(&self, name: &str) -> Result<&'a T> {
+    pub(crate) fn typed<T: 'static>(&self, name: &str) -> Result<&'a T> {
         self.get(name)?
             .as_any()
             .downcast_ref::<T>()
@@ -622,15 +626,15 @@ impl<'a> Cols<'a> {
                 ),
             })
     }
-    fn list(&self, name: &str) -> Result<&'a ListArray> {
+    pub(crate) fn list(&self, name: &str) -> Result<&'a ListArray> {
         self.typed::<ListArray>(name)
     }
 }
 
-fn u32s(l: &ListArray, i: usize) -> Vec<u32> {
+pub(crate) fn u32s(l: &ListArray, i: usize) -> Vec<u32> {
     l.value(i).as_primitive::<UInt32Type>().values().to_vec()
 }
-fn f32s(l: &ListArray, i: usize) -> Vec<f32> {
+pub(crate) fn f32s(l: &ListArray, i: usize) -> Vec<f32> {
     l.value(i).as_primitive::<Float32Type>().values().to_vec()
 }
 fn strs(l: &ListArray, i: usize) -> Vec<String> {

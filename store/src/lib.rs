@@ -15,6 +15,7 @@
 
 pub mod dictionary;
 mod error;
+pub mod examples;
 pub mod features;
 mod fsutil;
 pub mod manifest;

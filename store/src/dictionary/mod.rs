@@ -156,6 +156,11 @@ impl DictDir {
         self.path.join(FEATURES_DIR)
     }
 
+    /// `examples.parquet`: each latent's example windows for explaining and scoring.
+    pub fn examples(&self) -> PathBuf {
+        self.path.join(crate::examples::EXAMPLES_FILE)
+    }
+
     /// `explanations/`.
     pub fn explanations(&self) -> PathBuf {
         self.path.join(EXPLANATIONS_DIR)
