@@ -200,6 +200,21 @@ impl Session {
         })
     }
 
+    /// The harvest run a pass over the dictionary's hook reads, with the hook's name: an error
+    /// asking for `--run` when none was found, or naming the hook when the run lacks it.
+    pub fn harvest(&self) -> Result<(&Path, &Run, String)> {
+        let opened = &self.opened;
+        let Some((run_dir, run)) = &opened.run else {
+            return Err(AnalysisError::Dictionary {
+                dir: opened.dir.path().to_owned(),
+                message: "no harvest run found for this dictionary; pass --run".into(),
+            });
+        };
+        let hook = opened.point.to_string();
+        run.hook(&hook)?;
+        Ok((run_dir, run, hook))
+    }
+
     /// The feature store's rows (for quantiles), when the dictionary has been analysed.
     pub fn feature_rows(&self) -> Result<Option<Vec<FeatureRow>>> {
         let store = self.opened.dir.features();

@@ -3,9 +3,12 @@
 //! ranges, activating windows are spread over equal-count bins, silent windows are silent (and
 //! hard negatives are where a neighbour fires), and short latents are reported, not dropped.
 
-use saescope_analysis::examples::{ExampleConfig, build_examples};
+use saescope_analysis::AnalysisError;
+use saescope_analysis::examples::{ExampleConfig, ExampleSets, build_examples};
 use saescope_analysis::features::{TokenTable, decoder_neighbours};
 use saescope_sae::dictionary::Dictionary;
+use saescope_sae::topk::TopKSae;
+use saescope_store::Run;
 use saescope_store::examples::{ExampleKind, ExampleSet};
 use std::collections::HashMap;
 use tch::Device;
@@ -31,29 +34,65 @@ fn config() -> ExampleConfig {
     }
 }
 
-#[test]
-fn example_sets_match_brute_force_and_never_share_a_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = small_run(dir.path());
-    let sae = dictionary();
-    let tokens = TokenTable::read(&run).unwrap();
-    let dense = brute_force(&run, &sae, &tokens); // [token][latent], BOS rows zero
-    let near = decoder_neighbours(&sae.atoms(), 3);
-    let neighbours = |f: u32| near[f as usize].iter().map(|n| n.0).collect::<Vec<u32>>();
-    let cfg = config();
-    let all: Vec<u32> = (0..N as u32).collect();
-    let sets = build_examples(
-        &sae,
-        &run,
+/// Draws on the synthetic run with the random dictionary, its nearest 3 decoder neighbours
+/// giving the hard negatives.
+fn draw(
+    fixture: &Fixture,
+    latents: &[u32],
+    cfg: &ExampleConfig,
+) -> Result<ExampleSets, AnalysisError> {
+    let neighbours = |f: u32| fixture.neighbours(f);
+    build_examples(
+        &fixture.sae,
+        &fixture.run,
         HOOK,
-        &tokens,
-        &all,
+        &fixture.tokens,
+        latents,
         &neighbours,
-        &cfg,
+        cfg,
         Device::Cpu,
         &mut |_| {},
     )
-    .unwrap();
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    run: Run,
+    sae: TopKSae,
+    tokens: TokenTable,
+    near: Vec<Vec<(u32, f32)>>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let run = small_run(dir.path());
+        let sae = dictionary();
+        let tokens = TokenTable::read(&run).unwrap();
+        let near = decoder_neighbours(&sae.atoms(), 3);
+        Fixture {
+            _dir: dir,
+            run,
+            sae,
+            tokens,
+            near,
+        }
+    }
+
+    fn neighbours(&self, f: u32) -> Vec<u32> {
+        self.near[f as usize].iter().map(|n| n.0).collect()
+    }
+}
+
+#[test]
+fn example_sets_match_brute_force_and_never_share_a_token() {
+    let fx = Fixture::new();
+    let tokens = &fx.tokens;
+    let dense = brute_force(&fx.run, &fx.sae, tokens); // [token][latent], BOS rows zero
+    let neighbours = |f: u32| fx.neighbours(f);
+    let cfg = config();
+    let all: Vec<u32> = (0..N as u32).collect();
+    let sets = draw(&fx, &all, &cfg).unwrap();
     assert_eq!(sets.tokens, TOKENS);
     // The cut is the first window start at or after half the run (contexts of 32, windows of 8).
     assert_eq!(sets.split_token, 1504);
@@ -162,32 +201,10 @@ fn example_sets_match_brute_force_and_never_share_a_token() {
 
     // The same request draws the same windows; a latent's windows do not depend on which
     // other latents are asked for.
-    let again = build_examples(
-        &sae,
-        &run,
-        HOOK,
-        &tokens,
-        &all,
-        &neighbours,
-        &cfg,
-        Device::Cpu,
-        &mut |_| {},
-    )
-    .unwrap();
+    let again = draw(&fx, &all, &cfg).unwrap();
     assert_eq!(again.rows, sets.rows);
     let one = *by_latent.keys().min().unwrap();
-    let alone = build_examples(
-        &sae,
-        &run,
-        HOOK,
-        &tokens,
-        &[one],
-        &neighbours,
-        &cfg,
-        Device::Cpu,
-        &mut |_| {},
-    )
-    .unwrap();
+    let alone = draw(&fx, &[one], &cfg).unwrap();
     let mine: Vec<_> = sets
         .rows
         .iter()
@@ -199,11 +216,7 @@ fn example_sets_match_brute_force_and_never_share_a_token() {
 
 #[test]
 fn bad_requests_are_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = small_run(dir.path());
-    let sae = dictionary();
-    let tokens = TokenTable::read(&run).unwrap();
-    let none = |_: u32| vec![];
+    let fx = Fixture::new();
     for (latents, cfg, message) in [
         (
             vec![N as u32],
@@ -220,19 +233,8 @@ fn bad_requests_are_refused_by_name() {
             "train_share 1".to_owned(),
         ),
     ] {
-        let e = build_examples(
-            &sae,
-            &run,
-            HOOK,
-            &tokens,
-            &latents,
-            &none,
-            &cfg,
-            Device::Cpu,
-            &mut |_| {},
-        )
-        .unwrap_err();
+        let e = draw(&fx, &latents, &cfg).unwrap_err();
         assert!(e.to_string().contains(&message), "{e}");
     }
-    assert_eq!(sae.n_latents(), N);
+    assert_eq!(fx.sae.n_latents(), N);
 }

@@ -37,15 +37,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut cfg: ExampleConfig = match &a.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("{}: not a valid examples config", p.display()))?
-        }
-        None => ExampleConfig::default(),
-    };
+    let mut cfg: ExampleConfig = super::toml_config(a.config.as_deref(), "examples config")?;
     cfg.window = a.window.unwrap_or(cfg.window);
     cfg.min_activating = a.min_activating.unwrap_or(cfg.min_activating);
     cfg.seed = a.seed.unwrap_or(cfg.seed);

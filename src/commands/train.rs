@@ -1,7 +1,7 @@
 //! `saescope train`: fit a dictionary to one hook of a harvest run.
 
 use crate::progress;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use saescope_activations::model::device;
 use saescope_sae::Method;
 use saescope_sae::metrics::Metrics;
@@ -85,15 +85,7 @@ impl Observer for Bar {
 
 /// Trains and returns the dictionary's directory.
 pub fn run(a: Args) -> Result<DictDir> {
-    let mut cfg: TrainConfig = match &a.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("{}: not a valid training config", p.display()))?
-        }
-        None => TrainConfig::default(),
-    };
+    let mut cfg: TrainConfig = super::toml_config(a.config.as_deref(), "training config")?;
     if let Some(m) = &a.method {
         cfg.method = m.parse::<Method>()?;
     }

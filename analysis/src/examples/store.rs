@@ -3,7 +3,7 @@
 //! directory without the JSON holds no finished example sets.
 
 use super::{ExampleConfig, build_examples};
-use crate::error::{AnalysisError, Result};
+use crate::error::Result;
 use crate::features::{TokenTable, decoder_neighbours};
 use crate::session::Session;
 use saescope_store::examples::{ExampleKind, write_examples};
@@ -45,14 +45,7 @@ pub fn build_example_store(
 ) -> Result<(ExamplesSummary, f64)> {
     let t0 = Instant::now();
     let opened = &s.opened;
-    let Some((run_dir, run)) = &opened.run else {
-        return Err(AnalysisError::Dictionary {
-            dir: opened.dir.path().to_owned(),
-            message: "no harvest run found for this dictionary; pass --run".into(),
-        });
-    };
-    let hook = opened.point.to_string();
-    run.hook(&hook)?;
+    let (run_dir, run, hook) = s.harvest()?;
     let dict = opened.dict.as_dyn();
     let near = decoder_neighbours(&dict.atoms(), cfg.neighbours);
     let neighbours = |f: u32| near[f as usize].iter().map(|n| n.0).collect();
@@ -80,7 +73,7 @@ pub fn build_example_store(
     write_examples(&opened.dir.examples(), &sets.rows)?;
     let summary = ExamplesSummary {
         hook,
-        run: run_dir.clone(),
+        run: run_dir.to_owned(),
         tokens: sets.tokens,
         split_token: sets.split_token,
         latents: latents.to_vec(),

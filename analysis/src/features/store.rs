@@ -41,14 +41,7 @@ pub fn build_feature_store(
 ) -> Result<FeatureStoreReport> {
     let t0 = Instant::now();
     let opened = &s.opened;
-    let Some((run_dir, run)) = &opened.run else {
-        return Err(AnalysisError::Dictionary {
-            dir: opened.dir.path().to_owned(),
-            message: "no harvest run found for this dictionary; pass --run".into(),
-        });
-    };
-    let hook = opened.point.to_string();
-    run.hook(&hook)?;
+    let (run_dir, run, hook) = s.harvest()?;
     let dictionary = opened.dict.as_dyn();
     let atoms = dictionary.atoms();
     let unembed = s.model.model.unembed_folded();
@@ -129,7 +122,7 @@ pub fn build_feature_store(
     Ok(FeatureStoreReport {
         dir,
         summary,
-        run: run_dir.clone(),
+        run: run_dir.to_owned(),
         contexts: analysis.contexts.len(),
         pass_seconds,
         fold_cpu_seconds: analysis.fold_cpu_seconds,
