@@ -39,6 +39,9 @@ enum Command {
     /// Draw each latent's example windows for autointerp: train (explainer) and test (scorers)
     /// sets from disjoint halves of the run.
     Examples(commands::examples::Args),
+    /// Explain latents from their example windows with the bundled model or any
+    /// OpenAI-compatible server.
+    Explain(commands::explain::Args),
     /// The prompt view: each token's most active features, and attribution by head and source.
     Inspect(commands::inspect::Args),
     /// Continue prompts with a model: greedy or sampled, plain text or through its chat template.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::Analyze(a) => commands::analyze::run(a),
         Command::Examples(a) => commands::examples::run(a),
+        Command::Explain(a) => commands::explain::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Steer(a) => commands::steer::run(a),

@@ -45,8 +45,8 @@ fn help_lists_every_working_command() {
     assert!(o.status.success());
     let t = text(&o);
     for cmd in [
-        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "examples", "inspect",
-        "generate", "explore", "export", "store",
+        "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "examples", "explain",
+        "inspect", "generate", "explore", "export", "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -214,7 +214,11 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         "{t}"
     );
     // It ends by steering with a feature it found: clean and steered text side by side.
-    assert!(t.contains("== 7/7 steer"), "{t}");
+    assert!(t.contains("== 7/8 steer"), "{t}");
+    // Then explains a few features with the bundled model (on so short a run, too few windows
+    // to draw from: the features are listed as such, not dropped).
+    assert!(t.contains("== 8/8 explain"), "{t}");
+    assert!(t.contains("explained "), "{t}");
     assert!(
         t.contains("  clean:   ") && t.contains("  steered: "),
         "{t}"
@@ -497,6 +501,32 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         assert!(!o.status.success());
         assert!(text(&o).contains(message), "{args:?}: {}", text(&o));
     }
+
+    // Two of the latents drawn, explained on this machine by the bundled model: each gets a
+    // row in explanations.parquet, an explanation or a counted failure with the answer kept.
+    let two: Vec<String> = latents.iter().take(2).map(|f| f.to_string()).collect();
+    let o = saescope(&["explain", "--dict", d, "--latents", &two.join(",")]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("a small model explains poorly"), "{t}");
+    let table = saescope_store::explanations::read_explanations(&dict.join("explanations.parquet"))
+        .unwrap();
+    let got: Vec<u32> = table.iter().map(|r| r.latent).collect();
+    assert_eq!(got, latents.iter().take(2).copied().collect::<Vec<_>>());
+    for r in &table {
+        assert!(r.raw.starts_with("EXPLANATION:"), "{r:?}");
+        assert_eq!(r.failures, u32::from(r.explanation.is_none()));
+    }
+    // A dictionary without example sets says how to make them.
+    let o = saescope(&[
+        "explain",
+        "--dict",
+        foreign.to_str().unwrap(),
+        "--run",
+        out_s,
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no example sets yet"), "{}", text(&o));
 }
 
 #[test]

@@ -8,12 +8,19 @@
 //! feature store that `saescope-analysis` writes; it does not compute features, and it does not
 //! depend on the learners.
 //!
-//! So far it has the way to a server: [`client`] (a blocking OpenAI-compatible chat client with
-//! retries, a concurrency limit and a response cache) over the wire types in [`wire`]; every
-//! error type is in [`error`]. Example sets, explainers and scorers come next.
+//! It has the way to a server, [`client`] (a blocking OpenAI-compatible chat client with
+//! retries, a concurrency limit and a response cache, over the wire types in [`wire`]), the
+//! bundled model as an explainer ([`local`]), the explainer's prompt and the parsing of its
+//! answer ([`prompt`]), and the loop that explains latents from their example windows into
+//! `explanations.parquet` ([`explain`]). The example windows themselves are drawn by
+//! `saescope-analysis`, which runs the dictionary. Every error type is in [`error`]. Scorers
+//! come next.
 
 pub mod client;
 pub mod error;
+pub mod explain;
+pub mod local;
+pub mod prompt;
 pub mod wire;
 
 pub use client::{ChatReply, ChatRequest, Client, ServerConfig, TokenLogprob};

@@ -4,12 +4,11 @@
 //! something that is not JSON.
 
 use saescope_autointerp::{ChatRequest, Client, ClientError, Message, ServerConfig};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{GOOD, LlmServer, Reply, scripted};
 
 fn ask(text: &str) -> ChatRequest {
     ChatRequest {
@@ -30,60 +29,6 @@ fn config(base_url: &str) -> ServerConfig {
         retries: 2,
         backoff_s: 0.01,
         concurrency: 2,
-    }
-}
-
-/// llama.cpp's server on the bundled model, stopped when dropped.
-struct LlmServer {
-    child: Child,
-    url: String,
-}
-
-impl LlmServer {
-    fn start() -> LlmServer {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cache = std::env::var_os("SAESCOPE_CACHE").map_or_else(
-            || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/saescope"),
-            PathBuf::from,
-        );
-        let gguf = cache.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(
-            gguf.exists(),
-            "{}: the bundled model is missing; run `saescope setup`",
-            gguf.display()
-        );
-        let mut child = Command::new(root.join("scripts/llm-server"))
-            .arg(&gguf)
-            .args(["2", "2"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("scripts/llm-server starts");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("reading the server's address");
-        if !first.starts_with("http://") {
-            let _ = child.kill();
-            let mut err = String::new();
-            let _ = child
-                .stderr
-                .take()
-                .expect("stderr")
-                .read_to_string(&mut err);
-            panic!("scripts/llm-server did not start: {first:?}\n{err}");
-        }
-        LlmServer {
-            child,
-            url: format!("{}/v1", first.trim()),
-        }
-    }
-}
-
-impl Drop for LlmServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -139,63 +84,6 @@ fn a_real_server_answers_with_log_probabilities_and_the_cache_answers_again() {
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 5);
 }
 
-/// What the scripted endpoint does with one connection.
-enum Reply {
-    Status(u16, &'static str, &'static str),
-    Hang,
-}
-
-const GOOD: &str = r#"{"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"red"},"logprobs":{"content":[{"token":"red","logprob":-0.5,"top_logprobs":[{"token":"red","logprob":-0.5},{"token":"blue","logprob":-1.5}]}]}}]}"#;
-
-/// An endpoint on 127.0.0.1 that answers connections in turn as scripted (the last reply
-/// repeats), each on its own thread, recording each request as received.
-fn scripted(replies: Vec<Reply>) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(vec![]));
-    let log = seen.clone();
-    let replies = Arc::new(replies);
-    std::thread::spawn(move || {
-        for (i, conn) in listener.incoming().enumerate() {
-            let Ok(conn) = conn else { return };
-            let (log, replies) = (log.clone(), replies.clone());
-            std::thread::spawn(move || answer(conn, &replies[i.min(replies.len() - 1)], &log));
-        }
-    });
-    (url, seen)
-}
-
-fn answer(mut conn: std::net::TcpStream, reply: &Reply, log: &Mutex<Vec<String>>) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut head = String::new();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap();
-        }
-        head.push_str(&line);
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    log.lock()
-        .unwrap()
-        .push(format!("{head}\n{}", String::from_utf8_lossy(&body)));
-    match reply {
-        Reply::Hang => std::thread::sleep(Duration::from_secs(30)),
-        Reply::Status(code, extra, body) => {
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
-                body.len()
-            );
-        }
-    }
-}
-
 #[test]
 fn a_server_that_is_down_is_named_after_the_retries() {
     let port = TcpListener::bind("127.0.0.1:0")
@@ -238,9 +126,9 @@ fn a_server_that_hangs_times_out() {
 fn errors_worth_repeating_are_retried_and_others_are_not() {
     // 500, then 429 with Retry-After, then an answer.
     let (url, _) = scripted(vec![
-        Reply::Status(500, "", "overloaded"),
-        Reply::Status(429, "Retry-After: 0\r\n", "slow down"),
-        Reply::Status(200, "", GOOD),
+        Reply::Status(500, "", "overloaded".into()),
+        Reply::Status(429, "Retry-After: 0\r\n", "slow down".into()),
+        Reply::Status(200, "", GOOD.into()),
     ]);
     let client = Client::new(config(&url), None).unwrap();
     let reply = client.chat(&ask("x")).unwrap();
@@ -253,7 +141,11 @@ fn errors_worth_repeating_are_retried_and_others_are_not() {
     assert_eq!(client.attempts(), 3);
 
     // A 400 is the request's fault: asked once, reported with the server's words.
-    let (url, _) = scripted(vec![Reply::Status(400, "", "{\"error\":\"bad model\"}")]);
+    let (url, _) = scripted(vec![Reply::Status(
+        400,
+        "",
+        "{\"error\":\"bad model\"}".into(),
+    )]);
     let client = Client::new(config(&url), None).unwrap();
     match client.chat(&ask("x")) {
         Err(
@@ -269,7 +161,7 @@ fn errors_worth_repeating_are_retried_and_others_are_not() {
     }
 
     // Retries spent on 503s: the last status is reported.
-    let (url, _) = scripted(vec![Reply::Status(503, "", "down for maintenance")]);
+    let (url, _) = scripted(vec![Reply::Status(503, "", "down for maintenance".into())]);
     let client = Client::new(config(&url), None).unwrap();
     assert!(matches!(
         client.chat(&ask("x")),
@@ -288,7 +180,7 @@ fn a_malformed_answer_is_an_error_that_keeps_the_raw_text() {
         "{\"choices\": []}",
         "{\"object\": \"error\"}",
     ] {
-        let (url, _) = scripted(vec![Reply::Status(200, "", body)]);
+        let (url, _) = scripted(vec![Reply::Status(200, "", body.into())]);
         let client = Client::new(config(&url), None).unwrap();
         match client.chat(&ask("x")) {
             Err(ClientError::Malformed { raw, .. }) => assert_eq!(raw, body),
@@ -307,9 +199,9 @@ fn nothing_answered_is_lost_and_the_key_stays_secret() {
     // SAFETY: this test alone reads or writes this variable.
     unsafe { std::env::set_var(key_var, "sk-very-secret") };
     let (url, seen) = scripted(vec![
-        Reply::Status(200, "", GOOD),
-        Reply::Status(400, "", "no"),
-        Reply::Status(200, "", GOOD),
+        Reply::Status(200, "", GOOD.into()),
+        Reply::Status(400, "", "no".into()),
+        Reply::Status(200, "", GOOD.into()),
     ]);
     let cache = tempfile::tempdir().unwrap();
     let cfg = ServerConfig {

@@ -7,7 +7,8 @@
 //! interrupted harvest or training, and re-reads what is complete. At a desktop it ends by
 //! opening the explorer on the run; elsewhere it prints the command that does.
 
-use crate::commands::{analyze, eval, explore, harvest, train};
+use crate::commands::{analyze, eval, explain, explore, harvest, train};
+use crate::progress::Tracker;
 use anyhow::{Result, bail};
 use saescope_activations::assets::{self, ASSETS, Status};
 use saescope_activations::corpus::CorpusSource;
@@ -17,11 +18,15 @@ use saescope_activations::hooks::HookPoint;
 use saescope_activations::model::{Compute, TextModel};
 use saescope_activations::sampler::Sampling;
 use saescope_analysis::eval::EvalOptions;
+use saescope_analysis::examples::{ExampleConfig, build_example_store};
 use saescope_analysis::features::AnalyzeConfig;
 use saescope_analysis::steer::{Push, SteerRequest, Steering, promoted_tokens, steer};
 use saescope_analysis::{Session, SessionSpec};
+use saescope_autointerp::explain::ExplainConfig;
+use saescope_autointerp::local::LocalExplainer;
 use saescope_sae::Method;
 use saescope_sae::train::{RunTraining, TrainConfig};
+use saescope_store::examples::read_examples;
 use saescope_store::features::{FeatureStore, SUMMARY_FILE};
 use saescope_store::{
     DictDir, Dtype, ReadOptions, Run, Shuffle, WriterOptions, manifest::MANIFEST_FILE,
@@ -52,7 +57,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    println!("== 1/7 bundled assets");
+    println!("== 1/8 bundled assets");
     let cache = assets::cache_dir();
     let missing: Vec<&str> = ASSETS
         .iter()
@@ -68,7 +73,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("  all {} installed in {}", ASSETS.len(), cache.display());
 
     println!(
-        "== 2/7 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
+        "== 2/8 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
         args.tokens,
         args.hook,
         args.out.display()
@@ -100,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
         harvest::harvest(&model, &corpus, &cfg, &args.out, existing)?;
     }
 
-    println!("== 3/7 read the run back");
+    println!("== 3/8 read the run back");
     let run = Run::open(&args.out)?;
     let m = run.manifest();
     let hook = &m.hooks[0];
@@ -156,7 +161,7 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     println!(
-        "== 4/7 train a TopK dictionary ({} latents, k = 32) on {}",
+        "== 4/8 train a TopK dictionary ({} latents, k = 32) on {}",
         args.latents, args.hook
     );
     let dict = DictDir::in_run(&args.out, &format!("{}-topk", args.hook));
@@ -193,7 +198,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     println!(
-        "== 5/7 splice the dictionary into the model over {} held-out tokens",
+        "== 5/8 splice the dictionary into the model over {} held-out tokens",
         args.eval_tokens
     );
     let spec = SessionSpec {
@@ -220,7 +225,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
 
-    println!("== 6/7 analyse every feature of the dictionary over the run");
+    println!("== 6/8 analyse every feature of the dictionary over the run");
     let store_dir = dict.features();
     if store_dir.join(SUMMARY_FILE).exists() {
         let s = FeatureStore::open(&store_dir)?.summary;
@@ -239,8 +244,12 @@ pub fn run(args: Args) -> Result<()> {
         analyze::analyze(&session, &AnalyzeConfig::default(), None)?;
     }
 
-    println!("== 7/7 steer the model with one of the dictionary's features");
-    demo_steer(&spec)?;
+    println!("== 7/8 steer the model with one of the dictionary's features");
+    let session = Session::open(&spec)?;
+    demo_steer(&session, &spec)?;
+
+    println!("== 8/8 explain a few of the dictionary's features with the bundled model");
+    demo_explain(&session)?;
 
     println!();
     let explore = format!("saescope explore {}", args.out.display());
@@ -293,8 +302,7 @@ const STEER_KL: f64 = 0.5;
 /// on 0.1% to 5% of tokens (a specific feature with a visible effect; else the rarest that
 /// fired), at the strength that moves the prompt's next-token
 /// distributions by [`STEER_KL`].
-fn demo_steer(spec: &SessionSpec) -> Result<()> {
-    let session = Session::open(spec)?;
+fn demo_steer(session: &Session, spec: &SessionSpec) -> Result<()> {
     let rows = session.feature_rows()?.unwrap_or_default();
     let live = || {
         rows.iter()
@@ -315,8 +323,8 @@ fn demo_steer(spec: &SessionSpec) -> Result<()> {
         100.0 * row.density,
         &row.logit_top_tokens[..row.logit_top_tokens.len().min(5)]
     );
-    let steering = Steering::new(&session, &[f], Some(&rows), false)?;
-    let promoted = promoted_tokens(&session, f, Some(&rows), 5)?;
+    let steering = Steering::new(session, &[f], Some(&rows), false)?;
+    let promoted = promoted_tokens(session, f, Some(&rows), 5)?;
     let request = SteerRequest {
         style: PromptStyle::default(),
         generate: GenerateConfig {
@@ -329,7 +337,7 @@ fn demo_steer(spec: &SessionSpec) -> Result<()> {
     };
     let prompts = [STEER_PROMPT.to_owned()];
     let reports = steer(
-        &session,
+        session,
         &steering,
         &prompts,
         Push::Add(0.0), // replaced by the strength found for the KL target
@@ -343,6 +351,64 @@ fn demo_steer(spec: &SessionSpec) -> Result<()> {
     println!(
         "  the same from the command line: saescope steer --dict {} --feature {f} --target-kl {STEER_KL} \"{STEER_PROMPT}\"",
         spec.dict.display()
+    );
+    Ok(())
+}
+
+/// Features the demo explains: the most frequent among those firing on 0.1% to 5% of tokens
+/// (specific, with windows enough to draw from).
+const EXPLAIN_FEATURES: usize = 6;
+
+/// Draws example windows for a few features and explains them with the bundled model.
+fn demo_explain(session: &Session) -> Result<()> {
+    let rows = session.feature_rows()?.unwrap_or_default();
+    let mut chosen: Vec<_> = rows
+        .iter()
+        .filter(|r| (0.001..=0.05).contains(&r.density))
+        .collect();
+    chosen.sort_by(|a, b| {
+        b.density
+            .total_cmp(&a.density)
+            .then(a.feature.cmp(&b.feature))
+    });
+    let mut latents: Vec<u32> = chosen
+        .iter()
+        .take(EXPLAIN_FEATURES)
+        .map(|r| r.feature)
+        .collect();
+    latents.sort_unstable();
+    if latents.is_empty() {
+        println!("  no feature fires on 0.1% to 5% of tokens: nothing to explain");
+        return Ok(());
+    }
+    let cfg = ExampleConfig::default();
+    let mut bar = Tracker::new("drawing examples", "tokens");
+    let (s, _) = build_example_store(session, &latents, &cfg, &mut |d, t| bar.update(d, t))?;
+    bar.finish();
+    println!(
+        "  example windows for features {latents:?}: train from tokens 0..{}, test from {}..{}",
+        s.split_token, s.split_token, s.tokens
+    );
+    let examples = read_examples(&session.opened.dir.examples())?;
+    let path = assets::default_model();
+    let explainer = LocalExplainer {
+        model: TextModel::open(&path, Device::Cpu, Compute::F32)?,
+        path,
+        batch: EXPLAIN_FEATURES,
+    };
+    let mut explain_cfg = ExplainConfig::default();
+    explain_cfg.prompt.max_examples = 10;
+    explain::explain_and_print(
+        session,
+        &examples,
+        &latents,
+        &explainer,
+        &explain_cfg,
+        false,
+    )?;
+    println!(
+        "  a 135M-parameter model explains poorly; with a server: saescope explain --dict {} --server URL --model NAME",
+        session.opened.dir.path().display()
     );
     Ok(())
 }

@@ -96,7 +96,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// `A..B` or `3,17,42`.
-fn parse_latents(spec: &str) -> Result<Vec<u32>> {
+pub fn parse_latents(spec: &str) -> Result<Vec<u32>> {
     let bad = || format!("--latents {spec:?}: expected a range A..B or a list like 3,17,42");
     if let Some((a, b)) = spec.split_once("..") {
         let (a, b): (u32, u32) = (

@@ -4,6 +4,7 @@ pub mod dict;
 pub mod doctor;
 pub mod eval;
 pub mod examples;
+pub mod explain;
 pub mod explore;
 pub mod export;
 pub mod generate;

@@ -16,6 +16,7 @@
 pub mod dictionary;
 mod error;
 pub mod examples;
+pub mod explanations;
 pub mod features;
 mod fsutil;
 pub mod manifest;

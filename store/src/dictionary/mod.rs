@@ -161,6 +161,11 @@ impl DictDir {
         self.path.join(crate::examples::EXAMPLES_FILE)
     }
 
+    /// `explanations.parquet`: one explanation (or failed attempt) per latent.
+    pub fn explanations_table(&self) -> PathBuf {
+        self.path.join(crate::explanations::EXPLANATIONS_FILE)
+    }
+
     /// `explanations/`.
     pub fn explanations(&self) -> PathBuf {
         self.path.join(EXPLANATIONS_DIR)

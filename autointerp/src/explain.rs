@@ -1,0 +1,214 @@
+//! Explaining latents: each latent's train windows (from `examples.parquet`) become a prompt
+//! ([`crate::prompt`]), an explainer answers it, and the parsed explanation, or the counted
+//! failure with the raw answer, goes into `explanations.parquet`.
+//!
+//! The table is rewritten after every chunk of latents, so a killed run loses at most the chunk
+//! in flight; with `resume`, latents that already have an explanation are not asked again.
+
+use crate::client::{ChatReply, ChatRequest, Client};
+use crate::prompt::{PromptConfig, Window, explainer_messages, parse_explanation};
+use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
+use saescope_store::explanations::{ExplanationRow, read_explanations, write_explanations};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Whatever answers chat requests: a server through [`Client`], or the bundled model.
+pub trait Explainer {
+    /// Who answers, for the record: `server <URL> <model>`, `local <model>`.
+    fn name(&self) -> String;
+    /// The settings that shape the answers, for the record (no secrets).
+    fn settings(&self) -> serde_json::Value;
+    /// Answers every request, in order, calling `done` with the count answered after each;
+    /// an error is the reason that request got no answer.
+    fn answer(
+        &self,
+        requests: &[ChatRequest],
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Vec<Result<ChatReply, String>>;
+}
+
+impl Explainer for Client {
+    fn name(&self) -> String {
+        format!("server {} {}", self.config().base_url, self.config().model)
+    }
+    fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(self.config()).expect("the server settings serialise")
+    }
+    fn answer(
+        &self,
+        requests: &[ChatRequest],
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Vec<Result<ChatReply, String>> {
+        self.chat_all(requests, done)
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
+}
+
+/// How explaining runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExplainConfig {
+    /// The prompt.
+    pub prompt: PromptConfig,
+    /// Tokens an answer may have (default 200).
+    pub max_tokens: usize,
+    /// Latents asked between two saves of the table (default 16).
+    pub chunk: usize,
+}
+
+impl Default for ExplainConfig {
+    fn default() -> Self {
+        ExplainConfig {
+            prompt: PromptConfig::default(),
+            max_tokens: 200,
+            chunk: 16,
+        }
+    }
+}
+
+/// What a run of `explain` did.
+#[derive(Debug, Default, PartialEq)]
+pub struct ExplainReport {
+    /// Latents explained in this run.
+    pub explained: usize,
+    /// Latents whose answer gave no explanation in this run.
+    pub failed: usize,
+    /// Latents skipped because they already had an explanation (`resume`).
+    pub kept: usize,
+    /// Latents asked for that have no activating train windows in the examples (skipped by
+    /// `saescope examples`, or never drawn).
+    pub without_examples: Vec<u32>,
+}
+
+/// Explains `latents` from `examples`, naming tokens with `token_text`, and keeps the table at
+/// `table` up to date; `progress` gets (latents done, latents to do, failures so far).
+#[allow(clippy::too_many_arguments)]
+pub fn explain(
+    examples: &[ExampleRow],
+    latents: &[u32],
+    token_text: &dyn Fn(u32) -> String,
+    explainer: &dyn Explainer,
+    cfg: &ExplainConfig,
+    resume: bool,
+    table: &Path,
+    progress: &(dyn Fn(usize, usize, usize) + Sync),
+) -> Result<ExplainReport, saescope_store::StoreError> {
+    let mut rows: BTreeMap<u32, ExplanationRow> = read_explanations(table)?
+        .into_iter()
+        .map(|r| (r.latent, r))
+        .collect();
+    let by_latent = group(examples);
+    let mut report = ExplainReport::default();
+    let mut todo = Vec::new();
+    for &f in latents {
+        if resume && rows.get(&f).is_some_and(|r| r.explanation.is_some()) {
+            report.kept += 1;
+        } else if by_latent
+            .get(&f)
+            .is_none_or(|(active, _)| active.is_empty())
+        {
+            report.without_examples.push(f);
+        } else {
+            todo.push(f);
+        }
+    }
+    let settings = serde_json::json!({
+        "explainer": explainer.settings(),
+        "explain": cfg,
+    })
+    .to_string();
+    let name = explainer.name();
+    let mut failures = 0;
+    for (c, chunk) in todo.chunks(cfg.chunk.max(1)).enumerate() {
+        let asked: Vec<(u32, Vec<crate::wire::Message>, usize)> = chunk
+            .iter()
+            .map(|&f| {
+                let (active, silent) = &by_latent[&f];
+                let windows: Vec<Window> = active.iter().map(|r| window(r, token_text)).collect();
+                let silent: Vec<Window> = silent.iter().map(|r| window(r, token_text)).collect();
+                let shown = windows.len().min(cfg.prompt.max_examples);
+                (f, explainer_messages(&windows, &silent, &cfg.prompt), shown)
+            })
+            .collect();
+        let requests: Vec<ChatRequest> = asked
+            .iter()
+            .map(|(_, messages, _)| ChatRequest {
+                messages: messages.clone(),
+                max_tokens: cfg.max_tokens,
+                temperature: 0.0,
+                seed: None,
+                top_logprobs: None,
+            })
+            .collect();
+        let base = c * cfg.chunk.max(1);
+        let answers = explainer.answer(&requests, &|n| progress(base + n, todo.len(), failures));
+        for ((f, messages, shown), answer) in asked.into_iter().zip(answers) {
+            let (explanation, raw) = match answer {
+                Ok(reply) => (parse_explanation(&reply.text), reply.text),
+                Err(e) => (None, format!("no answer: {e}")),
+            };
+            let before = rows.get(&f).map_or(0, |r| r.failures);
+            if explanation.is_some() {
+                report.explained += 1;
+            } else {
+                report.failed += 1;
+                failures += 1;
+            }
+            rows.insert(
+                f,
+                ExplanationRow {
+                    latent: f,
+                    failures: before + u32::from(explanation.is_none()),
+                    explanation,
+                    explainer: name.clone(),
+                    settings: settings.clone(),
+                    prompt_hash: hash(&messages),
+                    examples: shown as u32,
+                    raw,
+                },
+            );
+        }
+        let all: Vec<ExplanationRow> = rows.values().cloned().collect();
+        write_explanations(table, &all)?;
+        progress(base + chunk.len(), todo.len(), failures);
+    }
+    Ok(report)
+}
+
+/// Each latent's train windows: activating ones strongest first, and silent ones (hard
+/// negatives first) for the contrastive prompt.
+fn group(examples: &[ExampleRow]) -> BTreeMap<u32, (Vec<&ExampleRow>, Vec<&ExampleRow>)> {
+    let mut out: BTreeMap<u32, (Vec<&ExampleRow>, Vec<&ExampleRow>)> = BTreeMap::new();
+    for r in examples.iter().filter(|r| r.set == ExampleSet::Train) {
+        let e = out.entry(r.latent).or_default();
+        match r.kind {
+            ExampleKind::Activating => e.0.push(r),
+            ExampleKind::Neighbour | ExampleKind::Random => e.1.push(r),
+        }
+    }
+    for (active, silent) in out.values_mut() {
+        active.sort_by(|a, b| {
+            b.max_act()
+                .total_cmp(&a.max_act())
+                .then(a.start.cmp(&b.start))
+        });
+        silent.sort_by_key(|r| (r.kind != ExampleKind::Neighbour, r.start));
+    }
+    out
+}
+
+fn window(r: &ExampleRow, token_text: &dyn Fn(u32) -> String) -> Window {
+    Window {
+        tokens: r.token_ids.iter().map(|&t| token_text(t)).collect(),
+        acts: r.acts.clone(),
+    }
+}
+
+fn hash(messages: &[crate::wire::Message]) -> String {
+    let json = serde_json::to_string(messages).expect("messages serialise");
+    hex::encode(Sha256::digest(json.as_bytes()))
+}

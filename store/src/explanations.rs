@@ -1,0 +1,141 @@
+//! Explanations of a dictionary's latents: `DICT/explanations.parquet`, one row per latent
+//! explained (or tried), with the explainer and its settings, so a dataset says how it was made.
+
+use crate::error::{Result, StoreError};
+use crate::features::{Cols, batch, read_batches, write_table};
+use arrow::array::{ArrayRef, StringArray, UInt32Array};
+use arrow::datatypes::{DataType, Field};
+use std::path::Path;
+use std::sync::Arc;
+
+/// File name of the explanations table in a dictionary directory.
+pub const EXPLANATIONS_FILE: &str = "explanations.parquet";
+
+/// One latent's explanation, or the record of failing to get one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExplanationRow {
+    /// The latent.
+    pub latent: u32,
+    /// The explanation; `None` when no answer could be parsed.
+    pub explanation: Option<String>,
+    /// Who explained it: `server <URL> <model>` or `local <model file>`.
+    pub explainer: String,
+    /// The explainer's and the prompt's settings, as JSON (never an API key).
+    pub settings: String,
+    /// SHA-256 of the prompt's messages, to tell which prompt an explanation answers.
+    pub prompt_hash: String,
+    /// Activating windows shown.
+    pub examples: u32,
+    /// Attempts that gave no explanation, over every run of `explain` on this latent.
+    pub failures: u32,
+    /// The last answer as received (or the error, when there was none).
+    pub raw: String,
+}
+
+/// Writes the rows, sorted by latent, under a temporary name, then renames them into place.
+pub fn write_explanations(path: &Path, rows: &[ExplanationRow]) -> Result<()> {
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|r| r.latent);
+    if let Some(w) = rows.windows(2).find(|w| w[0].latent == w[1].latent) {
+        return Err(StoreError::Schema {
+            path: path.to_owned(),
+            message: format!("latent {} has two rows", w[0].latent),
+        });
+    }
+    let text = |f: &dyn Fn(&ExplanationRow) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let fields = vec![
+        Field::new("latent", DataType::UInt32, false),
+        Field::new("explanation", DataType::Utf8, true),
+        Field::new("explainer", DataType::Utf8, false),
+        Field::new("settings", DataType::Utf8, false),
+        Field::new("prompt_hash", DataType::Utf8, false),
+        Field::new("examples", DataType::UInt32, false),
+        Field::new("failures", DataType::UInt32, false),
+        Field::new("raw", DataType::Utf8, false),
+    ];
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.latent))),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.explanation.as_deref()),
+        )),
+        text(&|r| &r.explainer),
+        text(&|r| &r.settings),
+        text(&|r| &r.prompt_hash),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.examples),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.failures),
+        )),
+        text(&|r| &r.raw),
+    ];
+    write_table(path, batch(path, fields, columns)?, 4_096)
+}
+
+/// Reads the table; a missing file is no explanations yet.
+pub fn read_explanations(path: &Path) -> Result<Vec<ExplanationRow>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut rows = Vec::new();
+    for b in read_batches(path)? {
+        let c = Cols { path, batch: &b };
+        let latent = c.typed::<UInt32Array>("latent")?;
+        let explanation = c.typed::<StringArray>("explanation")?;
+        let explainer = c.typed::<StringArray>("explainer")?;
+        let settings = c.typed::<StringArray>("settings")?;
+        let hash = c.typed::<StringArray>("prompt_hash")?;
+        let examples = c.typed::<UInt32Array>("examples")?;
+        let failures = c.typed::<UInt32Array>("failures")?;
+        let raw = c.typed::<StringArray>("raw")?;
+        for i in 0..b.num_rows() {
+            rows.push(ExplanationRow {
+                latent: latent.value(i),
+                explanation: (!arrow::array::Array::is_null(explanation, i))
+                    .then(|| explanation.value(i).to_owned()),
+                explainer: explainer.value(i).to_owned(),
+                settings: settings.value(i).to_owned(),
+                prompt_hash: hash.value(i).to_owned(),
+                examples: examples.value(i),
+                failures: failures.value(i),
+                raw: raw.value(i).to_owned(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explanations_survive_the_round_trip_sorted_by_latent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EXPLANATIONS_FILE);
+        assert!(read_explanations(&path).unwrap().is_empty());
+        let row = |latent, explanation: Option<&str>| ExplanationRow {
+            latent,
+            explanation: explanation.map(str::to_owned),
+            explainer: "server http://127.0.0.1:1/v1 m".into(),
+            settings: "{}".into(),
+            prompt_hash: "ab".into(),
+            examples: 40,
+            failures: u32::from(explanation.is_none()),
+            raw: "EXPLANATION: x".into(),
+        };
+        let rows = vec![row(9, None), row(2, Some("plural nouns"))];
+        write_explanations(&path, &rows).unwrap();
+        let back = read_explanations(&path).unwrap();
+        assert_eq!(back, vec![rows[1].clone(), rows[0].clone()]);
+        let e = write_explanations(&path, &[row(2, None), row(2, None)]).unwrap_err();
+        assert!(e.to_string().contains("latent 2 has two rows"), "{e}");
+        assert_eq!(
+            read_explanations(&path).unwrap(),
+            back,
+            "the table is intact"
+        );
+    }
+}
