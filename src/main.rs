@@ -54,6 +54,9 @@ enum Command {
     /// sparsify's layout).
     #[command(subcommand)]
     Export(commands::export::Command),
+    /// Import explanations made by other tools (delphi).
+    #[command(subcommand)]
+    Import(commands::export::ImportCommand),
     /// Activation runs: inspect and benchmark.
     #[command(subcommand)]
     Store(commands::store::Command),
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Steer(a) => commands::steer::run(a),
         Command::Explore(a) => commands::explore::run(a),
         Command::Export(c) => commands::export::run(c),
+        Command::Import(c) => commands::export::import(c),
         Command::Store(c) => commands::store::run(c),
     };
     match result {

@@ -46,7 +46,7 @@ fn help_lists_every_working_command() {
     let t = text(&o);
     for cmd in [
         "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "examples", "explain",
-        "inspect", "generate", "explore", "export", "store",
+        "inspect", "generate", "explore", "export", "import", "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -527,6 +527,55 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no example sets yet"), "{}", text(&o));
+
+    // Explanations from delphi come in (replacing those latents' rows), and go out again in
+    // delphi's layout, named after the hook's module.
+    let theirs = tmp.path().join("layers.6_feature.json");
+    let json = serde_json::json!({"3": "plural nouns", "200": "the word \"cat\""});
+    std::fs::write(&theirs, json.to_string()).unwrap();
+    let o = saescope(&[
+        "import",
+        "delphi",
+        "--dict",
+        d,
+        "--from",
+        theirs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("imported 2 explanations of layers.6"),
+        "{}",
+        text(&o)
+    );
+    let out = tmp.path().join("delphi");
+    let o = saescope(&[
+        "export",
+        "delphi",
+        "--dict",
+        d,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let one = std::fs::read_to_string(out.join("explanations/layers.6_latent200.txt")).unwrap();
+    assert_eq!(one, serde_json::to_string("the word \"cat\"").unwrap());
+    let object: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("layers.6_feature.json")).unwrap()).unwrap();
+    assert_eq!(object["3"], "plural nouns");
+    let o = saescope(&[
+        "export",
+        "delphi",
+        "--dict",
+        foreign.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("no explanations to export"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

@@ -117,6 +117,21 @@ impl HookPoint {
     }
 }
 
+impl HookPoint {
+    /// The Hugging Face module path that outputs this hook (`layers.6`, `layers.6.mlp`,
+    /// `layers.6.self_attn`), as sparsify and delphi name hook points; `None` for hooks inside
+    /// a module.
+    pub fn module_path(&self) -> Option<String> {
+        let l = self.layer;
+        match self.kind {
+            HookKind::ResidPost => Some(format!("layers.{l}")),
+            HookKind::MlpOut => Some(format!("layers.{l}.mlp")),
+            HookKind::AttnOut => Some(format!("layers.{l}.self_attn")),
+            _ => None,
+        }
+    }
+}
+
 /// A Hugging Face module path: a decoder layer's output is the residual stream after the
 /// block, its MLP's output is `hook_mlp_out` and its attention's is `hook_attn_out` (the latter
 /// two as the module returns them; Gemma normalises after, so a session refuses those there).
@@ -358,5 +373,19 @@ mod tests {
                 .to_string();
             assert!(e.contains(bad) && e.contains("layers.L.mlp"), "{e}");
         }
+    }
+    #[test]
+    fn module_paths_round_trip() {
+        for name in [
+            "blocks.6.hook_resid_post",
+            "blocks.2.hook_mlp_out",
+            "blocks.0.hook_attn_out",
+        ] {
+            let p: HookPoint = name.parse().unwrap();
+            let path = p.module_path().unwrap();
+            assert_eq!(HookPoint::parse_dictionary_hook(&path).unwrap(), (p, true));
+        }
+        let z: HookPoint = "blocks.1.attn.hook_z".parse().unwrap();
+        assert_eq!(z.module_path(), None);
     }
 }

@@ -1,4 +1,5 @@
-//! `saescope export`: a feature store, or a dictionary, in other tools' formats.
+//! `saescope export`: a feature store, a dictionary or its explanations in other tools'
+//! formats; and `saescope import`, explanations from them.
 
 use anyhow::{Context, Result};
 use saescope_analysis::features::neuron_alignment;
@@ -15,6 +16,9 @@ pub enum Command {
     /// A TopK dictionary in sparsify's layout (cfg.json + sae.safetensors), for sparsify and
     /// the tools that read its checkpoints.
     Sparsify(SparsifyArgs),
+    /// Explanations in delphi's layout (one file per latent) and as the per-layer JSON object
+    /// published explanation datasets use.
+    Delphi(super::delphi::ExportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -50,6 +54,7 @@ pub fn run(c: Command) -> Result<()> {
     match c {
         Command::Neuronpedia(a) => neuronpedia(a),
         Command::Sparsify(a) => sparsify(a),
+        Command::Delphi(a) => super::delphi::export(a),
     }
 }
 
@@ -105,4 +110,18 @@ fn neuronpedia(a: NeuronpediaArgs) -> Result<()> {
         info.sae_set
     );
     Ok(())
+}
+
+/// What `saescope import` reads.
+#[derive(clap::Subcommand, Debug)]
+pub enum ImportCommand {
+    /// Explanations from delphi (per-latent files, or a `<module>_feature.json` object), into
+    /// the dictionary's explanations.parquet, so saescope can score them.
+    Delphi(super::delphi::ImportArgs),
+}
+
+pub fn import(c: ImportCommand) -> Result<()> {
+    match c {
+        ImportCommand::Delphi(a) => super::delphi::import(a),
+    }
 }

@@ -1,4 +1,5 @@
 pub mod analyze;
+pub mod delphi;
 pub mod demo;
 pub mod dict;
 pub mod doctor;
