@@ -221,8 +221,13 @@ pub struct FeatureTable {
     /// neighbours[nb_start[f]..nb_start[f + 1]] are feature f's.
     nb_start: Vec<usize>,
     contexts: Result<ContextsFile, ExploreError>,
-    /// Lower-cased text a search matches per feature: its top logit tokens.
+    /// Lower-cased text a search matches per feature: its top logit tokens and explanation.
     search: Vec<String>,
+    /// Each feature's explanation, from the dictionary's `explanations.parquet` beside the
+    /// store (empty when there is none).
+    explanations: Vec<Option<String>>,
+    /// Why the explanations could not be read, when they could not.
+    pub explanations_error: Option<String>,
 }
 
 impl FeatureTable {
@@ -275,9 +280,35 @@ impl FeatureTable {
         }
         stage("contexts index");
         let contexts = undamaged(dir, || ContextsFile::open(dir));
+        stage("explanations");
+        let mut explanations = vec![None; features.len()];
+        let mut explanations_error = None;
+        if let Some(dict) = dir.parent() {
+            let table = dict.join(saescope_store::explanations::EXPLANATIONS_FILE);
+            match undamaged(dir, || {
+                saescope_store::explanations::read_explanations(&table)
+            }) {
+                Ok(rows) => {
+                    for r in rows {
+                        if let Some(slot) = explanations.get_mut(r.latent as usize) {
+                            *slot = r.explanation;
+                        }
+                    }
+                }
+                Err(e) => explanations_error = Some(e.to_string()),
+            }
+        }
         let search = features
             .iter()
-            .map(|r| r.logit_top_tokens.join("\u{1}").to_lowercase())
+            .zip(&explanations)
+            .map(|(r, e)| {
+                let mut text = r.logit_top_tokens.join("\u{1}");
+                if let Some(e) = e {
+                    text.push('\u{1}');
+                    text.push_str(e);
+                }
+                text.to_lowercase()
+            })
             .collect();
         Ok(FeatureTable {
             dir: dir.to_owned(),
@@ -287,7 +318,14 @@ impl FeatureTable {
             nb_start,
             contexts,
             search,
+            explanations,
+            explanations_error,
         })
+    }
+
+    /// Feature `f`'s explanation, when it has one.
+    pub fn explanation(&self, f: u32) -> Option<&str> {
+        self.explanations.get(f as usize)?.as_deref()
     }
 
     /// Features in the store.
@@ -321,7 +359,8 @@ impl FeatureTable {
         undamaged(&self.dir, || file.of(f))
     }
 
-    /// Whether the lower-cased `needle` appears among feature `f`'s top logit tokens.
+    /// Whether the lower-cased `needle` appears among feature `f`'s top logit tokens or in its
+    /// explanation.
     pub fn matches(&self, f: u32, needle: &str) -> bool {
         self.search
             .get(f as usize)

@@ -666,3 +666,46 @@ fn prompts_without_a_model_say_how_to_get_one() {
     );
     assert!(h.query_by_label("Run").is_none());
 }
+
+#[test]
+fn explanations_show_in_the_list_and_on_the_page_and_are_searched() {
+    use saescope_store::explanations::{ExplanationRow, write_explanations};
+    let (_tmp, run) = fixture();
+    let dict = DictDir::in_run(&run, RESID_DICT);
+    let row = |latent: u32, explanation: Option<&str>| ExplanationRow {
+        latent,
+        explanation: explanation.map(str::to_owned),
+        explainer: "test".into(),
+        settings: "{}".into(),
+        prompt_hash: String::new(),
+        examples: 0,
+        failures: u32::from(explanation.is_none()),
+        raw: String::new(),
+    };
+    write_explanations(
+        &dict.explanations_table(),
+        &[row(7, Some("stripes of a zebra")), row(9, None)],
+    )
+    .unwrap();
+    let mut h = harness(Some(run.clone()), Memory::default(), None);
+    goto(&mut h, "Features");
+    type_into(&mut h, egui::accesskit::Role::TextInput, "ZEBRA");
+    assert_eq!(h.state().list.rows, vec![7]);
+    h.get_by_label("stripes of a zebra");
+    h.state_mut().open_feature(7);
+    h.run();
+    h.get_by_label("Explanation: stripes of a zebra");
+    h.state_mut().open_feature(9);
+    h.run();
+    assert!(h.query_by_label_contains("Explanation:").is_none());
+
+    // A damaged explanations table is named on the page; the features still browse.
+    std::fs::write(dict.explanations_table(), b"not parquet").unwrap();
+    let mut h = harness(Some(run), Memory::default(), None);
+    goto(&mut h, "Features");
+    h.state_mut().open_feature(7);
+    h.run();
+    h.get_by_label("Feature 7");
+    h.get_by_label_contains("Explanations cannot be read:");
+    h.get_by_label_contains("explanations.parquet");
+}

@@ -27,6 +27,15 @@ impl Explorer {
         let mut go = None;
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.heading(format!("Feature {f}"));
+            match (t.explanation(f), &t.explanations_error) {
+                (Some(e), _) => {
+                    ui.label(egui::RichText::new(format!("Explanation: {e}")).italics());
+                }
+                (None, Some(err)) => {
+                    ui.label(format!("Explanations cannot be read: {err}"));
+                }
+                (None, None) => {}
+            }
             ui.label(format!(
                 "fires on {} of {} tokens (density {:.3e}); mean {:.3}, max {:.3}",
                 thousands(r.count),

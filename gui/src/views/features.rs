@@ -18,7 +18,7 @@ impl Explorer {
             ui.label("Search");
             let r = ui.add(
                 egui::TextEdit::singleline(&mut self.list.search)
-                    .hint_text("top logit token or feature number")
+                    .hint_text("top logit token, explanation or feature number")
                     .desired_width(240.0),
             );
             if r.changed() {
@@ -71,6 +71,7 @@ impl Explorer {
             .column(Column::exact(100.0))
             .column(Column::exact(90.0))
             .column(Column::exact(90.0))
+            .column(Column::exact(260.0))
             .column(Column::remainder())
             .scroll_to_row(cursor, None)
             .header(20.0, |mut h| {
@@ -80,6 +81,7 @@ impl Explorer {
                     "max act",
                     "mean act",
                     "top logit tokens",
+                    "explanation",
                 ] {
                     h.col(|ui| {
                         ui.strong(name);
@@ -113,6 +115,9 @@ impl Explorer {
                                 .collect::<Vec<_>>()
                                 .join("  "),
                         );
+                    });
+                    row.col(|ui| {
+                        ui.label(t.explanation(f).unwrap_or(""));
                     });
                     if row.response().clicked() {
                         open = Some((i, f));
