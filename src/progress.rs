@@ -52,6 +52,13 @@ impl Tracker {
             .set_position(done);
     }
 
+    /// Shows `note` after the bar's message (e.g. failures so far).
+    pub fn note(&mut self, note: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("{} ({note})", self.message));
+        }
+    }
+
     pub fn finish(self) {
         if let Some(b) = self.bar {
             b.finish_and_clear();

@@ -562,6 +562,47 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     let object: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("layers.6_feature.json")).unwrap()).unwrap();
     assert_eq!(object["3"], "plural nouns");
+    // The explanations reach Neuronpedia's dashboard JSON, and a dataset with its card.
+    let o = saescope(&[
+        "export",
+        "neuronpedia",
+        "--dict",
+        d,
+        "--out",
+        np.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let batch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&np).unwrap()).unwrap();
+    assert_eq!(
+        batch["features"][200]["explanations"][0]["description"],
+        "the word \"cat\""
+    );
+    let data = tmp.path().join("dataset");
+    let o = saescope(&[
+        "export",
+        "dataset",
+        "--dict",
+        d,
+        "--out",
+        data.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("explanations.parquet, examples.parquet, dataset.json, README.md"),
+        "{t}"
+    );
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("dataset.json")).unwrap()).unwrap();
+    let explained =
+        saescope_store::explanations::read_explanations(&data.join("explanations.parquet"))
+            .unwrap();
+    assert_eq!(card["explanations"]["latents"], explained.len());
+    assert_eq!(card["model"]["architecture"], "llama");
+    assert_eq!(card["corpus"]["tokens_harvested"], 3000);
+    assert_eq!(card["examples"]["config"]["window"], 16);
+    assert_eq!(card["dictionary"]["hook"], "blocks.6.hook_resid_post");
     let o = saescope(&[
         "export",
         "delphi",

@@ -5,9 +5,12 @@
 //! writes the feature store, and times the analysis alone: the pass with its codes replayed
 //! from memory, which is how fast analysis goes when encoding costs nothing.
 //! ENCODER_THREADS (default: all cores) leaves the other cores to folding, as on a machine with
-//! cores to spare.
-//!   cargo run --release -p saescope-sae --example bench_analyze [-- TOKENS [ROUNDS [ENCODER_THREADS]]]
+//! cores to spare. Last, it draws autointerp example sets (`saescope examples`' pass) for
+//! EXAMPLE_LATENTS latents (default 1,000, spread over the dictionary; 0 skips it) on the same
+//! run and compares its time with the analysis pass's.
+//!   cargo run --release -p saescope-analysis --example bench_analyze [-- TOKENS [ROUNDS [ENCODER_THREADS [EXAMPLE_LATENTS]]]]
 
+use saescope_analysis::examples::{ExampleConfig, build_examples};
 use saescope_analysis::features::{
     AnalyzeConfig, TokenTable, WeightFacts, analyze, decoder_neighbours,
 };
@@ -308,8 +311,48 @@ fn main() {
             peak_rss_mb()
         );
         drop(a);
-        encode_s
+        (encode_s, analyze_s)
     });
+    let (encode_s, analyze_s) = match encode_s {
+        Some((e, a)) => (Some(e), Some(a)),
+        None => (None, None),
+    };
+
+    // Example sets for autointerp: `saescope examples`' pass over the same run, encoder and
+    // neighbours (each latent's 10 nearest decoder directions give its hard negatives).
+    let example_latents = arg(4).unwrap_or(1_000) as usize;
+    if example_latents > 0 {
+        let chosen: Vec<u32> = (0..example_latents)
+            .map(|i| (i * n / example_latents) as u32)
+            .collect();
+        let near = |f: u32| weights.neighbours[f as usize].iter().map(|x| x.0).collect();
+        let (t, cpu) = (Instant::now(), cpu_seconds());
+        let sets = build_examples(
+            &sae,
+            &run,
+            hook,
+            &table,
+            &chosen,
+            &near,
+            &ExampleConfig::default(),
+            Device::Cpu,
+            &mut |_| {},
+        )
+        .expect("example sets");
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "example sets for {example_latents} latents: {secs:.1} s ({:.0} tokens/s, cores busy {:.2}), {} windows, {} latents skipped for fewer than {} activating windows; {}",
+            tokens as f64 / secs,
+            (cpu_seconds() - cpu) / secs,
+            sets.rows.len(),
+            sets.skipped.len(),
+            ExampleConfig::default().min_activating,
+            match analyze_s {
+                Some(a) => format!("{:.3} x the analysis pass's time ({a:.1} s)", secs / a),
+                None => "no analysis pass to compare with (ROUNDS = 0)".into(),
+            }
+        );
+    }
 
     // The analysis alone: the same pass, its codes replayed from memory instead of encoded.
     let (recorded_s, _, codes) = encode_only(true);

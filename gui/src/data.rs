@@ -209,7 +209,9 @@ impl RunData {
 }
 
 /// A dictionary's feature store, read for browsing: summary, features and neighbours in
-/// memory; contexts read one feature at a time from the Parquet file.
+/// memory; contexts read one feature at a time from the Parquet file. Cloned (contexts index
+/// shared) when its explanations are read again after an explain job.
+#[derive(Clone)]
 pub struct FeatureTable {
     /// The feature store's directory.
     pub dir: PathBuf,
@@ -220,7 +222,7 @@ pub struct FeatureTable {
     neighbours: Vec<NeighbourRow>,
     /// neighbours[nb_start[f]..nb_start[f + 1]] are feature f's.
     nb_start: Vec<usize>,
-    contexts: Result<ContextsFile, ExploreError>,
+    contexts: Result<Arc<ContextsFile>, ExploreError>,
     /// Lower-cased text a search matches per feature: its top logit tokens and explanation.
     search: Vec<String>,
     /// Each feature's explanation, from the dictionary's `explanations.parquet` beside the
@@ -279,13 +281,30 @@ impl FeatureTable {
             return Err(ExploreError::Cancelled);
         }
         stage("contexts index");
-        let contexts = undamaged(dir, || ContextsFile::open(dir));
+        let contexts = undamaged(dir, || ContextsFile::open(dir)).map(Arc::new);
         stage("explanations");
-        let mut explanations = vec![None; features.len()];
-        let mut explanations_error = None;
-        if let Some(dict) = dir.parent() {
+        Ok(FeatureTable {
+            dir: dir.to_owned(),
+            summary,
+            features,
+            neighbours,
+            nb_start,
+            contexts,
+            search: Vec::new(),
+            explanations: Vec::new(),
+            explanations_error: None,
+        }
+        .with_explanations())
+    }
+
+    /// This table with the explanations (and the search text) read again from the
+    /// dictionary's `explanations.parquet` beside the store.
+    pub fn with_explanations(mut self) -> FeatureTable {
+        let mut explanations = vec![None; self.features.len()];
+        self.explanations_error = None;
+        if let Some(dict) = self.dir.parent() {
             let table = dict.join(saescope_store::explanations::EXPLANATIONS_FILE);
-            match undamaged(dir, || {
+            match undamaged(&self.dir, || {
                 saescope_store::explanations::read_explanations(&table)
             }) {
                 Ok(rows) => {
@@ -295,10 +314,11 @@ impl FeatureTable {
                         }
                     }
                 }
-                Err(e) => explanations_error = Some(e.to_string()),
+                Err(e) => self.explanations_error = Some(e.to_string()),
             }
         }
-        let search = features
+        self.search = self
+            .features
             .iter()
             .zip(&explanations)
             .map(|(r, e)| {
@@ -310,17 +330,8 @@ impl FeatureTable {
                 text.to_lowercase()
             })
             .collect();
-        Ok(FeatureTable {
-            dir: dir.to_owned(),
-            summary,
-            features,
-            neighbours,
-            nb_start,
-            contexts,
-            search,
-            explanations,
-            explanations_error,
-        })
+        self.explanations = explanations;
+        self
     }
 
     /// Feature `f`'s explanation, when it has one.

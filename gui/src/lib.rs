@@ -4,13 +4,16 @@
 //! It owns only presentation: the state ([`state`]), one module per view ([`views`]), the
 //! widgets they share ([`widgets`]) and the frame around them ([`app`]). It reads what the other
 //! crates wrote through `saescope-store` alone ([`data`]) and sends prompts to an engine the
-//! caller supplies ([`engine`]), on background threads so the window never blocks. No analysis
-//! code lives here, it never writes to the run, and it does not link libtorch.
+//! caller supplies ([`engine`]), on background threads so the window never blocks; an explainer
+//! the caller supplies ([`explainer`]) explains a feature from its page. No analysis code lives
+//! here, it never writes to the run itself (the caller's explainer records explanations), and it
+//! does not link libtorch.
 
 pub mod app;
 pub mod data;
 pub mod engine;
 mod error;
+pub mod explainer;
 pub mod fixture;
 pub mod state;
 mod views;
@@ -18,6 +21,7 @@ mod widgets;
 
 pub use engine::{EngineFactory, PromptEngine, SteerPush, Steered};
 pub use error::ExploreError;
+pub use explainer::{Explained, FeatureExplainer};
 pub use state::{Explorer, Memory, View};
 
 use std::path::PathBuf;
@@ -28,6 +32,8 @@ pub struct Launch {
     pub run: Option<PathBuf>,
     /// Opens the model and dictionary for the prompt view; `None` disables prompts.
     pub engine: Option<EngineFactory>,
+    /// Explains a feature from its page; `None` hides the button.
+    pub explainer: Option<std::sync::Arc<dyn FeatureExplainer>>,
     /// Where to start (default: the overview), and which dictionary, feature or prompt.
     pub start: Start,
 }
@@ -72,6 +78,9 @@ pub fn run(launch: Launch) -> Result<(), ExploreError> {
             }
             let mut app =
                 Explorer::new(launch.run, memory, launch.engine, Some(cc.egui_ctx.clone()));
+            if let Some(e) = launch.explainer {
+                app = app.with_explainer(e);
+            }
             app.start_at(start.view, start.prompt);
             Ok(Box::new(app))
         }),

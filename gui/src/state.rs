@@ -6,6 +6,7 @@
 use crate::data::{DictEntry, FeatureTable, Loading, Problem, RunData};
 use crate::engine::{Answer, EngineFactory, Request, Steered, Worker};
 use crate::error::ExploreError;
+use crate::explainer::{ExplainJob, Explained, FeatureExplainer};
 use eframe::egui;
 use saescope_store::features::ContextRow;
 use saescope_store::prompt::{Attribution, PromptView};
@@ -217,6 +218,12 @@ pub struct Explorer {
     pub steer: SteerState,
     pub(crate) steer_from: SteerFrom,
     pub(crate) worker: Option<Worker>,
+    /// Explains a feature from its page; `None` hides the button.
+    pub(crate) explainer: Option<Arc<dyn FeatureExplainer>>,
+    /// The explain job running, if any.
+    pub(crate) explain_job: Option<ExplainJob>,
+    /// The last explain job's dictionary, feature and answer.
+    pub(crate) explained: Option<(PathBuf, u32, Result<Explained, ExploreError>)>,
     /// The (dictionary, head) cell selected in the heads view.
     pub heads_selected: Option<(usize, usize)>,
     /// What is remembered for the next launch.
@@ -250,6 +257,9 @@ impl Explorer {
             steer: SteerState::default(),
             steer_from: SteerFrom::FeaturePage,
             worker: engine.map(|f| Worker::start(f, ctx.clone())),
+            explainer: None,
+            explain_job: None,
+            explained: None,
             heads_selected: None,
             memory,
             prompt_queued: false,
@@ -259,6 +269,53 @@ impl Explorer {
             e.open_run(&dir);
         }
         e
+    }
+
+    /// Gives the feature page an "Explain" button that runs `explainer`.
+    pub fn with_explainer(mut self, explainer: Arc<dyn FeatureExplainer>) -> Explorer {
+        self.explainer = Some(explainer);
+        self
+    }
+
+    /// Starts explaining feature `f` of the selected dictionary in the background.
+    pub fn explain_feature(&mut self, f: u32) {
+        let (Some(explainer), Some(dict)) = (&self.explainer, self.entry()) else {
+            return;
+        };
+        if self.explain_job.is_none() {
+            let dir = dict.dir.path().to_owned();
+            self.explained = None;
+            self.explain_job = Some(ExplainJob::start(
+                explainer.clone(),
+                &dir,
+                f,
+                self.ctx.clone(),
+            ));
+        }
+    }
+
+    /// The feature an explain job is running for, if any.
+    pub fn explain_job_feature(&self) -> Option<u32> {
+        self.explain_job.as_ref().map(|j| j.feature)
+    }
+
+    /// Files the explain job's answer and reads the dictionary's explanations again.
+    fn finish_explain(&mut self, dict: PathBuf, f: u32, r: Result<Explained, ExploreError>) {
+        if r.is_ok() {
+            let key = self
+                .tables
+                .keys()
+                .find(|k| k.parent() == Some(dict.as_path()))
+                .cloned();
+            if let Some(key) = key
+                && let Some(Ok(t)) = self.tables.get(&key)
+            {
+                let fresh = FeatureTable::clone(t).with_explanations();
+                self.tables.insert(key, Ok(Arc::new(fresh)));
+                self.list.dirty = true;
+            }
+        }
+        self.explained = Some((dict, f, r));
     }
 
     /// Starts on `view`, with `prompt` sent to the engine once the run is open.
@@ -294,6 +351,10 @@ impl Explorer {
         if let Some((dir, l)) = self.table_loading.take() {
             let r = l.wait();
             self.finish_table(dir, r);
+        }
+        if let Some(job) = self.explain_job.take() {
+            let r = job.wait();
+            self.finish_explain(job.dict, job.feature, r);
         }
     }
 
@@ -475,6 +536,13 @@ impl Explorer {
                     top: 5,
                 },
             );
+        }
+        if let Some(job) = &self.explain_job
+            && let Some(r) = job.poll()
+        {
+            let (dict, f) = (job.dict.clone(), job.feature);
+            self.explain_job = None;
+            self.finish_explain(dict, f, r);
         }
         if let Some(w) = &mut self.worker
             && let Some((asked, answer)) = w.poll()

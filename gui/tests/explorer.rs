@@ -709,3 +709,117 @@ fn explanations_show_in_the_list_and_on_the_page_and_are_searched() {
     h.get_by_label_contains("Explanations cannot be read:");
     h.get_by_label_contains("explanations.parquet");
 }
+
+/// Answers as a server would: an explanation for even features, an answer without one for odd
+/// ones, an error for feature 11 and a panic for feature 13; what it answers it records.
+/// Feature 8 waits for a word on `gate` first.
+struct Recorder {
+    gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl saescope_gui::FeatureExplainer for Recorder {
+    fn describe(&self) -> String {
+        "a test explainer".into()
+    }
+    fn explain(&self, dict: &Path, feature: u32) -> Result<saescope_gui::Explained, ExploreError> {
+        use saescope_store::explanations::{ExplanationRow, read_explanations, write_explanations};
+        match feature {
+            11 => {
+                return Err(ExploreError::Engine(
+                    "no example windows for feature 11".into(),
+                ));
+            }
+            13 => panic!("explainer broke on 13"),
+            8 => self.gate.lock().unwrap().recv().unwrap(),
+            _ => {}
+        }
+        let explanation = feature
+            .is_multiple_of(2)
+            .then(|| format!("even feature {feature}"));
+        let raw = match &explanation {
+            Some(e) => format!("EXPLANATION: {e}"),
+            None => "I cannot tell".into(),
+        };
+        let table = DictDir::new(dict).explanations_table();
+        let mut rows = read_explanations(&table).unwrap();
+        rows.retain(|r| r.latent != feature);
+        rows.push(ExplanationRow {
+            latent: feature,
+            explanation: explanation.clone(),
+            explainer: "test".into(),
+            settings: "{}".into(),
+            prompt_hash: String::new(),
+            examples: 3,
+            failures: u32::from(explanation.is_none()),
+            raw: raw.clone(),
+        });
+        write_explanations(&table, &rows).unwrap();
+        Ok(saescope_gui::Explained {
+            feature,
+            explanation,
+            raw,
+        })
+    }
+}
+
+#[test]
+fn the_explain_button_runs_in_the_background_and_the_page_and_list_read_the_answer() {
+    let (_tmp, run) = fixture();
+    let memory = Memory {
+        dictionary: Some(RESID_DICT.into()),
+        feature: Some(8),
+        ..Memory::default()
+    };
+    let (open, gate) = std::sync::mpsc::channel();
+    let recorder = Recorder {
+        gate: std::sync::Mutex::new(gate),
+    };
+    let mut app =
+        Explorer::new(Some(run), memory, None, None).with_explainer(std::sync::Arc::new(recorder));
+    app.settle();
+    let mut h = Harness::builder()
+        .with_size([1400.0, 1000.0])
+        .build_state(|ctx, app: &mut Explorer| app.ui(ctx), app);
+    h.run();
+    goto(&mut h, "Feature");
+    h.get_by_label("Feature 8");
+    h.get_by_label("with a test explainer");
+    assert!(h.query_by_label_contains("Explanation:").is_none());
+    h.get_by_label("Explain").click();
+    h.step();
+    h.step();
+    // The window draws while the explainer works, and a second job waits for the first.
+    h.get_by_label("explaining feature 8 with a test explainer…");
+    assert!(h.get_by_label("Explain").accesskit_node().is_disabled());
+    assert_eq!(h.state().explain_job_feature(), Some(8));
+    open.send(()).unwrap();
+    wait_for_worker(&mut h);
+    h.get_by_label("Explanation: even feature 8");
+    h.get_by_label("Explain again");
+    // The list reads the new explanation too, and searches it.
+    goto(&mut h, "Features");
+    type_into(&mut h, egui::accesskit::Role::TextInput, "even feature");
+    assert_eq!(h.state().list.rows, vec![8]);
+
+    // An answer without an explanation is said to be one, with its text.
+    for (f, says) in [
+        (
+            9,
+            "No explanation in the answer (a counted failure); it began: \"I cannot tell\"",
+        ),
+        (11, "Error: no example windows for feature 11"),
+        (13, "Error: the explainer panicked: explainer broke on 13"),
+    ] {
+        h.state_mut().open_feature(f);
+        h.run();
+        h.get_by_label("Explain").click();
+        h.step();
+        wait_for_worker(&mut h);
+        h.get_by_label(says);
+        assert!(h.query_by_label_contains("Explanation:").is_none());
+        // Another feature's page does not show it.
+        h.state_mut().open_feature(8);
+        h.run();
+        assert!(h.query_by_label(says).is_none());
+    }
+}

@@ -286,6 +286,9 @@ pub fn run(args: Args) -> Result<()> {
             dictionary: None,
             feature: None,
             prompt: None,
+            explain_server: None,
+            explain_model: None,
+            api_key_env: "OPENAI_API_KEY".into(),
         })?;
     }
     Ok(())

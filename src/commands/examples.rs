@@ -36,6 +36,23 @@ pub struct Args {
     pub seed: Option<u64>,
 }
 
+/// `k` of `from` chosen at random with `seed`, in increasing order.
+pub fn sample_latents(from: &[u32], k: usize, seed: u64) -> Result<Vec<u32>> {
+    if k == 0 || k > from.len() {
+        bail!(
+            "--sample {k}: there are {} latents to choose from",
+            from.len()
+        );
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut v: Vec<u32> = index::sample(&mut rng, from.len(), k)
+        .iter()
+        .map(|i| from[i])
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let mut cfg: ExampleConfig = super::toml_config(a.config.as_deref(), "examples config")?;
     cfg.window = a.window.unwrap_or(cfg.window);
@@ -45,18 +62,7 @@ pub fn run(a: Args) -> Result<()> {
     let n = session.opened.dict.as_dyn().n_latents();
     let latents = match (&a.latents, a.sample) {
         (Some(spec), _) => parse_latents(spec)?,
-        (None, Some(k)) => {
-            if k == 0 || k > n {
-                bail!("--sample {k}: the dictionary has {n} latents");
-            }
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-            let mut v: Vec<u32> = index::sample(&mut rng, n, k)
-                .iter()
-                .map(|i| i as u32)
-                .collect();
-            v.sort_unstable();
-            v
-        }
+        (None, Some(k)) => sample_latents(&(0..n as u32).collect::<Vec<_>>(), k, cfg.seed)?,
         (None, None) => (0..n as u32).collect(),
     };
     let mut bar = Tracker::new("drawing examples", "tokens");

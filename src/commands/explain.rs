@@ -1,16 +1,16 @@
 //! `saescope explain`: explains latents from their example windows (`saescope examples`) with
 //! the bundled model or any OpenAI-compatible server, into `DICT/explanations.parquet`.
 
-use super::examples::parse_latents;
+use super::examples::{parse_latents, sample_latents};
 use crate::progress::Tracker;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use saescope_activations::assets;
 use saescope_activations::model::{Compute, TextModel, device};
 use saescope_analysis::{Session, SessionSpec};
 use saescope_autointerp::explain::{ExplainConfig, Explainer, explain};
 use saescope_autointerp::local::LocalExplainer;
 use saescope_autointerp::{Client, ServerConfig};
-use saescope_store::examples::read_examples;
+use saescope_store::examples::{ExampleKind, read_examples};
 use saescope_store::explanations::read_explanations;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -25,8 +25,27 @@ pub struct Args {
     #[arg(long)]
     pub run: Option<PathBuf>,
     /// Latents to explain: `A..B` or `3,17,42` (default: every latent with examples).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sample")]
     pub latents: Option<String>,
+    /// Explain this many latents chosen at random (with --seed) from those with examples.
+    #[arg(long)]
+    pub sample: Option<usize>,
+    /// Seed of --sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub explainer: ExplainerArgs,
+    /// Keep explanations already there and ask only for the rest.
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu or cuda (the local model and the token texts).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Who explains, and how the prompt is made (shared with the explorer's explain button).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ExplainerArgs {
     /// An OpenAI-compatible server's base URL (e.g. http://127.0.0.1:8080/v1); without it the
     /// bundled model explains.
     #[arg(long, requires = "model")]
@@ -55,12 +74,76 @@ pub struct Args {
     /// Leave out the per-token activation lines.
     #[arg(long)]
     pub no_activations: bool,
-    /// Keep explanations already there and ask only for the rest.
-    #[arg(long)]
-    pub resume: bool,
-    /// cpu or cuda (the local model and the token texts).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+}
+
+impl Default for ExplainerArgs {
+    fn default() -> Self {
+        ExplainerArgs {
+            server: None,
+            model: None,
+            api_key_env: "OPENAI_API_KEY".into(),
+            concurrency: 4,
+            timeout: 120.0,
+            local_model: None,
+            examples: None,
+            contrastive: false,
+            no_activations: false,
+        }
+    }
+}
+
+impl ExplainerArgs {
+    /// The explainer and the settings it explains with; server answers are cached in `cache`.
+    pub fn build(
+        &self,
+        cache: PathBuf,
+        device: tch::Device,
+    ) -> Result<(Box<dyn Explainer + Send>, ExplainConfig)> {
+        let mut cfg = ExplainConfig::default();
+        cfg.prompt.contrastive = self.contrastive;
+        cfg.prompt.activations = !self.no_activations;
+        Ok(match (&self.server, &self.model) {
+            (Some(url), Some(model)) => {
+                cfg.prompt.max_examples = self.examples.unwrap_or(40);
+                let server = ServerConfig {
+                    base_url: url.clone(),
+                    model: model.clone(),
+                    api_key_env: self.api_key_env.clone(),
+                    timeout_s: self.timeout,
+                    concurrency: self.concurrency,
+                    ..ServerConfig::default()
+                };
+                (Box::new(Client::new(server, Some(cache))?), cfg)
+            }
+            _ => {
+                cfg.prompt.max_examples = self.examples.unwrap_or(10);
+                let path = self
+                    .local_model
+                    .clone()
+                    .unwrap_or_else(assets::default_model);
+                let model = TextModel::open(&path, device, Compute::F32)?;
+                (
+                    Box::new(LocalExplainer {
+                        model,
+                        path,
+                        batch: 4,
+                    }),
+                    cfg,
+                )
+            }
+        })
+    }
+
+    /// Who explains, in words.
+    pub fn describe(&self) -> String {
+        match (&self.server, &self.model) {
+            (Some(url), Some(model)) => format!("{model} at {url}"),
+            _ => match &self.local_model {
+                Some(p) => format!("{} on this machine", p.display()),
+                None => "the bundled SmolLM2-135M-Instruct on this machine".into(),
+            },
+        }
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -80,45 +163,33 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let examples = read_examples(&path)?;
-    let latents: Vec<u32> = match &a.latents {
-        Some(spec) => parse_latents(spec)?,
-        None => examples
-            .iter()
-            .map(|r| r.latent)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect(),
+    let drawn: Vec<u32> = examples
+        .iter()
+        .filter(|r| r.kind == ExampleKind::Activating)
+        .map(|r| r.latent)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let latents: Vec<u32> = match (&a.latents, a.sample) {
+        (Some(spec), _) => parse_latents(spec)?,
+        (None, Some(k)) => sample_latents(&drawn, k, a.seed).with_context(|| {
+            format!(
+                "{} holds examples of {} latents",
+                path.display(),
+                drawn.len()
+            )
+        })?,
+        (None, None) => drawn,
     };
-    let mut cfg = ExplainConfig::default();
-    cfg.prompt.contrastive = a.contrastive;
-    cfg.prompt.activations = !a.no_activations;
-    let explainer: Box<dyn Explainer> = match (&a.server, &a.model) {
-        (Some(url), Some(model)) => {
-            cfg.prompt.max_examples = a.examples.unwrap_or(40);
-            let server = ServerConfig {
-                base_url: url.clone(),
-                model: model.clone(),
-                api_key_env: a.api_key_env.clone(),
-                timeout_s: a.timeout,
-                concurrency: a.concurrency,
-                ..ServerConfig::default()
-            };
-            Box::new(Client::new(server, Some(dir.explanations().join("cache")))?)
-        }
-        _ => {
-            cfg.prompt.max_examples = a.examples.unwrap_or(10);
-            let path = a.local_model.clone().unwrap_or_else(assets::default_model);
-            println!(
-                "explaining with {} on this machine: a small model explains poorly; --server URL --model NAME uses any OpenAI-compatible server",
-                path.display()
-            );
-            Box::new(LocalExplainer {
-                model: TextModel::open(&path, spec.device, Compute::F32)?,
-                path,
-                batch: 4,
-            })
-        }
-    };
+    if a.explainer.server.is_none() {
+        println!(
+            "explaining with {}: a small model explains poorly; --server URL --model NAME uses any OpenAI-compatible server",
+            a.explainer.describe()
+        );
+    }
+    let (explainer, cfg) = a
+        .explainer
+        .build(dir.explanations().join("cache"), spec.device)?;
     explain_and_print(
         &session,
         &examples,
@@ -128,6 +199,17 @@ pub fn run(a: Args) -> Result<()> {
         a.resume,
     )?;
     Ok(())
+}
+
+/// Each token's text by the session's tokenizer, decoded once.
+pub fn token_texts(session: &Session) -> impl Fn(u32) -> String + '_ {
+    let texts = Mutex::new(HashMap::<u32, String>::new());
+    move |id: u32| -> String {
+        let mut t = texts.lock().unwrap_or_else(|e| e.into_inner());
+        t.entry(id)
+            .or_insert_with(|| session.model.tokenizer.decode(&[id]).unwrap_or_default())
+            .clone()
+    }
 }
 
 /// Explains `latents` of the session's dictionary from `examples` with a progress bar, then
@@ -141,16 +223,10 @@ pub fn explain_and_print(
     resume: bool,
 ) -> Result<()> {
     let dir = &session.opened.dir;
-    let tokenizer = &session.model.tokenizer;
-    let texts = Mutex::new(HashMap::<u32, String>::new());
-    let token_text = |id: u32| -> String {
-        let mut t = texts.lock().unwrap_or_else(|e| e.into_inner());
-        t.entry(id)
-            .or_insert_with(|| tokenizer.decode(&[id]).unwrap_or_default())
-            .clone()
-    };
+    let token_text = token_texts(session);
     let table = dir.explanations_table();
     let bar = Mutex::new(Tracker::new("explaining", "latents"));
+    let started = std::time::Instant::now();
     let report = explain(
         examples,
         latents,
@@ -159,10 +235,11 @@ pub fn explain_and_print(
         cfg,
         resume,
         &table,
-        &|done, total, _failed| {
-            bar.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .update(done as u64, total as u64)
+        &|done, total, failed| {
+            let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
+            bar.update(done as u64, total as u64);
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            bar.note(&format!("{failed} failed, {rate:.2} requests/s"));
         },
     )?;
     bar.into_inner().unwrap_or_else(|e| e.into_inner()).finish();

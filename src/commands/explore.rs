@@ -1,20 +1,27 @@
 //! `saescope explore`: the desktop explorer on a run directory. The window comes from
 //! `saescope-gui`; this command gives it a prompt engine, a `saescope-analysis` session opened
 //! the way `inspect` opens one, on the explorer's worker thread, which also steers as
-//! `saescope steer` does.
+//! `saescope steer` does; and an explainer for the feature page's explain button, which explains
+//! as `saescope explain` does.
 
-use anyhow::Result;
+use super::explain::{ExplainerArgs, token_texts};
+use anyhow::{Context, Result, bail};
 use saescope_activations::generate::{GenerateConfig, PromptStyle};
 use saescope_activations::model::device;
 use saescope_activations::sampler::Sampling;
 use saescope_analysis::steer::{Push, SteerRequest, Steering, steer};
 use saescope_analysis::{Session, SessionSpec};
+use saescope_autointerp::explain::{ExplainConfig, Explainer, explain};
 use saescope_gui::{
-    EngineFactory, ExploreError, Launch, PromptEngine, Start, SteerPush, Steered, View,
+    EngineFactory, Explained, ExploreError, FeatureExplainer, Launch, PromptEngine, Start,
+    SteerPush, Steered, View,
 };
+use saescope_store::examples::{ExampleKind, ExampleRow, read_examples};
+use saescope_store::explanations::read_explanations;
 use saescope_store::features::FeatureRow;
 use saescope_store::prompt::{Attribution, PromptView};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -38,6 +45,16 @@ pub struct Args {
     /// Run this prompt in the prompt view at start.
     #[arg(long)]
     pub prompt: Option<String>,
+    /// The feature page's explain button asks this OpenAI-compatible server (base URL)
+    /// instead of the bundled model.
+    #[arg(long, requires = "explain_model")]
+    pub explain_server: Option<String>,
+    /// The model name the explain server expects.
+    #[arg(long, requires = "explain_server")]
+    pub explain_model: Option<String>,
+    /// The environment variable holding the explain server's API key.
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
 }
 
 fn parse_view(s: &str) -> Result<View, String> {
@@ -78,9 +95,21 @@ pub fn run(a: Args) -> Result<()> {
             .map(|e| Box::new(e) as Box<dyn PromptEngine>)
             .map_err(|e| ExploreError::Engine(format!("{e:#}")))
     });
+    let explainer = ButtonExplainer {
+        args: ExplainerArgs {
+            server: a.explain_server.clone(),
+            model: a.explain_model.clone(),
+            api_key_env: a.api_key_env.clone(),
+            ..ExplainerArgs::default()
+        },
+        model: a.model.clone(),
+        device,
+        open: Mutex::new(None),
+    };
     saescope_gui::run(Launch {
         run: a.run,
         engine: Some(factory),
+        explainer: Some(Arc::new(explainer)),
         start: Start {
             view: a.view.or(a.feature.map(|_| View::Feature)),
             dictionary: a.dictionary,
@@ -182,6 +211,90 @@ impl PromptEngine for Engine {
     }
 }
 
+/// The feature page's explain button: explains one feature as `saescope explain --latents F`
+/// does, with the explainer `saescope explore` was started with. The session and the explainer
+/// are opened at the first click and kept for the dictionary they were opened on.
+struct ButtonExplainer {
+    args: ExplainerArgs,
+    model: Option<PathBuf>,
+    device: tch::Device,
+    open: Mutex<Option<Opened>>,
+}
+
+struct Opened {
+    dict: PathBuf,
+    session: Session,
+    explainer: Box<dyn Explainer + Send>,
+    cfg: ExplainConfig,
+}
+
+impl ButtonExplainer {
+    fn explain_one(&self, dict: &Path, feature: u32) -> Result<Explained> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.as_ref().is_none_or(|o| o.dict != dict) {
+            *open = None;
+            let spec = SessionSpec {
+                model: self.model.clone(),
+                device: self.device,
+                ..SessionSpec::new(dict)
+            };
+            let session = Session::open(&spec)?;
+            let cache = session.opened.dir.explanations().join("cache");
+            let (explainer, cfg) = self.args.build(cache, self.device)?;
+            *open = Some(Opened {
+                dict: dict.to_owned(),
+                session,
+                explainer,
+                cfg,
+            });
+        }
+        let o = open.as_ref().expect("opened above");
+        let path = o.session.opened.dir.examples();
+        let examples: Vec<ExampleRow> = read_examples(&path)?
+            .into_iter()
+            .filter(|r| r.latent == feature)
+            .collect();
+        if !examples.iter().any(|r| r.kind == ExampleKind::Activating) {
+            bail!(
+                "feature {feature} has no example windows in {}; draw them with `saescope examples --dict {} --latents {feature}`",
+                path.display(),
+                dict.display()
+            );
+        }
+        let table = o.session.opened.dir.explanations_table();
+        explain(
+            &examples,
+            &[feature],
+            &token_texts(&o.session),
+            o.explainer.as_ref(),
+            &o.cfg,
+            false,
+            &table,
+            &|_, _, _| {},
+        )?;
+        let row = read_explanations(&table)?
+            .into_iter()
+            .find(|r| r.latent == feature)
+            .with_context(|| format!("{}: no row for feature {feature}", table.display()))?;
+        Ok(Explained {
+            feature,
+            explanation: row.explanation,
+            raw: row.raw,
+        })
+    }
+}
+
+impl FeatureExplainer for ButtonExplainer {
+    fn describe(&self) -> String {
+        self.args.describe()
+    }
+
+    fn explain(&self, dict: &Path, feature: u32) -> Result<Explained, ExploreError> {
+        self.explain_one(dict, feature)
+            .map_err(|e| ExploreError::Engine(format!("{e:#}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +327,60 @@ mod tests {
         };
         AnyDictionary::TopK(sae).save(&out, &[], cfg).unwrap();
         Engine::open(&SessionSpec::new(out.path())).unwrap()
+    }
+
+    /// The explain button explains a feature from its stored windows with the bundled model,
+    /// recording the answer as `saescope explain` does; a feature without windows says how to
+    /// draw them.
+    #[test]
+    fn the_explain_button_explains_from_the_stored_windows() {
+        use saescope_store::examples::{ExampleSet, write_examples};
+        let tmp = tempfile::tempdir().unwrap();
+        let dict = engine(tmp.path()).session.opened.dir.clone();
+        // Feature 3 fires on the tokens of " cat" in a few short windows.
+        let session = Session::open(&SessionSpec::new(dict.path())).unwrap();
+        let ids = session
+            .model
+            .prompt_ids(" the cat sat on the mat", false)
+            .unwrap();
+        let rows: Vec<ExampleRow> = (0..4u64)
+            .map(|i| ExampleRow {
+                latent: 3,
+                set: ExampleSet::Train,
+                kind: ExampleKind::Activating,
+                bin: 0,
+                source: 0,
+                start: i * 100,
+                acts: ids
+                    .iter()
+                    .enumerate()
+                    .map(|(j, _)| if j == 1 { 2.0 } else { 0.0 })
+                    .collect(),
+                token_ids: ids.clone(),
+            })
+            .collect();
+        write_examples(&dict.examples(), &rows).unwrap();
+        let button = ButtonExplainer {
+            args: ExplainerArgs::default(),
+            model: None,
+            device: Device::Cpu,
+            open: Mutex::new(None),
+        };
+        assert!(button.describe().contains("bundled SmolLM2-135M-Instruct"));
+        let got = button.explain(dict.path(), 3).unwrap();
+        assert_eq!(got.feature, 3);
+        assert!(got.raw.starts_with("EXPLANATION:"), "{got:?}");
+        let table = read_explanations(&dict.explanations_table()).unwrap();
+        assert_eq!(table.len(), 1);
+        assert_eq!((table[0].latent, &table[0].raw), (3, &got.raw));
+        assert_eq!(table[0].explanation, got.explanation);
+        assert_eq!(table[0].examples, 4);
+        let err = button.explain(dict.path(), 5).unwrap_err().to_string();
+        assert!(
+            err.contains("feature 5 has no example windows")
+                && err.contains("saescope examples --dict"),
+            "{err}"
+        );
     }
 
     /// A clamp of a feature to its own activation on every token leaves the text and the

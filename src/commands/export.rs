@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use saescope_analysis::features::neuron_alignment;
 use saescope_analysis::{OpenedDictionary, SessionSpec};
 use saescope_sae::AnyDictionary;
+use saescope_store::explanations::read_explanations;
 use saescope_store::features::FeatureStore;
 use saescope_store::neuronpedia::{ExportInfo, dashboard_batch};
 use std::path::PathBuf;
@@ -19,6 +20,19 @@ pub enum Command {
     /// Explanations in delphi's layout (one file per latent) and as the per-layer JSON object
     /// published explanation datasets use.
     Delphi(super::delphi::ExportArgs),
+    /// A self-describing explanation dataset: explanations and example windows as Parquet,
+    /// with a card (dataset.json and README.md) saying what was explained and how.
+    Dataset(DatasetArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DatasetArgs {
+    /// The dictionary's directory, with its explanations (`saescope explain`).
+    #[arg(long)]
+    pub dict: PathBuf,
+    /// The folder to write (made if missing; the dataset's files in it are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,7 +69,21 @@ pub fn run(c: Command) -> Result<()> {
         Command::Neuronpedia(a) => neuronpedia(a),
         Command::Sparsify(a) => sparsify(a),
         Command::Delphi(a) => super::delphi::export(a),
+        Command::Dataset(a) => dataset(a),
     }
+}
+
+fn dataset(a: DatasetArgs) -> Result<()> {
+    let r = saescope_store::dataset::write_dataset(&saescope_store::DictDir::new(&a.dict), &a.out)?;
+    println!(
+        "wrote an explanation dataset of {} latents ({} explained, {} without an explanation) to {}: {}",
+        r.explained + r.failed,
+        r.explained,
+        r.failed,
+        r.out.display(),
+        r.files.join(", ")
+    );
+    Ok(())
 }
 
 fn sparsify(a: SparsifyArgs) -> Result<()> {
@@ -96,12 +124,21 @@ fn neuronpedia(a: NeuronpediaArgs) -> Result<()> {
         dataset,
         tokens_per_prompt: ctx,
         neuron_alignment,
+        explanations: read_explanations(&opened.dir.explanations_table())?
+            .into_iter()
+            .map(|r| (r.latent, r))
+            .collect(),
     };
     let batch = dashboard_batch(&store, &info);
     let text = serde_json::to_string(&batch)?;
     saescope_store::write_atomic(&a.out, text.as_bytes())?;
+    let explained = info
+        .explanations
+        .values()
+        .filter(|r| r.explanation.is_some())
+        .count();
     println!(
-        "wrote {} features of {} to {} ({:.1} MB) for Neuronpedia model {}, set {}",
+        "wrote {} features of {} to {} ({:.1} MB) for Neuronpedia model {}, set {}; {explained} with an explanation",
         store.features.len(),
         opened.point,
         a.out.display(),

@@ -13,6 +13,7 @@
 //! `saescope-sae` and `saescope-analysis`, which read and write through this crate. It does not
 //! link libtorch, so the explorer can read everything through it alone.
 
+pub mod dataset;
 pub mod delphi;
 pub mod dictionary;
 mod error;

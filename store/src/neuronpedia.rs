@@ -2,11 +2,16 @@
 //! `NeuronpediaDashboardBatch`: `{model_id, layer, sae_set, features: [...]}`), so a user can
 //! publish saescope's analysis there.
 //!
+//! A feature with an explanation carries it as `explanations: [{description,
+//! explanationModelName, typeName}]`, the field names of Neuronpedia's explanation records.
+//!
 //! Fields saescope does not compute (correlated neurons, and correlated features by Pearson
 //! correlation) are written as empty lists, which Neuronpedia shows as absent.
 
+use crate::explanations::ExplanationRow;
 use crate::features::{ContextKind, FeatureRow, FeatureStore};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 /// What Neuronpedia needs besides the store.
 pub struct ExportInfo {
@@ -23,6 +28,18 @@ pub struct ExportInfo {
     /// Per feature, the decoder entries with the largest |value|: (index, value, share of the
     /// row's L1 norm). Empty when not known.
     pub neuron_alignment: Vec<Vec<(u32, f32, f32)>>,
+    /// Explanations by latent (rows without one are left out).
+    pub explanations: HashMap<u32, ExplanationRow>,
+}
+
+/// Neuronpedia's explanation type for explanations made by `saescope explain`.
+pub const EXPLANATION_TYPE: &str = "saescope_acts";
+
+/// The explainer's model as Neuronpedia names it: the model part of `server <URL> <model>`
+/// or the file name of `local <model file>`.
+fn explainer_model(explainer: &str) -> &str {
+    let last = explainer.rsplit(' ').next().unwrap_or(explainer);
+    last.rsplit('/').next().unwrap_or(last)
 }
 
 /// Centres and heights of equal-width bins over [lo, hi].
@@ -94,7 +111,7 @@ pub fn dashboard_batch(store: &FeatureStore, info: &ExportInfo) -> Value {
             .get(row.feature as usize)
             .cloned()
             .unwrap_or_default();
-        features.push(json!({
+        let mut feature = json!({
             "feature_index": row.feature,
             "neuron_alignment_indices": align.iter().map(|a| a.0).collect::<Vec<_>>(),
             "neuron_alignment_values": align.iter().map(|a| a.1).collect::<Vec<_>>(),
@@ -119,7 +136,17 @@ pub fn dashboard_batch(store: &FeatureStore, info: &ExportInfo) -> Value {
             "dataset": info.dataset,
             "decoder_weights_dist": row.head_share,
             "activations": activations,
-        }));
+        });
+        if let Some(e) = info.explanations.get(&row.feature)
+            && let Some(text) = &e.explanation
+        {
+            feature["explanations"] = json!([{
+                "description": text,
+                "explanationModelName": explainer_model(&e.explainer),
+                "typeName": EXPLANATION_TYPE,
+            }]);
+        }
+        features.push(feature);
     }
     json!({
         "model_id": info.model_id,

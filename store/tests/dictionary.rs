@@ -139,3 +139,71 @@ fn an_undefined_figure_reads_back_as_nan() {
         "no eval.json: None, not an error"
     );
 }
+
+#[test]
+fn an_explanation_dataset_carries_the_table_and_a_card_that_counts_it() {
+    use saescope_store::explanations::{ExplanationRow, write_explanations};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = DictDir::new(tmp.path().join("d"));
+    write_cfg(
+        &d,
+        r#"{"d_in": 4, "d_sae": 8, "architecture": "topk", "k": 2,
+            "hook_name": "blocks.6.hook_resid_post"}"#,
+    );
+    let out = tmp.path().join("dataset");
+    // Nothing explained yet: an error that names the table and the command, and no folder.
+    let e = saescope_store::dataset::write_dataset(&d, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("explanations.parquet") && e.contains("saescope explain"),
+        "{e}"
+    );
+    assert!(!out.exists());
+
+    let row = |latent, explanation: Option<&str>, explainer: &str| ExplanationRow {
+        latent,
+        explanation: explanation.map(str::to_owned),
+        explainer: explainer.into(),
+        settings: r#"{"temperature": 0.0}"#.into(),
+        prompt_hash: "h".into(),
+        examples: 40,
+        failures: u32::from(explanation.is_none()),
+        raw: "EXPLANATION: x".into(),
+    };
+    let rows = [
+        row(1, Some("commas"), "local smollm.gguf"),
+        row(5, None, "local smollm.gguf"),
+        row(7, Some("plural nouns"), "server http://h/v1 big"),
+    ];
+    write_explanations(&d.explanations_table(), &rows).unwrap();
+    let r = saescope_store::dataset::write_dataset(&d, &out).unwrap();
+    assert_eq!((r.explained, r.failed), (2, 1));
+    assert_eq!(
+        r.files,
+        ["explanations.parquet", "dataset.json", "README.md"],
+        "no examples.parquet to copy"
+    );
+    assert_eq!(
+        std::fs::read(out.join("explanations.parquet")).unwrap(),
+        std::fs::read(d.explanations_table()).unwrap()
+    );
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(card["dictionary"]["hook"], "blocks.6.hook_resid_post");
+    assert_eq!(card["dictionary"]["latents"], 8);
+    assert_eq!(card["explanations"]["explained"], 2);
+    assert_eq!(card["explanations"]["failed"], 1);
+    let explainers = card["explanations"]["explainers"].as_array().unwrap();
+    assert_eq!(explainers.len(), 2);
+    assert_eq!(explainers[0]["explainer"], "local smollm.gguf");
+    assert_eq!(explainers[0]["latents"], 2);
+    assert_eq!(explainers[0]["settings"]["temperature"], 0.0);
+    assert!(card["model"].is_null(), "a loose dictionary has no run");
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        readme.contains("`blocks.6.hook_resid_post`")
+            && readme.contains("3 latents tried, 2 explained, 1 without an explanation"),
+        "{readme}"
+    );
+}

@@ -152,6 +152,7 @@ fn neuronpedia_export_carries_every_feature_and_context() {
         dataset: "brown".into(),
         tokens_per_prompt: 25,
         neuron_alignment: vec![vec![(3, -0.5, 0.25)]],
+        explanations: Default::default(),
     };
     let b = dashboard_batch(&store, &info);
     assert_eq!(b["model_id"], "smollm2-135m");
@@ -188,6 +189,34 @@ fn neuronpedia_export_carries_every_feature_and_context() {
         serde_json::json!([0.25, 0.75])
     );
     assert!(feats[1]["activations"].as_array().unwrap().is_empty());
+    assert!(feats.iter().all(|f| f.get("explanations").is_none()));
+
+    // An explained latent carries its explanation in Neuronpedia's field names; a failed one
+    // (no explanation parsed) carries none.
+    let row = |latent, explanation: Option<&str>| saescope_store::explanations::ExplanationRow {
+        latent,
+        explanation: explanation.map(str::to_owned),
+        explainer: "server http://127.0.0.1:8080/v1 org/explainer-7b".into(),
+        settings: "{}".into(),
+        prompt_hash: "h".into(),
+        examples: 40,
+        failures: 0,
+        raw: String::new(),
+    };
+    let explained = ExportInfo {
+        explanations: [(3, row(3, Some("plural nouns"))), (2, row(2, None))].into(),
+        ..info
+    };
+    let e = dashboard_batch(&store, &explained);
+    assert_eq!(
+        e["features"][3]["explanations"],
+        serde_json::json!([{
+            "description": "plural nouns",
+            "explanationModelName": "explainer-7b",
+            "typeName": "saescope_acts",
+        }])
+    );
+    assert!(e["features"][2].get("explanations").is_none());
 
     // The committed copy is what `scripts/interop-fixtures --dashboard` loads into SAEDashboard's
     // own dataclasses; SAESCOPE_BLESS=1 rewrites it after a deliberate change.

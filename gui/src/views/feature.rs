@@ -1,4 +1,4 @@
-//! A feature's page: statistics, histograms, logit effects, neighbours, head shares, the
+//! A feature's page: its explanation, statistics, histograms, logit effects, neighbours, head shares, the
 //! steering panel, and its top and interval contexts.
 
 use crate::data::Problem;
@@ -27,15 +27,7 @@ impl Explorer {
         let mut go = None;
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.heading(format!("Feature {f}"));
-            match (t.explanation(f), &t.explanations_error) {
-                (Some(e), _) => {
-                    ui.label(egui::RichText::new(format!("Explanation: {e}")).italics());
-                }
-                (None, Some(err)) => {
-                    ui.label(format!("Explanations cannot be read: {err}"));
-                }
-                (None, None) => {}
-            }
+            self.explain_panel(ui, f);
             ui.label(format!(
                 "fires on {} of {} tokens (density {:.3e}); mean {:.3}, max {:.3}",
                 thousands(r.count),
