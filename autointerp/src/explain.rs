@@ -6,7 +6,10 @@
 //! in flight; with `resume`, latents that already have an explanation are not asked again.
 
 use crate::client::{ChatReply, ChatRequest, Client};
-use crate::prompt::{PromptConfig, Window, explainer_messages, parse_explanation};
+use crate::prompt::{
+    EXPLANATION_PREFIX, PromptConfig, Window, explainer_messages, parse_explanation,
+};
+use crate::wire::Message;
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
 use saescope_store::explanations::{ExplanationRow, read_explanations, write_explanations};
 use serde::{Deserialize, Serialize};
@@ -58,6 +61,11 @@ pub struct ExplainConfig {
     pub max_tokens: usize,
     /// Latents asked between two saves of the table (default 16).
     pub chunk: usize,
+    /// Begin each answer with `EXPLANATION:` as a final assistant message, which servers such
+    /// as llama.cpp's continue, so a small model goes straight to the explanation (default
+    /// false: OpenAI's API answers such a message instead of continuing it). Not for the local
+    /// explainer, which always begins its answer so.
+    pub prefill: bool,
 }
 
 impl Default for ExplainConfig {
@@ -66,6 +74,7 @@ impl Default for ExplainConfig {
             prompt: PromptConfig::default(),
             max_tokens: 200,
             chunk: 16,
+            prefill: false,
         }
     }
 }
@@ -124,14 +133,18 @@ pub fn explain(
     let name = explainer.name();
     let mut failures = 0;
     for (c, chunk) in todo.chunks(cfg.chunk.max(1)).enumerate() {
-        let asked: Vec<(u32, Vec<crate::wire::Message>, usize)> = chunk
+        let asked: Vec<(u32, Vec<Message>, usize)> = chunk
             .iter()
             .map(|&f| {
                 let (active, silent) = &by_latent[&f];
                 let windows: Vec<Window> = active.iter().map(|r| window(r, token_text)).collect();
                 let silent: Vec<Window> = silent.iter().map(|r| window(r, token_text)).collect();
                 let shown = windows.len().min(cfg.prompt.max_examples);
-                (f, explainer_messages(&windows, &silent, &cfg.prompt), shown)
+                let mut messages = explainer_messages(&windows, &silent, &cfg.prompt);
+                if cfg.prefill {
+                    messages.push(Message::new("assistant", EXPLANATION_PREFIX));
+                }
+                (f, messages, shown)
             })
             .collect();
         let requests: Vec<ChatRequest> = asked
@@ -148,7 +161,14 @@ pub fn explain(
         let answers = explainer.answer(&requests, &|n| progress(base + n, todo.len(), failures));
         for ((f, messages, shown), answer) in asked.into_iter().zip(answers) {
             let (explanation, raw) = match answer {
-                Ok(reply) => (parse_explanation(&reply.text), reply.text),
+                Ok(reply) => {
+                    let text = if cfg.prefill && !reply.text.starts_with(EXPLANATION_PREFIX) {
+                        format!("{EXPLANATION_PREFIX}{}", reply.text)
+                    } else {
+                        reply.text
+                    };
+                    (parse_explanation(&text), text)
+                }
                 Err(e) => (None, format!("no answer: {e}")),
             };
             let before = rows.get(&f).map_or(0, |r| r.failures);
@@ -208,7 +228,7 @@ fn window(r: &ExampleRow, token_text: &dyn Fn(u32) -> String) -> Window {
     }
 }
 
-fn hash(messages: &[crate::wire::Message]) -> String {
+fn hash(messages: &[Message]) -> String {
     let json = serde_json::to_string(messages).expect("messages serialise");
     hex::encode(Sha256::digest(json.as_bytes()))
 }

@@ -217,6 +217,57 @@ fn a_real_server_explains_from_the_examples() {
     assert_eq!(client.attempts(), attempts);
 }
 
+/// With `prefill`, the request ends with the answer begun (`EXPLANATION:` from the assistant),
+/// and the continuation is read after it; llama.cpp's server accepts such a request.
+#[test]
+fn a_prefilled_answer_is_read_after_its_prefix() {
+    let (url, seen) = serve(|_, _| Reply::Status(200, "", chat_answer(" the word cat")));
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("explanations.parquet");
+    let client = Client::new(config(&url), None).unwrap();
+    let cfg = ExplainConfig {
+        prefill: true,
+        ..ExplainConfig::default()
+    };
+    let run = |client: &Client, table: &Path| {
+        explain(
+            &planted(),
+            &[1],
+            &text,
+            client,
+            &cfg,
+            false,
+            table,
+            &|_, _, _| {},
+        )
+        .unwrap()
+    };
+    assert_eq!(run(&client, &table).explained, 1);
+    let rows = read_explanations(&table).unwrap();
+    assert_eq!(rows[0].explanation.as_deref(), Some("the word cat"));
+    assert_eq!(rows[0].raw, "EXPLANATION: the word cat");
+    let request = seen.lock().unwrap()[0].clone();
+    let body = request
+        .split_once("\r\n\n")
+        .map_or(request.as_str(), |(_, b)| b);
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(
+        messages.last().unwrap(),
+        &serde_json::json!({"role": "assistant", "content": "EXPLANATION:"})
+    );
+
+    // The real server continues it: an answer, not an error, read after the prefix.
+    let server = LlmServer::start();
+    let table = dir.path().join("real.parquet");
+    let client = Client::new(config(&server.url), None).unwrap();
+    let report = run(&client, &table);
+    assert_eq!(report.explained + report.failed, 1);
+    let rows = read_explanations(&table).unwrap();
+    assert!(rows[0].raw.starts_with("EXPLANATION:"), "{:?}", rows[0].raw);
+    assert!(!rows[0].raw.contains("no answer"), "{:?}", rows[0].raw);
+}
+
 #[test]
 fn the_bundled_model_explains_on_this_machine() {
     let path = bundled_model();

@@ -56,6 +56,11 @@ pub struct ExplainerArgs {
     /// The environment variable holding the server's API key.
     #[arg(long, default_value = "OPENAI_API_KEY")]
     pub api_key_env: String,
+    /// Begin the server's answer with `EXPLANATION:` (a final assistant message, which
+    /// llama.cpp's and vLLM's servers continue; OpenAI's API does not), so a small model goes
+    /// straight to the explanation.
+    #[arg(long, requires = "server")]
+    pub prefill: bool,
     /// Requests to the server in flight at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -82,6 +87,7 @@ impl Default for ExplainerArgs {
             server: None,
             model: None,
             api_key_env: "OPENAI_API_KEY".into(),
+            prefill: false,
             concurrency: 4,
             timeout: 120.0,
             local_model: None,
@@ -105,6 +111,7 @@ impl ExplainerArgs {
         Ok(match (&self.server, &self.model) {
             (Some(url), Some(model)) => {
                 cfg.prompt.max_examples = self.examples.unwrap_or(40);
+                cfg.prefill = self.prefill;
                 let server = ServerConfig {
                     base_url: url.clone(),
                     model: model.clone(),
