@@ -288,6 +288,7 @@ pub fn run(args: Args) -> Result<()> {
             prompt: None,
             explain_server: None,
             explain_model: None,
+            explain_prefill: false,
             api_key_env: "OPENAI_API_KEY".into(),
         })?;
     }

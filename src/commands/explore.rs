@@ -52,6 +52,9 @@ pub struct Args {
     /// The model name the explain server expects.
     #[arg(long, requires = "explain_server")]
     pub explain_model: Option<String>,
+    /// Begin the explain server's answer with `EXPLANATION:` (as `saescope explain --prefill`).
+    #[arg(long, requires = "explain_server")]
+    pub explain_prefill: bool,
     /// The environment variable holding the explain server's API key.
     #[arg(long, default_value = "OPENAI_API_KEY")]
     pub api_key_env: String,
@@ -100,6 +103,7 @@ pub fn run(a: Args) -> Result<()> {
             server: a.explain_server.clone(),
             model: a.explain_model.clone(),
             api_key_env: a.api_key_env.clone(),
+            prefill: a.explain_prefill,
             ..ExplainerArgs::default()
         },
         model: a.model.clone(),
