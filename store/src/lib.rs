@@ -7,7 +7,9 @@
 //! It also owns the dictionary directory ([`dictionary`]: which file holds what, the typed
 //! `cfg.json`, and the training log, metrics and evaluation written beside the weights), the
 //! feature store written by `saescope analyze` ([`features`]) and its export to Neuronpedia's
-//! dashboard JSON ([`neuronpedia`]), and the prompt view's plain data ([`prompt`]).
+//! dashboard JSON ([`neuronpedia`]), the prompt view's plain data ([`prompt`]), and autointerp's
+//! tables: example windows ([`examples`]), explanations ([`explanations`]), delphi's layouts
+//! ([`delphi`]) and the explanation dataset with its card ([`dataset`]).
 //!
 //! It does not run models, tokenize text or learn anything: those live in `saescope-activations`,
 //! `saescope-sae` and `saescope-analysis`, which read and write through this crate. It does not
