@@ -261,6 +261,24 @@ impl Client {
         }
     }
 
+    /// A failure of the connection itself (sending, or reading the answer), worth a retry: a
+    /// timeout as such, anything else as unreachable, its message after `doing`.
+    fn transport(&self, url: &str, e: ureq::Error, doing: &str) -> Failure {
+        let error = match e {
+            ureq::Error::Timeout(_) => ClientError::Timeout {
+                url: url.to_owned(),
+                seconds: self.cfg.timeout_s,
+                attempts: 0,
+            },
+            e => ClientError::Unreachable {
+                url: url.to_owned(),
+                message: format!("{doing}{e}"),
+                attempts: 0,
+            },
+        };
+        Failure::Retry { error, after: None }
+    }
+
     /// One HTTP attempt.
     fn attempt(&self, url: &str, json: &str) -> Result<ChatReply, Failure> {
         let mut req = self
@@ -270,58 +288,17 @@ impl Client {
         if let Some(key) = &self.key {
             req = req.header("Authorization", &format!("Bearer {key}"));
         }
-        let mut resp = match req.send(json) {
-            Ok(r) => r,
-            Err(ureq::Error::Timeout(_)) => {
-                return Err(Failure::Retry {
-                    error: ClientError::Timeout {
-                        url: url.to_owned(),
-                        seconds: self.cfg.timeout_s,
-                        attempts: 0,
-                    },
-                    after: None,
-                });
-            }
-            Err(e) => {
-                return Err(Failure::Retry {
-                    error: ClientError::Unreachable {
-                        url: url.to_owned(),
-                        message: e.to_string(),
-                        attempts: 0,
-                    },
-                    after: None,
-                });
-            }
-        };
+        let mut resp = req.send(json).map_err(|e| self.transport(url, e, ""))?;
         let status = resp.status().as_u16();
         let after = resp
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok());
-        let text = match resp.body_mut().read_to_string() {
-            Ok(t) => t,
-            Err(ureq::Error::Timeout(_)) => {
-                return Err(Failure::Retry {
-                    error: ClientError::Timeout {
-                        url: url.to_owned(),
-                        seconds: self.cfg.timeout_s,
-                        attempts: 0,
-                    },
-                    after: None,
-                });
-            }
-            Err(e) => {
-                return Err(Failure::Retry {
-                    error: ClientError::Unreachable {
-                        url: url.to_owned(),
-                        message: format!("reading the answer: {e}"),
-                        attempts: 0,
-                    },
-                    after: None,
-                });
-            }
-        };
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.transport(url, e, "reading the answer: "))?;
         if status != 200 {
             let error = ClientError::Status {
                 url: url.to_owned(),
