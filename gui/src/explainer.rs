@@ -3,10 +3,10 @@
 //! never waits. The explainer writes the dictionary's `explanations.parquet`; the explorer only
 //! reads it back.
 
+use crate::data::Loading;
 use crate::error::{ExploreError, panic_text};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
 
 /// Explains one feature of a dictionary from its stored example windows.
 pub trait FeatureExplainer: Send + Sync {
@@ -28,13 +28,13 @@ pub struct Explained {
     pub raw: String,
 }
 
-/// An explain job running on its own thread.
+/// An explain job running on its own thread (a [`Loading`] with the feature it is for).
 pub struct ExplainJob {
     /// The dictionary.
     pub dict: PathBuf,
     /// The feature being explained.
     pub feature: u32,
-    rx: Receiver<Result<Explained, ExploreError>>,
+    work: Loading<Explained>,
 }
 
 impl ExplainJob {
@@ -45,48 +45,31 @@ impl ExplainJob {
         feature: u32,
         ctx: Option<eframe::egui::Context>,
     ) -> ExplainJob {
-        let (tx, rx) = std::sync::mpsc::channel();
         let d = dict.to_owned();
-        std::thread::Builder::new()
-            .name("saescope-explore-explain".into())
-            .spawn(move || {
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    explainer.explain(&d, feature)
-                }))
-                .unwrap_or_else(|payload| {
-                    let why = panic_text(&*payload).map_or(String::new(), |m| format!(": {m}"));
-                    Err(ExploreError::Worker(format!("the explainer panicked{why}")))
-                });
-                let _ = tx.send(r);
-                if let Some(ctx) = ctx {
-                    ctx.request_repaint();
-                }
+        let work = Loading::start(format!("explaining feature {feature}"), ctx, move |_, _| {
+            // Caught here, not by the loader, so the panic's own message reaches the page.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                explainer.explain(&d, feature)
+            }))
+            .unwrap_or_else(|payload| {
+                let why = panic_text(&*payload).map_or(String::new(), |m| format!(": {m}"));
+                Err(ExploreError::Worker(format!("the explainer panicked{why}")))
             })
-            .expect("spawning a thread");
+        });
         ExplainJob {
             dict: dict.to_owned(),
             feature,
-            rx,
+            work,
         }
     }
 
     /// The answer, once it is there.
     pub fn poll(&self) -> Option<Result<Explained, ExploreError>> {
-        match self.rx.try_recv() {
-            Ok(r) => Some(r),
-            Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => Some(Err(ExploreError::Worker(
-                "the explain job stopped without an answer".into(),
-            ))),
-        }
+        self.work.poll()
     }
 
     /// Waits for the answer (tests).
     pub fn wait(&self) -> Result<Explained, ExploreError> {
-        self.rx.recv().unwrap_or_else(|_| {
-            Err(ExploreError::Worker(
-                "the explain job stopped without an answer".into(),
-            ))
-        })
+        self.work.wait()
     }
 }
