@@ -5,7 +5,7 @@
 use crate::dictionary::DictDir;
 use crate::error::{Result, StoreError};
 use crate::explanations::read_explanations;
-use crate::fsutil::{tmp_path, write_atomic};
+use crate::fsutil::{copy_atomic, write_atomic};
 use crate::manifest::Manifest;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -41,7 +41,7 @@ pub fn write_dataset(dict: &DictDir, out: &Path) -> Result<DatasetReport> {
         (dict.examples(), "examples.parquet"),
     ] {
         if from.is_file() {
-            copy(&from, &out.join(name))?;
+            copy_atomic(&from, &out.join(name))?;
             files.push(name.to_owned());
         }
     }
@@ -59,12 +59,6 @@ pub fn write_dataset(dict: &DictDir, out: &Path) -> Result<DatasetReport> {
         explained,
         failed: rows.len() - explained,
     })
-}
-
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    let tmp = tmp_path(to);
-    std::fs::copy(from, &tmp).map_err(|e| StoreError::io(from, e))?;
-    std::fs::rename(&tmp, to).map_err(|e| StoreError::io(to, e))
 }
 
 /// Everything the card says, gathered from the dictionary's files and its run's manifest.

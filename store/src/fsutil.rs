@@ -30,7 +30,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|_| f.sync_all())
         .map_err(|e| StoreError::io(&tmp, e))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| StoreError::io(path, e))?;
+    rename_synced(&tmp, path)
+}
+
+/// Copies `from` to `to` atomically, as [`write_atomic`] writes.
+pub(crate) fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let tmp = tmp_path(to);
+    std::fs::copy(from, &tmp).map_err(|e| StoreError::io(from, e))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::io(&tmp, e))?;
+    rename_synced(&tmp, to)
+}
+
+/// Renames the complete temporary file `tmp` over `path`, then syncs the directory.
+fn rename_synced(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).map_err(|e| StoreError::io(path, e))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
