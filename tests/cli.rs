@@ -219,6 +219,7 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     // to draw from: the features are listed as such, not dropped).
     assert!(t.contains("== 8/8 explain"), "{t}");
     assert!(t.contains("explained "), "{t}");
+    assert!(t.contains("from their effects when pushed"), "{t}");
     assert!(
         t.contains("  clean:   ") && t.contains("  steered: "),
         "{t}"
@@ -517,6 +518,52 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         assert!(r.raw.starts_with("EXPLANATION:"), "{r:?}");
         assert_eq!(r.failures, u32::from(r.explanation.is_none()));
     }
+    // The same latents explained from what they make the model write when pushed: a second
+    // row each, beside the first, recording the push's settings.
+    let o = saescope(&[
+        "explain",
+        "--dict",
+        d,
+        "--latents",
+        &two.join(","),
+        "--output-side",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("from their effects when pushed"), "{t}");
+    let both = saescope_store::explanations::read_explanations(&dict.join("explanations.parquet"))
+        .unwrap();
+    assert_eq!(both.len(), 4);
+    let pushed: Vec<_> = both
+        .iter()
+        .filter(|r| r.evidence == saescope_store::explanations::Evidence::Effects)
+        .collect();
+    assert_eq!(
+        pushed.iter().map(|r| r.latent).collect::<Vec<_>>(),
+        got,
+        "{both:?}"
+    );
+    for r in &pushed {
+        assert!(r.raw.starts_with("EXPLANATION:"), "{r:?}");
+        assert!((1..=8).contains(&r.examples), "{r:?}");
+        let settings: serde_json::Value = serde_json::from_str(&r.settings).unwrap();
+        assert_eq!(settings["evidence"], "effects");
+        assert_eq!(settings["prompt"]["target_kl"], 1.0);
+    }
+    let o = saescope(&[
+        "explain",
+        "--dict",
+        d,
+        "--latents",
+        &two.join(","),
+        "--output-side",
+        "--resume",
+    ]);
+    let kept = pushed.iter().filter(|r| r.explanation.is_some()).count();
+    if kept > 0 {
+        let want = format!("{kept} kept from before");
+        assert!(text(&o).contains(&want), "{}", text(&o));
+    }
     // A dictionary without example sets says how to make them.
     let o = saescope(&[
         "explain",
@@ -598,7 +645,9 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     let explained =
         saescope_store::explanations::read_explanations(&data.join("explanations.parquet"))
             .unwrap();
-    assert_eq!(card["explanations"]["latents"], explained.len());
+    let tried: std::collections::BTreeSet<u32> = explained.iter().map(|r| r.latent).collect();
+    assert_eq!(card["explanations"]["latents"], tried.len());
+    assert_eq!(card["explanations"]["rows"], explained.len());
     assert_eq!(card["model"]["architecture"], "llama");
     assert_eq!(card["corpus"]["tokens_harvested"], 3000);
     assert_eq!(card["examples"]["config"]["window"], 16);

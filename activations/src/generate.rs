@@ -200,7 +200,7 @@ impl Trajectory {
 }
 
 /// Prompts as one batch [n, longest], padding first, and which slots are real tokens.
-fn left_padded(prompts: &[Vec<u32>], device: Device) -> (Tensor, Tensor) {
+pub fn left_padded(prompts: &[Vec<u32>], device: Device) -> (Tensor, Tensor) {
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(prompts.len() * width);
     let mut valid = Vec::with_capacity(prompts.len() * width);

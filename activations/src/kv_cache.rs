@@ -41,6 +41,26 @@ impl KvCache {
         }
     }
 
+    /// A cache holding what this one holds, which steps can extend while this one stays as it
+    /// is (a step appends new tensors; it never writes into the held ones): one prefix, many
+    /// continuations tried against it.
+    pub fn fork(&self) -> KvCache {
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| {
+                    l.as_ref()
+                        .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
+                })
+                .collect(),
+            key_pos: self.key_pos.shallow_clone(),
+            key_valid: self.key_valid.shallow_clone(),
+            next_pos: self.next_pos.shallow_clone(),
+            step: None,
+        }
+    }
+
     /// Rows in the batch.
     pub fn batch(&self) -> i64 {
         self.next_pos.size()[0]

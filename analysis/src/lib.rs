@@ -4,8 +4,9 @@
 //! what runs there: splicing the dictionary into the forward pass ([`splice`], driven over
 //! held-out text by [`eval`]: CE-loss recovered, KL), the streaming feature analysis that fills
 //! a feature store ([`features`]), the prompt view with attribution by head ([`inspect`]), and
-//! steering: generation with features pushed on ([`steer`]), and the example sets autointerp
-//! explains and scores from ([`examples`]). Circuit discovery will live here too.
+//! steering: generation with features pushed on ([`steer`]), and what autointerp explains and
+//! scores from: the example sets ([`examples`]) and what a latent does when pushed
+//! ([`effects`]). Circuit discovery will live here too.
 //!
 //! It builds on the model runtime (`saescope-activations`), the learners and their files
 //! (`saescope-sae`) and the formats (`saescope-store`), and shows nothing: progress goes to
@@ -15,6 +16,7 @@
 // Doc comments write tensor shapes and indices in brackets ([B, d], w[f]), not as links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+pub mod effects;
 mod error;
 pub mod eval;
 pub mod examples;

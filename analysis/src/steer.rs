@@ -218,14 +218,19 @@ pub fn strength_for_kl(
     ids: &[u32],
     target: f64,
 ) -> Result<f64> {
+    strength_for(target, |s| prompt_kl(session, steering, ids, s))
+}
+
+/// The strength s with `kl(s)` = `target` (nats) for a KL that grows with s: doubling from 1
+/// then bisection to 1% of the target; fails when even strength 1024 stays below it.
+pub fn strength_for(target: f64, mut kl: impl FnMut(f64) -> Result<f64>) -> Result<f64> {
     if !(target > 0.0 && target.is_finite()) {
         return Err(AnalysisError::Config(format!(
             "target KL {target}: must be positive"
         )));
     }
-    let at = |s: f64| prompt_kl(session, steering, ids, s);
     let (mut lo, mut hi) = (0.0, 1.0);
-    while at(hi)? < target {
+    while kl(hi)? < target {
         (lo, hi) = (hi, hi * 2.0);
         if hi > 1024.0 {
             return Err(AnalysisError::Data(format!(
@@ -235,7 +240,7 @@ pub fn strength_for_kl(
     }
     for _ in 0..40 {
         let mid = (lo + hi) / 2.0;
-        let k = at(mid)?;
+        let k = kl(mid)?;
         if (k - target).abs() <= 0.01 * target {
             return Ok(mid);
         }

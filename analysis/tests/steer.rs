@@ -5,41 +5,13 @@
 use saescope_activations::generate::{GenerateConfig, PromptStyle};
 use saescope_activations::hooks::{HookPoint, Hooks};
 use saescope_activations::sampler::Sampling;
+use saescope_analysis::Session;
 use saescope_analysis::steer::{
     Push, SteerRequest, Steering, promoted_tokens, prompt_kl, steer, strength_for_kl,
 };
-use saescope_analysis::{Session, SessionSpec};
-use saescope_sae::AnyDictionary;
-use saescope_sae::seeded::Seeded;
-use saescope_sae::topk::{Selection, TopKSae};
-use saescope_store::dictionary::{DictConfig, DictDir};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 mod common;
-
-/// A random TopK dictionary over `hook` of the bundled model (width 576), saved and opened.
-fn session(hook: &str, dir: &std::path::Path) -> Session {
-    let mut rng = Seeded::new(5);
-    let (n, d) = (256, 576);
-    let w = rng.normal(&[n, d], Device::Cpu);
-    let sae = TopKSae {
-        w_enc: &w / 4.0,
-        b_enc: rng.normal(&[n], Device::Cpu) * 0.1 - 0.5,
-        w_dec: &w / w.norm_scalaropt_dim(2.0, [1], true),
-        b_dec: Tensor::zeros([d], (Kind::Float, Device::Cpu)),
-        k: 8,
-        selection: Selection::TopK,
-        threshold: None,
-        bf16_select: false,
-    };
-    let out = DictDir::new(dir.join("d"));
-    let cfg = DictConfig {
-        hook_name: Some(hook.into()),
-        ..DictConfig::default()
-    };
-    AnyDictionary::TopK(sae).save(&out, &[], cfg).unwrap();
-    Session::open(&SessionSpec::new(out.path())).unwrap()
-}
 
 fn ids() -> Vec<u32> {
     let (_, tok) = common::model();
@@ -68,7 +40,7 @@ fn pushes_that_change_nothing_leave_the_logits_alone() {
     let ids = ids();
     for hook in ["blocks.20.hook_resid_post", "blocks.5.attn.hook_z"] {
         let tmp = tempfile::tempdir().unwrap();
-        let s = session(hook, tmp.path());
+        let s = common::random_topk_session(hook, tmp.path());
         let point: HookPoint = hook.parse().unwrap();
         let clean = logits(&s, &ids, &mut Hooks::new());
         let mut capture = Hooks::new().capture(point);
@@ -115,7 +87,7 @@ fn pushes_that_change_nothing_leave_the_logits_alone() {
 fn adding_a_direction_raises_the_tokens_it_promotes() {
     let ids = ids();
     let tmp = tempfile::tempdir().unwrap();
-    let s = session("blocks.27.hook_resid_post", tmp.path());
+    let s = common::random_topk_session("blocks.27.hook_resid_post", tmp.path());
     let request = SteerRequest {
         style: PromptStyle {
             bos: Some(false),
@@ -180,7 +152,7 @@ fn adding_a_direction_raises_the_tokens_it_promotes() {
 #[test]
 fn bad_features_are_refused_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = session("blocks.20.hook_resid_post", tmp.path());
+    let s = common::random_topk_session("blocks.20.hook_resid_post", tmp.path());
     let e = Steering::new(&s, &[256], None, true)
         .err()
         .unwrap()

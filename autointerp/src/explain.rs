@@ -1,6 +1,7 @@
-//! Explaining latents: each latent's train windows (from `examples.parquet`) become a prompt
-//! ([`crate::prompt`]), an explainer answers it, and the parsed explanation, or the counted
-//! failure with the raw answer, goes into `explanations.parquet`.
+//! Explaining latents: each latent's evidence becomes a prompt ([`Prompts`]: its train windows
+//! from `examples.parquet` through [`crate::prompt`], or what it does when pushed through
+//! [`crate::output`]), an explainer answers it, and the parsed explanation, or the counted
+//! failure with the raw answer, goes into `explanations.parquet` under that evidence.
 //!
 //! The table is rewritten after every chunk of latents, so a killed run loses at most the chunk
 //! in flight; with `resume`, latents that already have an explanation are not asked again.
@@ -11,7 +12,9 @@ use crate::prompt::{
 };
 use crate::wire::Message;
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
-use saescope_store::explanations::{ExplanationRow, read_explanations, write_explanations};
+use saescope_store::explanations::{
+    Evidence, ExplanationRow, read_explanations, write_explanations,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -51,12 +54,74 @@ impl Explainer for Client {
     }
 }
 
+/// Where a latent's prompt comes from.
+pub trait Prompts {
+    /// What the prompts show, which keys the explanations in the table.
+    fn evidence(&self) -> Evidence;
+    /// The settings that shape the prompts, for the record.
+    fn settings(&self) -> serde_json::Value;
+    /// Whether `latent` has what its prompt needs.
+    fn has(&self, latent: u32) -> bool;
+    /// The messages asking about `latent` and the number of examples they show; an error is
+    /// why no prompt could be made, recorded as a failed attempt.
+    fn messages(&mut self, latent: u32) -> Result<(Vec<Message>, usize), String>;
+}
+
+/// Prompts from each latent's activating train windows (and silent ones, contrastive).
+pub struct WindowPrompts<'a> {
+    windows: TrainWindows<'a>,
+    token_text: &'a dyn Fn(u32) -> String,
+    cfg: PromptConfig,
+}
+
+impl<'a> WindowPrompts<'a> {
+    /// Prompts from `examples`, naming tokens with `token_text`.
+    pub fn new(
+        examples: &'a [ExampleRow],
+        token_text: &'a dyn Fn(u32) -> String,
+        cfg: PromptConfig,
+    ) -> WindowPrompts<'a> {
+        WindowPrompts {
+            windows: train_windows(examples),
+            token_text,
+            cfg,
+        }
+    }
+}
+
+impl Prompts for WindowPrompts<'_> {
+    fn evidence(&self) -> Evidence {
+        Evidence::Activations
+    }
+    fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(&self.cfg).expect("the prompt settings serialise")
+    }
+    fn has(&self, latent: u32) -> bool {
+        self.windows
+            .get(&latent)
+            .is_some_and(|(active, _)| !active.is_empty())
+    }
+    fn messages(&mut self, latent: u32) -> Result<(Vec<Message>, usize), String> {
+        let (active, silent) = self
+            .windows
+            .get(&latent)
+            .ok_or_else(|| format!("latent {latent} has no train windows"))?;
+        let text = |rs: &[&ExampleRow]| -> Vec<Window> {
+            rs.iter().map(|r| window(r, self.token_text)).collect()
+        };
+        let windows = text(active);
+        let shown = windows.len().min(self.cfg.max_examples);
+        Ok((
+            explainer_messages(&windows, &text(silent), &self.cfg),
+            shown,
+        ))
+    }
+}
+
 /// How explaining runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExplainConfig {
-    /// The prompt.
-    pub prompt: PromptConfig,
     /// Tokens an answer may have (default 200).
     pub max_tokens: usize,
     /// Latents asked between two saves of the table (default 16).
@@ -71,7 +136,6 @@ pub struct ExplainConfig {
 impl Default for ExplainConfig {
     fn default() -> Self {
         ExplainConfig {
-            prompt: PromptConfig::default(),
             max_tokens: 200,
             chunk: 16,
             prefill: false,
@@ -93,33 +157,33 @@ pub struct ExplainReport {
     pub without_examples: Vec<u32>,
 }
 
-/// Explains `latents` from `examples`, naming tokens with `token_text`, and keeps the table at
-/// `table` up to date; `progress` gets (latents done, latents to do, failures so far).
+/// Explains `latents` from the prompts of `source` and keeps the table at `table` up to date;
+/// `progress` gets (latents done, latents to do, failures so far).
 #[allow(clippy::too_many_arguments)]
 pub fn explain(
-    examples: &[ExampleRow],
+    source: &mut dyn Prompts,
     latents: &[u32],
-    token_text: &dyn Fn(u32) -> String,
     explainer: &dyn Explainer,
     cfg: &ExplainConfig,
     resume: bool,
     table: &Path,
     progress: &(dyn Fn(usize, usize, usize) + Sync),
 ) -> Result<ExplainReport, saescope_store::StoreError> {
-    let mut rows: BTreeMap<u32, ExplanationRow> = read_explanations(table)?
+    let evidence = source.evidence();
+    let mut rows: BTreeMap<(u32, Evidence), ExplanationRow> = read_explanations(table)?
         .into_iter()
-        .map(|r| (r.latent, r))
+        .map(|r| ((r.latent, r.evidence), r))
         .collect();
-    let by_latent = group(examples);
     let mut report = ExplainReport::default();
     let mut todo = Vec::new();
     for &f in latents {
-        if resume && rows.get(&f).is_some_and(|r| r.explanation.is_some()) {
-            report.kept += 1;
-        } else if by_latent
-            .get(&f)
-            .is_none_or(|(active, _)| active.is_empty())
+        if resume
+            && rows
+                .get(&(f, evidence))
+                .is_some_and(|r| r.explanation.is_some())
         {
+            report.kept += 1;
+        } else if !source.has(f) {
             report.without_examples.push(f);
         } else {
             todo.push(f);
@@ -128,25 +192,27 @@ pub fn explain(
     let settings = serde_json::json!({
         "explainer": explainer.settings(),
         "explain": cfg,
+        "evidence": evidence.name(),
+        "prompt": source.settings(),
     })
     .to_string();
     let name = explainer.name();
     let mut failures = 0;
     for (c, chunk) in todo.chunks(cfg.chunk.max(1)).enumerate() {
-        let asked: Vec<(u32, Vec<Message>, usize)> = chunk
-            .iter()
-            .map(|&f| {
-                let (active, silent) = &by_latent[&f];
-                let windows: Vec<Window> = active.iter().map(|r| window(r, token_text)).collect();
-                let silent: Vec<Window> = silent.iter().map(|r| window(r, token_text)).collect();
-                let shown = windows.len().min(cfg.prompt.max_examples);
-                let mut messages = explainer_messages(&windows, &silent, &cfg.prompt);
-                if cfg.prefill {
-                    messages.push(Message::new("assistant", EXPLANATION_PREFIX));
+        let base = c * cfg.chunk.max(1);
+        let mut asked = Vec::with_capacity(chunk.len());
+        let mut unasked = Vec::new();
+        for &f in chunk {
+            match source.messages(f) {
+                Ok((mut messages, shown)) => {
+                    if cfg.prefill {
+                        messages.push(Message::new("assistant", EXPLANATION_PREFIX));
+                    }
+                    asked.push((f, messages, shown));
                 }
-                (f, messages, shown)
-            })
-            .collect();
+                Err(e) => unasked.push((f, e)),
+            }
+        }
         let requests: Vec<ChatRequest> = asked
             .iter()
             .map(|(_, messages, _)| ChatRequest {
@@ -157,21 +223,31 @@ pub fn explain(
                 top_logprobs: None,
             })
             .collect();
-        let base = c * cfg.chunk.max(1);
         let answers = explainer.answer(&requests, &|n| progress(base + n, todo.len(), failures));
-        for ((f, messages, shown), answer) in asked.into_iter().zip(answers) {
-            let (explanation, raw) = match answer {
-                Ok(reply) => {
-                    let text = if cfg.prefill && !reply.text.starts_with(EXPLANATION_PREFIX) {
-                        format!("{EXPLANATION_PREFIX}{}", reply.text)
-                    } else {
-                        reply.text
-                    };
-                    (parse_explanation(&text), text)
-                }
-                Err(e) => (None, format!("no answer: {e}")),
-            };
-            let before = rows.get(&f).map_or(0, |r| r.failures);
+        let answered = asked
+            .into_iter()
+            .zip(answers)
+            .map(|((f, messages, shown), answer)| {
+                let (explanation, raw) = match answer {
+                    Ok(reply) => {
+                        let text = if cfg.prefill && !reply.text.starts_with(EXPLANATION_PREFIX) {
+                            format!("{EXPLANATION_PREFIX}{}", reply.text)
+                        } else {
+                            reply.text
+                        };
+                        (parse_explanation(&text), text)
+                    }
+                    Err(e) => (None, format!("no answer: {e}")),
+                };
+                (f, explanation, raw, hash(&messages), shown)
+            });
+        let unanswered = unasked
+            .into_iter()
+            .map(|(f, e)| (f, None, format!("no prompt: {e}"), String::new(), 0));
+        for (f, explanation, raw, prompt_hash, shown) in
+            answered.collect::<Vec<_>>().into_iter().chain(unanswered)
+        {
+            let before = rows.get(&(f, evidence)).map_or(0, |r| r.failures);
             if explanation.is_some() {
                 report.explained += 1;
             } else {
@@ -179,14 +255,15 @@ pub fn explain(
                 failures += 1;
             }
             rows.insert(
-                f,
+                (f, evidence),
                 ExplanationRow {
                     latent: f,
+                    evidence,
                     failures: before + u32::from(explanation.is_none()),
                     explanation,
                     explainer: name.clone(),
                     settings: settings.clone(),
-                    prompt_hash: hash(&messages),
+                    prompt_hash,
                     examples: shown as u32,
                     raw,
                 },
@@ -200,9 +277,13 @@ pub fn explain(
 }
 
 /// Each latent's train windows: activating ones strongest first, and silent ones (hard
-/// negatives first) for the contrastive prompt.
-fn group(examples: &[ExampleRow]) -> BTreeMap<u32, (Vec<&ExampleRow>, Vec<&ExampleRow>)> {
-    let mut out: BTreeMap<u32, (Vec<&ExampleRow>, Vec<&ExampleRow>)> = BTreeMap::new();
+/// negatives first).
+pub type TrainWindows<'a> = BTreeMap<u32, (Vec<&'a ExampleRow>, Vec<&'a ExampleRow>)>;
+
+/// Groups `examples`' train windows by latent, activating ones strongest first and silent ones
+/// hard negatives first.
+pub fn train_windows(examples: &[ExampleRow]) -> TrainWindows<'_> {
+    let mut out: TrainWindows<'_> = BTreeMap::new();
     for r in examples.iter().filter(|r| r.set == ExampleSet::Train) {
         let e = out.entry(r.latent).or_default();
         match r.kind {

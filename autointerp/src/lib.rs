@@ -5,21 +5,22 @@
 //! explanations against held-out examples with controls, and exporting explanation datasets
 //! into the dictionary directory's `explanations/` and `scores/`
 //! (`saescope_store::dictionary::DictDir`). It reads features and their contexts from the
-//! feature store that `saescope-analysis` writes; it does not compute features, and it does not
-//! depend on the learners.
+//! feature store that `saescope-analysis` writes; it does not compute features, and it runs a
+//! dictionary only through `saescope-analysis`, never the learners directly.
 //!
 //! It has the way to a server, [`client`] (a blocking OpenAI-compatible chat client with
 //! retries, a concurrency limit and a response cache, over the wire types in [`wire`]), the
-//! bundled model as an explainer ([`local`]), the explainer's prompt and the parsing of its
-//! answer ([`prompt`]), and the loop that explains latents from their example windows into
-//! `explanations.parquet` ([`explain`]). The example windows themselves are drawn by
-//! `saescope-analysis`, which runs the dictionary. Every error type is in [`error`]. Scorers
-//! come next.
+//! bundled model as an explainer ([`local`]), the explainer's prompt from example windows and
+//! the parsing of its answer ([`prompt`]), the output-side prompt from what a latent does when
+//! pushed ([`output`]), and the loop that explains latents into `explanations.parquet`
+//! ([`explain`]). The example windows and the pushes are made by `saescope-analysis`, which runs
+//! the dictionary in its model. Every error type is in [`error`]. Scorers come next.
 
 pub mod client;
 pub mod error;
 pub mod explain;
 pub mod local;
+pub mod output;
 pub mod prompt;
 pub mod wire;
 

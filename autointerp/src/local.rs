@@ -2,7 +2,7 @@
 //! opens) answering through saescope's own generation loop and the model's chat template, so
 //! `explain` runs with no server and no network. Its answer is begun for it with the
 //! explanation's prefix (`EXPLANATION:` written after the assistant header), which a small model
-//! would otherwise often leave out. A 135M-parameter model explains poorly; a server with a
+//! would otherwise often leave out, and ends with that line. A 135M-parameter model explains poorly; a server with a
 //! large model is the way to good explanations.
 
 use crate::client::{ChatReply, ChatRequest};
@@ -77,12 +77,25 @@ impl LocalExplainer {
             system: system.cloned(),
             bos: None,
         };
+        let fail = |e: &dyn std::fmt::Display| group.iter().map(|_| Err(e.to_string())).collect();
+        // The explanation is the rest of the begun line: the answer stops at its end too, where
+        // a small model would otherwise run on repeating itself.
+        let newline = match self.model.tokenizer.encode("\n") {
+            Ok(ids) if ids.len() == 1 => ids,
+            Ok(_) => Vec::new(),
+            Err(e) => return fail(&e),
+        };
         let cfg = GenerateConfig {
             max_new_tokens: group.iter().map(|r| r.max_tokens).max().unwrap_or(1).max(1),
             sampling: Sampling::default(),
-            stop: self.model.tokenizer.eos.into_iter().collect(),
+            stop: self
+                .model
+                .tokenizer
+                .eos
+                .into_iter()
+                .chain(newline)
+                .collect(),
         };
-        let fail = |e: &dyn std::fmt::Display| group.iter().map(|_| Err(e.to_string())).collect();
         // The answer starts with the explanation's prefix already written after the chat
         // template's assistant header, so that a small model goes straight to it.
         let prefix = match self.model.tokenizer.encode(EXPLANATION_PREFIX) {

@@ -2,8 +2,11 @@
 //! are known (parsed explanations, counted failures with the raw answer kept, resuming without
 //! asking again), through llama.cpp's real server, and with the bundled model on this machine.
 
-use saescope_autointerp::explain::{ExplainConfig, ExplainReport, Explainer, explain};
+use saescope_autointerp::explain::{
+    ExplainConfig, ExplainReport, Explainer, WindowPrompts, explain,
+};
 use saescope_autointerp::local::LocalExplainer;
+use saescope_autointerp::prompt::PromptConfig;
 use saescope_autointerp::{Client, ServerConfig};
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
 use saescope_store::explanations::read_explanations;
@@ -88,10 +91,11 @@ fn run(explainer: &dyn Explainer, latents: &[u32], resume: bool, table: &Path) -
         chunk: 1,
         ..ExplainConfig::default()
     };
+    let examples = planted();
+    let mut prompts = WindowPrompts::new(&examples, &text, PromptConfig::default());
     explain(
-        &planted(),
+        &mut prompts,
         latents,
-        &text,
         explainer,
         &cfg,
         resume,
@@ -229,11 +233,12 @@ fn a_prefilled_answer_is_read_after_its_prefix() {
         prefill: true,
         ..ExplainConfig::default()
     };
+    let examples = planted();
     let run = |client: &Client, table: &Path| {
+        let mut prompts = WindowPrompts::new(&examples, &text, PromptConfig::default());
         explain(
-            &planted(),
+            &mut prompts,
             &[1],
-            &text,
             client,
             &cfg,
             false,

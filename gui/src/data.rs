@@ -228,6 +228,8 @@ pub struct FeatureTable {
     /// Each feature's explanation, from the dictionary's `explanations.parquet` beside the
     /// store (empty when there is none).
     explanations: Vec<Option<String>>,
+    /// Each feature's output-side explanation (what it makes the model say when pushed).
+    effects: Vec<Option<String>>,
     /// Why the explanations could not be read, when they could not.
     pub explanations_error: Option<String>,
 }
@@ -292,6 +294,7 @@ impl FeatureTable {
             contexts,
             search: Vec::new(),
             explanations: Vec::new(),
+            effects: Vec::new(),
             explanations_error: None,
         }
         .with_explanations())
@@ -301,6 +304,7 @@ impl FeatureTable {
     /// dictionary's `explanations.parquet` beside the store.
     pub fn with_explanations(mut self) -> FeatureTable {
         let mut explanations = vec![None; self.features.len()];
+        let mut effects = vec![None; self.features.len()];
         self.explanations_error = None;
         if let Some(dict) = self.dir.parent() {
             let table = dict.join(saescope_store::explanations::EXPLANATIONS_FILE);
@@ -309,7 +313,13 @@ impl FeatureTable {
             }) {
                 Ok(rows) => {
                     for r in rows {
-                        if let Some(slot) = explanations.get_mut(r.latent as usize) {
+                        let column = match r.evidence {
+                            saescope_store::explanations::Evidence::Activations => {
+                                &mut explanations
+                            }
+                            saescope_store::explanations::Evidence::Effects => &mut effects,
+                        };
+                        if let Some(slot) = column.get_mut(r.latent as usize) {
                             *slot = r.explanation;
                         }
                     }
@@ -320,10 +330,10 @@ impl FeatureTable {
         self.search = self
             .features
             .iter()
-            .zip(&explanations)
-            .map(|(r, e)| {
+            .zip(explanations.iter().zip(&effects))
+            .map(|(r, (e, o))| {
                 let mut text = r.logit_top_tokens.join("\u{1}");
-                if let Some(e) = e {
+                for e in [e, o].into_iter().flatten() {
                     text.push('\u{1}');
                     text.push_str(e);
                 }
@@ -331,12 +341,18 @@ impl FeatureTable {
             })
             .collect();
         self.explanations = explanations;
+        self.effects = effects;
         self
     }
 
-    /// Feature `f`'s explanation, when it has one.
+    /// Feature `f`'s explanation from where it fires, when it has one.
     pub fn explanation(&self, f: u32) -> Option<&str> {
         self.explanations.get(f as usize)?.as_deref()
+    }
+
+    /// Feature `f`'s output-side explanation (what it makes the model say), when it has one.
+    pub fn effect_explanation(&self, f: u32) -> Option<&str> {
+        self.effects.get(f as usize)?.as_deref()
     }
 
     /// Features in the store.

@@ -669,11 +669,12 @@ fn prompts_without_a_model_say_how_to_get_one() {
 
 #[test]
 fn explanations_show_in_the_list_and_on_the_page_and_are_searched() {
-    use saescope_store::explanations::{ExplanationRow, write_explanations};
+    use saescope_store::explanations::{Evidence, ExplanationRow, write_explanations};
     let (_tmp, run) = fixture();
     let dict = DictDir::in_run(&run, RESID_DICT);
     let row = |latent: u32, explanation: Option<&str>| ExplanationRow {
         latent,
+        evidence: Evidence::Activations,
         explanation: explanation.map(str::to_owned),
         explainer: "test".into(),
         settings: "{}".into(),
@@ -682,9 +683,18 @@ fn explanations_show_in_the_list_and_on_the_page_and_are_searched() {
         failures: u32::from(explanation.is_none()),
         raw: String::new(),
     };
+    let pushed = |latent: u32, explanation: &str| ExplanationRow {
+        evidence: Evidence::Effects,
+        ..row(latent, Some(explanation))
+    };
     write_explanations(
         &dict.explanations_table(),
-        &[row(7, Some("stripes of a zebra")), row(9, None)],
+        &[
+            row(7, Some("stripes of a zebra")),
+            pushed(7, "says savanna animals"),
+            row(9, None),
+            pushed(12, "says horse breeds"),
+        ],
     )
     .unwrap();
     let mut h = harness(Some(run.clone()), Memory::default(), None);
@@ -692,12 +702,19 @@ fn explanations_show_in_the_list_and_on_the_page_and_are_searched() {
     type_into(&mut h, egui::accesskit::Role::TextInput, "ZEBRA");
     assert_eq!(h.state().list.rows, vec![7]);
     h.get_by_label("stripes of a zebra");
+    // Output-side explanations are searched too; one alone fills the column, marked as such.
+    h.state_mut().list.search.clear();
+    type_into(&mut h, egui::accesskit::Role::TextInput, "HORSE");
+    assert_eq!(h.state().list.rows, vec![12]);
+    h.get_by_label("pushed: says horse breeds");
     h.state_mut().open_feature(7);
     h.run();
     h.get_by_label("Explanation: stripes of a zebra");
+    h.get_by_label("When pushed: says savanna animals");
     h.state_mut().open_feature(9);
     h.run();
     assert!(h.query_by_label_contains("Explanation:").is_none());
+    assert!(h.query_by_label_contains("When pushed:").is_none());
 
     // A damaged explanations table is named on the page; the features still browse.
     std::fs::write(dict.explanations_table(), b"not parquet").unwrap();
@@ -745,6 +762,7 @@ impl saescope_gui::FeatureExplainer for Recorder {
         rows.retain(|r| r.latent != feature);
         rows.push(ExplanationRow {
             latent: feature,
+            evidence: saescope_store::explanations::Evidence::Activations,
             explanation: explanation.clone(),
             explainer: "test".into(),
             settings: "{}".into(),

@@ -5,7 +5,9 @@ use anyhow::{Context, Result, bail};
 use saescope_activations::hooks::HookPoint;
 use saescope_store::DictDir;
 use saescope_store::delphi::{read_delphi, write_delphi};
-use saescope_store::explanations::{ExplanationRow, read_explanations, write_explanations};
+use saescope_store::explanations::{
+    Evidence, ExplanationRow, read_explanations, write_explanations,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -20,6 +22,10 @@ pub struct ExportArgs {
     /// The module name in the file names (default: the hook's module path, e.g. `layers.6`).
     #[arg(long)]
     pub module: Option<String>,
+    /// Export the output-side explanations (`explain --output-side`) instead of those made from
+    /// activating windows (delphi's layout holds one explanation a latent).
+    #[arg(long)]
+    pub output_side: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -57,16 +63,26 @@ fn module(dict: &DictDir, given: Option<String>) -> Result<String> {
 pub fn export(a: ExportArgs) -> Result<()> {
     let dict = DictDir::new(&a.dict);
     let table = dict.explanations_table();
-    let rows = read_explanations(&table)?;
+    let evidence = if a.output_side {
+        Evidence::Effects
+    } else {
+        Evidence::Activations
+    };
+    let rows: Vec<ExplanationRow> = read_explanations(&table)?
+        .into_iter()
+        .filter(|r| r.evidence == evidence)
+        .collect();
     let explained: BTreeMap<u32, String> = rows
         .iter()
         .filter_map(|r| r.explanation.clone().map(|e| (r.latent, e)))
         .collect();
     if explained.is_empty() {
         bail!(
-            "{}: no explanations to export; run `saescope explain --dict {}` first",
+            "{}: no explanations to export from {}; run `saescope explain --dict {}{}` first",
             table.display(),
-            a.dict.display()
+            evidence.name(),
+            a.dict.display(),
+            if a.output_side { " --output-side" } else { "" }
         );
     }
     let module = module(&dict, a.module)?;
@@ -92,15 +108,16 @@ pub fn import(a: ImportArgs) -> Result<()> {
     let module = module(&dict, a.module)?;
     let theirs = read_delphi(&a.from, &module)?;
     let table = dict.explanations_table();
-    let mut rows: BTreeMap<u32, ExplanationRow> = read_explanations(&table)?
+    let mut rows: BTreeMap<(u32, Evidence), ExplanationRow> = read_explanations(&table)?
         .into_iter()
-        .map(|r| (r.latent, r))
+        .map(|r| ((r.latent, r.evidence), r))
         .collect();
     for (latent, text) in &theirs {
         rows.insert(
-            *latent,
+            (*latent, Evidence::Activations),
             ExplanationRow {
                 latent: *latent,
+                evidence: Evidence::Activations,
                 explanation: Some(text.clone()),
                 explainer: format!("delphi import {}", a.from.display()),
                 settings: "{}".into(),

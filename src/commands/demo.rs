@@ -17,13 +17,16 @@ use saescope_activations::harvest::HarvestConfig;
 use saescope_activations::hooks::HookPoint;
 use saescope_activations::model::{Compute, TextModel};
 use saescope_activations::sampler::Sampling;
+use saescope_analysis::effects::EffectsConfig;
 use saescope_analysis::eval::EvalOptions;
 use saescope_analysis::examples::{ExampleConfig, build_example_store};
 use saescope_analysis::features::AnalyzeConfig;
 use saescope_analysis::steer::{Push, SteerRequest, Steering, promoted_tokens, steer};
 use saescope_analysis::{Session, SessionSpec};
-use saescope_autointerp::explain::ExplainConfig;
+use saescope_autointerp::explain::{ExplainConfig, WindowPrompts};
 use saescope_autointerp::local::LocalExplainer;
+use saescope_autointerp::output::EffectPrompts;
+use saescope_autointerp::prompt::PromptConfig;
 use saescope_sae::Method;
 use saescope_sae::train::{RunTraining, TrainConfig};
 use saescope_store::examples::read_examples;
@@ -400,11 +403,34 @@ fn demo_explain(session: &Session) -> Result<()> {
         path,
         batch: EXPLAIN_FEATURES,
     };
-    let mut explain_cfg = ExplainConfig::default();
-    explain_cfg.prompt.max_examples = 10;
+    let token_text = explain::token_texts(session);
+    let prompt = PromptConfig {
+        max_examples: 10,
+        ..PromptConfig::default()
+    };
+    let mut windows = WindowPrompts::new(&examples, &token_text, prompt);
+    let explain_cfg = ExplainConfig {
+        max_tokens: explain::LOCAL_MAX_TOKENS,
+        ..ExplainConfig::default()
+    };
     explain::explain_and_print(
         session,
+        &mut windows,
+        &latents,
+        &explainer,
+        &explain_cfg,
+        false,
+    )?;
+    println!("  and from what they make the model write when pushed on (explain --output-side):");
+    let mut pushed = EffectPrompts::new(
+        session,
         &examples,
+        Some(rows.clone()),
+        EffectsConfig::default(),
+    );
+    explain::explain_and_print(
+        session,
+        &mut pushed,
         &latents,
         &explainer,
         &explain_cfg,

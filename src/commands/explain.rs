@@ -6,12 +6,15 @@ use crate::progress::Tracker;
 use anyhow::{Context, Result, bail};
 use saescope_activations::assets;
 use saescope_activations::model::{Compute, TextModel, device};
+use saescope_analysis::effects::EffectsConfig;
 use saescope_analysis::{Session, SessionSpec};
-use saescope_autointerp::explain::{ExplainConfig, Explainer, explain};
+use saescope_autointerp::explain::{ExplainConfig, Explainer, Prompts, WindowPrompts, explain};
 use saescope_autointerp::local::LocalExplainer;
+use saescope_autointerp::output::EffectPrompts;
+use saescope_autointerp::prompt::PromptConfig;
 use saescope_autointerp::{Client, ServerConfig};
 use saescope_store::examples::{ExampleKind, read_examples};
-use saescope_store::explanations::read_explanations;
+use saescope_store::explanations::{Evidence, read_explanations};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -35,6 +38,15 @@ pub struct Args {
     pub seed: u64,
     #[command(flatten)]
     pub explainer: ExplainerArgs,
+    /// Explain what each latent makes the model write when pushed on (the next tokens it makes
+    /// likelier at the end of texts) instead of where it fires; kept beside the input-side
+    /// explanation.
+    #[arg(long)]
+    pub output_side: bool,
+    /// With --output-side: the mean KL (nats) between clean and pushed next-token
+    /// distributions that sets each latent's push strength.
+    #[arg(long, default_value_t = EffectsConfig::default().target_kl, requires = "output_side")]
+    pub target_kl: f64,
     /// Keep explanations already there and ask only for the rest.
     #[arg(long)]
     pub resume: bool,
@@ -42,6 +54,9 @@ pub struct Args {
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
+
+/// Tokens the bundled model may answer with.
+pub const LOCAL_MAX_TOKENS: usize = 32;
 
 /// Who explains, and how the prompt is made (shared with the explorer's explain button).
 #[derive(clap::Args, Clone, Debug)]
@@ -104,13 +119,16 @@ impl ExplainerArgs {
         &self,
         cache: PathBuf,
         device: tch::Device,
-    ) -> Result<(Box<dyn Explainer + Send>, ExplainConfig)> {
+    ) -> Result<(Box<dyn Explainer + Send>, ExplainConfig, PromptConfig)> {
         let mut cfg = ExplainConfig::default();
-        cfg.prompt.contrastive = self.contrastive;
-        cfg.prompt.activations = !self.no_activations;
+        let mut prompt = PromptConfig {
+            contrastive: self.contrastive,
+            activations: !self.no_activations,
+            ..PromptConfig::default()
+        };
         Ok(match (&self.server, &self.model) {
             (Some(url), Some(model)) => {
-                cfg.prompt.max_examples = self.examples.unwrap_or(40);
+                prompt.max_examples = self.examples.unwrap_or(40);
                 cfg.prefill = self.prefill;
                 let server = ServerConfig {
                     base_url: url.clone(),
@@ -120,10 +138,12 @@ impl ExplainerArgs {
                     concurrency: self.concurrency,
                     ..ServerConfig::default()
                 };
-                (Box::new(Client::new(server, Some(cache))?), cfg)
+                (Box::new(Client::new(server, Some(cache))?), cfg, prompt)
             }
             _ => {
-                cfg.prompt.max_examples = self.examples.unwrap_or(10);
+                prompt.max_examples = self.examples.unwrap_or(10);
+                // An explanation is a phrase; past that a small model only repeats itself.
+                cfg.max_tokens = LOCAL_MAX_TOKENS;
                 let path = self
                     .local_model
                     .clone()
@@ -136,6 +156,7 @@ impl ExplainerArgs {
                         batch: 4,
                     }),
                     cfg,
+                    prompt,
                 )
             }
         })
@@ -194,12 +215,26 @@ pub fn run(a: Args) -> Result<()> {
             a.explainer.describe()
         );
     }
-    let (explainer, cfg) = a
+    let (explainer, cfg, prompt) = a
         .explainer
         .build(dir.explanations().join("cache"), spec.device)?;
+    let token_text = token_texts(&session);
+    let mut windows;
+    let mut pushed;
+    let source: &mut dyn Prompts = if a.output_side {
+        let effects = EffectsConfig {
+            target_kl: a.target_kl,
+            ..EffectsConfig::default()
+        };
+        pushed = EffectPrompts::new(&session, &examples, session.feature_rows()?, effects);
+        &mut pushed
+    } else {
+        windows = WindowPrompts::new(&examples, &token_text, prompt);
+        &mut windows
+    };
     explain_and_print(
         &session,
-        &examples,
+        source,
         &latents,
         explainer.as_ref(),
         &cfg,
@@ -223,21 +258,20 @@ pub fn token_texts(session: &Session) -> impl Fn(u32) -> String + '_ {
 /// prints what happened and the first explanations (the demo's too).
 pub fn explain_and_print(
     session: &Session,
-    examples: &[saescope_store::examples::ExampleRow],
+    source: &mut dyn Prompts,
     latents: &[u32],
     explainer: &dyn Explainer,
     cfg: &ExplainConfig,
     resume: bool,
 ) -> Result<()> {
     let dir = &session.opened.dir;
-    let token_text = token_texts(session);
+    let evidence = source.evidence();
     let table = dir.explanations_table();
     let bar = Mutex::new(Tracker::new("explaining", "latents"));
     let started = std::time::Instant::now();
     let report = explain(
-        examples,
+        source,
         latents,
-        &token_text,
         explainer,
         cfg,
         resume,
@@ -251,8 +285,12 @@ pub fn explain_and_print(
     )?;
     bar.into_inner().unwrap_or_else(|e| e.into_inner()).finish();
     println!(
-        "explained {} latents, {} without an explanation (their answers are kept in the `raw` column){}; written to {}",
+        "explained {} latents from their {}, {} without an explanation (their answers are kept in the `raw` column){}; written to {}",
         report.explained,
+        match evidence {
+            Evidence::Activations => "activating windows",
+            Evidence::Effects => "effects when pushed",
+        },
         report.failed,
         if report.kept > 0 {
             format!(", {} kept from before", report.kept)
@@ -283,7 +321,7 @@ pub fn explain_and_print(
     let asked: BTreeSet<u32> = latents.iter().copied().collect();
     for r in read_explanations(&table)?
         .iter()
-        .filter(|r| asked.contains(&r.latent))
+        .filter(|r| r.evidence == evidence && asked.contains(&r.latent))
         .take(8)
     {
         match &r.explanation {

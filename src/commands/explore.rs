@@ -11,13 +11,14 @@ use saescope_activations::model::device;
 use saescope_activations::sampler::Sampling;
 use saescope_analysis::steer::{Push, SteerRequest, Steering, steer};
 use saescope_analysis::{Session, SessionSpec};
-use saescope_autointerp::explain::{ExplainConfig, Explainer, explain};
+use saescope_autointerp::explain::{ExplainConfig, Explainer, WindowPrompts, explain};
+use saescope_autointerp::prompt::PromptConfig;
 use saescope_gui::{
     EngineFactory, Explained, ExploreError, FeatureExplainer, Launch, PromptEngine, Start,
     SteerPush, Steered, View,
 };
 use saescope_store::examples::{ExampleKind, ExampleRow, read_examples};
-use saescope_store::explanations::read_explanations;
+use saescope_store::explanations::{Evidence, read_explanations};
 use saescope_store::features::FeatureRow;
 use saescope_store::prompt::{Attribution, PromptView};
 use std::path::{Path, PathBuf};
@@ -230,6 +231,7 @@ struct Opened {
     session: Session,
     explainer: Box<dyn Explainer + Send>,
     cfg: ExplainConfig,
+    prompt: PromptConfig,
 }
 
 impl ButtonExplainer {
@@ -244,12 +246,13 @@ impl ButtonExplainer {
             };
             let session = Session::open(&spec)?;
             let cache = session.opened.dir.explanations().join("cache");
-            let (explainer, cfg) = self.args.build(cache, self.device)?;
+            let (explainer, cfg, prompt) = self.args.build(cache, self.device)?;
             *open = Some(Opened {
                 dict: dict.to_owned(),
                 session,
                 explainer,
                 cfg,
+                prompt,
             });
         }
         let o = open.as_ref().expect("opened above");
@@ -266,10 +269,11 @@ impl ButtonExplainer {
             );
         }
         let table = o.session.opened.dir.explanations_table();
+        let token_text = token_texts(&o.session);
+        let mut prompts = WindowPrompts::new(&examples, &token_text, o.prompt.clone());
         explain(
-            &examples,
+            &mut prompts,
             &[feature],
-            &token_texts(&o.session),
             o.explainer.as_ref(),
             &o.cfg,
             false,
@@ -278,7 +282,7 @@ impl ButtonExplainer {
         )?;
         let row = read_explanations(&table)?
             .into_iter()
-            .find(|r| r.latent == feature)
+            .find(|r| r.latent == feature && r.evidence == Evidence::Activations)
             .with_context(|| format!("{}: no row for feature {feature}", table.display()))?;
         Ok(Explained {
             feature,

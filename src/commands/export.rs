@@ -8,6 +8,7 @@ use saescope_sae::AnyDictionary;
 use saescope_store::explanations::read_explanations;
 use saescope_store::features::FeatureStore;
 use saescope_store::neuronpedia::{ExportInfo, dashboard_batch};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -126,8 +127,10 @@ fn neuronpedia(a: NeuronpediaArgs) -> Result<()> {
         neuron_alignment,
         explanations: read_explanations(&opened.dir.explanations_table())?
             .into_iter()
-            .map(|r| (r.latent, r))
-            .collect(),
+            .fold(HashMap::new(), |mut by: HashMap<u32, Vec<_>>, r| {
+                by.entry(r.latent).or_default().push(r);
+                by
+            }),
     };
     let batch = dashboard_batch(&store, &info);
     let text = serde_json::to_string(&batch)?;
@@ -135,7 +138,7 @@ fn neuronpedia(a: NeuronpediaArgs) -> Result<()> {
     let explained = info
         .explanations
         .values()
-        .filter(|r| r.explanation.is_some())
+        .filter(|rows| rows.iter().any(|r| r.explanation.is_some()))
         .count();
     println!(
         "wrote {} features of {} to {} ({:.1} MB) for Neuronpedia model {}, set {}; {explained} with an explanation",

@@ -18,9 +18,9 @@ pub struct DatasetReport {
     pub out: PathBuf,
     /// The files in it.
     pub files: Vec<String>,
-    /// Latents with an explanation.
+    /// Explanations (a latent has one from each kind of evidence tried).
     pub explained: usize,
-    /// Latents tried without one.
+    /// Attempts without one.
     pub failed: usize,
 }
 
@@ -74,11 +74,19 @@ fn card(dict: &DictDir, rows: &[crate::explanations::ExplanationRow]) -> Result<
         .and_then(|e| e["run"].as_str().map(PathBuf::from))
         .or_else(|| dict.enclosing_run());
     let manifest = run.as_deref().and_then(|r| Manifest::load(r).ok());
-    let mut explainers: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    let mut explainers: BTreeMap<(&str, &str), (usize, &str)> = BTreeMap::new();
+    let mut evidence: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for r in rows {
-        explainers.entry(&r.explainer).or_insert((0, &r.settings)).0 += 1;
+        explainers
+            .entry((&r.explainer, r.evidence.name()))
+            .or_insert((0, &r.settings))
+            .0 += 1;
+        let e = evidence.entry(r.evidence.name()).or_default();
+        e.0 += 1;
+        e.1 += usize::from(r.explanation.is_some());
     }
     let explained = rows.iter().filter(|r| r.explanation.is_some()).count();
+    let latents: std::collections::BTreeSet<u32> = rows.iter().map(|r| r.latent).collect();
     Ok(json!({
         "dictionary": {
             "name": dict.name(),
@@ -112,11 +120,18 @@ fn card(dict: &DictDir, rows: &[crate::explanations::ExplanationRow]) -> Result<
             "config": e["config"],
         })),
         "explanations": {
-            "latents": rows.len(),
+            "latents": latents.len(),
+            "rows": rows.len(),
             "explained": explained,
             "failed": rows.len() - explained,
-            "explainers": explainers.iter().map(|(name, (n, settings))| json!({
+            "evidence": evidence.iter().map(|(name, (tried, explained))| (name.to_string(), json!({
+                "tried": tried,
+                "explained": explained,
+                "failed": tried - explained,
+            }))).collect::<serde_json::Map<_, _>>(),
+            "explainers": explainers.iter().map(|((name, from), (n, settings))| json!({
                 "explainer": name,
+                "evidence": from,
                 "latents": n,
                 "settings": serde_json::from_str::<Value>(settings).unwrap_or(Value::Null),
             })).collect::<Vec<_>>(),
@@ -174,18 +189,30 @@ fn readme(card: &Value) -> String {
         ));
     }
     s.push_str(&format!(
-        "- Explanations: {} latents tried, {} explained, {} without an explanation (the explainer's answer is kept in `raw`)\n",
+        "- Explanations: {} latents tried, {} explanations, {} attempts without one (the explainer's answer is kept in `raw`)\n",
         show(&e["latents"]),
         show(&e["explained"]),
         show(&e["failed"]),
     ));
+    for (name, x) in e["evidence"].as_object().into_iter().flatten() {
+        let what = match name.as_str() {
+            "effects" => "what the latent makes the model write when pushed on",
+            _ => "the latent's activating windows",
+        };
+        s.push_str(&format!(
+            "  - from {what} (`{name}`): {} tried, {} explained\n",
+            show(&x["tried"]),
+            show(&x["explained"]),
+        ));
+    }
     for x in e["explainers"].as_array().into_iter().flatten() {
         s.push_str(&format!(
-            "- Explainer: {} ({} latents)\n",
+            "- Explainer: {} from {} ({} latents)\n",
             show(&x["explainer"]),
+            show(&x["evidence"]),
             show(&x["latents"])
         ));
     }
-    s.push_str("\n## Files\n\n- `explanations.parquet`: latent, explanation (null when none could be parsed), explainer, settings, prompt_hash, examples, failures, raw\n- `examples.parquet` (when present): each latent's train and test windows; the layout is in saescope's store/README.md\n- `dataset.json`: this card, for programs\n");
+    s.push_str("\n## Files\n\n- `explanations.parquet`: latent, evidence (`activations` or `effects`), explanation (null when none could be parsed), explainer, settings, prompt_hash, examples, failures, raw\n- `examples.parquet` (when present): each latent's train and test windows; the layout is in saescope's store/README.md\n- `dataset.json`: this card, for programs\n");
     s
 }

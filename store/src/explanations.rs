@@ -1,5 +1,6 @@
-//! Explanations of a dictionary's latents: `DICT/explanations.parquet`, one row per latent
-//! explained (or tried), with the explainer and its settings, so a dataset says how it was made.
+//! Explanations of a dictionary's latents: `DICT/explanations.parquet`, one row per latent and
+//! kind of evidence explained (or tried), with the explainer and its settings, so a dataset
+//! says how it was made.
 
 use crate::error::{Result, StoreError};
 use crate::features::{Cols, batch, read_batches, write_table};
@@ -11,11 +12,39 @@ use std::sync::Arc;
 /// File name of the explanations table in a dictionary directory.
 pub const EXPLANATIONS_FILE: &str = "explanations.parquet";
 
-/// One latent's explanation, or the record of failing to get one.
+/// What an explanation was made from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Evidence {
+    /// Where the latent fires: its activating windows (the input side).
+    #[default]
+    Activations,
+    /// What the latent does when pushed on: the next tokens it makes likelier (the output side).
+    Effects,
+}
+
+impl Evidence {
+    /// The name in the table's `evidence` column.
+    pub fn name(self) -> &'static str {
+        match self {
+            Evidence::Activations => "activations",
+            Evidence::Effects => "effects",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Evidence> {
+        [Evidence::Activations, Evidence::Effects]
+            .into_iter()
+            .find(|e| e.name() == s)
+    }
+}
+
+/// One latent's explanation from one kind of evidence, or the record of failing to get one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExplanationRow {
     /// The latent.
     pub latent: u32,
+    /// What the explanation was made from; a latent has at most one row of each.
+    pub evidence: Evidence,
     /// The explanation; `None` when no answer could be parsed.
     pub explanation: Option<String>,
     /// Who explained it: `server <URL> <model>` or `local <model file>`.
@@ -32,14 +61,22 @@ pub struct ExplanationRow {
     pub raw: String,
 }
 
-/// Writes the rows, sorted by latent, under a temporary name, then renames them into place.
+/// Writes the rows, sorted by latent then evidence, under a temporary name, then renames them
+/// into place.
 pub fn write_explanations(path: &Path, rows: &[ExplanationRow]) -> Result<()> {
     let mut rows = rows.to_vec();
-    rows.sort_by_key(|r| r.latent);
-    if let Some(w) = rows.windows(2).find(|w| w[0].latent == w[1].latent) {
+    rows.sort_by_key(|r| (r.latent, r.evidence));
+    if let Some(w) = rows
+        .windows(2)
+        .find(|w| (w[0].latent, w[0].evidence) == (w[1].latent, w[1].evidence))
+    {
         return Err(StoreError::Schema {
             path: path.to_owned(),
-            message: format!("latent {} has two rows", w[0].latent),
+            message: format!(
+                "latent {} has two rows explained from {}",
+                w[0].latent,
+                w[0].evidence.name()
+            ),
         });
     }
     let text = |f: &dyn Fn(&ExplanationRow) -> &str| -> ArrayRef {
@@ -47,6 +84,7 @@ pub fn write_explanations(path: &Path, rows: &[ExplanationRow]) -> Result<()> {
     };
     let fields = vec![
         Field::new("latent", DataType::UInt32, false),
+        Field::new("evidence", DataType::Utf8, false),
         Field::new("explanation", DataType::Utf8, true),
         Field::new("explainer", DataType::Utf8, false),
         Field::new("settings", DataType::Utf8, false),
@@ -57,6 +95,7 @@ pub fn write_explanations(path: &Path, rows: &[ExplanationRow]) -> Result<()> {
     ];
     let columns: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.latent))),
+        text(&|r| r.evidence.name()),
         Arc::new(StringArray::from_iter(
             rows.iter().map(|r| r.explanation.as_deref()),
         )),
@@ -74,7 +113,8 @@ pub fn write_explanations(path: &Path, rows: &[ExplanationRow]) -> Result<()> {
     write_table(path, batch(path, fields, columns)?, 4_096)
 }
 
-/// Reads the table; a missing file is no explanations yet.
+/// Reads the table; a missing file is no explanations yet, and a table without the `evidence`
+/// column (written before it existed) holds explanations from activations.
 pub fn read_explanations(path: &Path) -> Result<Vec<ExplanationRow>> {
     if !path.exists() {
         return Ok(Vec::new());
@@ -83,6 +123,10 @@ pub fn read_explanations(path: &Path) -> Result<Vec<ExplanationRow>> {
     for b in read_batches(path)? {
         let c = Cols { path, batch: &b };
         let latent = c.typed::<UInt32Array>("latent")?;
+        let evidence = match b.column_by_name("evidence") {
+            None => None,
+            Some(_) => Some(c.typed::<StringArray>("evidence")?),
+        };
         let explanation = c.typed::<StringArray>("explanation")?;
         let explainer = c.typed::<StringArray>("explainer")?;
         let settings = c.typed::<StringArray>("settings")?;
@@ -91,8 +135,18 @@ pub fn read_explanations(path: &Path) -> Result<Vec<ExplanationRow>> {
         let failures = c.typed::<UInt32Array>("failures")?;
         let raw = c.typed::<StringArray>("raw")?;
         for i in 0..b.num_rows() {
+            let evidence = match evidence.map(|e| e.value(i)) {
+                None => Evidence::Activations,
+                Some(name) => Evidence::parse(name).ok_or_else(|| StoreError::Schema {
+                    path: path.to_owned(),
+                    message: format!(
+                        "row {i}: evidence `{name}` is neither `activations` nor `effects`"
+                    ),
+                })?,
+            };
             rows.push(ExplanationRow {
                 latent: latent.value(i),
+                evidence,
                 explanation: (!arrow::array::Array::is_null(explanation, i))
                     .then(|| explanation.value(i).to_owned()),
                 explainer: explainer.value(i).to_owned(),
@@ -118,6 +172,7 @@ mod tests {
         assert!(read_explanations(&path).unwrap().is_empty());
         let row = |latent, explanation: Option<&str>| ExplanationRow {
             latent,
+            evidence: Evidence::Activations,
             explanation: explanation.map(str::to_owned),
             explainer: "server http://127.0.0.1:1/v1 m".into(),
             settings: "{}".into(),
@@ -126,12 +181,20 @@ mod tests {
             failures: u32::from(explanation.is_none()),
             raw: "EXPLANATION: x".into(),
         };
-        let rows = vec![row(9, None), row(2, Some("plural nouns"))];
+        let effects = ExplanationRow {
+            evidence: Evidence::Effects,
+            ..row(2, Some("says plural nouns"))
+        };
+        let rows = vec![row(9, None), effects.clone(), row(2, Some("plural nouns"))];
         write_explanations(&path, &rows).unwrap();
         let back = read_explanations(&path).unwrap();
-        assert_eq!(back, vec![rows[1].clone(), rows[0].clone()]);
+        assert_eq!(back, vec![rows[2].clone(), effects, rows[0].clone()]);
         let e = write_explanations(&path, &[row(2, None), row(2, None)]).unwrap_err();
-        assert!(e.to_string().contains("latent 2 has two rows"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("latent 2 has two rows explained from activations"),
+            "{e}"
+        );
         assert_eq!(
             read_explanations(&path).unwrap(),
             back,

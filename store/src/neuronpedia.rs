@@ -2,13 +2,14 @@
 //! `NeuronpediaDashboardBatch`: `{model_id, layer, sae_set, features: [...]}`), so a user can
 //! publish saescope's analysis there.
 //!
-//! A feature with an explanation carries it as `explanations: [{description,
-//! explanationModelName, typeName}]`, the field names of Neuronpedia's explanation records.
+//! A feature with explanations carries them as `explanations: [{description,
+//! explanationModelName, typeName}]`, the field names of Neuronpedia's explanation records, the
+//! type naming what each was made from.
 //!
 //! Fields saescope does not compute (correlated neurons, and correlated features by Pearson
 //! correlation) are written as empty lists, which Neuronpedia shows as absent.
 
-use crate::explanations::ExplanationRow;
+use crate::explanations::{Evidence, ExplanationRow};
 use crate::features::{ContextKind, FeatureRow, FeatureStore};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -28,12 +29,18 @@ pub struct ExportInfo {
     /// Per feature, the decoder entries with the largest |value|: (index, value, share of the
     /// row's L1 norm). Empty when not known.
     pub neuron_alignment: Vec<Vec<(u32, f32, f32)>>,
-    /// Explanations by latent (rows without one are left out).
-    pub explanations: HashMap<u32, ExplanationRow>,
+    /// Explanations by latent, one row per kind of evidence (rows without one are left out).
+    pub explanations: HashMap<u32, Vec<ExplanationRow>>,
 }
 
-/// Neuronpedia's explanation type for explanations made by `saescope explain`.
-pub const EXPLANATION_TYPE: &str = "saescope_acts";
+/// Neuronpedia's explanation type for explanations made by `saescope explain`: from activating
+/// windows, or (`--output-side`) from what the feature does when pushed.
+pub fn explanation_type(evidence: Evidence) -> &'static str {
+    match evidence {
+        Evidence::Activations => "saescope_acts",
+        Evidence::Effects => "saescope_effects",
+    }
+}
 
 /// The explainer's model as Neuronpedia names it: the model part of `server <URL> <model>`
 /// or the file name of `local <model file>`.
@@ -137,14 +144,21 @@ pub fn dashboard_batch(store: &FeatureStore, info: &ExportInfo) -> Value {
             "decoder_weights_dist": row.head_share,
             "activations": activations,
         });
-        if let Some(e) = info.explanations.get(&row.feature)
-            && let Some(text) = &e.explanation
-        {
-            feature["explanations"] = json!([{
-                "description": text,
-                "explanationModelName": explainer_model(&e.explainer),
-                "typeName": EXPLANATION_TYPE,
-            }]);
+        let explained: Vec<Value> = info
+            .explanations
+            .get(&row.feature)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                Some(json!({
+                    "description": e.explanation.as_ref()?,
+                    "explanationModelName": explainer_model(&e.explainer),
+                    "typeName": explanation_type(e.evidence),
+                }))
+            })
+            .collect();
+        if !explained.is_empty() {
+            feature["explanations"] = Value::Array(explained);
         }
         features.push(feature);
     }

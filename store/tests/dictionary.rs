@@ -3,6 +3,7 @@
 
 use saescope_store::DictDir;
 use saescope_store::dictionary::DictConfig;
+use saescope_store::explanations::Evidence;
 
 fn write_cfg(dir: &DictDir, json: &str) {
     std::fs::create_dir_all(dir.path()).unwrap();
@@ -163,6 +164,7 @@ fn an_explanation_dataset_carries_the_table_and_a_card_that_counts_it() {
 
     let row = |latent, explanation: Option<&str>, explainer: &str| ExplanationRow {
         latent,
+        evidence: Evidence::Activations,
         explanation: explanation.map(str::to_owned),
         explainer: explainer.into(),
         settings: r#"{"temperature": 0.0}"#.into(),
@@ -175,10 +177,14 @@ fn an_explanation_dataset_carries_the_table_and_a_card_that_counts_it() {
         row(1, Some("commas"), "local smollm.gguf"),
         row(5, None, "local smollm.gguf"),
         row(7, Some("plural nouns"), "server http://h/v1 big"),
+        ExplanationRow {
+            evidence: Evidence::Effects,
+            ..row(7, Some("says nouns"), "server http://h/v1 big")
+        },
     ];
     write_explanations(&d.explanations_table(), &rows).unwrap();
     let r = saescope_store::dataset::write_dataset(&d, &out).unwrap();
-    assert_eq!((r.explained, r.failed), (2, 1));
+    assert_eq!((r.explained, r.failed), (3, 1));
     assert_eq!(
         r.files,
         ["explanations.parquet", "dataset.json", "README.md"],
@@ -192,18 +198,28 @@ fn an_explanation_dataset_carries_the_table_and_a_card_that_counts_it() {
         serde_json::from_slice(&std::fs::read(out.join("dataset.json")).unwrap()).unwrap();
     assert_eq!(card["dictionary"]["hook"], "blocks.6.hook_resid_post");
     assert_eq!(card["dictionary"]["latents"], 8);
-    assert_eq!(card["explanations"]["explained"], 2);
-    assert_eq!(card["explanations"]["failed"], 1);
-    let explainers = card["explanations"]["explainers"].as_array().unwrap();
-    assert_eq!(explainers.len(), 2);
+    let e = &card["explanations"];
+    assert_eq!((&e["latents"], &e["rows"]), (&3.into(), &4.into()));
+    assert_eq!((&e["explained"], &e["failed"]), (&3.into(), &1.into()));
+    assert_eq!(
+        e["evidence"],
+        serde_json::json!({
+            "activations": {"tried": 3, "explained": 2, "failed": 1},
+            "effects": {"tried": 1, "explained": 1, "failed": 0},
+        })
+    );
+    let explainers = e["explainers"].as_array().unwrap();
+    assert_eq!(explainers.len(), 3);
     assert_eq!(explainers[0]["explainer"], "local smollm.gguf");
     assert_eq!(explainers[0]["latents"], 2);
     assert_eq!(explainers[0]["settings"]["temperature"], 0.0);
+    assert_eq!(explainers[2]["evidence"], "effects");
     assert!(card["model"].is_null(), "a loose dictionary has no run");
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(
         readme.contains("`blocks.6.hook_resid_post`")
-            && readme.contains("3 latents tried, 2 explained, 1 without an explanation"),
+            && readme.contains("3 latents tried, 3 explanations, 1 attempts without one")
+            && readme.contains("(`effects`): 1 tried, 1 explained"),
         "{readme}"
     );
 }

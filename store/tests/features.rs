@@ -195,6 +195,7 @@ fn neuronpedia_export_carries_every_feature_and_context() {
     // (no explanation parsed) carries none.
     let row = |latent, explanation: Option<&str>| saescope_store::explanations::ExplanationRow {
         latent,
+        evidence: saescope_store::explanations::Evidence::Activations,
         explanation: explanation.map(str::to_owned),
         explainer: "server http://127.0.0.1:8080/v1 org/explainer-7b".into(),
         settings: "{}".into(),
@@ -204,7 +205,20 @@ fn neuronpedia_export_carries_every_feature_and_context() {
         raw: String::new(),
     };
     let explained = ExportInfo {
-        explanations: [(3, row(3, Some("plural nouns"))), (2, row(2, None))].into(),
+        explanations: [
+            (
+                3,
+                vec![
+                    row(3, Some("plural nouns")),
+                    saescope_store::explanations::ExplanationRow {
+                        evidence: saescope_store::explanations::Evidence::Effects,
+                        ..row(3, Some("says more nouns"))
+                    },
+                ],
+            ),
+            (2, vec![row(2, None)]),
+        ]
+        .into(),
         ..info
     };
     let e = dashboard_batch(&store, &explained);
@@ -214,6 +228,10 @@ fn neuronpedia_export_carries_every_feature_and_context() {
             "description": "plural nouns",
             "explanationModelName": "explainer-7b",
             "typeName": "saescope_acts",
+        }, {
+            "description": "says more nouns",
+            "explanationModelName": "explainer-7b",
+            "typeName": "saescope_effects",
         }])
     );
     assert!(e["features"][2].get("explanations").is_none());

@@ -48,3 +48,47 @@ pub fn model_and_ids() -> (Model, Tensor) {
     }
     (model, Tensor::from_slice(&ids).view([2, n as i64]))
 }
+
+/// A random TopK dictionary of 256 unit-norm latents over `hook` of the bundled model (width
+/// 576), saved under `dir` and opened with the model.
+pub fn random_topk_session(hook: &str, dir: &std::path::Path) -> saescope_analysis::Session {
+    topk_session(hook, dir, &[])
+}
+
+/// [`random_topk_session`] with the decoder rows of `planted` latents replaced by the given
+/// directions (normalised).
+pub fn topk_session(
+    hook: &str,
+    dir: &std::path::Path,
+    planted: &[(i64, Tensor)],
+) -> saescope_analysis::Session {
+    use saescope_sae::AnyDictionary;
+    use saescope_sae::seeded::Seeded;
+    use saescope_sae::topk::{Selection, TopKSae};
+    use saescope_store::dictionary::{DictConfig, DictDir};
+    let mut rng = Seeded::new(5);
+    let (n, d) = (256, 576);
+    let w = rng.normal(&[n, d], Device::Cpu);
+    let mut w_dec = &w / w.norm_scalaropt_dim(2.0, [1], true);
+    for (f, row) in planted {
+        let row = row.to_kind(Kind::Float);
+        w_dec.get(*f).copy_(&(&row / row.norm()));
+    }
+    let sae = TopKSae {
+        w_enc: &w / 4.0,
+        b_enc: rng.normal(&[n], Device::Cpu) * 0.1 - 0.5,
+        w_dec,
+        b_dec: Tensor::zeros([d], (Kind::Float, Device::Cpu)),
+        k: 8,
+        selection: Selection::TopK,
+        threshold: None,
+        bf16_select: false,
+    };
+    let out = DictDir::new(dir.join("d"));
+    let cfg = DictConfig {
+        hook_name: Some(hook.into()),
+        ..DictConfig::default()
+    };
+    AnyDictionary::TopK(sae).save(&out, &[], cfg).unwrap();
+    saescope_analysis::Session::open(&saescope_analysis::SessionSpec::new(out.path())).unwrap()
+}

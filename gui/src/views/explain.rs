@@ -17,6 +17,10 @@ impl Explorer {
             }
             (None, None) => {}
         }
+        if let Some(e) = t.effect_explanation(f) {
+            ui.label(egui::RichText::new(format!("When pushed: {e}")).italics())
+                .on_hover_text("The output-side explanation: what the feature makes the model say when it is pushed on (`saescope explain --output-side`)");
+        }
         let Some(explainer) = &self.explainer else {
             return;
         };

@@ -116,8 +116,15 @@ impl Explorer {
                                 .join("  "),
                         );
                     });
-                    row.col(|ui| {
-                        ui.label(t.explanation(f).unwrap_or(""));
+                    row.col(|ui| match (t.explanation(f), t.effect_explanation(f)) {
+                        (Some(e), _) => {
+                            ui.label(e);
+                        }
+                        // Only an output-side explanation: shown as one.
+                        (None, Some(o)) => {
+                            ui.label(egui::RichText::new(format!("pushed: {o}")).italics());
+                        }
+                        (None, None) => {}
                     });
                     if row.response().clicked() {
                         open = Some((i, f));
