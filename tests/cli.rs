@@ -219,7 +219,6 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     // to draw from: the features are listed as such, not dropped).
     assert!(t.contains("== 8/8 explain"), "{t}");
     assert!(t.contains("explained "), "{t}");
-    assert!(t.contains("from their effects when pushed"), "{t}");
     assert!(
         t.contains("  clean:   ") && t.contains("  steered: "),
         "{t}"
