@@ -7,7 +7,8 @@
 //! ENCODER_THREADS (default: all cores) leaves the other cores to folding, as on a machine with
 //! cores to spare. Last, it draws autointerp example sets (`saescope examples`' pass) for
 //! EXAMPLE_LATENTS latents (default 1,000, spread over the dictionary; 0 skips it) on the same
-//! run and compares its time with the analysis pass's.
+//! run and compares its time with the analysis pass's, and its rate, as the analysis's, with the
+//! encode-only passes either side.
 //!   cargo run --release -p saescope-analysis --example bench_analyze [-- TOKENS [ROUNDS [ENCODER_THREADS [EXAMPLE_LATENTS]]]]
 
 use saescope_analysis::examples::{ExampleConfig, build_examples};
@@ -311,11 +312,11 @@ fn main() {
             peak_rss_mb()
         );
         drop(a);
-        (encode_s, analyze_s)
+        (encode_s, analyze_s, encode[encode.len() - 1])
     });
-    let (encode_s, analyze_s) = match encode_s {
-        Some((e, a)) => (Some(e), Some(a)),
-        None => (None, None),
+    let (encode_s, analyze_s, last_encode_s) = match encode_s {
+        Some((e, a, l)) => (Some(e), Some(a), Some(l)),
+        None => (None, None, None),
     };
 
     // Example sets for autointerp: `saescope examples`' pass over the same run, encoder and
@@ -352,6 +353,15 @@ fn main() {
                 None => "no analysis pass to compare with (ROUNDS = 0)".into(),
             }
         );
+        // Judged as the analysis is: against the encode-only passes either side, since this
+        // machine's speed drifts between passes by more than the difference sought.
+        if let Some(before) = last_encode_s {
+            let (after, _, _) = encode_only(false);
+            println!(
+                "example sets / encode rate: {:.3} (against the encode-only passes either side: {before:.1} and {after:.1} s)",
+                (before + after) / 2.0 / secs
+            );
+        }
     }
 
     // The analysis alone: the same pass, its codes replayed from memory instead of encoded.

@@ -200,72 +200,29 @@ pub fn explain(
     let mut failures = 0;
     for (c, chunk) in todo.chunks(cfg.chunk.max(1)).enumerate() {
         let base = c * cfg.chunk.max(1);
-        let mut asked = Vec::with_capacity(chunk.len());
-        let mut unasked = Vec::new();
-        for &f in chunk {
-            match source.messages(f) {
-                Ok((mut messages, shown)) => {
-                    if cfg.prefill {
-                        messages.push(Message::new("assistant", EXPLANATION_PREFIX));
-                    }
-                    asked.push((f, messages, shown));
-                }
-                Err(e) => unasked.push((f, e)),
-            }
-        }
-        let requests: Vec<ChatRequest> = asked
-            .iter()
-            .map(|(_, messages, _)| ChatRequest {
-                messages: messages.clone(),
-                max_tokens: cfg.max_tokens,
-                temperature: 0.0,
-                seed: None,
-                top_logprobs: None,
-            })
-            .collect();
-        let answers = explainer.answer(&requests, &|n| progress(base + n, todo.len(), failures));
-        let answered = asked
-            .into_iter()
-            .zip(answers)
-            .map(|((f, messages, shown), answer)| {
-                let (explanation, raw) = match answer {
-                    Ok(reply) => {
-                        let text = if cfg.prefill && !reply.text.starts_with(EXPLANATION_PREFIX) {
-                            format!("{EXPLANATION_PREFIX}{}", reply.text)
-                        } else {
-                            reply.text
-                        };
-                        (parse_explanation(&text), text)
-                    }
-                    Err(e) => (None, format!("no answer: {e}")),
-                };
-                (f, explanation, raw, hash(&messages), shown)
-            });
-        let unanswered = unasked
-            .into_iter()
-            .map(|(f, e)| (f, None, format!("no prompt: {e}"), String::new(), 0));
-        for (f, explanation, raw, prompt_hash, shown) in
-            answered.collect::<Vec<_>>().into_iter().chain(unanswered)
-        {
-            let before = rows.get(&(f, evidence)).map_or(0, |r| r.failures);
-            if explanation.is_some() {
+        let outcomes = ask(source, chunk, explainer, cfg, &|n| {
+            progress(base + n, todo.len(), failures)
+        });
+        for o in outcomes {
+            let before = rows.get(&(o.latent, evidence)).map_or(0, |r| r.failures);
+            if o.explanation.is_some() {
                 report.explained += 1;
             } else {
                 report.failed += 1;
                 failures += 1;
             }
             rows.insert(
-                (f, evidence),
+                (o.latent, evidence),
                 ExplanationRow {
-                    latent: f,
+                    latent: o.latent,
                     evidence,
-                    failures: before + u32::from(explanation.is_none()),
-                    explanation,
+                    failures: before + u32::from(o.explanation.is_none()),
+                    explanation: o.explanation,
                     explainer: name.clone(),
                     settings: settings.clone(),
-                    prompt_hash,
-                    examples: shown as u32,
-                    raw,
+                    prompt_hash: o.prompt_hash,
+                    examples: o.shown as u32,
+                    raw: o.raw,
                 },
             );
         }
@@ -274,6 +231,78 @@ pub fn explain(
         progress(base + chunk.len(), todo.len(), failures);
     }
     Ok(report)
+}
+
+/// What asking about one latent gave.
+struct Outcome {
+    latent: u32,
+    explanation: Option<String>,
+    raw: String,
+    prompt_hash: String,
+    shown: usize,
+}
+
+/// Asks `explainer` about each latent of `chunk` whose prompt could be made; a latent without
+/// one, or without an answer, or whose answer has no explanation, is a failure with the reason
+/// kept as its raw text.
+fn ask(
+    source: &mut dyn Prompts,
+    chunk: &[u32],
+    explainer: &dyn Explainer,
+    cfg: &ExplainConfig,
+    done: &(dyn Fn(usize) + Sync),
+) -> Vec<Outcome> {
+    let mut asked = Vec::with_capacity(chunk.len());
+    let mut out = Vec::new();
+    for &f in chunk {
+        match source.messages(f) {
+            Ok((mut messages, shown)) => {
+                if cfg.prefill {
+                    messages.push(Message::new("assistant", EXPLANATION_PREFIX));
+                }
+                asked.push((f, messages, shown));
+            }
+            Err(e) => out.push(Outcome {
+                latent: f,
+                explanation: None,
+                raw: format!("no prompt: {e}"),
+                prompt_hash: String::new(),
+                shown: 0,
+            }),
+        }
+    }
+    let requests: Vec<ChatRequest> = asked
+        .iter()
+        .map(|(_, messages, _)| ChatRequest {
+            messages: messages.clone(),
+            max_tokens: cfg.max_tokens,
+            temperature: 0.0,
+            seed: None,
+            top_logprobs: None,
+        })
+        .collect();
+    let answers = explainer.answer(&requests, done);
+    for ((f, messages, shown), answer) in asked.into_iter().zip(answers) {
+        let (explanation, raw) = match answer {
+            Ok(reply) => {
+                let text = if cfg.prefill && !reply.text.starts_with(EXPLANATION_PREFIX) {
+                    format!("{EXPLANATION_PREFIX}{}", reply.text)
+                } else {
+                    reply.text
+                };
+                (parse_explanation(&text), text)
+            }
+            Err(e) => (None, format!("no answer: {e}")),
+        };
+        out.push(Outcome {
+            latent: f,
+            explanation,
+            raw,
+            prompt_hash: hash(&messages),
+            shown,
+        });
+    }
+    out
 }
 
 /// Each latent's train windows: activating ones strongest first, and silent ones (hard

@@ -3,13 +3,13 @@
 //! asking again), through llama.cpp's real server, and with the bundled model on this machine.
 
 use saescope_autointerp::explain::{
-    ExplainConfig, ExplainReport, Explainer, WindowPrompts, explain,
+    ExplainConfig, ExplainReport, Explainer, Prompts, WindowPrompts, explain,
 };
 use saescope_autointerp::local::LocalExplainer;
 use saescope_autointerp::prompt::PromptConfig;
 use saescope_autointerp::{Client, ServerConfig};
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
-use saescope_store::explanations::read_explanations;
+use saescope_store::explanations::{Evidence, read_explanations};
 use std::net::TcpListener;
 use std::path::Path;
 
@@ -299,4 +299,103 @@ fn the_bundled_model_explains_on_this_machine() {
         );
         assert!(r.explainer.starts_with("local "));
     }
+}
+
+/// Prompts of another kind of evidence: latent 5's cannot be made (as when no push reaches its
+/// KL target), latent 6's can.
+struct Pushed;
+
+impl Prompts for Pushed {
+    fn evidence(&self) -> Evidence {
+        Evidence::Effects
+    }
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({"target_kl": 1.0})
+    }
+    fn has(&self, latent: u32) -> bool {
+        latent != 7
+    }
+    fn messages(
+        &mut self,
+        latent: u32,
+    ) -> Result<(Vec<saescope_autointerp::Message>, usize), String> {
+        match latent {
+            5 => Err(
+                "even strength 1024 moves the next-token distributions by less than 1 nats".into(),
+            ),
+            _ => Ok((
+                vec![saescope_autointerp::Message::new(
+                    "user",
+                    "pushed: \" cat\" 1% -> 60%",
+                )],
+                8,
+            )),
+        }
+    }
+}
+
+/// Explanations of another evidence sit beside the first in the table; a prompt that cannot be
+/// made is a counted failure with the reason, asking nothing; resuming is per evidence.
+#[test]
+fn explanations_from_other_evidence_sit_beside_and_a_prompt_that_fails_is_counted() {
+    let (url, seen) = serve(|_, _| Reply::Status(200, "", chat_answer("EXPLANATION: says cat")));
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("explanations.parquet");
+    let client = Client::new(config(&url), None).unwrap();
+    assert_eq!(run(&client, &[1], false, &table).explained, 1);
+    let cfg = ExplainConfig::default();
+    let pushed = |resume| {
+        explain(
+            &mut Pushed,
+            &[1, 5, 6, 7],
+            &client,
+            &cfg,
+            resume,
+            &table,
+            &|_, _, _| {},
+        )
+        .unwrap()
+    };
+    let report = pushed(false);
+    assert_eq!(
+        report,
+        ExplainReport {
+            explained: 2,
+            failed: 1,
+            kept: 0,
+            without_examples: vec![7],
+        }
+    );
+    assert_eq!(seen.lock().unwrap().len(), 3, "latent 5 asked nothing");
+    let rows = read_explanations(&table).unwrap();
+    let key: Vec<(u32, Evidence)> = rows.iter().map(|r| (r.latent, r.evidence)).collect();
+    assert_eq!(
+        key,
+        [
+            (1, Evidence::Activations),
+            (1, Evidence::Effects),
+            (5, Evidence::Effects),
+            (6, Evidence::Effects)
+        ]
+    );
+    assert_eq!(rows[1].explanation.as_deref(), Some("says cat"));
+    assert_eq!(rows[1].examples, 8);
+    assert!(
+        rows[1].settings.contains("\"evidence\":\"effects\""),
+        "{}",
+        rows[1].settings
+    );
+    assert_eq!(
+        (rows[2].explanation.as_deref(), rows[2].failures),
+        (None, 1)
+    );
+    assert!(
+        rows[2].raw.starts_with("no prompt: even strength 1024"),
+        "{}",
+        rows[2].raw
+    );
+    // Resuming keeps both explanations of latent 1 and asks again only for latent 5.
+    let report = pushed(true);
+    assert_eq!((report.kept, report.failed, report.explained), (2, 1, 0));
+    assert_eq!(read_explanations(&table).unwrap()[2].failures, 2);
 }

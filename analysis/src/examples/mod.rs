@@ -5,7 +5,7 @@
 //! Unlike the feature store's 70 contexts a feature, a latent here gets every activating
 //! window of the run to draw from; a latent with fewer than `min_activating` of them is
 //! skipped and reported with its count, never silently dropped. Memory grows with the chosen
-//! latents' firings (8 bytes each), not with the run.
+//! latents' firings (16 bytes each), not with the run.
 
 pub mod sets;
 pub mod store;
@@ -14,6 +14,7 @@ pub use store::{EXAMPLES_SUMMARY_FILE, ExamplesSummary, build_example_store};
 
 use crate::error::{AnalysisError, Result};
 use crate::features::TokenTable;
+use rayon::prelude::*;
 use saescope_sae::Dictionary;
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
 use saescope_store::{ReadOptions, Run};
@@ -127,19 +128,25 @@ pub fn build_examples(
     let read = firings.tokens;
     let windows = Windows::new(&tokens.context_pos[..read as usize], cfg.window);
     let split = windows.split(cfg.train_share);
-    let of = |f: u32| &firings.per_latent[watched.binary_search(&f).expect("watched")];
+    let at = |f: u32| watched.binary_search(&f).expect("watched");
+    // Each watched latent's activating windows, once: a neighbour serves many latents.
+    let windows_of: Vec<Vec<(usize, f32)>> = firings
+        .per_latent
+        .par_iter()
+        .map(|fired| activating(&windows, fired))
+        .collect();
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     for &f in &chosen {
-        let fired = of(f);
-        let active = activating(&windows, fired);
+        let fired = &firings.per_latent[at(f)];
+        let active = windows_of[at(f)].clone();
         if active.len() < cfg.min_activating {
             skipped.push((f, active.len()));
             continue;
         }
         let near: Vec<(u32, Vec<(usize, f32)>)> = near[&f]
             .iter()
-            .map(|&g| (g, activating(&windows, of(g))))
+            .map(|&g| (g, windows_of[at(g)].clone()))
             .collect();
         let active_set: HashSet<usize> = active.iter().map(|a| a.0).collect();
         for set in [ExampleSet::Train, ExampleSet::Test] {
@@ -229,6 +236,15 @@ fn acts_in(fired: &[(u64, f32)], span: std::ops::Range<u64>) -> Vec<f32> {
     acts
 }
 
+/// One encoded batch in CSR form on the CPU, from token `first`.
+struct Codes {
+    first: u64,
+    rows: usize,
+    cols: Vec<i64>,
+    vals: Vec<f32>,
+    offsets: Vec<i64>,
+}
+
 /// Each watched latent's firings (token, positive activation) over the run, in token order.
 struct Firings {
     per_latent: Vec<Vec<(u64, f32)>>,
@@ -263,39 +279,64 @@ fn collect(
         batch_tokens: cfg.batch_tokens,
         ..ReadOptions::default()
     };
-    let mut read = 0u64;
-    for batch in run.batches(hook, &opts)? {
-        let b = batch?;
-        if b.token_index.first() != Some(&read) {
-            return Err(AnalysisError::Data(format!(
-                "rows arrived out of order (token {:?} after {read})",
-                b.token_index.first()
-            )));
-        }
-        let x = Tensor::from_slice(&b.data)
-            .view([b.rows() as i64, b.dim as i64])
-            .to_device(device);
-        let codes = dict.encode(&x);
-        let cpu = |t: &Tensor| t.to_device(Device::Cpu);
-        let cols = Vec::<i64>::try_from(cpu(&codes.cols))?;
-        let vals = Vec::<f32>::try_from(cpu(&codes.vals.to_kind(Kind::Float)))?;
-        let offsets = Vec::<i64>::try_from(cpu(&codes.offsets))?;
-        for r in 0..b.rows() {
-            let t = read + r as u64;
-            if !cfg.include_bos && tokens.context_pos[t as usize] == 0 {
-                continue;
-            }
-            let end = offsets.get(r + 1).map_or(cols.len(), |&o| o as usize);
-            for j in offsets[r] as usize..end {
-                let s = slot[cols[j] as usize];
-                if s != u32::MAX && vals[j] > 0.0 {
-                    per_latent[s as usize].push((t, vals[j]));
+    let reader = run.batches(hook, &opts)?;
+    // Encoding (libtorch's threads) and collecting overlap, as in the analysis pass: this
+    // thread reads and encodes batch i + 1 while the collector scans batch i's codes.
+    let (send, recv) = std::sync::mpsc::sync_channel::<Codes>(2);
+    let mut collector = |recv: std::sync::mpsc::Receiver<Codes>| {
+        for c in recv {
+            for r in 0..c.rows {
+                let t = c.first + r as u64;
+                if !cfg.include_bos && tokens.context_pos[t as usize] == 0 {
+                    continue;
+                }
+                let end = c.offsets.get(r + 1).map_or(c.cols.len(), |&o| o as usize);
+                for j in c.offsets[r] as usize..end {
+                    let s = slot[c.cols[j] as usize];
+                    if s != u32::MAX && c.vals[j] > 0.0 {
+                        per_latent[s as usize].push((t, c.vals[j]));
+                    }
                 }
             }
         }
-        read += b.rows() as u64;
-        progress(read);
-    }
+    };
+    let mut read = 0u64;
+    let result = std::thread::scope(|scope| {
+        let scanning = scope.spawn(move || collector(recv));
+        let result = (|| -> Result<()> {
+            for batch in reader {
+                let b = batch?;
+                if b.token_index.first() != Some(&read) {
+                    return Err(AnalysisError::Data(format!(
+                        "rows arrived out of order (token {:?} after {read})",
+                        b.token_index.first()
+                    )));
+                }
+                let x = Tensor::from_slice(&b.data)
+                    .view([b.rows() as i64, b.dim as i64])
+                    .to_device(device);
+                let codes = dict.encode(&x);
+                let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+                let sent = send.send(Codes {
+                    first: read,
+                    rows: b.rows(),
+                    cols: Vec::<i64>::try_from(cpu(&codes.cols))?,
+                    vals: Vec::<f32>::try_from(cpu(&codes.vals.to_kind(Kind::Float)))?,
+                    offsets: Vec::<i64>::try_from(cpu(&codes.offsets))?,
+                });
+                if sent.is_err() {
+                    break; // the collector stopped: its panic surfaces at join
+                }
+                read += b.rows() as u64;
+                progress(read);
+            }
+            Ok(())
+        })();
+        drop(send);
+        scanning.join().expect("the firing collector panicked");
+        result
+    });
+    result?;
     if read == 0 {
         return Err(AnalysisError::Data(
             "no tokens to draw examples from".into(),
