@@ -563,6 +563,33 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         let want = format!("{kept} kept from before");
         assert!(text(&o).contains(&want), "{}", text(&o));
     }
+    // delphi's layout holds one explanation a latent: --output-side exports these instead.
+    let out = tmp.path().join("delphi-pushed");
+    let o = saescope(&[
+        "export",
+        "delphi",
+        "--dict",
+        d,
+        "--out",
+        out.to_str().unwrap(),
+        "--output-side",
+    ]);
+    match pushed
+        .iter()
+        .find_map(|r| Some((r.latent, r.explanation.clone()?)))
+    {
+        Some((latent, explanation)) => {
+            assert!(o.status.success(), "{}", text(&o));
+            let file = out.join(format!("explanations/layers.6_latent{latent}.txt"));
+            let one = std::fs::read_to_string(file).unwrap();
+            assert_eq!(one, serde_json::to_string(&explanation).unwrap());
+        }
+        None => assert!(
+            text(&o).contains("no explanations to export from effects"),
+            "{}",
+            text(&o)
+        ),
+    }
     // A dictionary without example sets says how to make them.
     let o = saescope(&[
         "explain",

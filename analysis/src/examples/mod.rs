@@ -281,7 +281,8 @@ fn collect(
     };
     let reader = run.batches(hook, &opts)?;
     // Encoding (libtorch's threads) and collecting overlap, as in the analysis pass: this
-    // thread reads and encodes batch i + 1 while the collector scans batch i's codes.
+    // thread reads and encodes batch i + 1 while the collector, at idle priority as the
+    // analysis's folding threads are, scans batch i's codes.
     let (send, recv) = std::sync::mpsc::sync_channel::<Codes>(2);
     let mut collector = |recv: std::sync::mpsc::Receiver<Codes>| {
         for c in recv {
@@ -302,7 +303,10 @@ fn collect(
     };
     let mut read = 0u64;
     let result = std::thread::scope(|scope| {
-        let scanning = scope.spawn(move || collector(recv));
+        let scanning = scope.spawn(move || {
+            crate::features::platform::idle_priority();
+            collector(recv)
+        });
         let result = (|| -> Result<()> {
             for batch in reader {
                 let b = batch?;

@@ -17,8 +17,10 @@ pub(crate) fn fold_pool() -> Result<rayon::ThreadPool> {
         .map_err(|e| AnalysisError::Config(format!("cannot start the folding threads: {e}")))
 }
 
+/// Puts the calling thread at idle priority (Linux), for work that should take only the cycles
+/// the encoder leaves.
 #[cfg(target_os = "linux")]
-fn idle_priority() {
+pub(crate) fn idle_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads `param` and changes only the calling thread's policy
     // (pid 0); a failure leaves the thread at normal priority, which is harmless.
@@ -28,7 +30,7 @@ fn idle_priority() {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn idle_priority() {}
+pub(crate) fn idle_priority() {}
 
 /// CPU time the calling thread has used, in seconds (0 where the clock is missing).
 #[cfg(target_os = "linux")]
