@@ -69,7 +69,7 @@ pub fn topk_session(
     let mut rng = Seeded::new(5);
     let (n, d) = (256, 576);
     let w = rng.normal(&[n, d], Device::Cpu);
-    let mut w_dec = &w / w.norm_scalaropt_dim(2.0, [1], true);
+    let w_dec = &w / w.norm_scalaropt_dim(2.0, [1], true);
     for (f, row) in planted {
         let row = row.to_kind(Kind::Float);
         w_dec.get(*f).copy_(&(&row / row.norm()));
