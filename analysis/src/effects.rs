@@ -2,7 +2,8 @@
 //!
 //! A latent's activating windows are cut just before the first token where it fires strongly,
 //! so each prompt is the context leading up to the latent (as delphi's intervention scorer
-//! cuts its prompts). The latent's unit decoder direction is added at each prompt's last
+//! cuts its prompts), with BOS in front as every harvested context had; when too few windows
+//! give one, whole silent windows fill in. The latent's unit decoder direction is added at each prompt's last
 //! position only, at the strength s whose mean KL(clean ‖ pushed) over the prompts' next-token
 //! distributions is a target, found by [`crate::steer::strength_for`]:
 //!   x_last ← x_last + s · d̂_f
@@ -103,8 +104,8 @@ pub struct Effects {
 }
 
 /// The prompts latent windows give: activating windows (strongest first is best) cut before
-/// their first strong token, keeping those with `min_context` tokens, then, when fewer than
-/// `prompts`, whole silent windows.
+/// their first strong token, keeping those with `min_context` tokens (2 at least: a context and
+/// a last token), then, when fewer than `prompts`, whole silent windows.
 pub fn effect_prompts(
     active: &[&ExampleRow],
     silent: &[&ExampleRow],
@@ -116,11 +117,11 @@ pub fn effect_prompts(
             .acts
             .iter()
             .position(|&a| max > 0.0 && a > cfg.strong_share * max)?;
-        (first >= cfg.min_context.max(1)).then(|| r.token_ids[..first].to_vec())
+        (first >= cfg.min_context.max(2)).then(|| r.token_ids[..first].to_vec())
     });
     let whole = silent
         .iter()
-        .filter(|r| r.token_ids.len() >= cfg.min_context.max(1))
+        .filter(|r| r.token_ids.len() >= cfg.min_context.max(2))
         .map(|r| r.token_ids.clone());
     cut.chain(whole).take(cfg.prompts).collect()
 }
@@ -141,7 +142,19 @@ pub fn effects(
             dict.n_latents()
         )));
     }
-    let batch = Batch::new(session, prompts)?;
+    // Windows mostly start mid-context; the model saw every context begin with BOS, which many
+    // models use as an attention sink, so each prompt is pushed on with one in front.
+    let bos = session.model.tokenizer.bos;
+    let fronted: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| match bos {
+            Some(b) if p.first() != Some(&b) => {
+                std::iter::once(b).chain(p.iter().copied()).collect()
+            }
+            _ => p.clone(),
+        })
+        .collect();
+    let batch = Batch::new(session, &fronted)?;
     let d = dict.atoms().select(0, latent as i64).to_kind(Kind::Float);
     let norm = d.norm().double_value(&[]);
     if norm <= 0.0 || !norm.is_finite() {
@@ -183,7 +196,13 @@ pub fn effects(
     for (i, ids) in prompts.iter().enumerate() {
         let i = i as i64;
         each.push(PromptEffect {
-            text: session.model.tokenizer.decode(ids)?,
+            text: session
+                .model
+                .tokenizer
+                .decode(match (bos, ids.split_first()) {
+                    (Some(b), Some((&first, rest))) if first == b => rest,
+                    _ => ids,
+                })?,
             rises: rises(&rise.get(i), &p_clean.get(i), &p_pushed.get(i))?,
         });
     }

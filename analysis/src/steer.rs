@@ -151,9 +151,13 @@ impl Steering {
         let what = match push {
             Push::Add(s) => {
                 let v = self.add_vector(s);
-                Intervention::Map(Box::new(move |x| match mask(x) {
-                    None => x + &v,
-                    Some(m) => x + &v * m,
+                // In the value's dtype: an f32 push would turn a bf16 model's activations f32.
+                Intervention::Map(Box::new(move |x| {
+                    let v = v.to_kind(x.kind());
+                    match mask(x) {
+                        None => x + v,
+                        Some(m) => x + v * m,
+                    }
                 }))
             }
             Push::Clamp(value) => {

@@ -174,7 +174,7 @@ fn pushes_without_a_prompt_or_past_the_dictionary_are_refused() {
     let cfg = EffectsConfig::default();
     let e = effects(&s, 0, &[], None, &cfg).unwrap_err().to_string();
     assert!(e.contains("no prompt to push on"), "{e}");
-    let e = effects(&s, 0, &[vec![1]], None, &cfg)
+    let e = effects(&s, 0, &[vec![]], None, &cfg)
         .unwrap_err()
         .to_string();
     assert!(e.contains("no prompt to push on"), "{e}");

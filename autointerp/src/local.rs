@@ -2,8 +2,8 @@
 //! opens) answering through saescope's own generation loop and the model's chat template, so
 //! `explain` runs with no server and no network. Its answer is begun for it with the
 //! explanation's prefix (`EXPLANATION:` written after the assistant header), which a small model
-//! would otherwise often leave out, and ends with that line. A 135M-parameter model explains poorly; a server with a
-//! large model is the way to good explanations.
+//! would otherwise often leave out, and ends with that line. A 135M-parameter model explains
+//! poorly; a server with a large model is the way to good explanations.
 
 use crate::client::{ChatReply, ChatRequest};
 use crate::explain::Explainer;

@@ -215,6 +215,12 @@ pub fn run(a: Args) -> Result<()> {
             a.explainer.describe()
         );
     }
+    if a.output_side && !(a.target_kl > 0.0 && a.target_kl.is_finite()) {
+        bail!(
+            "--target-kl {}: must be a positive number of nats",
+            a.target_kl
+        );
+    }
     let (explainer, cfg, prompt) = a
         .explainer
         .build(dir.explanations().join("cache"), spec.device)?;

@@ -77,7 +77,7 @@ pub fn run(c: Command) -> Result<()> {
 fn dataset(a: DatasetArgs) -> Result<()> {
     let r = saescope_store::dataset::write_dataset(&saescope_store::DictDir::new(&a.dict), &a.out)?;
     println!(
-        "wrote an explanation dataset of {} latents ({} explained, {} without an explanation) to {}: {}",
+        "wrote an explanation dataset of {} attempts ({} explained, {} without an explanation) to {}: {}",
         r.explained + r.failed,
         r.explained,
         r.failed,

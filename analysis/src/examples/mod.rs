@@ -5,7 +5,8 @@
 //! Unlike the feature store's 70 contexts a feature, a latent here gets every activating
 //! window of the run to draw from; a latent with fewer than `min_activating` of them is
 //! skipped and reported with its count, never silently dropped. Memory grows with the chosen
-//! latents' firings (16 bytes each), not with the run.
+//! latents' and their neighbours' firings (16 bytes each, and as much again for their activating
+//! windows), not with the run.
 
 pub mod sets;
 pub mod store;
