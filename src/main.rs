@@ -42,6 +42,11 @@ enum Command {
     /// Explain latents from their example windows with the bundled model or any
     /// OpenAI-compatible server.
     Explain(commands::explain::Args),
+    /// Score explanations against held-out windows (detection, fuzzing) beside two controls,
+    /// with the bundled model or any OpenAI-compatible server.
+    Score(commands::score::Args),
+    /// Explain latents and score the explanations in one go (explain, then score).
+    Autointerp(commands::autointerp::Args),
     /// The prompt view: each token's most active features, and attribution by head and source.
     Inspect(commands::inspect::Args),
     /// Continue prompts with a model: greedy or sampled, plain text or through its chat template.
@@ -79,6 +84,8 @@ fn main() -> ExitCode {
         Command::Analyze(a) => commands::analyze::run(a),
         Command::Examples(a) => commands::examples::run(a),
         Command::Explain(a) => commands::explain::run(a),
+        Command::Score(a) => commands::score::run(a),
+        Command::Autointerp(a) => commands::autointerp::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Steer(a) => commands::steer::run(a),

@@ -46,7 +46,7 @@ fn help_lists_every_working_command() {
     let t = text(&o);
     for cmd in [
         "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "examples", "explain",
-        "inspect", "generate", "explore", "export", "import", "store",
+        "score", "inspect", "generate", "explore", "export", "import", "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -214,11 +214,17 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         "{t}"
     );
     // It ends by steering with a feature it found: clean and steered text side by side.
-    assert!(t.contains("== 7/8 steer"), "{t}");
+    assert!(t.contains("== 7/9 steer"), "{t}");
     // Then explains a few features with the bundled model (on so short a run, too few windows
     // to draw from: the features are listed as such, not dropped).
-    assert!(t.contains("== 8/8 explain"), "{t}");
+    assert!(t.contains("== 8/9 explain"), "{t}");
     assert!(t.contains("explained "), "{t}");
+    // And scores what it explained (or says there is nothing to score).
+    assert!(t.contains("== 9/9 score"), "{t}");
+    assert!(
+        t.contains("scored ") || t.contains("nothing to score"),
+        "{t}"
+    );
     assert!(
         t.contains("  clean:   ") && t.contains("  steered: "),
         "{t}"
@@ -692,6 +698,86 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         "{}",
         text(&o)
     );
+
+    // The two drawn latents, given explanations, scored by the bundled model with both
+    // controls on a few test windows each: every window recorded, valid or failed.
+    let table = dict.join("explanations.parquet");
+    let mut rows = saescope_store::explanations::read_explanations(&table).unwrap();
+    for r in rows.iter_mut().filter(|r| {
+        r.evidence == saescope_store::explanations::Evidence::Activations
+            && two.contains(&r.latent.to_string())
+    }) {
+        r.explanation = Some(format!("text about topic {}", r.latent));
+    }
+    saescope_store::explanations::write_explanations(&table, &rows).unwrap();
+    let asked = two.join(",");
+    let score = |extra: &[&str]| {
+        let mut args = vec![
+            "score",
+            "--dict",
+            d,
+            "--latents",
+            asked.as_str(),
+            "--positives",
+            "2",
+            "--negatives",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        saescope(&args)
+    };
+    let o = score(&[]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("a small model scores poorly"), "{t}");
+    let scores = saescope_store::scores::read_scores(&dict.join("scores.parquet")).unwrap();
+    assert!(
+        t.contains(&format!("scored {} explanations", scores.len())),
+        "{t}"
+    );
+    let real = scores
+        .iter()
+        .filter(|r| r.control == saescope_store::scores::Control::Real)
+        .count();
+    let shuffled = scores
+        .iter()
+        .filter(|r| r.control == saescope_store::scores::Control::Shuffled)
+        .count();
+    assert_eq!((real, shuffled), (4, 4), "{scores:?}");
+    for line in [
+        "detection    real",
+        "detection    shuffled",
+        "fuzz         real",
+    ] {
+        assert!(t.contains(line), "{line:?} in\n{t}");
+    }
+    for r in &scores {
+        assert_eq!(r.valid + r.failed, r.windows, "{r:?}");
+        assert!((1..=4).contains(&r.windows), "{r:?}");
+    }
+    let windows =
+        saescope_store::scores::read_window_scores(&dict.join("score_windows.parquet")).unwrap();
+    let total: u32 = scores.iter().map(|r| r.windows).sum();
+    assert_eq!(windows.len(), total as usize);
+    // The bundled model gives log-probabilities: each valid answer has a probability.
+    assert!(
+        windows
+            .iter()
+            .all(|w| w.prediction.is_none() || w.probability.is_some())
+    );
+    let answered = scores.iter().filter(|r| r.valid > 0).count();
+    if answered > 0 {
+        let t = text(&score(&["--resume"]));
+        assert!(t.contains(&format!("{answered} kept from before")), "{t}");
+    }
+    let t = text(&score(&["--scorers", "detection,embedding"]));
+    assert!(
+        t.contains("the embedding scorer is not in saescope yet"),
+        "{t}"
+    );
+    let o = saescope(&["score", "--dict", foreign.to_str().unwrap(), "--run", out_s]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no example sets yet"), "{}", text(&o));
 }
 
 #[test]

@@ -14,14 +14,18 @@
 //! the parsing of its answer ([`prompt`]), the output-side prompt from what a latent does when
 //! pushed ([`output`]), and the loop that explains latents into `explanations.parquet`
 //! ([`explain`]). The example windows and the pushes are made by `saescope-analysis`, which runs
-//! the dictionary in its model. Every error type is in [`error`]. Scorers come next.
+//! the dictionary in its model. Scoring ([`score`]) puts explanations and their controls to a
+//! model against each latent's held-out test windows, and [`metrics`] turns the answers into
+//! rates, AUC and bootstrap intervals. Every error type is in [`error`].
 
 pub mod client;
 pub mod error;
 pub mod explain;
 pub mod local;
+pub mod metrics;
 pub mod output;
 pub mod prompt;
+pub mod score;
 pub mod wire;
 
 pub use client::{ChatReply, ChatRequest, Client, ServerConfig, TokenLogprob};

@@ -5,7 +5,6 @@
 use saescope_autointerp::explain::{
     ExplainConfig, ExplainReport, Explainer, Prompts, WindowPrompts, explain,
 };
-use saescope_autointerp::local::LocalExplainer;
 use saescope_autointerp::prompt::PromptConfig;
 use saescope_autointerp::{Client, ServerConfig};
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
@@ -14,7 +13,7 @@ use std::net::TcpListener;
 use std::path::Path;
 
 mod common;
-use common::{LlmServer, Reply, bundled_model, serve};
+use common::{LlmServer, Reply, local_model, serve};
 
 /// Word ids: 0 " the", 1 " cat", 2 " dog", 3 " sat", 4 " ran".
 const WORDS: [&str; 5] = [" the", " cat", " dog", " sat", " ran"];
@@ -275,18 +274,7 @@ fn a_prefilled_answer_is_read_after_its_prefix() {
 
 #[test]
 fn the_bundled_model_explains_on_this_machine() {
-    let path = bundled_model();
-    let model = saescope_activations::model::TextModel::open(
-        &path,
-        tch::Device::Cpu,
-        saescope_activations::model::Compute::F32,
-    )
-    .unwrap();
-    let local = LocalExplainer {
-        model,
-        path,
-        batch: 2,
-    };
+    let local = local_model(2);
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("explanations.parquet");
     let report = run(&local, &[1, 2], false, &table);

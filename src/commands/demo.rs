@@ -3,11 +3,12 @@
 //! Today that is: check the bundled assets, harvest the residual stream of the bundled
 //! SmolLM2-135M over the Brown Corpus into an activation run, read the run back (sequentially
 //! and shuffled), train a TopK dictionary on it and print its held-out metrics, splice it into
-//! the model over text the run did not see, and build its feature store. Re-running resumes an
+//! the model over text the run did not see, build its feature store, steer with a feature,
+//! explain a few features and score the explanations beside two controls. Re-running resumes an
 //! interrupted harvest or training, and re-reads what is complete. At a desktop it ends by
 //! opening the explorer on the run; elsewhere it prints the command that does.
 
-use crate::commands::{analyze, eval, explain, explore, harvest, train};
+use crate::commands::{analyze, eval, explain, explore, harvest, score, train};
 use crate::progress::Tracker;
 use anyhow::{Result, bail};
 use saescope_activations::assets::{self, ASSETS, Status};
@@ -27,9 +28,11 @@ use saescope_autointerp::explain::{ExplainConfig, WindowPrompts};
 use saescope_autointerp::local::LocalExplainer;
 use saescope_autointerp::output::EffectPrompts;
 use saescope_autointerp::prompt::PromptConfig;
+use saescope_autointerp::score::{ScoreConfig, Scorer};
 use saescope_sae::Method;
 use saescope_sae::train::{RunTraining, TrainConfig};
 use saescope_store::examples::read_examples;
+use saescope_store::explanations::Evidence;
 use saescope_store::features::{FeatureStore, SUMMARY_FILE};
 use saescope_store::{
     DictDir, Dtype, ReadOptions, Run, Shuffle, WriterOptions, manifest::MANIFEST_FILE,
@@ -60,7 +63,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    println!("== 1/8 bundled assets");
+    println!("== 1/9 bundled assets");
     let cache = assets::cache_dir();
     let missing: Vec<&str> = ASSETS
         .iter()
@@ -76,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("  all {} installed in {}", ASSETS.len(), cache.display());
 
     println!(
-        "== 2/8 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
+        "== 2/9 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
         args.tokens,
         args.hook,
         args.out.display()
@@ -108,7 +111,7 @@ pub fn run(args: Args) -> Result<()> {
         harvest::harvest(&model, &corpus, &cfg, &args.out, existing)?;
     }
 
-    println!("== 3/8 read the run back");
+    println!("== 3/9 read the run back");
     let run = Run::open(&args.out)?;
     let m = run.manifest();
     let hook = &m.hooks[0];
@@ -164,7 +167,7 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     println!(
-        "== 4/8 train a TopK dictionary ({} latents, k = 32) on {}",
+        "== 4/9 train a TopK dictionary ({} latents, k = 32) on {}",
         args.latents, args.hook
     );
     let dict = DictDir::in_run(&args.out, &format!("{}-topk", args.hook));
@@ -201,7 +204,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     println!(
-        "== 5/8 splice the dictionary into the model over {} held-out tokens",
+        "== 5/9 splice the dictionary into the model over {} held-out tokens",
         args.eval_tokens
     );
     let spec = SessionSpec {
@@ -228,7 +231,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
 
-    println!("== 6/8 analyse every feature of the dictionary over the run");
+    println!("== 6/9 analyse every feature of the dictionary over the run");
     let store_dir = dict.features();
     if store_dir.join(SUMMARY_FILE).exists() {
         let s = FeatureStore::open(&store_dir)?.summary;
@@ -247,12 +250,18 @@ pub fn run(args: Args) -> Result<()> {
         analyze::analyze(&session, &AnalyzeConfig::default(), None)?;
     }
 
-    println!("== 7/8 steer the model with one of the dictionary's features");
+    println!("== 7/9 steer the model with one of the dictionary's features");
     let session = Session::open(&spec)?;
     demo_steer(&session, &spec)?;
 
-    println!("== 8/8 explain a few of the dictionary's features with the bundled model");
-    demo_explain(&session)?;
+    println!("== 8/9 explain a few of the dictionary's features with the bundled model");
+    let explained = demo_explain(&session)?;
+
+    println!("== 9/9 score the explanations on held-out windows, beside two controls");
+    match explained {
+        Some(e) => demo_score(&session, &e)?,
+        None => println!("  nothing explained: nothing to score"),
+    }
 
     println!();
     let explore = format!("saescope explore {}", args.out.display());
@@ -366,8 +375,15 @@ fn demo_steer(session: &Session, spec: &SessionSpec) -> Result<()> {
 /// (specific, with windows enough to draw from).
 const EXPLAIN_FEATURES: usize = 6;
 
+/// What the demo explained, for scoring.
+struct Explained {
+    latents: Vec<u32>,
+    examples: Vec<saescope_store::examples::ExampleRow>,
+    explainer: LocalExplainer,
+}
+
 /// Draws example windows for a few features and explains them with the bundled model.
-fn demo_explain(session: &Session) -> Result<()> {
+fn demo_explain(session: &Session) -> Result<Option<Explained>> {
     let rows = session.feature_rows()?.unwrap_or_default();
     let mut chosen: Vec<_> = rows
         .iter()
@@ -386,7 +402,7 @@ fn demo_explain(session: &Session) -> Result<()> {
     latents.sort_unstable();
     if latents.is_empty() {
         println!("  no feature fires on 0.1% to 5% of tokens: nothing to explain");
-        return Ok(());
+        return Ok(None);
     }
     let cfg = ExampleConfig::default();
     let mut bar = Tracker::new("drawing examples", "tokens");
@@ -438,6 +454,40 @@ fn demo_explain(session: &Session) -> Result<()> {
     )?;
     println!(
         "  a 135M-parameter model explains poorly; with a server: saescope explain --dict {} --server URL --model NAME",
+        session.opened.dir.path().display()
+    );
+    Ok(Some(Explained {
+        latents,
+        examples,
+        explainer,
+    }))
+}
+
+/// Scores the demo's explanations with the same model on a few test windows each.
+fn demo_score(session: &Session, e: &Explained) -> Result<()> {
+    let explained = score::explained(
+        &session.opened.dir.explanations_table(),
+        Evidence::Activations,
+    )?;
+    if explained.is_empty() {
+        println!("  no explanation was parsed: nothing to score");
+        return Ok(());
+    }
+    let cfg = ScoreConfig {
+        positives: 5,
+        negatives: 5,
+        ..score::local_config()
+    };
+    let plan = score::Plan {
+        latents: &e.latents,
+        scorers: &[Scorer::Detection, Scorer::Fuzz],
+        evidence: Evidence::Activations,
+        controls: true,
+        resume: false,
+    };
+    score::score_and_print(session, &e.examples, &explained, &plan, &e.explainer, &cfg)?;
+    println!(
+        "  with 10 windows a latent and a 135M-parameter scorer these say little; with a server: saescope score --dict {} --server URL --model NAME",
         session.opened.dir.path().display()
     );
     Ok(())

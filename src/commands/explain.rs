@@ -13,7 +13,7 @@ use saescope_autointerp::local::LocalExplainer;
 use saescope_autointerp::output::EffectPrompts;
 use saescope_autointerp::prompt::PromptConfig;
 use saescope_autointerp::{Client, ServerConfig};
-use saescope_store::examples::{ExampleKind, read_examples};
+use saescope_store::examples::{ExampleKind, ExampleRow, read_examples};
 use saescope_store::explanations::{Evidence, read_explanations};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -21,21 +21,10 @@ use std::sync::Mutex;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The dictionary's directory, with its example sets (`saescope examples`).
-    #[arg(long)]
-    pub dict: PathBuf,
-    /// The harvest run (default: found from the dictionary).
-    #[arg(long)]
-    pub run: Option<PathBuf>,
-    /// Latents to explain: `A..B` or `3,17,42` (default: every latent with examples).
-    #[arg(long, conflicts_with = "sample")]
-    pub latents: Option<String>,
-    /// Explain this many latents chosen at random (with --seed) from those with examples.
-    #[arg(long)]
-    pub sample: Option<usize>,
-    /// Seed of --sample.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub target: DictArgs,
+    #[command(flatten)]
+    pub select: Select,
     #[command(flatten)]
     pub explainer: ExplainerArgs,
     /// Explain what each latent makes the model write when pushed on (the next tokens it makes
@@ -50,19 +39,17 @@ pub struct Args {
     /// Keep explanations already there and ask only for the rest.
     #[arg(long)]
     pub resume: bool,
-    /// cpu or cuda (the local model and the token texts).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 /// Tokens the bundled model may answer with.
 pub const LOCAL_MAX_TOKENS: usize = 32;
 
-/// Who explains, and how the prompt is made (shared with the explorer's explain button).
+/// Who answers: a server or a model on this machine (shared by explain, score and the
+/// explorer's explain button).
 #[derive(clap::Args, Clone, Debug)]
-pub struct ExplainerArgs {
+pub struct ModelArgs {
     /// An OpenAI-compatible server's base URL (e.g. http://127.0.0.1:8080/v1); without it the
-    /// bundled model explains.
+    /// bundled model answers.
     #[arg(long, requires = "model")]
     pub server: Option<String>,
     /// The model name the server expects.
@@ -71,9 +58,9 @@ pub struct ExplainerArgs {
     /// The environment variable holding the server's API key.
     #[arg(long, default_value = "OPENAI_API_KEY")]
     pub api_key_env: String,
-    /// Begin the server's answer with `EXPLANATION:` (a final assistant message, which
-    /// llama.cpp's and vLLM's servers continue; OpenAI's API does not), so a small model goes
-    /// straight to the explanation.
+    /// Begin the server's answer for it (`EXPLANATION:` when explaining, `[` when scoring) as a
+    /// final assistant message, which llama.cpp's and vLLM's servers continue and OpenAI's API
+    /// does not, so a small model goes straight to the answer.
     #[arg(long, requires = "server")]
     pub prefill: bool,
     /// Requests to the server in flight at once.
@@ -82,9 +69,87 @@ pub struct ExplainerArgs {
     /// Seconds a server request may take.
     #[arg(long, default_value_t = 120.0)]
     pub timeout: f64,
-    /// Without --server: this model file explains instead of the bundled SmolLM2-135M-Instruct.
+    /// Without --server: this model file answers instead of the bundled SmolLM2-135M-Instruct.
     #[arg(long, conflicts_with = "server")]
     pub local_model: Option<PathBuf>,
+}
+
+impl Default for ModelArgs {
+    fn default() -> Self {
+        ModelArgs {
+            server: None,
+            model: None,
+            api_key_env: "OPENAI_API_KEY".into(),
+            prefill: false,
+            concurrency: 4,
+            timeout: 120.0,
+            local_model: None,
+        }
+    }
+}
+
+impl ModelArgs {
+    /// Whether the model runs on this machine.
+    pub fn is_local(&self) -> bool {
+        self.server.is_none()
+    }
+
+    /// The model that answers; server answers are cached in `cache`.
+    pub fn open(&self, cache: PathBuf, device: tch::Device) -> Result<Box<dyn Explainer + Send>> {
+        Ok(match (&self.server, &self.model) {
+            (Some(url), Some(model)) => {
+                let server = ServerConfig {
+                    base_url: url.clone(),
+                    model: model.clone(),
+                    api_key_env: self.api_key_env.clone(),
+                    timeout_s: self.timeout,
+                    concurrency: self.concurrency,
+                    ..ServerConfig::default()
+                };
+                Box::new(Client::new(server, Some(cache))?)
+            }
+            _ => {
+                let path = self
+                    .local_model
+                    .clone()
+                    .unwrap_or_else(assets::default_model);
+                let model = TextModel::open(&path, device, Compute::F32)?;
+                Box::new(LocalExplainer {
+                    model,
+                    path,
+                    batch: 4,
+                })
+            }
+        })
+    }
+
+    /// Who answers, in words.
+    pub fn describe(&self) -> String {
+        match (&self.server, &self.model) {
+            (Some(url), Some(model)) => format!("{model} at {url}"),
+            _ => match &self.local_model {
+                Some(p) => format!("{} on this machine", p.display()),
+                None => "the bundled SmolLM2-135M-Instruct on this machine".into(),
+            },
+        }
+    }
+
+    /// Says, when the model is a small local one, that a server is the way to good answers.
+    pub fn warn_if_local(&self, doing: &str, does: &str) {
+        if self.is_local() {
+            println!(
+                "{doing} with {}: a small model {does} poorly; --server URL --model NAME uses any OpenAI-compatible server",
+                self.describe()
+            );
+        }
+    }
+}
+
+/// Who explains, and how the prompt is made (shared with the explorer's explain button).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ExplainerArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Activating windows shown per latent (default: 40 to a server, 10 to the local model).
     #[arg(long)]
     pub examples: Option<usize>,
@@ -94,23 +159,6 @@ pub struct ExplainerArgs {
     /// Leave out the per-token activation lines.
     #[arg(long)]
     pub no_activations: bool,
-}
-
-impl Default for ExplainerArgs {
-    fn default() -> Self {
-        ExplainerArgs {
-            server: None,
-            model: None,
-            api_key_env: "OPENAI_API_KEY".into(),
-            prefill: false,
-            concurrency: 4,
-            timeout: 120.0,
-            local_model: None,
-            examples: None,
-            contrastive: false,
-            no_activations: false,
-        }
-    }
 }
 
 impl ExplainerArgs {
@@ -126,68 +174,75 @@ impl ExplainerArgs {
             activations: !self.no_activations,
             ..PromptConfig::default()
         };
-        Ok(match (&self.server, &self.model) {
-            (Some(url), Some(model)) => {
-                prompt.max_examples = self.examples.unwrap_or(40);
-                cfg.prefill = self.prefill;
-                let server = ServerConfig {
-                    base_url: url.clone(),
-                    model: model.clone(),
-                    api_key_env: self.api_key_env.clone(),
-                    timeout_s: self.timeout,
-                    concurrency: self.concurrency,
-                    ..ServerConfig::default()
-                };
-                (Box::new(Client::new(server, Some(cache))?), cfg, prompt)
-            }
-            _ => {
-                prompt.max_examples = self.examples.unwrap_or(10);
-                // An explanation is a phrase; past that a small model only repeats itself.
-                cfg.max_tokens = LOCAL_MAX_TOKENS;
-                let path = self
-                    .local_model
-                    .clone()
-                    .unwrap_or_else(assets::default_model);
-                let model = TextModel::open(&path, device, Compute::F32)?;
-                (
-                    Box::new(LocalExplainer {
-                        model,
-                        path,
-                        batch: 4,
-                    }),
-                    cfg,
-                    prompt,
-                )
-            }
-        })
+        if self.model.is_local() {
+            prompt.max_examples = self.examples.unwrap_or(10);
+            // An explanation is a phrase; past that a small model only repeats itself.
+            cfg.max_tokens = LOCAL_MAX_TOKENS;
+        } else {
+            prompt.max_examples = self.examples.unwrap_or(40);
+            cfg.prefill = self.model.prefill;
+        }
+        Ok((self.model.open(cache, device)?, cfg, prompt))
     }
 
     /// Who explains, in words.
     pub fn describe(&self) -> String {
-        match (&self.server, &self.model) {
-            (Some(url), Some(model)) => format!("{model} at {url}"),
-            _ => match &self.local_model {
-                Some(p) => format!("{} on this machine", p.display()),
-                None => "the bundled SmolLM2-135M-Instruct on this machine".into(),
-            },
-        }
+        self.model.describe()
     }
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let spec = SessionSpec {
-        run: a.run.clone(),
-        device: device(&a.device)?,
-        ..SessionSpec::new(&a.dict)
-    };
-    let session = Session::open(&spec)?;
-    let dir = &session.opened.dir;
-    let path = dir.examples();
+/// The dictionary an autointerp command works on (explain, score, autointerp).
+#[derive(clap::Args, Debug)]
+pub struct DictArgs {
+    /// The dictionary's directory, with its example sets (`saescope examples`).
+    #[arg(long)]
+    pub dict: PathBuf,
+    /// The harvest run (default: found from the dictionary).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// cpu or cuda (the local model and the token texts).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl DictArgs {
+    /// The session on the dictionary, its run and its model.
+    pub fn open(&self) -> Result<Session> {
+        let spec = SessionSpec {
+            run: self.run.clone(),
+            device: device(&self.device)?,
+            ..SessionSpec::new(&self.dict)
+        };
+        Ok(Session::open(&spec)?)
+    }
+}
+
+/// Which latents to work on.
+#[derive(clap::Args, Debug)]
+pub struct Select {
+    /// Latents: `A..B` or `3,17,42` (default: every latent with examples).
+    #[arg(long, conflicts_with = "sample")]
+    pub latents: Option<String>,
+    /// This many latents chosen at random (with --seed) from those with examples.
+    #[arg(long)]
+    pub sample: Option<usize>,
+    /// Seed of --sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The session's example sets (an error that says how to draw them when there are none), and
+/// the latents `select` asks for among those drawn.
+pub fn examples_and_latents(
+    session: &Session,
+    select: &Select,
+) -> Result<(Vec<ExampleRow>, Vec<u32>)> {
+    let path = session.opened.dir.examples();
     if !path.exists() {
         bail!(
             "{}: no example sets yet; draw them first with `saescope examples --dict {}`",
             path.display(),
-            a.dict.display()
+            session.opened.dir.path().display()
         );
     }
     let examples = read_examples(&path)?;
@@ -198,9 +253,9 @@ pub fn run(a: Args) -> Result<()> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let latents: Vec<u32> = match (&a.latents, a.sample) {
+    let latents: Vec<u32> = match (&select.latents, select.sample) {
         (Some(spec), _) => parse_latents(spec)?,
-        (None, Some(k)) => sample_latents(&drawn, k, a.seed).with_context(|| {
+        (None, Some(k)) => sample_latents(&drawn, k, select.seed).with_context(|| {
             format!(
                 "{} holds examples of {} latents",
                 path.display(),
@@ -209,12 +264,14 @@ pub fn run(a: Args) -> Result<()> {
         })?,
         (None, None) => drawn,
     };
-    if a.explainer.server.is_none() {
-        println!(
-            "explaining with {}: a small model explains poorly; --server URL --model NAME uses any OpenAI-compatible server",
-            a.explainer.describe()
-        );
-    }
+    Ok((examples, latents))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let session = a.target.open()?;
+    let dir = &session.opened.dir;
+    let (examples, latents) = examples_and_latents(&session, &a.select)?;
+    a.explainer.model.warn_if_local("explaining", "explains");
     if a.output_side && !(a.target_kl > 0.0 && a.target_kl.is_finite()) {
         bail!(
             "--target-kl {}: must be a positive number of nats",
@@ -223,7 +280,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let (explainer, cfg, prompt) = a
         .explainer
-        .build(dir.explanations().join("cache"), spec.device)?;
+        .build(dir.explanations().join("cache"), session.device)?;
     let token_text = token_texts(&session);
     let mut windows;
     let mut pushed;

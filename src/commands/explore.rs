@@ -4,7 +4,7 @@
 //! `saescope steer` does; and an explainer for the feature page's explain button, which explains
 //! as `saescope explain` does.
 
-use super::explain::{ExplainerArgs, token_texts};
+use super::explain::{ExplainerArgs, ModelArgs, token_texts};
 use anyhow::{Context, Result, bail};
 use saescope_activations::generate::{GenerateConfig, PromptStyle};
 use saescope_activations::model::device;
@@ -101,10 +101,13 @@ pub fn run(a: Args) -> Result<()> {
     });
     let explainer = ButtonExplainer {
         args: ExplainerArgs {
-            server: a.explain_server.clone(),
-            model: a.explain_model.clone(),
-            api_key_env: a.api_key_env.clone(),
-            prefill: a.explain_prefill,
+            model: ModelArgs {
+                server: a.explain_server.clone(),
+                model: a.explain_model.clone(),
+                api_key_env: a.api_key_env.clone(),
+                prefill: a.explain_prefill,
+                ..ModelArgs::default()
+            },
             ..ExplainerArgs::default()
         },
         model: a.model.clone(),

@@ -1,4 +1,5 @@
 pub mod analyze;
+pub mod autointerp;
 pub mod delphi;
 pub mod demo;
 pub mod dict;
@@ -11,6 +12,7 @@ pub mod export;
 pub mod generate;
 pub mod harvest;
 pub mod inspect;
+pub mod score;
 pub mod setup;
 pub mod steer;
 pub mod store;

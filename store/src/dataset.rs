@@ -1,5 +1,5 @@
 //! A self-describing explanation dataset: a dictionary's explanations (and, when present, its
-//! example windows) as Parquet, with a dataset card that says what was explained and how, in
+//! example windows and the explanations' scores) as Parquet, with a dataset card that says what was explained and how, in
 //! `dataset.json` for programs and `README.md` for people.
 
 use crate::dictionary::DictDir;
@@ -39,6 +39,11 @@ pub fn write_dataset(dict: &DictDir, out: &Path) -> Result<DatasetReport> {
     for (from, name) in [
         (table.clone(), "explanations.parquet"),
         (dict.examples(), "examples.parquet"),
+        (dict.scores_table(), crate::scores::SCORES_FILE),
+        (
+            dict.score_windows_table(),
+            crate::scores::SCORE_WINDOWS_FILE,
+        ),
     ] {
         if from.is_file() {
             copy_atomic(&from, &out.join(name))?;
@@ -87,6 +92,7 @@ fn card(dict: &DictDir, rows: &[crate::explanations::ExplanationRow]) -> Result<
     }
     let explained = rows.iter().filter(|r| r.explanation.is_some()).count();
     let latents: std::collections::BTreeSet<u32> = rows.iter().map(|r| r.latent).collect();
+    let scores = scores_card(&crate::scores::read_scores(&dict.scores_table())?);
     Ok(json!({
         "dictionary": {
             "name": dict.name(),
@@ -136,8 +142,43 @@ fn card(dict: &DictDir, rows: &[crate::explanations::ExplanationRow]) -> Result<
                 "settings": serde_json::from_str::<Value>(settings).unwrap_or(Value::Null),
             })).collect::<Vec<_>>(),
         },
+        "scores": scores,
         "created_by": format!("saescope {}", env!("CARGO_PKG_VERSION")),
     }))
+}
+
+/// Per scorer, control and evidence: latents scored, windows and failed ones, and the plain
+/// means of balanced accuracy and AUC over the latents that have them.
+fn scores_card(rows: &[crate::scores::ScoreRow]) -> Value {
+    let mut groups: BTreeMap<(&str, &str, &str), Vec<&crate::scores::ScoreRow>> = BTreeMap::new();
+    for r in rows {
+        groups
+            .entry((&r.scorer, r.control.name(), r.evidence.name()))
+            .or_default()
+            .push(r);
+    }
+    let mean = |rs: &[&crate::scores::ScoreRow],
+                f: &dyn Fn(&crate::scores::ScoreRow) -> Option<f64>| {
+        let v: Vec<f64> = rs.iter().filter_map(|r| f(r)).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    groups
+        .iter()
+        .map(|((scorer, control, evidence), rs)| {
+            json!({
+                "scorer": scorer,
+                "control": control,
+                "evidence": evidence,
+                "latents": rs.len(),
+                "windows": rs.iter().map(|r| r.windows as u64).sum::<u64>(),
+                "failed": rs.iter().map(|r| r.failed as u64).sum::<u64>(),
+                "balanced_accuracy": mean(rs, &|r| r.balanced_accuracy),
+                "auc": mean(rs, &|r| r.auc),
+                "model": rs[0].model,
+            })
+        })
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// The card for people.
@@ -213,6 +254,20 @@ fn readme(card: &Value) -> String {
             show(&x["latents"])
         ));
     }
-    s.push_str("\n## Files\n\n- `explanations.parquet`: latent, evidence (`activations` or `effects`), explanation (null when none could be parsed), explainer, settings, prompt_hash, examples, failures, raw\n- `examples.parquet` (when present): each latent's train and test windows; the layout is in saescope's store/README.md\n- `dataset.json`: this card, for programs\n");
+    for x in card["scores"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "- Scores, {} with the {} explanations from {}: {} latents, mean balanced accuracy {}, mean AUC {}, {} of {} windows without a valid answer ({})\n",
+            show(&x["scorer"]),
+            show(&x["control"]),
+            show(&x["evidence"]),
+            show(&x["latents"]),
+            show(&x["balanced_accuracy"]),
+            show(&x["auc"]),
+            show(&x["failed"]),
+            show(&x["windows"]),
+            show(&x["model"]),
+        ));
+    }
+    s.push_str("\n## Files\n\n- `explanations.parquet`: latent, evidence (`activations` or `effects`), explanation (null when none could be parsed), explainer, settings, prompt_hash, examples, failures, raw\n- `examples.parquet` (when present): each latent's train and test windows; the layout is in saescope's store/README.md\n- `scores.parquet` and `score_windows.parquet` (when present): each latent's scores by scorer and control, and every test window's answer\n- `dataset.json`: this card, for programs\n");
     s
 }

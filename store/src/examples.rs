@@ -74,11 +74,20 @@ fn set_code(s: ExampleSet) -> u8 {
     }
 }
 
-fn kind_code(k: ExampleKind) -> u8 {
+pub(crate) fn kind_code(k: ExampleKind) -> u8 {
     match k {
         ExampleKind::Activating => 0,
         ExampleKind::Random => 1,
         ExampleKind::Neighbour => 2,
+    }
+}
+
+pub(crate) fn kind_from_code(c: u8) -> Option<ExampleKind> {
+    match c {
+        0 => Some(ExampleKind::Activating),
+        1 => Some(ExampleKind::Random),
+        2 => Some(ExampleKind::Neighbour),
+        _ => None,
     }
 }
 
@@ -145,12 +154,7 @@ pub fn read_examples(path: &Path) -> Result<Vec<ExampleRow>> {
                     1 => ExampleSet::Test,
                     v => return Err(bad("set", v)),
                 },
-                kind: match kind.value(i) {
-                    0 => ExampleKind::Activating,
-                    1 => ExampleKind::Random,
-                    2 => ExampleKind::Neighbour,
-                    v => return Err(bad("kind", v)),
-                },
+                kind: kind_from_code(kind.value(i)).ok_or_else(|| bad("kind", kind.value(i)))?,
                 bin: bin.value(i),
                 source: source.value(i),
                 start: start.value(i),

@@ -31,7 +31,8 @@ impl Evidence {
         }
     }
 
-    fn parse(s: &str) -> Option<Evidence> {
+    /// The evidence named `s`.
+    pub fn parse(s: &str) -> Option<Evidence> {
         [Evidence::Activations, Evidence::Effects]
             .into_iter()
             .find(|e| e.name() == s)

@@ -8,7 +8,8 @@
 //! `cfg.json`, and the training log, metrics and evaluation written beside the weights), the
 //! feature store written by `saescope analyze` ([`features`]) and its export to Neuronpedia's
 //! dashboard JSON ([`neuronpedia`]), the prompt view's plain data ([`prompt`]), and autointerp's
-//! tables: example windows ([`examples`]), explanations ([`explanations`]), delphi's layouts
+//! tables: example windows ([`examples`]), explanations ([`explanations`]), their scores
+//! ([`scores`]), delphi's layouts
 //! ([`delphi`]) and the explanation dataset with its card ([`dataset`]).
 //!
 //! It does not run models, tokenize text or learn anything: those live in `saescope-activations`,
@@ -29,6 +30,7 @@ pub mod prompt;
 mod reader;
 mod scan;
 mod schema;
+pub mod scores;
 pub mod synthetic;
 mod writer;
 

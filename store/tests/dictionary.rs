@@ -222,4 +222,66 @@ fn an_explanation_dataset_carries_the_table_and_a_card_that_counts_it() {
             && readme.contains("(`effects`): 1 tried, 1 explained"),
         "{readme}"
     );
+    assert_eq!(card["scores"], serde_json::json!([]));
+
+    // Scored: the tables travel with it and the card gives each scorer and control's means.
+    use saescope_store::scores::{Control, ScoreRow, write_scores, write_window_scores};
+    let score = |latent, control, ba: Option<f64>| ScoreRow {
+        latent,
+        scorer: "detection".into(),
+        control,
+        evidence: Evidence::Activations,
+        explanation_of: latent,
+        explanation: "x".into(),
+        model: "local smollm.gguf".into(),
+        settings: "{}".into(),
+        windows: 10,
+        valid: 9,
+        failed: 1,
+        balanced_accuracy: ba,
+        balanced_accuracy_all: None,
+        precision: None,
+        recall: None,
+        f1: None,
+        f1_all: None,
+        auc: None,
+        bin_recall: vec![],
+        bin_auc: vec![],
+    };
+    write_scores(
+        &d.scores_table(),
+        &[
+            score(1, Control::Real, Some(0.9)),
+            score(7, Control::Real, Some(0.6)),
+            score(7, Control::Shuffled, None),
+        ],
+    )
+    .unwrap();
+    write_window_scores(&d.score_windows_table(), &[]).unwrap();
+    let r = saescope_store::dataset::write_dataset(&d, &out).unwrap();
+    assert_eq!(
+        r.files,
+        [
+            "explanations.parquet",
+            "scores.parquet",
+            "score_windows.parquet",
+            "dataset.json",
+            "README.md"
+        ]
+    );
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("dataset.json")).unwrap()).unwrap();
+    let real = &card["scores"][0];
+    assert_eq!(
+        (&real["control"], &real["latents"]),
+        (&"real".into(), &2.into())
+    );
+    assert!((real["balanced_accuracy"].as_f64().unwrap() - 0.75).abs() < 1e-12);
+    assert_eq!((&real["windows"], &real["failed"]), (&20.into(), &2.into()));
+    assert!(card["scores"][1]["balanced_accuracy"].is_null());
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        readme.contains("Scores, detection with the real explanations from activations: 2 latents"),
+        "{readme}"
+    );
 }

@@ -18,6 +18,18 @@ pub fn bundled_model() -> PathBuf {
     cache.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// The bundled model on this machine's CPU, answering `batch` requests at a time.
+pub fn local_model(batch: usize) -> saescope_autointerp::local::LocalExplainer {
+    let path = bundled_model();
+    let model = saescope_activations::model::TextModel::open(
+        &path,
+        tch::Device::Cpu,
+        saescope_activations::model::Compute::F32,
+    )
+    .unwrap();
+    saescope_autointerp::local::LocalExplainer { model, path, batch }
+}
+
 /// llama.cpp's server on the bundled model, stopped when dropped.
 pub struct LlmServer {
     child: Child,

@@ -171,7 +171,17 @@ impl DictDir {
         self.path.join(EXPLANATIONS_DIR)
     }
 
-    /// `scores/`.
+    /// `scores.parquet`: each latent's scores, by scorer, control and evidence.
+    pub fn scores_table(&self) -> PathBuf {
+        self.path.join(crate::scores::SCORES_FILE)
+    }
+
+    /// `score_windows.parquet`: every test window a scorer was asked about, with its answer.
+    pub fn score_windows_table(&self) -> PathBuf {
+        self.path.join(crate::scores::SCORE_WINDOWS_FILE)
+    }
+
+    /// `scores/`: the scorers' server responses (`scores/cache/`).
     pub fn scores(&self) -> PathBuf {
         self.path.join(SCORES_DIR)
     }

@@ -1,0 +1,354 @@
+//! `saescope score`: scores latents' explanations against their test windows (detection,
+//! fuzzing) with the bundled model or any OpenAI-compatible server, beside two controls, into
+//! `DICT/scores.parquet` and `DICT/score_windows.parquet`, and prints the run's summary.
+
+use super::examples::{parse_latents, sample_latents};
+use super::explain::{DictArgs, ModelArgs, token_texts};
+use crate::progress::Tracker;
+use anyhow::{Context, Result, bail};
+use saescope_analysis::Session;
+use saescope_autointerp::explain::Explainer;
+use saescope_autointerp::explain::train_windows;
+use saescope_autointerp::metrics::Interval;
+use saescope_autointerp::score::summary::{SummaryLine, summarize};
+use saescope_autointerp::score::{
+    ScoreConfig, ScoreReport, Scorer, Tables, controls, jobs, score, test_windows,
+};
+use saescope_store::examples::{ExampleRow, read_examples};
+use saescope_store::explanations::{Evidence, read_explanations};
+use saescope_store::scores::read_scores;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Scorers asked for that saescope does not have yet, so the error can say so.
+const COMING: [&str; 4] = ["embedding", "simulation", "surprisal", "intervention"];
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub target: DictArgs,
+    /// Latents to score: `A..B` or `3,17,42` (default: every latent with an explanation).
+    #[arg(long, conflicts_with = "sample")]
+    pub latents: Option<String>,
+    /// Score this many latents chosen at random (with --seed) from those explained.
+    #[arg(long)]
+    pub sample: Option<usize>,
+    /// Seed of --sample, of the windows' order and wrong marks, and of the shuffled control.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
+    /// Score the explanations made from effects (`explain --output-side`) instead of those made
+    /// from activating windows.
+    #[arg(long)]
+    pub output_side: bool,
+    /// Keep scores already there that have valid answers and ask only for the rest.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// How scoring runs (shared with `saescope autointerp`).
+#[derive(clap::Args, Debug)]
+pub struct ScoringArgs {
+    /// Scorers, comma-separated: detection, fuzz, fuzz_active.
+    #[arg(long, default_value = "detection,fuzz")]
+    pub scorers: String,
+    /// Leave out the controls (another latent's explanation; a list of the latent's most
+    /// frequent tokens), which cost two more scores a latent.
+    #[arg(long)]
+    pub no_controls: bool,
+    /// Activating test windows scored per latent at most.
+    #[arg(long, default_value_t = ScoreConfig::default().positives)]
+    pub positives: usize,
+    /// Silent test windows scored per latent at most (hard negatives first).
+    #[arg(long, default_value_t = ScoreConfig::default().negatives)]
+    pub negatives: usize,
+    /// Windows shown in one prompt (default: 5 to a server, 1 to the local model, which cannot
+    /// keep count of a longer list).
+    #[arg(long)]
+    pub per_prompt: Option<usize>,
+}
+
+impl ScoringArgs {
+    /// The settings for `model`, seeded with `seed`.
+    pub fn config(&self, model: &ModelArgs, seed: u64) -> ScoreConfig {
+        let base = if model.is_local() {
+            local_config()
+        } else {
+            ScoreConfig {
+                prefill: model.prefill,
+                ..ScoreConfig::default()
+            }
+        };
+        let per_prompt = self.per_prompt.unwrap_or(base.per_prompt).max(1);
+        ScoreConfig {
+            per_prompt,
+            // An answer `[1,0,…]` takes about two tokens a window.
+            max_tokens: base.max_tokens.max(2 * per_prompt + 4),
+            positives: self.positives,
+            negatives: self.negatives,
+            seed,
+            ..base
+        }
+    }
+}
+
+/// Parses `--scorers`.
+pub fn parse_scorers(spec: &str) -> Result<Vec<Scorer>> {
+    let mut out = Vec::new();
+    for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let all: Vec<&str> = Scorer::ALL.iter().map(|s| s.name()).collect();
+        match Scorer::parse(name) {
+            Some(s) if !out.contains(&s) => out.push(s),
+            Some(_) => {}
+            None if COMING.contains(&name) => bail!(
+                "--scorers: the {name} scorer is not in saescope yet; it has {}",
+                all.join(", ")
+            ),
+            None => bail!(
+                "--scorers: unknown scorer `{name}`; expected {}",
+                all.join(", ")
+            ),
+        }
+    }
+    if out.is_empty() {
+        bail!("--scorers {spec:?}: no scorer named");
+    }
+    Ok(out)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let scorers = parse_scorers(&a.scoring.scorers)?;
+    let session = a.target.open()?;
+    let dir = &session.opened.dir;
+    let examples_path = dir.examples();
+    if !examples_path.exists() {
+        bail!(
+            "{}: no example sets yet; draw them with `saescope examples --dict {}`, then explain",
+            examples_path.display(),
+            a.target.dict.display()
+        );
+    }
+    let evidence = if a.output_side {
+        Evidence::Effects
+    } else {
+        Evidence::Activations
+    };
+    let table = dir.explanations_table();
+    let explained = explained(&table, evidence)?;
+    if explained.is_empty() {
+        bail!(
+            "{}: no explanations from {} to score; make them with `saescope explain --dict {}{}`",
+            table.display(),
+            evidence.name(),
+            a.target.dict.display(),
+            if a.output_side { " --output-side" } else { "" }
+        );
+    }
+    let mut have: Vec<u32> = explained.keys().copied().collect();
+    have.sort_unstable();
+    let latents = match (&a.latents, a.sample) {
+        (Some(spec), _) => parse_latents(spec)?,
+        (None, Some(k)) => sample_latents(&have, k, a.seed)
+            .with_context(|| format!("{} explains {} latents", table.display(), have.len()))?,
+        (None, None) => have,
+    };
+    let examples = read_examples(&examples_path)?;
+    let cfg = a.scoring.config(&a.model, a.seed);
+    a.model.warn_if_local("scoring", "scores");
+    let model = a.model.open(dir.scores().join("cache"), session.device)?;
+    let plan = Plan {
+        latents: &latents,
+        scorers: &scorers,
+        evidence,
+        controls: !a.scoring.no_controls,
+        resume: a.resume,
+    };
+    score_and_print(&session, &examples, &explained, &plan, model.as_ref(), &cfg)
+}
+
+/// The explanations from `evidence` in the table at `table`, by latent.
+pub fn explained(table: &Path, evidence: Evidence) -> Result<HashMap<u32, String>> {
+    Ok(read_explanations(table)?
+        .into_iter()
+        .filter(|r| r.evidence == evidence)
+        .filter_map(|r| Some((r.latent, r.explanation?)))
+        .collect())
+}
+
+/// What to score.
+pub struct Plan<'a> {
+    /// The latents.
+    pub latents: &'a [u32],
+    /// The scorers.
+    pub scorers: &'a [Scorer],
+    /// Which of their explanations.
+    pub evidence: Evidence,
+    /// Score the controls too.
+    pub controls: bool,
+    /// Keep scores already there.
+    pub resume: bool,
+}
+
+/// Scores the `explained` latents of the plan with a progress bar, then prints what happened
+/// and the run's summary with its controls (the demo's too).
+pub fn score_and_print(
+    session: &Session,
+    examples: &[ExampleRow],
+    explained: &HashMap<u32, String>,
+    plan: &Plan<'_>,
+    model: &dyn Explainer,
+    cfg: &ScoreConfig,
+) -> Result<()> {
+    let dir = &session.opened.dir;
+    let token_text = token_texts(session);
+    let train = train_windows(examples);
+    let baseline = |f: u32| {
+        let (active, _) = train.get(&f)?;
+        controls::baseline(active, &token_text, cfg.mark_share, 3)
+    };
+    let job_list = jobs(
+        explained,
+        plan.latents,
+        plan.evidence,
+        plan.controls,
+        &baseline,
+        cfg.seed,
+    );
+    let tests = test_windows(examples, cfg.positives, cfg.negatives);
+    let bar = Mutex::new(Tracker::new("scoring", "prompts"));
+    let started = std::time::Instant::now();
+    let report = score(
+        &tests,
+        &token_text,
+        &job_list,
+        plan.scorers,
+        model,
+        cfg,
+        plan.resume,
+        &Tables {
+            scores: &dir.scores_table(),
+            windows: &dir.score_windows_table(),
+        },
+        &|done, total, failed| {
+            let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
+            bar.update(done as u64, total as u64);
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            bar.note(&format!("{failed} windows failed, {rate:.2} requests/s"));
+        },
+    )?;
+    bar.into_inner().unwrap_or_else(|e| e.into_inner()).finish();
+    print_report(&report, &dir.scores_table());
+    let frequency: Option<HashMap<u32, f64>> = session
+        .feature_rows()?
+        .map(|rows| rows.iter().map(|r| (r.feature, r.density)).collect());
+    let asked: BTreeSet<u32> = plan.latents.iter().copied().collect();
+    let rows: Vec<_> = read_scores(&dir.scores_table())?
+        .into_iter()
+        .filter(|r| asked.contains(&r.latent))
+        .collect();
+    print_summary(&summarize(
+        &rows,
+        plan.evidence,
+        frequency.as_ref(),
+        cfg.seed,
+    ));
+    Ok(())
+}
+
+/// The settings a model on this machine scores with: one window a prompt, whose answer `[1]`
+/// is begun for it, and 50 alternatives at each answer token.
+pub fn local_config() -> ScoreConfig {
+    ScoreConfig {
+        per_prompt: 1,
+        max_tokens: 4,
+        prefill: true,
+        // A small model is often so sure of its digit that the other is not among a few
+        // alternatives, which would make every probability 1; locally, more cost nothing.
+        top_logprobs: 50,
+        ..ScoreConfig::default()
+    }
+}
+
+fn print_report(r: &ScoreReport, table: &Path) {
+    println!(
+        "scored {} explanations on {} windows, {} windows without a valid answer ({:.1}%){}; written to {}",
+        r.scored,
+        r.windows,
+        r.failed,
+        100.0 * r.failed as f64 / r.windows.max(1) as f64,
+        if r.kept > 0 {
+            format!(", {} kept from before", r.kept)
+        } else {
+            String::new()
+        },
+        table.display()
+    );
+    if !r.without_windows.is_empty() {
+        println!(
+            "  {} latents have no activating test windows (too few to draw, or not drawn): {:?}",
+            r.without_windows.len(),
+            &r.without_windows[..r.without_windows.len().min(10)]
+        );
+    }
+    if r.scored > 0 && r.with_probabilities == 0 {
+        println!(
+            "  the model gave no log-probabilities: no AUC; balanced accuracy, precision, recall and F1 only"
+        );
+    }
+}
+
+fn interval(i: &Option<Interval>) -> String {
+    match i {
+        Some(i) => format!("{:.3} [{:.3}, {:.3}]", i.mean, i.low, i.high),
+        None => "-".into(),
+    }
+}
+
+/// The summary table: per scorer, the real explanations and their controls side by side.
+fn print_summary(lines: &[SummaryLine]) {
+    if lines.is_empty() {
+        return;
+    }
+    println!(
+        "means over latents with 95% bootstrap intervals (balanced accuracy over valid answers; `all`: failures count as wrong; `weighted`: by firing frequency):"
+    );
+    println!(
+        "  {:<12} {:<9} {:>7} {:>8}  {:<24} {:<24} {:<24} {:<24}",
+        "scorer", "control", "latents", "failed", "balanced accuracy", "all", "weighted", "AUC"
+    );
+    for l in lines {
+        println!(
+            "  {:<12} {:<9} {:>7} {:>7.1}%  {:<24} {:<24} {:<24} {:<24}",
+            l.scorer,
+            l.control.name(),
+            l.latents,
+            100.0 * l.failed as f64 / l.windows.max(1) as f64,
+            interval(&l.balanced_accuracy),
+            interval(&l.balanced_accuracy_all),
+            interval(&l.balanced_accuracy_weighted),
+            interval(&l.auc),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scorers_parse_by_name_and_missing_ones_are_named() {
+        assert_eq!(
+            parse_scorers("fuzz, detection,fuzz").unwrap(),
+            vec![Scorer::Fuzz, Scorer::Detection]
+        );
+        let e = parse_scorers("embedding").unwrap_err().to_string();
+        assert!(e.contains("not in saescope yet"), "{e}");
+        let e = parse_scorers("detect").unwrap_err().to_string();
+        assert!(e.contains("unknown scorer `detect`"), "{e}");
+        assert!(parse_scorers(",").is_err());
+    }
+}
