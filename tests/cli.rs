@@ -743,11 +743,13 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         .iter()
         .filter(|r| r.control == saescope_store::scores::Control::Shuffled)
         .count();
-    assert_eq!((real, shuffled), (4, 4), "{scores:?}");
+    // Detection, fuzzing and embedding, for 2 latents each.
+    assert_eq!((real, shuffled), (6, 6), "{scores:?}");
     for line in [
         "detection    real",
         "detection    shuffled",
         "fuzz         real",
+        "embedding    baseline",
     ] {
         assert!(t.contains(line), "{line:?} in\n{t}");
     }
@@ -770,9 +772,14 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         let t = text(&score(&["--resume"]));
         assert!(t.contains(&format!("{answered} kept from before")), "{t}");
     }
-    let t = text(&score(&["--scorers", "detection,embedding"]));
+    // The embedding scorer ranks every window by a cosine: none fails, each has an AUC.
+    for r in scores.iter().filter(|r| r.scorer == "embedding") {
+        assert_eq!((r.failed, r.balanced_accuracy), (0, None), "{r:?}");
+        assert!(r.auc.is_some_and(|a| (0.0..=1.0).contains(&a)), "{r:?}");
+    }
+    let t = text(&score(&["--scorers", "detection,surprisal"]));
     assert!(
-        t.contains("the embedding scorer is not in saescope yet"),
+        t.contains("the surprisal scorer is not in saescope yet"),
         "{t}"
     );
     let o = saescope(&["score", "--dict", foreign.to_str().unwrap(), "--run", out_s]);

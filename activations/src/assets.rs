@@ -25,6 +25,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
 /// The bundled model's name in the asset table.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 
+/// The bundled sentence-embedding model's name in the asset table.
+pub const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
+
 /// Which registry an asset's package comes from.
 #[derive(Clone, Copy, Debug)]
 pub enum Registry {
@@ -340,6 +343,13 @@ pub fn default_model() -> PathBuf {
     find(DEFAULT_MODEL)
         .expect("the bundled model is in the asset table")
         .key_path(&cache_dir())
+}
+
+/// The bundled sentence-embedding model's directory (all-MiniLM-L6-v2) in the cache.
+pub fn embedding_model() -> PathBuf {
+    find(EMBEDDING_MODEL)
+        .expect("the embedding model is in the asset table")
+        .dir(&cache_dir())
 }
 
 /// A file's SHA-256 as lower-case hex.

@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// The fields of `config.json` that saescope reads, for the Llama family (Llama, Qwen2, Qwen3,
-/// Mistral), Gemma 2 and 3, GPT-2 and GPT-NeoX. Unknown fields are ignored; each architecture
+/// Mistral), Gemma 2 and 3, GPT-2, GPT-NeoX and BERT. Unknown fields are ignored; each architecture
 /// checks that the ones it needs are present ([`HfCheckpoint::need`]). Fields shared by several
 /// families are documented once, with the families that read them.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -99,6 +99,8 @@ pub struct HfConfig {
     pub use_parallel_residual: Option<bool>,
     /// NeoX: LayerNorm epsilon (default 1e-5).
     pub layer_norm_eps: Option<f64>,
+    /// BERT: token types (default 2).
+    pub type_vocab_size: Option<usize>,
     /// GPT-2: layers.
     pub n_layer: Option<usize>,
     /// GPT-2: model width.

@@ -5,7 +5,8 @@
 //! [`hf`]), tokenizers ([`tokenizer`]), the forward passes of the Llama (with Qwen and Mistral),
 //! Gemma 2/3, GPT-2 and GPT-NeoX families ([`llama`], [`gemma`], [`gpt2`], [`neox`], sharing
 //! [`attention`]; one type for all, and the entry points that open a model, in [`model`]) with
-//! named hook points that can be read and replaced ([`hooks`]), generation beside the model (the
+//! named hook points that can be read and replaced ([`hooks`]), the BERT sentence encoder that
+//! scores explanations by embedding ([`bert`]), generation beside the model (the
 //! [`kv_cache`], the [`sampler`], [`chat`] templates and the loop in [`generate`]), text corpora
 //! ([`corpus`]), the bundled model and corpora in saescope's cache ([`assets`]), and the
 //! harvester that streams a corpus through a model into an activation run ([`harvest`]). Every
@@ -17,6 +18,7 @@
 
 pub mod assets;
 pub mod attention;
+pub mod bert;
 pub mod chat;
 pub mod corpus;
 pub mod error;

@@ -4,6 +4,7 @@
 //! llama.cpp's real server and the bundled model, both with log-probabilities.
 
 use saescope_autointerp::explain::Explainer;
+use saescope_autointerp::score::embedding::Embedder;
 use saescope_autointerp::score::{
     Job, ScoreConfig, ScoreReport, Scorer, Tables, jobs, score, test_windows,
 };
@@ -17,6 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod common;
 use common::{LlmServer, local_model};
+
+/// The scorers that ask a chat model.
+const CLASSIFIERS: [Scorer; 3] = [Scorer::Detection, Scorer::Fuzz, Scorer::FuzzActive];
 
 /// Word ids: 0 " the", 1 " cat", 2 " dog", 3 " sat", 4 " ran", 5 " mat".
 const WORDS: [&str; 6] = [" the", " cat", " dog", " sat", " ran", " mat"];
@@ -181,6 +185,18 @@ fn run(
     resume: bool,
     dir: &Path,
 ) -> ScoreReport {
+    run_with(model, None, job_list, scorers, cfg, resume, dir)
+}
+
+fn run_with(
+    model: &dyn Explainer,
+    embedder: Option<&dyn Embedder>,
+    job_list: &[Job],
+    scorers: &[Scorer],
+    cfg: &ScoreConfig,
+    resume: bool,
+    dir: &Path,
+) -> ScoreReport {
     let examples = planted();
     let tests = test_windows(&examples, cfg.positives, cfg.negatives);
     score(
@@ -189,6 +205,7 @@ fn run(
         job_list,
         scorers,
         model,
+        embedder,
         cfg,
         resume,
         &Tables {
@@ -241,7 +258,7 @@ fn true_explanations_score_perfectly_and_their_controls_do_not() {
         fail_every: 0,
     };
     let cfg = ScoreConfig::default();
-    let report = run(&oracle, &job_list, &Scorer::ALL, &cfg, false, dir.path());
+    let report = run(&oracle, &job_list, &CLASSIFIERS, &cfg, false, dir.path());
     assert_eq!(report.scored, 18);
     assert_eq!(report.failed, 0);
     assert_eq!(report.with_probabilities, 18);
@@ -299,7 +316,7 @@ fn true_explanations_score_perfectly_and_their_controls_do_not() {
 
     // Resuming asks nothing again.
     let asked = oracle.asked.load(Ordering::SeqCst);
-    let again = run(&oracle, &job_list, &Scorer::ALL, &cfg, true, dir.path());
+    let again = run(&oracle, &job_list, &CLASSIFIERS, &cfg, true, dir.path());
     assert_eq!((again.scored, again.kept), (0, 18));
     assert_eq!(oracle.asked.load(Ordering::SeqCst), asked);
 }
@@ -420,7 +437,7 @@ fn the_bundled_model_scores_with_log_probabilities() {
         &|_| None,
         0,
     );
-    let report = run(&local, &job_list, &Scorer::ALL, &small(), false, dir.path());
+    let report = run(&local, &job_list, &CLASSIFIERS, &small(), false, dir.path());
     every_window_is_recorded(dir.path(), &report, 3);
     let windows = read_window_scores(&dir.path().join("score_windows.parquet")).unwrap();
     let valid: Vec<_> = windows.iter().filter(|w| w.prediction.is_some()).collect();
@@ -429,4 +446,138 @@ fn the_bundled_model_scores_with_log_probabilities() {
         "the bundled model answered no list at all"
     );
     assert!(valid.iter().all(|w| w.probability.is_some()));
+}
+
+/// Bag-of-words unit vectors over the test's words, counting its embedding calls.
+struct Words {
+    calls: AtomicUsize,
+}
+
+impl Embedder for Words {
+    fn name(&self) -> String {
+        "words".into()
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v: Vec<f32> = WORDS
+                    .iter()
+                    .map(|w| t.split_whitespace().filter(|x| *x == w.trim()).count() as f32)
+                    .collect();
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                v.iter_mut().for_each(|x| *x /= n);
+                v
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn the_embedding_scorer_ranks_windows_by_cosine_and_embeds_them_once_a_latent() {
+    let dir = tempfile::tempdir().unwrap();
+    // One word each, so that a window's cosine is its share of that word.
+    let bare: HashMap<u32, String> = [(1, "cat".to_owned()), (2, "dog".to_owned())].into();
+    let mat = |_| Some("mat".to_owned());
+    let job_list = jobs(&bare, &[1, 2], Evidence::Activations, true, &mat, 0);
+    let words = Words {
+        calls: AtomicUsize::new(0),
+    };
+    let oracle = Oracle {
+        asked: AtomicUsize::new(0),
+        fail_every: 0,
+    };
+    let report = run_with(
+        &oracle,
+        Some(&words),
+        &job_list,
+        &[Scorer::Embedding],
+        &ScoreConfig::default(),
+        false,
+        dir.path(),
+    );
+    assert_eq!(report.scored, 6);
+    assert_eq!(
+        oracle.asked.load(Ordering::SeqCst),
+        0,
+        "no chat model is asked"
+    );
+    // Two latents' windows, then six explanations.
+    assert_eq!(words.calls.load(Ordering::SeqCst), 2 + 6);
+    let rows = read_scores(&dir.path().join("scores.parquet")).unwrap();
+    for latent in [1, 2] {
+        let real = find(&rows, latent, "embedding", Control::Real);
+        // Every activating window holds the latent's word, no silent one does.
+        assert_eq!(real.auc, Some(1.0), "{real:?}");
+        assert_eq!(
+            (real.valid, real.failed, real.balanced_accuracy),
+            (24, 0, None)
+        );
+        assert_eq!(real.bin_auc, vec![1.0; 3]);
+        assert!(real.bin_recall.is_empty());
+        // The other latent's word is in the hard negatives only: they rank first.
+        let shuffled = find(&rows, latent, "embedding", Control::Shuffled);
+        assert!(shuffled.auc.unwrap() < 0.5, "{shuffled:?}");
+    }
+    let examples = planted();
+    let e = score(
+        &test_windows(&examples, 50, 50),
+        &text,
+        &job_list,
+        &[Scorer::Embedding],
+        &oracle,
+        None,
+        &ScoreConfig::default(),
+        false,
+        &Tables {
+            scores: &dir.path().join("s.parquet"),
+            windows: &dir.path().join("w.parquet"),
+        },
+        &|_, _, _| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("needs a sentence encoder"), "{e}");
+}
+
+#[test]
+fn the_bundled_minilm_ranks_a_latents_windows_by_its_explanation() {
+    let dir = common::bundled_model()
+        .parent()
+        .unwrap()
+        .with_file_name("all-minilm-l6-v2");
+    let minilm = saescope_activations::bert::SentenceEncoder::open(&dir, tch::Device::Cpu).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let job_list = jobs(
+        &explanations(),
+        &[1, 2],
+        Evidence::Activations,
+        true,
+        &|_| None,
+        0,
+    );
+    let oracle = Oracle {
+        asked: AtomicUsize::new(0),
+        fail_every: 0,
+    };
+    run_with(
+        &oracle,
+        Some(&minilm),
+        &job_list,
+        &[Scorer::Embedding],
+        &ScoreConfig::default(),
+        false,
+        out.path(),
+    );
+    let rows = read_scores(&out.path().join("scores.parquet")).unwrap();
+    for latent in [1, 2] {
+        let real = find(&rows, latent, "embedding", Control::Real).auc.unwrap();
+        let shuffled = find(&rows, latent, "embedding", Control::Shuffled)
+            .auc
+            .unwrap();
+        assert!(
+            real > 0.9 && shuffled < real,
+            "latent {latent}: {real} vs {shuffled}"
+        );
+    }
 }

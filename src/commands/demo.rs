@@ -480,7 +480,7 @@ fn demo_score(session: &Session, e: &Explained) -> Result<()> {
     };
     let plan = score::Plan {
         latents: &e.latents,
-        scorers: &[Scorer::Detection, Scorer::Fuzz],
+        scorers: &[Scorer::Detection, Scorer::Fuzz, Scorer::Embedding],
         evidence: Evidence::Activations,
         controls: true,
         resume: false,

@@ -6,10 +6,13 @@ use super::examples::{parse_latents, sample_latents};
 use super::explain::{DictArgs, ModelArgs, token_texts};
 use crate::progress::Tracker;
 use anyhow::{Context, Result, bail};
+use saescope_activations::assets;
+use saescope_activations::bert::SentenceEncoder;
 use saescope_analysis::Session;
 use saescope_autointerp::explain::Explainer;
 use saescope_autointerp::explain::train_windows;
 use saescope_autointerp::metrics::Interval;
+use saescope_autointerp::score::embedding::Embedder;
 use saescope_autointerp::score::summary::{SummaryLine, summarize};
 use saescope_autointerp::score::{
     ScoreConfig, ScoreReport, Scorer, Tables, controls, jobs, score, test_windows,
@@ -22,7 +25,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Scorers asked for that saescope does not have yet, so the error can say so.
-const COMING: [&str; 4] = ["embedding", "simulation", "surprisal", "intervention"];
+const COMING: [&str; 3] = ["simulation", "surprisal", "intervention"];
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,8 +56,9 @@ pub struct Args {
 /// How scoring runs (shared with `saescope autointerp`).
 #[derive(clap::Args, Debug)]
 pub struct ScoringArgs {
-    /// Scorers, comma-separated: detection, fuzz, fuzz_active.
-    #[arg(long, default_value = "detection,fuzz")]
+    /// Scorers, comma-separated: detection, fuzz, fuzz_active (a chat model answers) and
+    /// embedding (the bundled MiniLM ranks the windows by their cosine with the explanation).
+    #[arg(long, default_value = "detection,fuzz,embedding")]
     pub scorers: String,
     /// Leave out the controls (another latent's explanation; a list of the latent's most
     /// frequent tokens), which cost two more scores a latent.
@@ -193,7 +197,18 @@ pub struct Plan<'a> {
     pub resume: bool,
 }
 
-/// Scores the `explained` latents of the plan with a progress bar, then prints what happened
+/// The bundled sentence encoder when `scorers` include the embedding scorer.
+fn open_embedder(scorers: &[Scorer], device: tch::Device) -> Result<Option<SentenceEncoder>> {
+    if !scorers.contains(&Scorer::Embedding) {
+        return Ok(None);
+    }
+    let asset = assets::installed(assets::EMBEDDING_MODEL, "embedding model")?;
+    let dir = asset.dir(&assets::cache_dir());
+    Ok(Some(SentenceEncoder::open(&dir, device)?))
+}
+
+/// Scores the `explained` latents of the plan (the embedding scorer with the bundled MiniLM)
+/// with a progress bar, then prints what happened
 /// and the run's summary with its controls (the demo's too).
 pub fn score_and_print(
     session: &Session,
@@ -203,6 +218,8 @@ pub fn score_and_print(
     model: &dyn Explainer,
     cfg: &ScoreConfig,
 ) -> Result<()> {
+    let encoder = open_embedder(plan.scorers, session.device)?;
+    let embedder = encoder.as_ref().map(|e| e as &dyn Embedder);
     let dir = &session.opened.dir;
     let token_text = token_texts(session);
     let train = train_windows(examples);
@@ -227,6 +244,7 @@ pub fn score_and_print(
         &job_list,
         plan.scorers,
         model,
+        embedder,
         cfg,
         plan.resume,
         &Tables {
@@ -342,10 +360,10 @@ mod tests {
     #[test]
     fn scorers_parse_by_name_and_missing_ones_are_named() {
         assert_eq!(
-            parse_scorers("fuzz, detection,fuzz").unwrap(),
-            vec![Scorer::Fuzz, Scorer::Detection]
+            parse_scorers("fuzz, detection,fuzz,embedding").unwrap(),
+            vec![Scorer::Fuzz, Scorer::Detection, Scorer::Embedding]
         );
-        let e = parse_scorers("embedding").unwrap_err().to_string();
+        let e = parse_scorers("surprisal").unwrap_err().to_string();
         assert!(e.contains("not in saescope yet"), "{e}");
         let e = parse_scorers("detect").unwrap_err().to_string();
         assert!(e.contains("unknown scorer `detect`"), "{e}");

@@ -10,6 +10,7 @@
 
 pub mod classifier;
 pub mod controls;
+pub mod embedding;
 pub mod summary;
 
 use crate::explain::Explainer;
@@ -17,6 +18,7 @@ use crate::metrics::{Confusion, auc};
 use crate::wire::Message;
 use crate::{ChatReply, ChatRequest};
 use classifier::{Question, Sample};
+use embedding::{Embedder, cosine};
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
 use saescope_store::explanations::Evidence;
 use saescope_store::scores::{
@@ -27,20 +29,27 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-/// A scorer that asks a model yes/no questions about test windows.
+/// A way to score an explanation against test windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scorer {
-    /// Which unmarked windows carry the feature.
+    /// A model says which unmarked windows carry the feature.
     Detection,
-    /// Whether marks sit on the feature's tokens; wrong marks on silent windows.
+    /// A model says whether marks sit on the feature's tokens; wrong marks on silent windows.
     Fuzz,
     /// The same with wrong marks inside activating windows.
     FuzzActive,
+    /// A sentence encoder ranks the windows by their cosine with the explanation.
+    Embedding,
 }
 
 impl Scorer {
     /// Every scorer.
-    pub const ALL: [Scorer; 3] = [Scorer::Detection, Scorer::Fuzz, Scorer::FuzzActive];
+    pub const ALL: [Scorer; 4] = [
+        Scorer::Detection,
+        Scorer::Fuzz,
+        Scorer::FuzzActive,
+        Scorer::Embedding,
+    ];
 
     /// The name in the tables and on the command line.
     pub fn name(self) -> &'static str {
@@ -48,6 +57,7 @@ impl Scorer {
             Scorer::Detection => "detection",
             Scorer::Fuzz => "fuzz",
             Scorer::FuzzActive => "fuzz_active",
+            Scorer::Embedding => "embedding",
         }
     }
 
@@ -62,7 +72,7 @@ impl Scorer {
         active.len()
             + match self {
                 Scorer::FuzzActive => 0,
-                Scorer::Detection | Scorer::Fuzz => silent.len(),
+                Scorer::Detection | Scorer::Fuzz | Scorer::Embedding => silent.len(),
             }
     }
 
@@ -71,7 +81,14 @@ impl Scorer {
             Scorer::Detection => Question::Detection,
             Scorer::Fuzz => Question::Fuzz,
             Scorer::FuzzActive => Question::FuzzActive,
+            // The windows as detection shows them: plain text, activating and silent.
+            Scorer::Embedding => Question::Detection,
         }
+    }
+
+    /// Whether it asks a chat model (the embedding scorer asks none).
+    pub fn asks_model(self) -> bool {
+        self != Scorer::Embedding
     }
 }
 
@@ -202,9 +219,9 @@ pub struct Tables<'a> {
     pub windows: &'a Path,
 }
 
-/// Scores every job with every scorer against the latents' `tests` windows, asking `model`,
-/// and keeps the tables up to date; `progress` gets (prompts answered, prompts to ask, windows
-/// failed so far).
+/// Scores every job with every scorer against the latents' `tests` windows, asking `model`
+/// (and embedding with `embedder`, which the embedding scorer needs), and keeps the tables up
+/// to date; `progress` gets (prompts answered, prompts to ask, windows failed so far).
 #[allow(clippy::too_many_arguments)]
 pub fn score(
     tests: &TestWindows<'_>,
@@ -212,6 +229,7 @@ pub fn score(
     jobs: &[Job],
     scorers: &[Scorer],
     model: &dyn Explainer,
+    embedder: Option<&dyn Embedder>,
     cfg: &ScoreConfig,
     resume: bool,
     tables: &Tables<'_>,
@@ -224,6 +242,11 @@ pub fn score(
     let mut windows: BTreeMap<ScoreKey, Vec<WindowScore>> = BTreeMap::new();
     for w in read_window_scores(tables.windows)? {
         windows.entry(w.key()).or_default().push(w);
+    }
+    if embedder.is_none() && scorers.contains(&Scorer::Embedding) {
+        return Err(saescope_store::StoreError::InvalidInput(
+            "the embedding scorer needs a sentence encoder".into(),
+        ));
     }
     let mut report = ScoreReport::default();
     let mut todo: Vec<(&Job, Scorer)> = Vec::new();
@@ -246,13 +269,22 @@ pub fn score(
     let per = cfg.per_prompt.max(1);
     let total: usize = todo
         .iter()
+        .filter(|(_, s)| s.asks_model())
         .map(|&(j, s)| s.windows(&tests[&j.latent]).div_ceil(per))
         .sum();
     let settings = |s: Scorer| {
-        serde_json::json!({ "scorer": s.name(), "score": cfg, "model": model.settings() })
-            .to_string()
+        let who = match (s, embedder) {
+            (Scorer::Embedding, Some(e)) => serde_json::json!(e.name()),
+            _ => model.settings(),
+        };
+        serde_json::json!({ "scorer": s.name(), "score": cfg, "model": who }).to_string()
     };
-    let name = model.name();
+    let name = |s: Scorer| match (s, embedder) {
+        (Scorer::Embedding, Some(e)) => e.name(),
+        _ => model.name(),
+    };
+    // Each latent's windows are embedded once, for its explanation and its controls alike.
+    let mut embedded: HashMap<u32, Result<Vec<Vec<f32>>, String>> = HashMap::new();
     let mut asked = 0;
     for chunk in todo.chunks(cfg.chunk.max(1)) {
         let mut plans = Vec::with_capacity(chunk.len());
@@ -269,7 +301,7 @@ pub fn score(
                 seed,
             );
             let first = requests.len();
-            for batch in samples.chunks(per) {
+            for batch in samples.chunks(per).filter(|_| s.asks_model()) {
                 let refs: Vec<&Sample> = batch.iter().collect();
                 requests.push(request(
                     classifier::messages(s.question(), &job.explanation, &refs),
@@ -283,12 +315,25 @@ pub fn score(
         let answers = model.answer(&requests, &|n| progress(base + n, total, failed_so_far));
         asked += requests.len();
         for (job, s, samples, first) in plans {
-            let said = Said {
-                answers: &answers[first..],
-                per,
-                prefill: cfg.prefill,
+            let (rows, row) = match (s, embedder) {
+                (Scorer::Embedding, Some(e)) => {
+                    let windows = embedded.entry(job.latent).or_insert_with(|| {
+                        let texts: Vec<&str> = samples.iter().map(|x| x.text.as_str()).collect();
+                        e.embed(&texts)
+                    });
+                    let rows = rank(job, &samples, windows, e);
+                    let row = metrics_row(job, s, &rows, &name(s), &settings(s));
+                    (rows, row)
+                }
+                _ => {
+                    let said = Said {
+                        answers: &answers[first..],
+                        per,
+                        prefill: cfg.prefill,
+                    };
+                    judge(job, s, &samples, &said, &name(s), &settings(s))
+                }
             };
-            let (rows, row) = judge(job, s, &samples, &said, &name, &settings(s));
             report.scored += 1;
             report.windows += rows.len();
             report.failed += row.failed as usize;
@@ -349,25 +394,65 @@ fn judge(
             Some((said, classifier::probabilities(reply, batch.len())))
         });
         for (i, s) in batch.iter().enumerate() {
-            records.push(WindowScore {
-                latent: job.latent,
-                scorer: scorer.name().to_owned(),
-                control: job.control,
-                evidence: job.evidence,
-                start: s.start,
-                kind: s.kind,
-                bin: s.bin,
-                truth: s.truth,
-                prediction: parsed.as_ref().map(|p| p.0[i]),
-                probability: parsed.as_ref().and_then(|p| p.1.as_ref().map(|q| q[i])),
-            });
+            records.push(record(
+                job,
+                scorer,
+                s,
+                parsed.as_ref().map(|p| p.0[i]),
+                parsed.as_ref().and_then(|p| p.1.as_ref().map(|q| q[i])),
+            ));
         }
     }
     let row = metrics_row(job, scorer, &records, model, settings);
     (records, row)
 }
 
-/// A score from its window records.
+/// The window records of the embedding scorer: each window's cosine with the explanation, as
+/// its score (none, a failure, when either could not be embedded).
+fn rank(
+    job: &Job,
+    samples: &[Sample],
+    windows: &Result<Vec<Vec<f32>>, String>,
+    embedder: &dyn Embedder,
+) -> Vec<WindowScore> {
+    let query = embedder.embed(&[job.explanation.as_str()]);
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let cos = match (&query, windows) {
+                (Ok(q), Ok(w)) => Some(cosine(&q[0], &w[i])),
+                _ => None,
+            };
+            record(job, Scorer::Embedding, s, None, cos)
+        })
+        .collect()
+}
+
+/// One window's record.
+fn record(
+    job: &Job,
+    scorer: Scorer,
+    s: &Sample,
+    prediction: Option<bool>,
+    probability: Option<f32>,
+) -> WindowScore {
+    WindowScore {
+        latent: job.latent,
+        scorer: scorer.name().to_owned(),
+        control: job.control,
+        evidence: job.evidence,
+        start: s.start,
+        kind: s.kind,
+        bin: s.bin,
+        truth: s.truth,
+        prediction,
+        probability,
+    }
+}
+
+/// A score from its window records. A classifier's windows are valid when answered; the
+/// embedding scorer's when scored, and it has no yes/no answers, so no confusion rates.
 pub fn metrics_row(
     job: &Job,
     scorer: Scorer,
@@ -375,8 +460,17 @@ pub fn metrics_row(
     model: &str,
     settings: &str,
 ) -> ScoreRow {
-    let c = Confusion::of(records.iter().map(|w| (w.truth, w.prediction)));
+    let classifier = scorer.asks_model();
+    let c = match classifier {
+        true => Confusion::of(records.iter().map(|w| (w.truth, w.prediction))),
+        false => Confusion::default(),
+    };
     let strict = c.strict();
+    let scored = records.iter().filter(|w| w.probability.is_some()).count();
+    let (valid, failed) = match classifier {
+        true => (c.valid(), c.failed()),
+        false => (scored, records.len() - scored),
+    };
     let probable = |ws: &mut dyn Iterator<Item = &WindowScore>| -> Option<f64> {
         let (labels, scores): (Vec<bool>, Vec<f64>) = ws
             .filter_map(|w| Some((w.truth, f64::from(w.probability?))))
@@ -389,6 +483,7 @@ pub fn metrics_row(
         move |w: &&WindowScore| w.truth && w.bin == b
     };
     let bin_recall = (0..bins)
+        .filter(|_| classifier)
         .map(|b| {
             let cb = Confusion::of(
                 records
@@ -419,8 +514,8 @@ pub fn metrics_row(
         model: model.to_owned(),
         settings: settings.to_owned(),
         windows: records.len() as u32,
-        valid: c.valid() as u32,
-        failed: c.failed() as u32,
+        valid: valid as u32,
+        failed: failed as u32,
         balanced_accuracy: c.balanced_accuracy(),
         balanced_accuracy_all: strict.balanced_accuracy(),
         precision: c.precision(),
