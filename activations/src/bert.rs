@@ -166,14 +166,20 @@ impl Bert {
             let q = heads(x.linear(&l.w_q, Some(&l.b_q)));
             let k = heads(x.linear(&l.w_k, Some(&l.b_k)));
             let v = heads(x.linear(&l.w_v, Some(&l.b_v)));
-            let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt();
-            let scores = scores.masked_fill(&keep.logical_not(), f64::NEG_INFINITY);
-            let z = scores
-                .softmax(-1, Kind::Float)
-                .matmul(&v)
-                .transpose(1, 2)
-                .contiguous()
-                .view([b, t, d]);
+            // The fused kernel's boolean mask marks the keys that may be attended.
+            let z = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&keep),
+                0.0,
+                false,
+                None,
+                false,
+            )
+            .transpose(1, 2)
+            .contiguous()
+            .view([b, t, d]);
             x = l
                 .ln1
                 .apply(&(x + z.linear(&l.w_o, Some(&l.b_o))), self.cfg.ln_eps);
@@ -250,15 +256,19 @@ impl SentenceEncoder {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Each text's unit vector, `batch` texts a forward pass.
+    /// Each text's unit vector, `batch` texts a forward pass. Texts are batched longest first,
+    /// so that a batch holds texts of about one length and little padding.
     pub fn encode(&self, texts: &[&str], batch: usize) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for group in texts.chunks(batch.max(1)) {
-            let ids: Vec<Vec<u32>> = group
-                .iter()
-                .map(|t| self.token_ids(t))
-                .collect::<Result<_>>()?;
-            let t = ids.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let all: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<_>>()?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(all[i].len()));
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        for group in order.chunks(batch.max(1)) {
+            let ids: Vec<&Vec<u32>> = group.iter().map(|&i| &all[i]).collect();
+            let t = ids.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
             let (mut flat, mut mask) = (Vec::new(), Vec::new());
             for row in &ids {
                 flat.extend(row.iter().map(|&i| i as i64));
@@ -274,7 +284,10 @@ impl SentenceEncoder {
             let summed = (&x * &m).sum_dim_intlist(1, false, Kind::Float);
             let pooled = summed / m.sum_dim_intlist(1, false, Kind::Float).clamp_min(1e-9);
             let unit = &pooled / pooled.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
-            out.extend(Vec::<Vec<f32>>::try_from(unit.to_device(Device::Cpu))?);
+            let rows = Vec::<Vec<f32>>::try_from(unit.to_device(Device::Cpu))?;
+            for (&i, row) in group.iter().zip(rows) {
+                out[i] = row;
+            }
         }
         Ok(out)
     }

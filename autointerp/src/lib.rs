@@ -15,7 +15,8 @@
 //! pushed ([`output`]), and the loop that explains latents into `explanations.parquet`
 //! ([`explain`]). The example windows and the pushes are made by `saescope-analysis`, which runs
 //! the dictionary in its model. Scoring ([`score`]) puts explanations and their controls to a
-//! model against each latent's held-out test windows, and [`metrics`] turns the answers into
+//! chat model (detection, fuzzing) or a sentence encoder (embedding) against each latent's
+//! held-out test windows, and [`metrics`] turns the answers into
 //! rates, AUC and bootstrap intervals. Every error type is in [`error`].
 
 pub mod client;

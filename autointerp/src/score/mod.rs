@@ -1,6 +1,6 @@
 //! Scoring explanations: each latent's explanation (and its controls, [`controls`]) is put to a
-//! scorer model against the latent's test windows from `examples.parquet`, which the explainer
-//! never saw; the answers are kept window by window in `score_windows.parquet` and summed up
+//! chat model ([`classifier`]: detection, fuzzing) or a sentence encoder ([`embedding`]) against
+//! the latent's test windows from `examples.parquet`, which the explainer never saw; the answers are kept window by window in `score_windows.parquet` and summed up
 //! per latent, scorer and control in `scores.parquet` ([`summary`] makes a run's means).
 //!
 //! The tables are rewritten after every chunk (the window records first, so a score never
