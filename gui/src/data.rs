@@ -11,6 +11,8 @@ use saescope_store::features::{
     read_neighbours, read_summary,
 };
 use saescope_store::manifest::{MANIFEST_FILE, Manifest};
+use saescope_store::scores::{Control, ScoreRow};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -232,6 +234,10 @@ pub struct FeatureTable {
     effects: Vec<Option<String>>,
     /// Why the explanations could not be read, when they could not.
     pub explanations_error: Option<String>,
+    /// Each scored feature's scores (`scores.parquet` beside the store), by scorer then control.
+    scores: HashMap<u32, Vec<ScoreRow>>,
+    /// Why the scores could not be read, when they could not.
+    pub scores_error: Option<String>,
 }
 
 impl FeatureTable {
@@ -296,13 +302,29 @@ impl FeatureTable {
             explanations: Vec::new(),
             effects: Vec::new(),
             explanations_error: None,
+            scores: HashMap::new(),
+            scores_error: None,
         }
         .with_explanations())
     }
 
     /// This table with the explanations (and the search text) read again from the
-    /// dictionary's `explanations.parquet` beside the store.
+    /// dictionary's `explanations.parquet` beside the store, and their scores from
+    /// `scores.parquet`.
     pub fn with_explanations(mut self) -> FeatureTable {
+        self.scores.clear();
+        self.scores_error = None;
+        if let Some(dict) = self.dir.parent() {
+            let table = dict.join(saescope_store::scores::SCORES_FILE);
+            match undamaged(&self.dir, || saescope_store::scores::read_scores(&table)) {
+                Ok(rows) => {
+                    for r in rows {
+                        self.scores.entry(r.latent).or_default().push(r);
+                    }
+                }
+                Err(e) => self.scores_error = Some(e.to_string()),
+            }
+        }
         let mut explanations = vec![None; self.features.len()];
         let mut effects = vec![None; self.features.len()];
         self.explanations_error = None;
@@ -348,6 +370,27 @@ impl FeatureTable {
     /// Feature `f`'s explanation from where it fires, when it has one.
     pub fn explanation(&self, f: u32) -> Option<&str> {
         self.explanations.get(f as usize)?.as_deref()
+    }
+
+    /// Feature `f`'s scores, by scorer then control (empty when it has none).
+    pub fn scores(&self, f: u32) -> &[ScoreRow] {
+        self.scores.get(&f).map_or(&[], Vec::as_slice)
+    }
+
+    /// Feature `f`'s score for sorting and filtering: over the scorers that scored its own
+    /// explanation (from activations), the mean of each one's AUC, or its balanced accuracy where
+    /// it has no AUC; `None` when unscored.
+    pub fn score(&self, f: u32) -> Option<f64> {
+        let values: Vec<f64> = self
+            .scores(f)
+            .iter()
+            .filter(|r| {
+                r.control == Control::Real
+                    && r.evidence == saescope_store::explanations::Evidence::Activations
+            })
+            .filter_map(|r| r.auc.or(r.balanced_accuracy))
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     }
 
     /// Feature `f`'s output-side explanation (what it makes the model say), when it has one.

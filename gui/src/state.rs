@@ -62,6 +62,8 @@ pub enum SortBy {
     MaxAct,
     /// By strongest promoted logit.
     TopLogit,
+    /// By the score of its explanation ([`FeatureTable::score`]); unscored features last.
+    Score,
 }
 
 /// The feature list's filters and the order they produce.
@@ -70,6 +72,8 @@ pub struct ListState {
     pub search: String,
     /// log10 density bounds (inclusive low, exclusive high).
     pub density: Option<(f64, f64)>,
+    /// Keep only features whose explanation scores at least this.
+    pub min_score: Option<f64>,
     /// The order.
     pub sort: SortBy,
     /// Largest first.
@@ -86,6 +90,7 @@ impl Default for ListState {
         ListState {
             search: String::new(),
             density: None,
+            min_score: None,
             sort: SortBy::Density,
             descending: true,
             rows: Vec::new(),
@@ -107,7 +112,12 @@ impl ListState {
                     let x = (r.density + 1e-10).log10();
                     x >= lo && x < hi
                 });
-                in_density && (needle.is_empty() || number == Some(f) || table.matches(f, &needle))
+                let scored = self
+                    .min_score
+                    .is_none_or(|min| table.score(f).is_some_and(|s| s >= min));
+                in_density
+                    && scored
+                    && (needle.is_empty() || number == Some(f) || table.matches(f, &needle))
             })
             .collect();
         let key = |f: &u32| -> f64 {
@@ -117,6 +127,12 @@ impl ListState {
                 SortBy::Density => r.density,
                 SortBy::MaxAct => r.max_act as f64,
                 SortBy::TopLogit => r.logit_top_values.first().copied().unwrap_or(0.0) as f64,
+                // Unscored features go last whichever way the list runs.
+                SortBy::Score => table.score(*f).unwrap_or(if self.descending {
+                    f64::NEG_INFINITY
+                } else {
+                    f64::INFINITY
+                }),
             }
         };
         rows.sort_by(|a, b| {

@@ -841,3 +841,83 @@ fn the_explain_button_runs_in_the_background_and_the_page_and_list_read_the_answ
         assert!(h.query_by_label(says).is_none());
     }
 }
+
+#[test]
+fn scores_show_on_the_page_and_sort_and_filter_the_list() {
+    use saescope_store::explanations::Evidence;
+    use saescope_store::scores::{Control, ScoreRow, write_scores};
+    let (_tmp, run) = fixture();
+    let dict = DictDir::in_run(&run, RESID_DICT);
+    let score = |latent: u32, scorer: &str, control, ba: Option<f64>, auc: Option<f64>| ScoreRow {
+        latent,
+        scorer: scorer.into(),
+        control,
+        evidence: Evidence::Activations,
+        explanation_of: if control == Control::Shuffled {
+            12
+        } else {
+            latent
+        },
+        explanation: "x".into(),
+        model: "local m".into(),
+        settings: "{}".into(),
+        windows: 20,
+        valid: 18,
+        failed: 2,
+        balanced_accuracy: ba,
+        balanced_accuracy_all: None,
+        precision: None,
+        recall: None,
+        f1: None,
+        f1_all: None,
+        auc,
+        bin_recall: vec![1.0, 0.5, f32::NAN],
+        bin_auc: vec![],
+    };
+    write_scores(
+        &dict.scores_table(),
+        &[
+            score(7, "detection", Control::Real, Some(0.9), Some(0.95)),
+            score(7, "detection", Control::Shuffled, Some(0.5), Some(0.4)),
+            // No AUC: its balanced accuracy stands in. Feature 7: (0.95 + 0.75) / 2 = 0.85.
+            score(7, "fuzz", Control::Real, Some(0.75), None),
+            score(12, "detection", Control::Real, Some(0.6), Some(0.6)),
+        ],
+    )
+    .unwrap();
+    let mut h = harness(Some(run.clone()), Memory::default(), None);
+    goto(&mut h, "Features");
+    h.get_by_label("by score").click();
+    h.run();
+    let rows = h.state().list.rows.clone();
+    assert_eq!(&rows[..2], &[7, 12], "scored features first, best first");
+    h.get_by_label("0.85");
+    // The filter starts at 0.5: the unscored features go.
+    h.get_by_label("score at least").click();
+    h.run();
+    assert_eq!(h.state().list.min_score, Some(0.5));
+    assert_eq!(h.state().list.rows, vec![7, 12]);
+    h.state_mut().open_feature(7);
+    h.run();
+    h.get_by_label(
+        "detection with its explanation: balanced accuracy 0.90, AUC 0.95, 18 of 20 windows answered",
+    );
+    h.get_by_label(
+        "detection with feature 12's explanation: balanced accuracy 0.50, AUC 0.40, 18 of 20 windows answered",
+    );
+    h.get_by_label(
+        "fuzz with its explanation: balanced accuracy 0.75, AUC -, 18 of 20 windows answered",
+    );
+    h.state_mut().open_feature(9);
+    h.run();
+    assert!(h.query_by_label_contains("windows answered").is_none());
+
+    // A damaged scores table is named on the page; the features still browse.
+    std::fs::write(dict.scores_table(), b"not parquet").unwrap();
+    let mut h = harness(Some(run), Memory::default(), None);
+    goto(&mut h, "Features");
+    h.state_mut().open_feature(7);
+    h.run();
+    h.get_by_label("Feature 7");
+    h.get_by_label_contains("Scores cannot be read:");
+}

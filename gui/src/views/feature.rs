@@ -1,4 +1,4 @@
-//! A feature's page: its explanation, statistics, histograms, logit effects, neighbours, head shares, the
+//! A feature's page: its explanation and its scores, statistics, histograms, logit effects, neighbours, head shares, the
 //! steering panel, and its top and interval contexts.
 
 use crate::data::Problem;
@@ -28,6 +28,7 @@ impl Explorer {
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.heading(format!("Feature {f}"));
             self.explain_panel(ui, f);
+            self.scores_panel(ui, f);
             ui.label(format!(
                 "fires on {} of {} tokens (density {:.3e}); mean {:.3}, max {:.3}",
                 thousands(r.count),

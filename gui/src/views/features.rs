@@ -31,6 +31,7 @@ impl Explorer {
                 (SortBy::Density, "by density"),
                 (SortBy::MaxAct, "by max activation"),
                 (SortBy::TopLogit, "by top logit"),
+                (SortBy::Score, "by score"),
             ] {
                 if ui.selectable_label(self.list.sort == s, name).clicked() {
                     if self.list.sort == s {
@@ -41,6 +42,22 @@ impl Explorer {
                     }
                     self.list.dirty = true;
                 }
+            }
+            let mut on = self.list.min_score.is_some();
+            if ui
+                .checkbox(&mut on, "score at least")
+                .on_hover_text("The mean over scorers of its explanation's AUC (balanced accuracy where there is none)")
+                .changed()
+            {
+                self.list.min_score = on.then_some(0.5);
+                self.list.dirty = true;
+            }
+            if let Some(min) = &mut self.list.min_score
+                && ui
+                    .add(egui::DragValue::new(min).range(0.0..=1.0).speed(0.01))
+                    .changed()
+            {
+                self.list.dirty = true;
             }
             if self.list.density.is_some() && ui.button("Clear density filter").clicked() {
                 self.list.density = None;
@@ -72,6 +89,7 @@ impl Explorer {
             .column(Column::exact(90.0))
             .column(Column::exact(90.0))
             .column(Column::exact(260.0))
+            .column(Column::exact(60.0))
             .column(Column::remainder())
             .scroll_to_row(cursor, None)
             .header(20.0, |mut h| {
@@ -81,6 +99,7 @@ impl Explorer {
                     "max act",
                     "mean act",
                     "top logit tokens",
+                    "score",
                     "explanation",
                 ] {
                     h.col(|ui| {
@@ -115,6 +134,11 @@ impl Explorer {
                                 .collect::<Vec<_>>()
                                 .join("  "),
                         );
+                    });
+                    row.col(|ui| {
+                        if let Some(s) = t.score(f) {
+                            ui.label(format!("{s:.2}"));
+                        }
                     });
                     row.col(|ui| match (t.explanation(f), t.effect_explanation(f)) {
                         (Some(e), _) => {

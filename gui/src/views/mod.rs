@@ -7,6 +7,7 @@ mod features;
 mod heads;
 mod overview;
 mod prompt;
+mod scores;
 mod steer;
 
 use crate::data::Problem;
