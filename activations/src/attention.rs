@@ -258,6 +258,17 @@ impl Rope {
     }
 }
 
+/// Refuses a model width of `d` that `n_heads` heads do not divide (the learned-position
+/// families: GPT-2, GPT-NeoX, BERT).
+pub(crate) fn check_head_split(d: usize, n_heads: usize) -> Result<(), ModelError> {
+    if n_heads == 0 || !d.is_multiple_of(n_heads) {
+        return Err(ModelError::Config(format!(
+            "{d} is not divisible into {n_heads} heads"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the head layout every rotary family needs: layers and heads present, query heads
 /// shared evenly by the key/value heads, and an even head size (RoPE turns pairs).
 pub(crate) fn check_heads(

@@ -9,6 +9,7 @@
 //!              x = LN₂(x + gelu(x W_i + b_i) W_out + b_out)   (exact, erf GELU)
 //!   e = Σₜ mₜ xₜ / Σₜ mₜ;   sentence = e / ‖e‖
 
+use crate::attention::check_head_split;
 use crate::error::{ModelError, TokenizerError};
 use crate::hf::HfCheckpoint;
 use crate::norm::LayerNorm;
@@ -89,12 +90,7 @@ impl Bert {
             type_vocab: c.type_vocab_size.unwrap_or(2),
             ln_eps: c.layer_norm_eps.unwrap_or(1e-12),
         };
-        if cfg.n_heads == 0 || d % cfg.n_heads != 0 {
-            return Err(ModelError::Config(format!(
-                "{d} is not divisible into {} heads",
-                cfg.n_heads
-            )));
-        }
+        check_head_split(d, cfg.n_heads)?;
         let prefix = if ckpt.has("bert.embeddings.word_embeddings.weight") {
             "bert."
         } else {
@@ -103,12 +99,7 @@ impl Bert {
         let get = |name: &str, shape: &[usize]| {
             ckpt.tensor(&format!("{prefix}{name}"), shape, device, Kind::Float)
         };
-        let ln = |name: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm {
-                w: get(&format!("{name}.weight"), &[d])?,
-                b: get(&format!("{name}.bias"), &[d])?,
-            })
-        };
+        let ln = |name: &str| LayerNorm::load(get, name, d);
         let m = cfg.d_mlp;
         let layers = (0..cfg.n_layers)
             .map(|i| {

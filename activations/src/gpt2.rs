@@ -10,7 +10,7 @@
 //! Hugging Face stores GPT-2's linear layers as Conv1D, [in, out]; they are transposed once at
 //! load to the [out, in] every other family uses, which the decode kernel reads row by row.
 
-use crate::attention::{AttnOpts, causal_attention};
+use crate::attention::{AttnOpts, causal_attention, check_head_split};
 use crate::error::ModelError;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
@@ -101,12 +101,7 @@ impl Gpt2 {
             ctx_len: ckpt.need("n_positions", c.n_positions)?,
             ln_eps: c.layer_norm_epsilon.unwrap_or(1e-5),
         };
-        if cfg.n_heads == 0 || d % cfg.n_heads != 0 {
-            return Err(ModelError::Config(format!(
-                "{d} is not divisible into {} heads",
-                cfg.n_heads
-            )));
-        }
+        check_head_split(d, cfg.n_heads)?;
         // Weights may or may not carry the `transformer.` prefix.
         let prefix = if ckpt.has("transformer.wte.weight") {
             "transformer."
@@ -119,12 +114,7 @@ impl Gpt2 {
         let conv1d = |name: &str, shape: &[usize]| -> Result<Tensor> {
             Ok(get(name, shape)?.tr().contiguous())
         };
-        let ln = |name: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm {
-                w: get(&format!("{name}.weight"), &[d])?,
-                b: get(&format!("{name}.bias"), &[d])?,
-            })
-        };
+        let ln = |name: &str| LayerNorm::load(get, name, d);
         let m = cfg.d_mlp;
         let blocks = (0..cfg.n_layers)
             .map(|i| {

@@ -12,7 +12,7 @@
 //!   mlp(m) = gelu(m W_in + b_in) W_out + b_out
 //! logits = LN_f(x) W_Uᵀ
 
-use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention};
+use crate::attention::{AttnOpts, Rope, RopeScaling, causal_attention, check_head_split};
 use crate::error::{GgufError, ModelError};
 use crate::gguf::{Gguf, Value};
 use crate::hf::HfCheckpoint;
@@ -240,11 +240,7 @@ impl Neox {
         };
         let d = ckpt.need("hidden_size", c.hidden_size)?;
         let n_heads = ckpt.need("num_attention_heads", c.num_attention_heads)?;
-        if n_heads == 0 || !d.is_multiple_of(n_heads) {
-            return Err(ModelError::Config(format!(
-                "{d} is not divisible into {n_heads} heads"
-            )));
-        }
+        check_head_split(d, n_heads)?;
         let rope = c.rope();
         // transformers' default fraction is a quarter, Pythia's value.
         let pct = rope
@@ -308,12 +304,7 @@ impl Neox {
         let bias = |name: &str, len: usize| -> Result<Option<Tensor>> {
             l.has(name).then(|| l.get(name, &[len])).transpose()
         };
-        let ln = |name: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm {
-                w: l.get(&format!("{name}.weight"), &[d])?,
-                b: l.get(&format!("{name}.bias"), &[d])?,
-            })
-        };
+        let ln = |name: &str| LayerNorm::load(|n, shape| l.get(n, shape), name, d);
         let blocks = (0..cfg.n_layers)
             .map(|i| {
                 let n = |s: &str| format!("blk.{i}.{s}");

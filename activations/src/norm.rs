@@ -13,6 +13,19 @@ pub(crate) struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// The LayerNorm `name` of width `d`: its `name.weight` and `name.bias` through `get`
+    /// (which checks their shapes).
+    pub fn load<E>(
+        get: impl Fn(&str, &[usize]) -> Result<Tensor, E>,
+        name: &str,
+        d: usize,
+    ) -> Result<LayerNorm, E> {
+        Ok(LayerNorm {
+            w: get(&format!("{name}.weight"), &[d])?,
+            b: get(&format!("{name}.bias"), &[d])?,
+        })
+    }
+
     /// x normalised over its last dimension (whose width is the gain's), then scaled and shifted.
     pub fn apply(&self, x: &Tensor, eps: f64) -> Tensor {
         x.layer_norm(self.w.size(), Some(&self.w), Some(&self.b), eps, false)
