@@ -114,6 +114,14 @@ pub fn write_explanations(path: &Path, rows: &[ExplanationRow]) -> Result<()> {
     write_table(path, batch(path, fields, columns)?, 4_096)
 }
 
+/// Row `row`'s evidence named `name` in the table at `path`, or an error naming both.
+pub(crate) fn parse_evidence(path: &Path, row: usize, name: &str) -> Result<Evidence> {
+    Evidence::parse(name).ok_or_else(|| StoreError::Schema {
+        path: path.to_owned(),
+        message: format!("row {row}: evidence `{name}` is neither `activations` nor `effects`"),
+    })
+}
+
 /// Reads the table; a missing file is no explanations yet, and a table without the `evidence`
 /// column (written before it existed) holds explanations from activations.
 pub fn read_explanations(path: &Path) -> Result<Vec<ExplanationRow>> {
@@ -138,12 +146,7 @@ pub fn read_explanations(path: &Path) -> Result<Vec<ExplanationRow>> {
         for i in 0..b.num_rows() {
             let evidence = match evidence.map(|e| e.value(i)) {
                 None => Evidence::Activations,
-                Some(name) => Evidence::parse(name).ok_or_else(|| StoreError::Schema {
-                    path: path.to_owned(),
-                    message: format!(
-                        "row {i}: evidence `{name}` is neither `activations` nor `effects`"
-                    ),
-                })?,
+                Some(name) => parse_evidence(path, i, name)?,
             };
             rows.push(ExplanationRow {
                 latent: latent.value(i),

@@ -5,7 +5,7 @@
 
 use crate::error::{Result, StoreError};
 use crate::examples::{ExampleKind, kind_code, kind_from_code};
-use crate::explanations::Evidence;
+use crate::explanations::{Evidence, parse_evidence};
 use crate::features::{Cols, batch, f32s, list_f32, list_field, read_batches, write_table};
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int8Array, Int16Array, StringArray,
@@ -298,13 +298,6 @@ fn parse_control(path: &Path, row: usize, name: &str) -> Result<Control> {
     Control::parse(name).ok_or_else(|| StoreError::Schema {
         path: path.to_owned(),
         message: format!("row {row}: control `{name}` is not real, shuffled or baseline"),
-    })
-}
-
-fn parse_evidence(path: &Path, row: usize, name: &str) -> Result<Evidence> {
-    Evidence::parse(name).ok_or_else(|| StoreError::Schema {
-        path: path.to_owned(),
-        message: format!("row {row}: evidence `{name}` is neither `activations` nor `effects`"),
     })
 }
 
