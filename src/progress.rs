@@ -66,6 +66,39 @@ impl Tracker {
     }
 }
 
+/// A [`Tracker`] for work that asks a model, shareable across the threads that report to it:
+/// each report (done, planned, failed) shows the failures, named by `failed`, and requests/s.
+pub struct RequestTracker {
+    tracker: std::sync::Mutex<Tracker>,
+    started: std::time::Instant,
+    failed: &'static str,
+}
+
+impl RequestTracker {
+    pub fn new(message: &'static str, unit: &'static str, failed: &'static str) -> RequestTracker {
+        RequestTracker {
+            tracker: std::sync::Mutex::new(Tracker::new(message, unit)),
+            started: std::time::Instant::now(),
+            failed,
+        }
+    }
+
+    /// Moves the bar to `done` of `total` and notes `failures` so far and the rate.
+    pub fn update(&self, done: usize, total: usize, failures: usize) {
+        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        t.update(done as u64, total as u64);
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        t.note(&format!("{failures} {}, {rate:.2} requests/s", self.failed));
+    }
+
+    pub fn finish(self) {
+        self.tracker
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish();
+    }
+}
+
 /// A spinner for work of unknown length (a download), with elapsed time.
 pub fn spinner(message: &str) -> ProgressBar {
     if QUIET.load(Ordering::Relaxed) {

@@ -162,14 +162,9 @@ pub fn effects(
             "latent {latent}: its decoder direction has norm {norm}, so pushing it does nothing"
         )));
     }
-    let shape: Vec<i64> = session
-        .model
-        .model
-        .hook_shape(session.opened.point.kind)
-        .into_iter()
-        .map(|n| n as i64)
-        .collect();
-    let unit = (d / norm).view(shape.as_slice()).to_device(session.device);
+    let unit = (d / norm)
+        .view(session.hook_shape().as_slice())
+        .to_device(session.device);
     let clean = batch.next_log_probs(session, &mut Hooks::new())?;
     let pushed = |s: f64| batch.next_log_probs(session, &mut batch.push(session, &unit, s));
     let strength = strength_for(cfg.target_kl, |s| Ok(mean_kl(&clean, &pushed(s)?)))?;

@@ -215,6 +215,17 @@ impl Session {
         Ok((run_dir, run, hook))
     }
 
+    /// The shape of one token's value at the dictionary's hook (heads × d_head for
+    /// `attn.hook_z`), as a tensor view takes it.
+    pub fn hook_shape(&self) -> Vec<i64> {
+        self.model
+            .model
+            .hook_shape(self.opened.point.kind)
+            .into_iter()
+            .map(|n| n as i64)
+            .collect()
+    }
+
     /// The feature store's rows (for quantiles), when the dictionary has been analysed.
     pub fn feature_rows(&self) -> Result<Option<Vec<FeatureRow>>> {
         let store = self.opened.dir.features();

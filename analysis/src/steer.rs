@@ -112,13 +112,7 @@ impl Steering {
                     .to_device(atoms.device())
                     .unsqueeze(1)
         };
-        let shape = session
-            .model
-            .model
-            .hook_shape(session.opened.point.kind)
-            .into_iter()
-            .map(|d| d as i64)
-            .collect();
+        let shape = session.hook_shape();
         Ok(Steering {
             point: session.opened.point,
             features: features.to_vec(),

@@ -89,6 +89,13 @@ struct Oracle {
 }
 
 impl Oracle {
+    fn new(fail_every: usize) -> Oracle {
+        Oracle {
+            asked: AtomicUsize::new(0),
+            fail_every,
+        }
+    }
+
     fn reply(&self, r: &ChatRequest) -> ChatReply {
         let n = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
         let user = &r.messages[1].content;
@@ -167,6 +174,18 @@ impl Explainer for Oracle {
         done(out.len());
         out
     }
+}
+
+/// The jobs of `latents`' own explanations, no controls.
+fn own_jobs(latents: &[u32]) -> Vec<Job> {
+    jobs(
+        &explanations(),
+        latents,
+        Evidence::Activations,
+        false,
+        &|_| None,
+        0,
+    )
 }
 
 fn explanations() -> HashMap<u32, String> {
@@ -253,10 +272,7 @@ fn true_explanations_score_perfectly_and_their_controls_do_not() {
             .explanation,
         "\"cat\""
     );
-    let oracle = Oracle {
-        asked: AtomicUsize::new(0),
-        fail_every: 0,
-    };
+    let oracle = Oracle::new(0);
     let cfg = ScoreConfig::default();
     let report = run(&oracle, &job_list, &CLASSIFIERS, &cfg, false, dir.path());
     assert_eq!(report.scored, 18);
@@ -324,19 +340,9 @@ fn true_explanations_score_perfectly_and_their_controls_do_not() {
 #[test]
 fn a_prompt_answered_wrongly_fails_its_windows_and_counts_both_ways() {
     let dir = tempfile::tempdir().unwrap();
-    let job_list = jobs(
-        &explanations(),
-        &[1],
-        Evidence::Activations,
-        false,
-        &|_| None,
-        0,
-    );
+    let job_list = own_jobs(&[1]);
     // Every second prompt gets one answer too many: its 5 windows fail.
-    let oracle = Oracle {
-        asked: AtomicUsize::new(0),
-        fail_every: 2,
-    };
+    let oracle = Oracle::new(2);
     let report = run(
         &oracle,
         &job_list,
@@ -405,14 +411,7 @@ fn a_real_server_scores_with_log_probabilities() {
         Some(dir.path().join("cache")),
     )
     .unwrap();
-    let job_list = jobs(
-        &explanations(),
-        &[1, 2],
-        Evidence::Activations,
-        false,
-        &|_| None,
-        0,
-    );
+    let job_list = own_jobs(&[1, 2]);
     let scorers = [Scorer::Detection, Scorer::Fuzz];
     let report = run(&client, &job_list, &scorers, &small(), false, dir.path());
     every_window_is_recorded(dir.path(), &report, 4);
@@ -429,14 +428,7 @@ fn a_real_server_scores_with_log_probabilities() {
 fn the_bundled_model_scores_with_log_probabilities() {
     let local = local_model(4);
     let dir = tempfile::tempdir().unwrap();
-    let job_list = jobs(
-        &explanations(),
-        &[1],
-        Evidence::Activations,
-        false,
-        &|_| None,
-        0,
-    );
+    let job_list = own_jobs(&[1]);
     let report = run(&local, &job_list, &CLASSIFIERS, &small(), false, dir.path());
     every_window_is_recorded(dir.path(), &report, 3);
     let windows = read_window_scores(&dir.path().join("score_windows.parquet")).unwrap();
@@ -484,10 +476,7 @@ fn the_embedding_scorer_ranks_windows_by_cosine_and_embeds_them_once_a_latent() 
     let words = Words {
         calls: AtomicUsize::new(0),
     };
-    let oracle = Oracle {
-        asked: AtomicUsize::new(0),
-        fail_every: 0,
-    };
+    let oracle = Oracle::new(0);
     let report = run_with(
         &oracle,
         Some(&words),
@@ -556,10 +545,7 @@ fn the_bundled_minilm_ranks_a_latents_windows_by_its_explanation() {
         &|_| None,
         0,
     );
-    let oracle = Oracle {
-        asked: AtomicUsize::new(0),
-        fail_every: 0,
-    };
+    let oracle = Oracle::new(0);
     run_with(
         &oracle,
         Some(&minilm),

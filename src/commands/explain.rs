@@ -2,7 +2,7 @@
 //! the bundled model or any OpenAI-compatible server, into `DICT/explanations.parquet`.
 
 use super::examples::{parse_latents, sample_latents};
-use crate::progress::Tracker;
+use crate::progress::RequestTracker;
 use anyhow::{Context, Result, bail};
 use saescope_activations::assets;
 use saescope_activations::model::{Compute, TextModel, device};
@@ -220,23 +220,35 @@ impl DictArgs {
 /// Which latents to work on.
 #[derive(clap::Args, Debug)]
 pub struct Select {
-    /// Latents: `A..B` or `3,17,42` (default: every latent with examples).
+    /// Latents: `A..B` or `3,17,42` (default: every latent there is work for: with examples to
+    /// explain, with an explanation to score).
     #[arg(long, conflicts_with = "sample")]
     pub latents: Option<String>,
-    /// This many latents chosen at random (with --seed) from those with examples.
+    /// This many latents chosen at random (with --seed) from those there is work for.
     #[arg(long)]
     pub sample: Option<usize>,
-    /// Seed of --sample.
+    /// Seed of --sample (and, when scoring, of the windows' order and wrong marks, and of the
+    /// shuffled control).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
-/// The session's example sets (an error that says how to draw them when there are none), and
-/// the latents `select` asks for among those drawn.
-pub fn examples_and_latents(
-    session: &Session,
-    select: &Select,
-) -> Result<(Vec<ExampleRow>, Vec<u32>)> {
+impl Select {
+    /// The latents asked for among `pool`, the latents there is work for (`of` says where they
+    /// come from, for the error when --sample asks for more).
+    pub fn choose(&self, pool: Vec<u32>, of: impl FnOnce(usize) -> String) -> Result<Vec<u32>> {
+        Ok(match (&self.latents, self.sample) {
+            (Some(spec), _) => parse_latents(spec)?,
+            (None, Some(k)) => {
+                sample_latents(&pool, k, self.seed).with_context(|| of(pool.len()))?
+            }
+            (None, None) => pool,
+        })
+    }
+}
+
+/// The session's example sets, or an error that says how to draw them when there are none.
+pub fn example_sets(session: &Session) -> Result<Vec<ExampleRow>> {
     let path = session.opened.dir.examples();
     if !path.exists() {
         bail!(
@@ -245,7 +257,17 @@ pub fn examples_and_latents(
             session.opened.dir.path().display()
         );
     }
-    let examples = read_examples(&path)?;
+    Ok(read_examples(&path)?)
+}
+
+/// The session's example sets (an error that says how to draw them when there are none), and
+/// the latents `select` asks for among those drawn.
+pub fn examples_and_latents(
+    session: &Session,
+    select: &Select,
+) -> Result<(Vec<ExampleRow>, Vec<u32>)> {
+    let examples = example_sets(session)?;
+    let path = session.opened.dir.examples();
     let drawn: Vec<u32> = examples
         .iter()
         .filter(|r| r.kind == ExampleKind::Activating)
@@ -253,17 +275,9 @@ pub fn examples_and_latents(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let latents: Vec<u32> = match (&select.latents, select.sample) {
-        (Some(spec), _) => parse_latents(spec)?,
-        (None, Some(k)) => sample_latents(&drawn, k, select.seed).with_context(|| {
-            format!(
-                "{} holds examples of {} latents",
-                path.display(),
-                drawn.len()
-            )
-        })?,
-        (None, None) => drawn,
-    };
+    let latents = select.choose(drawn, |n| {
+        format!("{} holds examples of {n} latents", path.display())
+    })?;
     Ok((examples, latents))
 }
 
@@ -330,8 +344,7 @@ pub fn explain_and_print(
     let dir = &session.opened.dir;
     let evidence = source.evidence();
     let table = dir.explanations_table();
-    let bar = Mutex::new(Tracker::new("explaining", "latents"));
-    let started = std::time::Instant::now();
+    let bar = RequestTracker::new("explaining", "latents", "failed");
     let report = explain(
         source,
         latents,
@@ -339,14 +352,9 @@ pub fn explain_and_print(
         cfg,
         resume,
         &table,
-        &|done, total, failed| {
-            let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
-            bar.update(done as u64, total as u64);
-            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            bar.note(&format!("{failed} failed, {rate:.2} requests/s"));
-        },
+        &|done, total, failed| bar.update(done, total, failed),
     )?;
-    bar.into_inner().unwrap_or_else(|e| e.into_inner()).finish();
+    bar.finish();
     println!(
         "explained {} latents from their {}, {} without an explanation (their answers are kept in the `raw` column){}; written to {}",
         report.explained,

@@ -2,10 +2,9 @@
 //! fuzzing) with the bundled model or any OpenAI-compatible server, beside two controls, into
 //! `DICT/scores.parquet` and `DICT/score_windows.parquet`, and prints the run's summary.
 
-use super::examples::{parse_latents, sample_latents};
-use super::explain::{DictArgs, ModelArgs, token_texts};
-use crate::progress::Tracker;
-use anyhow::{Context, Result, bail};
+use super::explain::{DictArgs, ModelArgs, Select, example_sets, token_texts};
+use crate::progress::RequestTracker;
+use anyhow::{Result, bail};
 use saescope_activations::assets;
 use saescope_activations::bert::SentenceEncoder;
 use saescope_analysis::Session;
@@ -17,12 +16,11 @@ use saescope_autointerp::score::summary::{SummaryLine, summarize};
 use saescope_autointerp::score::{
     ScoreConfig, ScoreReport, Scorer, Tables, controls, jobs, score, test_windows,
 };
-use saescope_store::examples::{ExampleRow, read_examples};
+use saescope_store::examples::ExampleRow;
 use saescope_store::explanations::{Evidence, read_explanations};
 use saescope_store::scores::read_scores;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
 
 /// Scorers asked for that saescope does not have yet, so the error can say so.
 const COMING: [&str; 3] = ["simulation", "surprisal", "intervention"];
@@ -31,15 +29,8 @@ const COMING: [&str; 3] = ["simulation", "surprisal", "intervention"];
 pub struct Args {
     #[command(flatten)]
     pub target: DictArgs,
-    /// Latents to score: `A..B` or `3,17,42` (default: every latent with an explanation).
-    #[arg(long, conflicts_with = "sample")]
-    pub latents: Option<String>,
-    /// Score this many latents chosen at random (with --seed) from those explained.
-    #[arg(long)]
-    pub sample: Option<usize>,
-    /// Seed of --sample, of the windows' order and wrong marks, and of the shuffled control.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub select: Select,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -128,14 +119,7 @@ pub fn run(a: Args) -> Result<()> {
     let scorers = parse_scorers(&a.scoring.scorers)?;
     let session = a.target.open()?;
     let dir = &session.opened.dir;
-    let examples_path = dir.examples();
-    if !examples_path.exists() {
-        bail!(
-            "{}: no example sets yet; draw them with `saescope examples --dict {}`, then explain",
-            examples_path.display(),
-            a.target.dict.display()
-        );
-    }
+    let examples = example_sets(&session)?;
     let evidence = if a.output_side {
         Evidence::Effects
     } else {
@@ -154,14 +138,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut have: Vec<u32> = explained.keys().copied().collect();
     have.sort_unstable();
-    let latents = match (&a.latents, a.sample) {
-        (Some(spec), _) => parse_latents(spec)?,
-        (None, Some(k)) => sample_latents(&have, k, a.seed)
-            .with_context(|| format!("{} explains {} latents", table.display(), have.len()))?,
-        (None, None) => have,
-    };
-    let examples = read_examples(&examples_path)?;
-    let cfg = a.scoring.config(&a.model, a.seed);
+    let latents = a.select.choose(have, |n| {
+        format!("{} explains {n} latents", table.display())
+    })?;
+    let cfg = a.scoring.config(&a.model, a.select.seed);
     a.model.warn_if_local("scoring", "scores");
     let model = a.model.open(dir.scores().join("cache"), session.device)?;
     let plan = Plan {
@@ -236,8 +216,7 @@ pub fn score_and_print(
         cfg.seed,
     );
     let tests = test_windows(examples, cfg.positives, cfg.negatives);
-    let bar = Mutex::new(Tracker::new("scoring", "prompts"));
-    let started = std::time::Instant::now();
+    let bar = RequestTracker::new("scoring", "prompts", "windows failed");
     let report = score(
         &tests,
         &token_text,
@@ -251,14 +230,9 @@ pub fn score_and_print(
             scores: &dir.scores_table(),
             windows: &dir.score_windows_table(),
         },
-        &|done, total, failed| {
-            let mut bar = bar.lock().unwrap_or_else(|e| e.into_inner());
-            bar.update(done as u64, total as u64);
-            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            bar.note(&format!("{failed} windows failed, {rate:.2} requests/s"));
-        },
+        &|done, total, failed| bar.update(done, total, failed),
     )?;
-    bar.into_inner().unwrap_or_else(|e| e.into_inner()).finish();
+    bar.finish();
     print_report(&report, &dir.scores_table());
     let frequency: Option<HashMap<u32, f64>> = session
         .feature_rows()?
