@@ -283,7 +283,10 @@ pub fn score(
         (Scorer::Embedding, Some(e)) => e.name(),
         _ => model.name(),
     };
-    // Each latent's windows are embedded once, for its explanation and its controls alike.
+    // Each latent's windows are embedded once, for its explanation and its controls alike; the
+    // jobs come latent by latent (as [`jobs`] makes them), so only the current latent's vectors
+    // are kept: memory stays one latent's whatever the run (jobs in another order still score
+    // right, embedding a latent's windows again).
     let mut embedded: HashMap<u32, Result<Vec<Vec<f32>>, String>> = HashMap::new();
     let mut asked = 0;
     for chunk in todo.chunks(cfg.chunk.max(1)) {
@@ -317,6 +320,7 @@ pub fn score(
         for (job, s, samples, first) in plans {
             let (rows, row) = match (s, embedder) {
                 (Scorer::Embedding, Some(e)) => {
+                    embedded.retain(|&latent, _| latent == job.latent);
                     let windows = embedded.entry(job.latent).or_insert_with(|| {
                         let texts: Vec<&str> = samples.iter().map(|x| x.text.as_str()).collect();
                         e.embed(&texts)
