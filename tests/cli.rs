@@ -777,11 +777,85 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         assert_eq!((r.failed, r.balanced_accuracy), (0, None), "{r:?}");
         assert!(r.auc.is_some_and(|a| (0.0..=1.0).contains(&a)), "{r:?}");
     }
-    let t = text(&score(&["--scorers", "detection,surprisal"]));
+    // Simulation read off the prompt, surprisal, and intervention through the dictionary's own
+    // model: each latent gets its measure.
+    let o = score(&[
+        "--scorers",
+        "simulation,surprisal,intervention",
+        "--no-controls",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
     assert!(
-        t.contains("the surprisal scorer is not in saescope yet"),
+        t.contains("simulation: predictions read from prompt log-probabilities"),
         "{t}"
     );
+    let scores = saescope_store::scores::read_scores(&dict.join("scores.parquet")).unwrap();
+    for scorer in ["simulation", "surprisal", "intervention"] {
+        let mine: Vec<_> = scores.iter().filter(|r| r.scorer == scorer).collect();
+        assert_eq!(mine.len(), 2, "{scorer}: {mine:?}");
+        assert!(
+            mine.iter()
+                .all(|r| r.value.is_some_and(f64::is_finite) && r.failed == 0),
+            "{mine:?}"
+        );
+        assert!(t.contains(&format!("{scorer:<12} real")), "{t}");
+    }
+    // The scores go out with the explanations: delphi's per-latent lists (one record per
+    // window scored) and Neuronpedia's score records.
+    let o = saescope(&[
+        "export",
+        "delphi",
+        "--dict",
+        d,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let windows =
+        saescope_store::scores::read_window_scores(&dict.join("score_windows.parquet")).unwrap();
+    for latent in &two {
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(
+            &std::fs::read(out.join(format!("scores/detection/layers.6_latent{latent}.txt")))
+                .unwrap(),
+        )
+        .unwrap();
+        let want: Vec<_> = windows
+            .iter()
+            .filter(|w| {
+                w.scorer == "detection"
+                    && w.control == saescope_store::scores::Control::Real
+                    && w.latent.to_string() == *latent
+            })
+            .collect();
+        assert_eq!(listed.len(), want.len(), "{t}");
+        for (l, w) in listed.iter().zip(&want) {
+            assert_eq!(l["activating"], w.truth);
+            assert_eq!(l["prediction"], serde_json::json!(w.prediction));
+            assert_eq!(l["str_tokens"].as_array().unwrap().len(), 16, "{l}");
+        }
+    }
+    assert!(t.contains("wrote embedding scores of 2 latents"), "{t}");
+    let o = saescope(&[
+        "export",
+        "neuronpedia",
+        "--dict",
+        d,
+        "--out",
+        np.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let batch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&np).unwrap()).unwrap();
+    let first: usize = two[0].parse().unwrap();
+    let types: Vec<&str> = batch["features"][first]["explanations"][0]["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["explanationScoreTypeName"].as_str().unwrap())
+        .collect();
+    assert!(types.contains(&"saescope_simulation"), "{types:?}");
     let o = saescope(&["score", "--dict", foreign.to_str().unwrap(), "--run", out_s]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no example sets yet"), "{}", text(&o));

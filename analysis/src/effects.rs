@@ -22,9 +22,12 @@
 use crate::error::{AnalysisError, Result};
 use crate::session::Session;
 use crate::steer::{promoted_tokens, strength_for};
-use saescope_activations::generate::left_padded;
+use saescope_activations::generate::{
+    Continuation, GenerateConfig, HookScope, StopReason, generate, left_padded,
+};
 use saescope_activations::hooks::{Hooks, Intervention};
 use saescope_activations::kv_cache::KvCache;
+use saescope_activations::sampler::Sampling;
 use saescope_store::examples::ExampleRow;
 use saescope_store::features::FeatureRow;
 use serde::{Deserialize, Serialize};
@@ -111,19 +114,161 @@ pub fn effect_prompts(
     silent: &[&ExampleRow],
     cfg: &EffectsConfig,
 ) -> Vec<Vec<u32>> {
-    let cut = active.iter().filter_map(|r| {
+    effect_prompt_rows(active, silent, cfg)
+        .into_iter()
+        .map(|(_, ids)| ids)
+        .collect()
+}
+
+/// [`effect_prompts`] with the window each prompt comes from.
+pub fn effect_prompt_rows<'a>(
+    active: &[&'a ExampleRow],
+    silent: &[&'a ExampleRow],
+    cfg: &EffectsConfig,
+) -> Vec<(&'a ExampleRow, Vec<u32>)> {
+    let cut = active.iter().filter_map(|&r| {
         let max = r.max_act();
         let first = r
             .acts
             .iter()
             .position(|&a| max > 0.0 && a > cfg.strong_share * max)?;
-        (first >= cfg.min_context.max(2)).then(|| r.token_ids[..first].to_vec())
+        (first >= cfg.min_context.max(2)).then(|| (r, r.token_ids[..first].to_vec()))
     });
     let whole = silent
         .iter()
         .filter(|r| r.token_ids.len() >= cfg.min_context.max(2))
-        .map(|r| r.token_ids.clone());
+        .map(|&r| (r, r.token_ids.clone()));
     cut.chain(whole).take(cfg.prompts).collect()
+}
+
+/// Windows mostly start mid-context; the model saw every context begin with BOS, which many
+/// models use as an attention sink, so each prompt is pushed on with one in front.
+fn fronted(session: &Session, prompts: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    let bos = session.model.tokenizer.bos;
+    prompts
+        .iter()
+        .map(|p| match bos {
+            Some(b) if p.first() != Some(&b) => {
+                std::iter::once(b).chain(p.iter().copied()).collect()
+            }
+            _ => p.clone(),
+        })
+        .collect()
+}
+
+/// The text of prompt `ids` without the BOS [`fronted`] put in front.
+fn prompt_text(session: &Session, ids: &[u32]) -> Result<String> {
+    let bos = session.model.tokenizer.bos;
+    Ok(session
+        .model
+        .tokenizer
+        .decode(match (bos, ids.split_first()) {
+            (Some(b), Some((&first, rest))) if first == b => rest,
+            _ => ids,
+        })?)
+}
+
+/// Latent `latent`'s unit decoder direction in the hook's per-token shape, refusing a latent
+/// past the dictionary and a zero direction.
+fn unit_direction(session: &Session, latent: u32) -> Result<Tensor> {
+    let dict = session.opened.dict.as_dyn();
+    if latent as usize >= dict.n_latents() {
+        return Err(AnalysisError::Config(format!(
+            "latent {latent}: the dictionary has {} latents",
+            dict.n_latents()
+        )));
+    }
+    let d = dict.atoms().select(0, latent as i64).to_kind(Kind::Float);
+    let norm = d.norm().double_value(&[]);
+    if norm <= 0.0 || !norm.is_finite() {
+        return Err(AnalysisError::Data(format!(
+            "latent {latent}: its decoder direction has norm {norm}, so pushing it does nothing"
+        )));
+    }
+    Ok((d / norm)
+        .view(session.hook_shape().as_slice())
+        .to_device(session.device))
+}
+
+/// One prompt continued greedily without and with a push.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PushedText {
+    /// The prompt's text.
+    pub prompt: String,
+    /// Its continuation without the push.
+    pub clean: String,
+    /// Its continuation with the push.
+    pub pushed: String,
+}
+
+/// Each prompt (BOS in front, as [`effects`] pushes them) continued greedily by `new_tokens`
+/// tokens, clean and with `strength` times latent `latent`'s unit decoder direction added at
+/// the prompt's last position and at every new token: the texts delphi's intervention scorer
+/// asks about.
+pub fn pushed_continuations(
+    session: &Session,
+    latent: u32,
+    prompts: &[Vec<u32>],
+    strength: f64,
+    new_tokens: usize,
+) -> Result<Vec<PushedText>> {
+    let add = unit_direction(session, latent)? * strength;
+    let fronted = fronted(session, prompts);
+    let model = &session.model;
+    let cfg = GenerateConfig {
+        max_new_tokens: new_tokens,
+        sampling: Sampling::default(),
+        stop: model.tokenizer.eos.into_iter().collect(),
+    };
+    let run = |hooks: &mut Hooks| {
+        generate(
+            &model.model,
+            &fronted,
+            &cfg,
+            hooks,
+            HookScope::All,
+            &mut |_, _| {},
+        )
+    };
+    let clean = run(&mut Hooks::new())?;
+    // The prompts run as one left-padded pass, whose last column is every prompt's last token;
+    // each new token then runs alone.
+    let mut push = Hooks::new().intervene(
+        session.opened.point,
+        Intervention::Map(Box::new(move |x| {
+            let t = x.size()[1];
+            let add = add.to_kind(x.kind());
+            if t == 1 {
+                return x + add;
+            }
+            let mut shape = vec![1, t];
+            shape.extend(std::iter::repeat_n(1, x.dim() - 2));
+            let last = Tensor::arange(t, (Kind::Int64, x.device()))
+                .eq(t - 1)
+                .to_kind(x.kind())
+                .view(shape.as_slice());
+            x + add * last
+        })),
+    );
+    let pushed = run(&mut push)?;
+    let text = |c: &Continuation| -> Result<String> {
+        let ids = match c.stop {
+            StopReason::StopToken => &c.token_ids[..c.token_ids.len() - 1],
+            _ => &c.token_ids[..],
+        };
+        Ok(model.tokenizer.decode(ids)?)
+    };
+    fronted
+        .iter()
+        .zip(clean.iter().zip(&pushed))
+        .map(|(ids, (c, p))| {
+            Ok(PushedText {
+                prompt: prompt_text(session, ids)?,
+                clean: text(c)?,
+                pushed: text(p)?,
+            })
+        })
+        .collect()
 }
 
 /// Pushes `latent` of the session's dictionary on at the end of each prompt, at the strength
@@ -135,36 +280,9 @@ pub fn effects(
     store: Option<&[FeatureRow]>,
     cfg: &EffectsConfig,
 ) -> Result<Effects> {
-    let dict = session.opened.dict.as_dyn();
-    if latent as usize >= dict.n_latents() {
-        return Err(AnalysisError::Config(format!(
-            "latent {latent}: the dictionary has {} latents",
-            dict.n_latents()
-        )));
-    }
-    // Windows mostly start mid-context; the model saw every context begin with BOS, which many
-    // models use as an attention sink, so each prompt is pushed on with one in front.
-    let bos = session.model.tokenizer.bos;
-    let fronted: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| match bos {
-            Some(b) if p.first() != Some(&b) => {
-                std::iter::once(b).chain(p.iter().copied()).collect()
-            }
-            _ => p.clone(),
-        })
-        .collect();
+    let fronted = fronted(session, prompts);
     let batch = Batch::new(session, &fronted)?;
-    let d = dict.atoms().select(0, latent as i64).to_kind(Kind::Float);
-    let norm = d.norm().double_value(&[]);
-    if norm <= 0.0 || !norm.is_finite() {
-        return Err(AnalysisError::Data(format!(
-            "latent {latent}: its decoder direction has norm {norm}, so pushing it does nothing"
-        )));
-    }
-    let unit = (d / norm)
-        .view(session.hook_shape().as_slice())
-        .to_device(session.device);
+    let unit = unit_direction(session, latent)?;
     let clean = batch.next_log_probs(session, &mut Hooks::new())?;
     let pushed = |s: f64| batch.next_log_probs(session, &mut batch.push(session, &unit, s));
     let strength = strength_for(cfg.target_kl, |s| Ok(mean_kl(&clean, &pushed(s)?)))?;
@@ -191,13 +309,7 @@ pub fn effects(
     for (i, ids) in prompts.iter().enumerate() {
         let i = i as i64;
         each.push(PromptEffect {
-            text: session
-                .model
-                .tokenizer
-                .decode(match (bos, ids.split_first()) {
-                    (Some(b), Some((&first, rest))) if first == b => rest,
-                    _ => ids,
-                })?,
+            text: prompt_text(session, ids)?,
             rises: rises(&rise.get(i), &p_clean.get(i), &p_pushed.get(i))?,
         });
     }

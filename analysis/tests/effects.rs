@@ -4,7 +4,7 @@
 
 use saescope_activations::hooks::{Hooks, Intervention};
 use saescope_analysis::Session;
-use saescope_analysis::effects::{EffectsConfig, effects};
+use saescope_analysis::effects::{EffectsConfig, effects, pushed_continuations};
 use saescope_analysis::steer::promoted_tokens;
 use tch::{Kind, Tensor};
 
@@ -184,5 +184,67 @@ fn pushes_without_a_prompt_or_past_the_dictionary_are_refused() {
     assert!(
         e.contains("latent 256: the dictionary has 256 latents"),
         "{e}"
+    );
+}
+
+/// Greedy continuation of `ids` by `n` tokens, one full forward pass a token (no cache),
+/// adding `add` at every position from the prompt's last on.
+fn greedy_reference(s: &Session, ids: &[u32], n: usize, add: Option<&Tensor>) -> String {
+    let from = ids.len() as i64 - 1;
+    let mut all: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    for _ in 0..n {
+        let len = all.len() as i64;
+        let mut hooks = match add {
+            None => Hooks::new(),
+            Some(v) => {
+                let v = v.shallow_clone();
+                Hooks::new().intervene(
+                    s.opened.point,
+                    Intervention::Map(Box::new(move |x| {
+                        let on = Tensor::arange(len, (Kind::Int64, x.device()))
+                            .ge(from)
+                            .to_kind(x.kind())
+                            .view([1, len, 1]);
+                        x + &v * on
+                    })),
+                )
+            }
+        };
+        let input = Tensor::from_slice(&all).view([1, -1]);
+        let logits = s
+            .model
+            .model
+            .forward(&input, &mut hooks, true)
+            .unwrap()
+            .unwrap();
+        all.push(logits.get(0).get(len - 1).argmax(0, false).int64_value(&[]));
+    }
+    let new: Vec<u32> = all[ids.len()..].iter().map(|&t| t as u32).collect();
+    s.model.tokenizer.decode(&new).unwrap()
+}
+
+/// The intervention scorer's texts: greedy continuations, clean and pushed from the prompt's
+/// last token on, batched with a KV cache, equal one prompt at a time without a cache.
+#[test]
+fn pushed_continuations_equal_a_greedy_pass_without_a_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = common::random_topk_session("blocks.20.hook_resid_post", tmp.path());
+    let prompts = prompts();
+    let latent = 17u32;
+    let strength = 12.0;
+    let texts = pushed_continuations(&s, latent, &prompts, strength, 6).unwrap();
+    assert_eq!(texts.len(), 3);
+    let d = s.opened.dict.as_dyn().atoms().get(i64::from(latent));
+    let add = &d / d.norm() * strength;
+    let mut moved = 0;
+    for (ids, t) in prompts.iter().zip(&texts) {
+        assert_eq!(t.prompt, s.model.tokenizer.decode(&ids[1..]).unwrap());
+        assert_eq!(t.clean, greedy_reference(&s, ids, 6, None));
+        assert_eq!(t.pushed, greedy_reference(&s, ids, 6, Some(&add)));
+        moved += usize::from(t.clean != t.pushed);
+    }
+    assert!(
+        moved > 0,
+        "a push of strength {strength} changed no continuation"
     );
 }

@@ -15,20 +15,24 @@
 //! pushed ([`output`]), and the loop that explains latents into `explanations.parquet`
 //! ([`explain`]). The example windows and the pushes are made by `saescope-analysis`, which runs
 //! the dictionary in its model. Scoring ([`score`]) puts explanations and their controls to a
-//! chat model (detection, fuzzing) or a sentence encoder (embedding) against each latent's
-//! held-out test windows, and [`metrics`] turns the answers into
-//! rates, AUC and bootstrap intervals. Every error type is in [`error`].
+//! chat model (detection, fuzzing, simulation), a sentence encoder (embedding) or a model that
+//! reads text teacher-forced ([`read`]: simulation all at once, surprisal, intervention)
+//! against each latent's held-out test windows; the metrics and the run's summary
+//! ([`metrics`], [`score::summary`]) live in `saescope-stats`, shared with the explorer. Every
+//! error type is in [`error`].
 
 pub mod client;
 pub mod error;
 pub mod explain;
 pub mod local;
-pub mod metrics;
 pub mod output;
 pub mod prompt;
+pub mod read;
 pub mod score;
 pub mod wire;
 
 pub use client::{ChatReply, ChatRequest, Client, ServerConfig, TokenLogprob};
 pub use error::ClientError;
+/// The metrics live with the summary in `saescope-stats`, which the explorer shares.
+pub use saescope_stats::metrics;
 pub use wire::Message;

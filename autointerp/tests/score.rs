@@ -3,10 +3,13 @@
 //! failed prompt is counted both ways, a resumed run asks nothing), and end to end through
 //! llama.cpp's real server and the bundled model, both with log-probabilities.
 
+use saescope_analysis::effects::PushedText;
 use saescope_autointerp::explain::Explainer;
+use saescope_autointerp::read::{Read, Reader, Reading};
 use saescope_autointerp::score::embedding::Embedder;
+use saescope_autointerp::score::intervention::{InterventionConfig, Passage, Steered, Steerer};
 use saescope_autointerp::score::{
-    Job, ScoreConfig, ScoreReport, Scorer, Tables, jobs, score, test_windows,
+    Job, Models, ScoreConfig, ScoreReport, Scorer, Tables, jobs, score, test_windows,
 };
 use saescope_autointerp::{ChatReply, ChatRequest, Client, ServerConfig, TokenLogprob};
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
@@ -204,12 +207,21 @@ fn run(
     resume: bool,
     dir: &Path,
 ) -> ScoreReport {
-    run_with(model, None, job_list, scorers, cfg, resume, dir)
+    run_with(&chat_only(model), job_list, scorers, cfg, resume, dir)
+}
+
+fn chat_only(chat: &dyn Explainer) -> Models<'_> {
+    Models {
+        chat,
+        chat_reader: None,
+        embedder: None,
+        reader: None,
+        steerer: None,
+    }
 }
 
 fn run_with(
-    model: &dyn Explainer,
-    embedder: Option<&dyn Embedder>,
+    models: &Models<'_>,
     job_list: &[Job],
     scorers: &[Scorer],
     cfg: &ScoreConfig,
@@ -223,8 +235,7 @@ fn run_with(
         &text,
         job_list,
         scorers,
-        model,
-        embedder,
+        models,
         cfg,
         resume,
         &Tables {
@@ -478,8 +489,10 @@ fn the_embedding_scorer_ranks_windows_by_cosine_and_embeds_them_once_a_latent() 
     };
     let oracle = Oracle::new(0);
     let report = run_with(
-        &oracle,
-        Some(&words),
+        &Models {
+            embedder: Some(&words),
+            ..chat_only(&oracle)
+        },
         &job_list,
         &[Scorer::Embedding],
         &ScoreConfig::default(),
@@ -515,8 +528,7 @@ fn the_embedding_scorer_ranks_windows_by_cosine_and_embeds_them_once_a_latent() 
         &text,
         &job_list,
         &[Scorer::Embedding],
-        &oracle,
-        None,
+        &chat_only(&oracle),
         &ScoreConfig::default(),
         false,
         &Tables {
@@ -547,8 +559,10 @@ fn the_bundled_minilm_ranks_a_latents_windows_by_its_explanation() {
     );
     let oracle = Oracle::new(0);
     run_with(
-        &oracle,
-        Some(&minilm),
+        &Models {
+            embedder: Some(&minilm),
+            ..chat_only(&oracle)
+        },
         &job_list,
         &[Scorer::Embedding],
         &ScoreConfig::default(),
@@ -566,4 +580,549 @@ fn the_bundled_minilm_ranks_a_latents_windows_by_its_explanation() {
             "latent {latent}: {real} vs {shuffled}"
         );
     }
+}
+
+/// The word a description names, as the fakes below read it: its last word.
+fn named_word(description: &str) -> String {
+    description
+        .split(|c: char| !c.is_alphanumeric())
+        .rfind(|w| !w.is_empty())
+        .unwrap()
+        .to_owned()
+}
+
+/// A reader that reads from the words, counting the texts it reads.
+/// - Simulation: at each token's tab, 0.9 on "9" when the token is the described word, else
+///   0.9 on "0"; the rest spread evenly (expected digits 8.5 and 0.5).
+/// - Surprisal: each word of a window has log-probability −1 after a description whose word
+///   it holds, else −2.
+/// - Intervention: each word of the explanation has log-probability −1 after a text holding
+///   the explanation's word, else −3.
+struct WordReader {
+    reads: AtomicUsize,
+}
+
+impl WordReader {
+    fn new() -> WordReader {
+        WordReader {
+            reads: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn has_word(text: &str, word: &str) -> bool {
+    text.split(|c: char| !c.is_alphanumeric())
+        .any(|w| w == word)
+}
+
+impl Reader for WordReader {
+    fn reader_name(&self) -> String {
+        "words".into()
+    }
+
+    fn read(&self, texts: &[Reading], choices: &[&str]) -> Vec<Result<Read, String>> {
+        let last_line = |text: &str, after: &str| {
+            let tail = text.rsplit(after).next().unwrap();
+            tail.lines().next().unwrap().to_owned()
+        };
+        texts
+            .iter()
+            .map(|t| {
+                self.reads.fetch_add(1, Ordering::SeqCst);
+                let head = &t.pieces[0];
+                if !t.probes.is_empty() {
+                    let word = named_word(&last_line(head, "Feature: "));
+                    let probes = t
+                        .probes
+                        .iter()
+                        .map(|&i| {
+                            let hot = if t.pieces[i].trim() == word { 9 } else { 0 };
+                            (0..choices.len())
+                                .map(|d| match d == hot {
+                                    true => 0.9f32.ln(),
+                                    false => (0.1f32 / 9.0).ln(),
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    return Ok(Read {
+                        scored: vec![],
+                        probes,
+                    });
+                }
+                let read = &t.pieces[1];
+                let n = read.split_whitespace().count();
+                let lp = if head.starts_with("Text: ") {
+                    if has_word(head, &named_word(read)) {
+                        -1.0
+                    } else {
+                        -3.0
+                    }
+                } else if has_word(read, &named_word(&last_line(head, "Description: "))) {
+                    -1.0
+                } else {
+                    -2.0
+                };
+                Ok(Read {
+                    scored: vec![vec![lp; n]],
+                    probes: vec![],
+                })
+            })
+            .collect()
+    }
+}
+
+/// A chat model that answers simulation's question from the words: 9 for the described word,
+/// else 0, with 0.9 on that digit and 0.1 on the other (expected digits 8.1 and 0.9).
+struct Simulator;
+
+impl Explainer for Simulator {
+    fn name(&self) -> String {
+        "simulator".into()
+    }
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn answer(
+        &self,
+        requests: &[ChatRequest],
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Vec<Result<ChatReply, String>> {
+        let out = requests
+            .iter()
+            .map(|r| {
+                let user = &r.messages[0].content;
+                let feature = user.rsplit("Feature: ").next().unwrap();
+                let word = named_word(feature.lines().next().unwrap());
+                let hot: Vec<bool> = feature
+                    .lines()
+                    .filter_map(|l| l.split_once(". "))
+                    .filter(|(n, _)| n.parse::<usize>().is_ok())
+                    .map(|(_, t)| t.trim() == word)
+                    .collect();
+                let digit = |h: bool| if h { "9" } else { "0" };
+                let mut tokens = vec![TokenLogprob {
+                    token: "[".into(),
+                    logprob: 0.0,
+                    top: vec![],
+                }];
+                for &h in &hot {
+                    tokens.push(TokenLogprob {
+                        token: digit(h).into(),
+                        logprob: 0.9f64.ln(),
+                        top: vec![
+                            (digit(h).into(), 0.9f64.ln()),
+                            (digit(!h).into(), 0.1f64.ln()),
+                        ],
+                    });
+                    tokens.push(TokenLogprob {
+                        token: ",".into(),
+                        logprob: 0.0,
+                        top: vec![],
+                    });
+                }
+                tokens.last_mut().unwrap().token = "]".into();
+                let digits: Vec<&str> = hot.iter().map(|&h| digit(h)).collect();
+                Ok(ChatReply {
+                    text: format!("[{}]", digits.join(",")),
+                    finish_reason: Some("stop".into()),
+                    tokens,
+                })
+            })
+            .collect::<Vec<_>>();
+        done(out.len());
+        out
+    }
+}
+
+/// Pushes a latent by writing its word: each of its first activating test windows becomes a
+/// prompt continued with " sat" clean and with the latent's word pushed. Counts its calls.
+struct Pusher {
+    calls: AtomicUsize,
+}
+
+impl Steerer for Pusher {
+    fn steerer_name(&self) -> String {
+        "pusher".into()
+    }
+    fn steer<'a>(
+        &self,
+        latent: u32,
+        active: &[&'a ExampleRow],
+        _silent: &[&'a ExampleRow],
+        cfg: &InterventionConfig,
+    ) -> Result<Steered<'a>, String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let passages = active
+            .iter()
+            .take(cfg.prompts)
+            .map(|&window| Passage {
+                window,
+                text: PushedText {
+                    prompt: "the".into(),
+                    clean: " sat".into(),
+                    pushed: text(latent),
+                },
+            })
+            .collect();
+        Ok(Steered {
+            strength: 1.0,
+            kl: 1.0,
+            passages,
+        })
+    }
+}
+
+/// Pearson's correlation, written out.
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+/// The correlation of latent `latent`'s true activations with "is `word`" over its test
+/// windows (those of bin `bin` and the silent ones, when given).
+fn planted_correlation(latent: u32, word: u32, bin: Option<i16>) -> f64 {
+    let (mut acts, mut hot) = (vec![], vec![]);
+    for r in planted().iter().filter(|r| {
+        r.latent == latent
+            && r.set == ExampleSet::Test
+            && bin.is_none_or(|b| r.bin < 0 || r.bin == b)
+    }) {
+        acts.extend(r.acts.iter().map(|&a| f64::from(a)));
+        hot.extend(r.token_ids.iter().map(|&t| f64::from(u8::from(t == word))));
+    }
+    correlation(&acts, &hot)
+}
+
+fn with_controls() -> Vec<Job> {
+    let baseline = |f: u32| Some(format!("\"{}\"", text(f).trim()));
+    jobs(
+        &explanations(),
+        &[1, 2],
+        Evidence::Activations,
+        true,
+        &baseline,
+        0,
+    )
+}
+
+#[test]
+fn simulation_correlates_predicted_and_true_activations_read_or_answered() {
+    let job_list = with_controls();
+    let reader = WordReader::new();
+    let oracle = Oracle::new(0);
+    let read_dir = tempfile::tempdir().unwrap();
+    let read = run_with(
+        &Models {
+            chat_reader: Some(&reader),
+            ..chat_only(&oracle)
+        },
+        &job_list,
+        &[Scorer::Simulation],
+        &ScoreConfig::default(),
+        false,
+        read_dir.path(),
+    );
+    assert_eq!(oracle.asked.load(Ordering::SeqCst), 0, "read, not asked");
+    assert_eq!(
+        read.modes.iter().map(|m| m.1).collect::<Vec<_>>(),
+        vec!["prompt log-probabilities"]
+    );
+    let answer_dir = tempfile::tempdir().unwrap();
+    let answered = run_with(
+        &chat_only(&Simulator),
+        &job_list,
+        &[Scorer::Simulation],
+        &ScoreConfig::default(),
+        false,
+        answer_dir.path(),
+    );
+    assert_eq!(
+        answered.modes.iter().map(|m| m.1).collect::<Vec<_>>(),
+        vec!["answer log-probabilities"]
+    );
+    for dir in [read_dir.path(), answer_dir.path()] {
+        let rows = read_scores(&dir.join("scores.parquet")).unwrap();
+        for (latent, other) in [(1, 2), (2, 1)] {
+            let real = find(&rows, latent, "simulation", Control::Real);
+            // The predictions are an affine map of "is the word", so the correlation is its.
+            let want = planted_correlation(latent, latent, None);
+            assert!(
+                (real.value.unwrap() - want).abs() < 1e-6,
+                "{real:?} vs {want}"
+            );
+            assert!(want > 0.8, "{want}");
+            for b in 0..3 {
+                let want = planted_correlation(latent, latent, Some(b));
+                assert!((f64::from(real.bin_value[b as usize]) - want).abs() < 1e-5);
+            }
+            // Every activating window holds the word: its largest prediction ranks it first.
+            assert_eq!(real.auc, Some(1.0));
+            assert_eq!((real.windows, real.valid, real.failed), (24, 24, 0));
+            assert_eq!(real.balanced_accuracy, None);
+            let baseline = find(&rows, latent, "simulation", Control::Baseline);
+            assert!((baseline.value.unwrap() - want_all(latent)).abs() < 1e-6);
+            let shuffled = find(&rows, latent, "simulation", Control::Shuffled);
+            let want = planted_correlation(latent, other, None);
+            assert!(
+                (shuffled.value.unwrap() - want).abs() < 1e-6,
+                "{shuffled:?}"
+            );
+            assert!(want < 0.0, "the other word sits on silent windows: {want}");
+        }
+        let windows = read_window_scores(&dir.join("score_windows.parquet")).unwrap();
+        assert!(
+            windows.iter().all(|w| w.values.len() == 4),
+            "a prediction per token"
+        );
+    }
+}
+
+fn want_all(latent: u32) -> f64 {
+    planted_correlation(latent, latent, None)
+}
+
+#[test]
+fn surprisal_is_the_loss_drop_on_activating_windows_less_silent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let reader = WordReader::new();
+    let oracle = Oracle::new(0);
+    let report = run_with(
+        &Models {
+            reader: Some(&reader),
+            ..chat_only(&oracle)
+        },
+        &with_controls(),
+        &[Scorer::Surprisal],
+        &ScoreConfig::default(),
+        false,
+        dir.path(),
+    );
+    assert_eq!((report.scored, report.failed), (6, 0));
+    // Each latent's 24 windows are read once neutrally, then once per explanation (3).
+    assert_eq!(reader.reads.load(Ordering::SeqCst), 2 * (24 + 3 * 24));
+    let rows = read_scores(&dir.path().join("scores.parquet")).unwrap();
+    for latent in [1, 2] {
+        // Windows with the word: a drop of 1 nat a token; the others none.
+        let real = find(&rows, latent, "surprisal", Control::Real);
+        assert_eq!(real.value, Some(1.0), "{real:?}");
+        assert_eq!(real.bin_value, vec![1.0; 3]);
+        assert_eq!(real.auc, Some(1.0));
+        assert_eq!(
+            find(&rows, latent, "surprisal", Control::Baseline).value,
+            Some(1.0)
+        );
+        // The other latent's word is in 4 of the 12 silent windows only.
+        let shuffled = find(&rows, latent, "surprisal", Control::Shuffled);
+        assert!(
+            (shuffled.value.unwrap() + 1.0 / 3.0).abs() < 1e-12,
+            "{shuffled:?}"
+        );
+    }
+    let windows = read_window_scores(&dir.path().join("score_windows.parquet")).unwrap();
+    let w = windows
+        .iter()
+        .find(|w| w.latent == 1 && w.control == Control::Real && w.truth)
+        .unwrap();
+    assert_eq!(w.values, vec![1.0; 4]);
+    assert_eq!(w.probability, Some(1.0));
+    // Without a reader the scorer refuses before asking anything.
+    let e = score(
+        &test_windows(&planted(), 50, 50),
+        &text,
+        &with_controls(),
+        &[Scorer::Surprisal],
+        &chat_only(&oracle),
+        &ScoreConfig::default(),
+        false,
+        &Tables {
+            scores: &dir.path().join("s.parquet"),
+            windows: &dir.path().join("w.parquet"),
+        },
+        &|_, _, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("surprisal scorer needs a model"),
+        "{e}"
+    );
+}
+
+#[test]
+fn intervention_is_the_explanations_rise_after_pushed_text_and_pushes_once_a_latent() {
+    let dir = tempfile::tempdir().unwrap();
+    let reader = WordReader::new();
+    let pusher = Pusher {
+        calls: AtomicUsize::new(0),
+    };
+    let oracle = Oracle::new(0);
+    let report = run_with(
+        &Models {
+            reader: Some(&reader),
+            steerer: Some(&pusher),
+            ..chat_only(&oracle)
+        },
+        &with_controls(),
+        &[Scorer::Intervention],
+        &ScoreConfig::default(),
+        false,
+        dir.path(),
+    );
+    assert_eq!((report.scored, report.failed), (6, 0));
+    assert_eq!(pusher.calls.load(Ordering::SeqCst), 2, "once a latent");
+    let rows = read_scores(&dir.path().join("scores.parquet")).unwrap();
+    for latent in [1, 2] {
+        // −1 after the pushed text (it holds the word), −3 after the clean one.
+        let real = find(&rows, latent, "intervention", Control::Real);
+        assert_eq!(real.value, Some(2.0), "{real:?}");
+        assert_eq!((real.windows, real.valid), (8, 8), "8 prompts by default");
+        assert_eq!(real.auc, None);
+        assert_eq!(
+            find(&rows, latent, "intervention", Control::Baseline).value,
+            Some(2.0)
+        );
+        assert_eq!(
+            find(&rows, latent, "intervention", Control::Shuffled).value,
+            Some(0.0)
+        );
+    }
+    let windows = read_window_scores(&dir.path().join("score_windows.parquet")).unwrap();
+    let w = windows.iter().find(|w| w.latent == 2).unwrap();
+    assert_eq!(
+        (w.values.clone(), w.probability),
+        (vec![-3.0, -1.0], Some(2.0))
+    );
+}
+
+/// The bundled model's reads, batched with right padding, against each text run alone
+/// through a plain forward pass and a full log-softmax.
+#[test]
+fn the_bundled_model_reads_as_a_plain_forward_pass_does() {
+    let local = local_model(4);
+    let texts = vec![
+        Reading {
+            pieces: vec!["The cat sat on the".into(), " mat.".into()],
+            scored: vec![1],
+            probes: vec![0],
+        },
+        Reading {
+            pieces: vec![
+                "A much longer text, so that the first one is padded when both are read".into(),
+                " together".into(),
+                " in one batch.".into(),
+            ],
+            scored: vec![1, 2],
+            probes: vec![1],
+        },
+        Reading {
+            pieces: vec!["x".into()],
+            scored: vec![0],
+            probes: vec![],
+        },
+    ];
+    let choices = ["0", "9"];
+    let read = local.read(&texts, &choices);
+    let tok = &local.model.tokenizer;
+    let choice_ids: Vec<i64> = choices
+        .iter()
+        .map(|c| tok.encode(c).unwrap()[0] as i64)
+        .collect();
+    for (t, r) in texts.iter().zip(&read).take(2) {
+        let r = r.as_ref().unwrap();
+        // BOS in front when the model's file asks for one, as for a plain prompt.
+        let bos = tok.bos.filter(|_| tok.add_bos.unwrap_or(true));
+        let mut ids: Vec<i64> = bos.into_iter().map(i64::from).collect();
+        let mut spans = vec![];
+        for p in &t.pieces {
+            let start = ids.len();
+            ids.extend(tok.encode(p).unwrap().into_iter().map(i64::from));
+            spans.push(start..ids.len());
+        }
+        let input = tch::Tensor::from_slice(&ids).view([1, -1]);
+        let lp = local
+            .model
+            .model
+            .forward(&input, &mut saescope_activations::hooks::Hooks::new(), true)
+            .unwrap()
+            .unwrap()
+            .log_softmax(-1, tch::Kind::Float)
+            .get(0);
+        for (k, &piece) in t.scored.iter().enumerate() {
+            let span = spans[piece].clone();
+            assert_eq!(r.scored[k].len(), span.len());
+            for (j, p) in span.enumerate() {
+                let want = lp.double_value(&[p as i64 - 1, ids[p]]);
+                assert!((f64::from(r.scored[k][j]) - want).abs() < 1e-4, "{want}");
+            }
+        }
+        for (k, &piece) in t.probes.iter().enumerate() {
+            let at = spans[piece].end as i64 - 1;
+            for (c, &id) in choice_ids.iter().enumerate() {
+                let want = lp.double_value(&[at, id]);
+                assert!((f64::from(r.probes[k][c]) - want).abs() < 1e-4);
+            }
+        }
+    }
+    // A first piece is read from BOS when there is one, else refused (nothing is before it);
+    // a text longer than the context is refused.
+    match tok.bos.filter(|_| tok.add_bos.unwrap_or(true)) {
+        Some(_) => assert_eq!(read[2].as_ref().unwrap().scored[0].len(), 1),
+        None => {
+            let e = read[2].as_ref().unwrap_err();
+            assert!(e.contains("nothing before it"), "{e}");
+        }
+    }
+    let long = Reading {
+        pieces: vec![" the".repeat(10_000)],
+        scored: vec![0],
+        probes: vec![],
+    };
+    let e = local.read(&[long], &[]).remove(0).unwrap_err();
+    assert!(e.contains("more than the model's context"), "{e}");
+    let e = local.read(&texts[..1], &["10"]).remove(0).unwrap_err();
+    assert!(e.contains("not one"), "{e}");
+}
+
+/// Simulation and surprisal through the bundled model end to end on the planted windows:
+/// every window gets a prediction per token, or a drop per token.
+#[test]
+fn the_bundled_model_simulates_and_reads_the_planted_windows() {
+    let local = local_model(4);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ScoreConfig {
+        positives: 3,
+        negatives: 3,
+        ..ScoreConfig::default()
+    };
+    let report = run_with(
+        &Models {
+            chat_reader: Some(&local),
+            reader: Some(&local),
+            ..chat_only(&local)
+        },
+        &own_jobs(&[1]),
+        &[Scorer::Simulation, Scorer::Surprisal],
+        &cfg,
+        false,
+        dir.path(),
+    );
+    assert_eq!((report.scored, report.windows, report.failed), (2, 12, 0));
+    let windows = read_window_scores(&dir.path().join("score_windows.parquet")).unwrap();
+    for w in &windows {
+        assert!(!w.values.is_empty(), "{w:?}");
+        assert!(w.values.iter().all(|v| v.is_finite()));
+        if w.scorer == "simulation" {
+            assert!(w.values.iter().all(|v| (0.0..=9.0).contains(v)));
+            assert_eq!(w.values.len(), 4, "one prediction per window token");
+        }
+    }
+    let rows = read_scores(&dir.path().join("scores.parquet")).unwrap();
+    assert!(
+        rows.iter().all(|r| r.value.is_some_and(f64::is_finite)),
+        "{rows:?}"
+    );
 }

@@ -4,8 +4,10 @@
 //! is missing and which command makes it.
 
 use crate::error::{ExploreError, panic_text};
+use saescope_stats::summary::{SummaryLine, summarize};
 use saescope_store::DictDir;
 use saescope_store::dictionary::LogLine;
+use saescope_store::explanations::Evidence;
 use saescope_store::features::{
     CONTEXTS_FILE, ContextRow, ContextsFile, FeatureRow, NeighbourRow, Summary, read_features,
     read_neighbours, read_summary,
@@ -238,6 +240,9 @@ pub struct FeatureTable {
     scores: HashMap<u32, Vec<ScoreRow>>,
     /// Why the scores could not be read, when they could not.
     pub scores_error: Option<String>,
+    /// The run's score summary per kind of explanation (activations, then effects): per
+    /// scorer and control, means over features with bootstrap intervals.
+    pub score_summary: Vec<(Evidence, Vec<SummaryLine>)>,
 }
 
 impl FeatureTable {
@@ -304,6 +309,7 @@ impl FeatureTable {
             explanations_error: None,
             scores: HashMap::new(),
             scores_error: None,
+            score_summary: Vec::new(),
         }
         .with_explanations())
     }
@@ -325,6 +331,7 @@ impl FeatureTable {
                 Err(e) => self.scores_error = Some(e.to_string()),
             }
         }
+        self.score_summary = self.summarize_scores();
         let mut explanations = vec![None; self.features.len()];
         let mut effects = vec![None; self.features.len()];
         self.explanations_error = None;
@@ -336,10 +343,8 @@ impl FeatureTable {
                 Ok(rows) => {
                     for r in rows {
                         let column = match r.evidence {
-                            saescope_store::explanations::Evidence::Activations => {
-                                &mut explanations
-                            }
-                            saescope_store::explanations::Evidence::Effects => &mut effects,
+                            Evidence::Activations => &mut explanations,
+                            Evidence::Effects => &mut effects,
                         };
                         if let Some(slot) = column.get_mut(r.latent as usize) {
                             *slot = r.explanation;
@@ -372,6 +377,21 @@ impl FeatureTable {
         self.explanations.get(f as usize)?.as_deref()
     }
 
+    /// The score summary the command line prints, weighted by the features' firing density.
+    fn summarize_scores(&self) -> Vec<(Evidence, Vec<SummaryLine>)> {
+        let rows: Vec<ScoreRow> = self.scores.values().flatten().cloned().collect();
+        let density: HashMap<u32, f64> = self
+            .features
+            .iter()
+            .map(|r| (r.feature, r.density))
+            .collect();
+        [Evidence::Activations, Evidence::Effects]
+            .into_iter()
+            .map(|e| (e, summarize(&rows, e, Some(&density), 0)))
+            .filter(|(_, lines)| !lines.is_empty())
+            .collect()
+    }
+
     /// Feature `f`'s scores, by scorer then control (empty when it has none).
     pub fn scores(&self, f: u32) -> &[ScoreRow] {
         self.scores.get(&f).map_or(&[], Vec::as_slice)
@@ -384,10 +404,7 @@ impl FeatureTable {
         let values: Vec<f64> = self
             .scores(f)
             .iter()
-            .filter(|r| {
-                r.control == Control::Real
-                    && r.evidence == saescope_store::explanations::Evidence::Activations
-            })
+            .filter(|r| r.control == Control::Real && r.evidence == Evidence::Activations)
             .filter_map(|r| r.auc.or(r.balanced_accuracy))
             .collect();
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)

@@ -873,15 +873,23 @@ fn scores_show_on_the_page_and_sort_and_filter_the_list() {
         auc,
         bin_recall: vec![1.0, 0.5, f32::NAN],
         bin_auc: vec![],
+        value: None,
+        bin_value: vec![],
     };
     write_scores(
         &dict.scores_table(),
         &[
             score(7, "detection", Control::Real, Some(0.9), Some(0.95)),
             score(7, "detection", Control::Shuffled, Some(0.5), Some(0.4)),
-            // No AUC: its balanced accuracy stands in. Feature 7: (0.95 + 0.75) / 2 = 0.85.
+            // No AUC: its balanced accuracy stands in. Feature 7: (0.95 + 0.75 + 0.7) / 3 = 0.80.
             score(7, "fuzz", Control::Real, Some(0.75), None),
             score(12, "detection", Control::Real, Some(0.6), Some(0.6)),
+            ScoreRow {
+                value: Some(0.42),
+                bin_recall: vec![],
+                bin_value: vec![0.5, 0.25],
+                ..score(7, "simulation", Control::Real, None, Some(0.7))
+            },
         ],
     )
     .unwrap();
@@ -891,7 +899,7 @@ fn scores_show_on_the_page_and_sort_and_filter_the_list() {
     h.run();
     let rows = h.state().list.rows.clone();
     assert_eq!(&rows[..2], &[7, 12], "scored features first, best first");
-    h.get_by_label("0.85");
+    h.get_by_label("0.80");
     // The filter starts at 0.5: the unscored features go.
     h.get_by_label("score at least").click();
     h.run();
@@ -908,9 +916,19 @@ fn scores_show_on_the_page_and_sort_and_filter_the_list() {
     h.get_by_label(
         "fuzz with its explanation: balanced accuracy 0.75, AUC -, 18 of 20 windows answered",
     );
+    h.get_by_label(
+        "simulation with its explanation: balanced accuracy -, AUC 0.70, correlation 0.42, 18 of 20 windows answered",
+    );
     h.state_mut().open_feature(9);
     h.run();
     assert!(h.query_by_label_contains("windows answered").is_none());
+    // The overview sums the run up: detection's real explanations over features 7 and 12
+    // average (0.95 + 0.6) / 2 in AUC; simulation's one correlation is 0.42.
+    goto(&mut h, "Overview");
+    h.get_by_label("Explanation scores (explanations from activations)");
+    h.get_by_label_contains("0.775 [");
+    h.get_by_label("0.420 [0.420, 0.420]");
+    h.get_by_label("shuffled");
 
     // A damaged scores table is named on the page; the features still browse.
     std::fs::write(dict.scores_table(), b"not parquet").unwrap();

@@ -41,7 +41,7 @@ pub fn run(a: Args) -> Result<()> {
         &session,
         &mut windows,
         &latents,
-        model.as_ref(),
+        &model,
         &explain_cfg,
         a.resume,
     )?;
@@ -54,5 +54,13 @@ pub fn run(a: Args) -> Result<()> {
         resume: a.resume,
     };
     let cfg = a.scoring.config(&a.explainer.model, a.select.seed);
-    score_and_print(&session, &examples, &explained, &plan, model.as_ref(), &cfg)
+    score_and_print(
+        &session,
+        &examples,
+        &explained,
+        &plan,
+        &model,
+        model.local(),
+        &cfg,
+    )
 }

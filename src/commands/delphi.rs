@@ -3,20 +3,24 @@
 
 use anyhow::{Context, Result, bail};
 use saescope_activations::hooks::HookPoint;
+use saescope_analysis::{Session, SessionSpec};
 use saescope_store::DictDir;
-use saescope_store::delphi::{read_delphi, write_delphi};
+use saescope_store::delphi::{read_delphi, write_delphi, write_delphi_scores};
+use saescope_store::examples::{ExampleRow, ExampleSet, read_examples};
 use saescope_store::explanations::{
     Evidence, ExplanationRow, read_explanations, write_explanations,
 };
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use saescope_store::scores::{Control, WindowScore, read_scores, read_window_scores};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
     /// The dictionary's directory, with its explanations (`saescope explain`).
     #[arg(long)]
     pub dict: PathBuf,
-    /// The folder to write: `explanations/<module>_latent<i>.txt` and `<module>_feature.json`.
+    /// The folder to write: `explanations/<module>_latent<i>.txt` and `<module>_feature.json`,
+    /// and, for explanations that were scored, `scores/<scorer>/<module>_latent<i>.txt`.
     #[arg(long)]
     pub out: PathBuf,
     /// The module name in the file names (default: the hook's module path, e.g. `layers.6`).
@@ -94,7 +98,100 @@ pub fn export(a: ExportArgs) -> Result<()> {
         w.feature_json.display(),
         rows.len() - explained.len()
     );
+    for (scorer, latents, dir) in export_scores(&dict, &a.out, &module, evidence, &explained)? {
+        println!(
+            "wrote {scorer} scores of {latents} latents as delphi's per-latent lists in {}",
+            dir.display()
+        );
+    }
     Ok(())
+}
+
+/// Scorers whose window records delphi has a format for: its classifier output, and its
+/// embedding output.
+const DELPHI_SCORERS: [&str; 4] = ["detection", "fuzz", "fuzz_active", "embedding"];
+
+/// The scores of the explanations exported (`explained`, from `evidence`; scores of an
+/// explanation since replaced are left out), as delphi's
+/// per-latent score lists: every window with its tokens and activations (from the example
+/// sets; the tokens decoded by the run's model when it opens), `distance` its activation bin (0
+/// the strongest) or −1 when silent, `activating` the right answer, and the scorer's
+/// `prediction`, `probability` and `correct` (the embedding scorer: its `similarity`). The
+/// other scorers' records stay in `score_windows.parquet`, which delphi has no format for.
+fn export_scores(
+    dict: &DictDir,
+    out: &Path,
+    module: &str,
+    evidence: Evidence,
+    explained: &BTreeMap<u32, String>,
+) -> Result<Vec<(String, usize, PathBuf)>> {
+    let current: std::collections::HashSet<(u32, String)> = read_scores(&dict.scores_table())?
+        .into_iter()
+        .filter(|s| s.control == Control::Real && s.evidence == evidence)
+        .filter(|s| explained.get(&s.latent) == Some(&s.explanation))
+        .map(|s| (s.latent, s.scorer))
+        .collect();
+    let windows = read_window_scores(&dict.score_windows_table())?;
+    let mine: Vec<&WindowScore> = windows
+        .iter()
+        .filter(|w| w.control == Control::Real && w.evidence == evidence)
+        .filter(|w| current.contains(&(w.latent, w.scorer.clone())))
+        .filter(|w| DELPHI_SCORERS.contains(&w.scorer.as_str()))
+        .collect();
+    if mine.is_empty() {
+        return Ok(Vec::new());
+    }
+    let examples = read_examples(&dict.examples())?;
+    let tests: HashMap<(u32, u64), &ExampleRow> = examples
+        .iter()
+        .filter(|r| r.set == ExampleSet::Test)
+        .map(|r| ((r.latent, r.start), r))
+        .collect();
+    let session = match Session::open(&SessionSpec::new(dict.path())) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            println!("  the scores' windows go without their tokens' text: {e}");
+            None
+        }
+    };
+    let mut lists: BTreeMap<&str, BTreeMap<u32, Vec<serde_json::Value>>> = BTreeMap::new();
+    for w in mine {
+        let window = tests.get(&(w.latent, w.start));
+        let str_tokens: Vec<String> = match (window, &session) {
+            (Some(r), Some(s)) => r
+                .token_ids
+                .iter()
+                .map(|&t| s.model.tokenizer.decode(&[t]).unwrap_or_default())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut record = serde_json::json!({
+            "str_tokens": str_tokens,
+            "activations": window.map(|r| r.acts.clone()).unwrap_or_default(),
+            "distance": if w.bin >= 0 { i64::from(w.bin) } else { -1 },
+            "activating": w.truth,
+        });
+        if w.scorer == "embedding" {
+            record["similarity"] = serde_json::json!(w.probability);
+        } else {
+            record["prediction"] = serde_json::json!(w.prediction);
+            record["probability"] = serde_json::json!(w.probability);
+            record["correct"] = serde_json::json!(w.prediction.map(|p| p == w.truth));
+        }
+        lists
+            .entry(w.scorer.as_str())
+            .or_default()
+            .entry(w.latent)
+            .or_default()
+            .push(record);
+    }
+    lists
+        .into_iter()
+        .map(|(scorer, per_latent)| {
+            let dir = write_delphi_scores(out, module, scorer, &per_latent)?;
+            Ok((scorer.to_owned(), per_latent.len(), dir))
+        })
+        .collect()
 }
 
 pub fn import(a: ImportArgs) -> Result<()> {

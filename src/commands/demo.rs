@@ -480,12 +480,27 @@ fn demo_score(session: &Session, e: &Explained) -> Result<()> {
     };
     let plan = score::Plan {
         latents: &e.latents,
-        scorers: &[Scorer::Detection, Scorer::Fuzz, Scorer::Embedding],
+        scorers: &[
+            Scorer::Detection,
+            Scorer::Fuzz,
+            Scorer::Embedding,
+            Scorer::Simulation,
+            Scorer::Surprisal,
+            Scorer::Intervention,
+        ],
         evidence: Evidence::Activations,
         controls: true,
         resume: false,
     };
-    score::score_and_print(session, &e.examples, &explained, &plan, &e.explainer, &cfg)?;
+    score::score_and_print(
+        session,
+        &e.examples,
+        &explained,
+        &plan,
+        &e.explainer,
+        Some(&e.explainer),
+        &cfg,
+    )?;
     println!(
         "  with 10 windows a latent and a 135M-parameter scorer these say little; with a server: saescope score --dict {} --server URL --model NAME",
         session.opened.dir.path().display()

@@ -12,7 +12,7 @@ use saescope_autointerp::explain::{ExplainConfig, Explainer, Prompts, WindowProm
 use saescope_autointerp::local::LocalExplainer;
 use saescope_autointerp::output::EffectPrompts;
 use saescope_autointerp::prompt::PromptConfig;
-use saescope_autointerp::{Client, ServerConfig};
+use saescope_autointerp::{ChatReply, ChatRequest, Client, ServerConfig};
 use saescope_store::examples::{ExampleKind, ExampleRow, read_examples};
 use saescope_store::explanations::{Evidence, read_explanations};
 use std::collections::{BTreeSet, HashMap};
@@ -95,7 +95,7 @@ impl ModelArgs {
     }
 
     /// The model that answers; server answers are cached in `cache`.
-    pub fn open(&self, cache: PathBuf, device: tch::Device) -> Result<Box<dyn Explainer + Send>> {
+    pub fn open(&self, cache: PathBuf, device: tch::Device) -> Result<AnyModel> {
         Ok(match (&self.server, &self.model) {
             (Some(url), Some(model)) => {
                 let server = ServerConfig {
@@ -106,7 +106,7 @@ impl ModelArgs {
                     concurrency: self.concurrency,
                     ..ServerConfig::default()
                 };
-                Box::new(Client::new(server, Some(cache))?)
+                AnyModel::Server(Box::new(Client::new(server, Some(cache))?))
             }
             _ => {
                 let path = self
@@ -114,11 +114,11 @@ impl ModelArgs {
                     .clone()
                     .unwrap_or_else(assets::default_model);
                 let model = TextModel::open(&path, device, Compute::F32)?;
-                Box::new(LocalExplainer {
+                AnyModel::Local(Box::new(LocalExplainer {
                     model,
                     path,
                     batch: 4,
-                })
+                }))
             }
         })
     }
@@ -145,6 +145,49 @@ impl ModelArgs {
     }
 }
 
+/// The model that answers: a server, or a model on this machine, which can also read prompts
+/// teacher-forced (the scorers that need log-probabilities of a prompt use that). Both are
+/// boxed: they differ in size by kilobytes.
+pub enum AnyModel {
+    /// An OpenAI-compatible server.
+    Server(Box<Client>),
+    /// A model saescope runs itself.
+    Local(Box<LocalExplainer>),
+}
+
+impl AnyModel {
+    /// The model on this machine, when it is one.
+    pub fn local(&self) -> Option<&LocalExplainer> {
+        match self {
+            AnyModel::Local(l) => Some(l.as_ref()),
+            AnyModel::Server(_) => None,
+        }
+    }
+
+    fn inner(&self) -> &dyn Explainer {
+        match self {
+            AnyModel::Server(c) => c.as_ref(),
+            AnyModel::Local(l) => l.as_ref(),
+        }
+    }
+}
+
+impl Explainer for AnyModel {
+    fn name(&self) -> String {
+        self.inner().name()
+    }
+    fn settings(&self) -> serde_json::Value {
+        self.inner().settings()
+    }
+    fn answer(
+        &self,
+        requests: &[ChatRequest],
+        done: &(dyn Fn(usize) + Sync),
+    ) -> Vec<Result<ChatReply, String>> {
+        self.inner().answer(requests, done)
+    }
+}
+
 /// Who explains, and how the prompt is made (shared with the explorer's explain button).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ExplainerArgs {
@@ -167,7 +210,7 @@ impl ExplainerArgs {
         &self,
         cache: PathBuf,
         device: tch::Device,
-    ) -> Result<(Box<dyn Explainer + Send>, ExplainConfig, PromptConfig)> {
+    ) -> Result<(AnyModel, ExplainConfig, PromptConfig)> {
         let mut cfg = ExplainConfig::default();
         let mut prompt = PromptConfig {
             contrastive: self.contrastive,
@@ -309,14 +352,7 @@ pub fn run(a: Args) -> Result<()> {
         windows = WindowPrompts::new(&examples, &token_text, prompt);
         &mut windows
     };
-    explain_and_print(
-        &session,
-        source,
-        &latents,
-        explainer.as_ref(),
-        &cfg,
-        a.resume,
-    )?;
+    explain_and_print(&session, source, &latents, &explainer, &cfg, a.resume)?;
     Ok(())
 }
 

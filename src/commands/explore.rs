@@ -4,14 +4,14 @@
 //! `saescope steer` does; and an explainer for the feature page's explain button, which explains
 //! as `saescope explain` does.
 
-use super::explain::{ExplainerArgs, ModelArgs, token_texts};
+use super::explain::{AnyModel, ExplainerArgs, ModelArgs, token_texts};
 use anyhow::{Context, Result, bail};
 use saescope_activations::generate::{GenerateConfig, PromptStyle};
 use saescope_activations::model::device;
 use saescope_activations::sampler::Sampling;
 use saescope_analysis::steer::{Push, SteerRequest, Steering, steer};
 use saescope_analysis::{Session, SessionSpec};
-use saescope_autointerp::explain::{ExplainConfig, Explainer, WindowPrompts, explain};
+use saescope_autointerp::explain::{ExplainConfig, WindowPrompts, explain};
 use saescope_autointerp::prompt::PromptConfig;
 use saescope_gui::{
     EngineFactory, Explained, ExploreError, FeatureExplainer, Launch, PromptEngine, Start,
@@ -232,7 +232,7 @@ struct ButtonExplainer {
 struct Opened {
     dict: PathBuf,
     session: Session,
-    explainer: Box<dyn Explainer + Send>,
+    explainer: AnyModel,
     cfg: ExplainConfig,
     prompt: PromptConfig,
 }
@@ -277,7 +277,7 @@ impl ButtonExplainer {
         explain(
             &mut prompts,
             &[feature],
-            o.explainer.as_ref(),
+            &o.explainer,
             &o.cfg,
             false,
             &table,

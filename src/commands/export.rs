@@ -8,6 +8,7 @@ use saescope_sae::AnyDictionary;
 use saescope_store::explanations::read_explanations;
 use saescope_store::features::FeatureStore;
 use saescope_store::neuronpedia::{ExportInfo, dashboard_batch};
+use saescope_store::scores::read_scores;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -131,6 +132,13 @@ fn neuronpedia(a: NeuronpediaArgs) -> Result<()> {
                 by.entry(r.latent).or_default().push(r);
                 by
             }),
+        scores: read_scores(&opened.dir.scores_table())?.into_iter().fold(
+            HashMap::new(),
+            |mut by: HashMap<u32, Vec<_>>, r| {
+                by.entry(r.latent).or_default().push(r);
+                by
+            },
+        ),
     };
     let batch = dashboard_batch(&store, &info);
     let text = serde_json::to_string(&batch)?;

@@ -1,29 +1,32 @@
 //! `saescope score`: scores latents' explanations against their test windows (detection,
-//! fuzzing) with the bundled model or any OpenAI-compatible server, beside two controls, into
-//! `DICT/scores.parquet` and `DICT/score_windows.parquet`, and prints the run's summary.
+//! fuzzing, simulation with the bundled model or any OpenAI-compatible server; embedding with
+//! the bundled MiniLM; surprisal and intervention read by a model running here), beside two
+//! controls, into `DICT/scores.parquet` and `DICT/score_windows.parquet`, and prints the run's
+//! summary.
 
 use super::explain::{DictArgs, ModelArgs, Select, example_sets, token_texts};
 use crate::progress::RequestTracker;
 use anyhow::{Result, bail};
 use saescope_activations::assets;
 use saescope_activations::bert::SentenceEncoder;
+use saescope_activations::model::{Compute, TextModel};
 use saescope_analysis::Session;
 use saescope_autointerp::explain::Explainer;
 use saescope_autointerp::explain::train_windows;
+use saescope_autointerp::local::LocalExplainer;
 use saescope_autointerp::metrics::Interval;
+use saescope_autointerp::read::Reader;
 use saescope_autointerp::score::embedding::Embedder;
+use saescope_autointerp::score::intervention::Steerer;
 use saescope_autointerp::score::summary::{SummaryLine, summarize};
 use saescope_autointerp::score::{
-    ScoreConfig, ScoreReport, Scorer, Tables, controls, jobs, score, test_windows,
+    Models, ScoreConfig, ScoreReport, Scorer, Tables, controls, jobs, score, test_windows,
 };
 use saescope_store::examples::ExampleRow;
 use saescope_store::explanations::{Evidence, read_explanations};
 use saescope_store::scores::read_scores;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-
-/// Scorers asked for that saescope does not have yet, so the error can say so.
-const COMING: [&str; 3] = ["simulation", "surprisal", "intervention"];
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -47,8 +50,13 @@ pub struct Args {
 /// How scoring runs (shared with `saescope autointerp`).
 #[derive(clap::Args, Debug)]
 pub struct ScoringArgs {
-    /// Scorers, comma-separated: detection, fuzz, fuzz_active (a chat model answers) and
-    /// embedding (the bundled MiniLM ranks the windows by their cosine with the explanation).
+    /// Scorers, comma-separated: detection, fuzz, fuzz_active (a chat model answers yes or
+    /// no), embedding (the bundled MiniLM ranks the windows by their cosine with the
+    /// explanation), simulation (a model predicts each token's activation; read off the prompt
+    /// by a local model, asked of a server), surprisal (a local model reads the windows after
+    /// the explanation) and intervention (the latent is pushed, and a local model reads the
+    /// explanation after the pushed text). With a server, surprisal and intervention read with
+    /// the bundled model.
     #[arg(long, default_value = "detection,fuzz,embedding")]
     pub scorers: String,
     /// Leave out the controls (another latent's explanation; a list of the latent's most
@@ -99,10 +107,6 @@ pub fn parse_scorers(spec: &str) -> Result<Vec<Scorer>> {
         match Scorer::parse(name) {
             Some(s) if !out.contains(&s) => out.push(s),
             Some(_) => {}
-            None if COMING.contains(&name) => bail!(
-                "--scorers: the {name} scorer is not in saescope yet; it has {}",
-                all.join(", ")
-            ),
             None => bail!(
                 "--scorers: unknown scorer `{name}`; expected {}",
                 all.join(", ")
@@ -144,6 +148,7 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = a.scoring.config(&a.model, a.select.seed);
     a.model.warn_if_local("scoring", "scores");
     let model = a.model.open(dir.scores().join("cache"), session.device)?;
+    let local = model.local();
     let plan = Plan {
         latents: &latents,
         scorers: &scorers,
@@ -151,7 +156,7 @@ pub fn run(a: Args) -> Result<()> {
         controls: !a.scoring.no_controls,
         resume: a.resume,
     };
-    score_and_print(&session, &examples, &explained, &plan, model.as_ref(), &cfg)
+    score_and_print(&session, &examples, &explained, &plan, &model, local, &cfg)
 }
 
 /// The explanations from `evidence` in the table at `table`, by latent.
@@ -187,19 +192,51 @@ fn open_embedder(scorers: &[Scorer], device: tch::Device) -> Result<Option<Sente
     Ok(Some(SentenceEncoder::open(&dir, device)?))
 }
 
-/// Scores the `explained` latents of the plan (the embedding scorer with the bundled MiniLM)
-/// with a progress bar, then prints what happened
-/// and the run's summary with its controls (the demo's too).
+/// A model here to read with when `scorers` need one and `local` (the chat model, when it
+/// runs here) is none: the bundled SmolLM2-135M-Instruct.
+fn open_reader(
+    scorers: &[Scorer],
+    local: Option<&LocalExplainer>,
+    device: tch::Device,
+) -> Result<Option<LocalExplainer>> {
+    let reads = |s: &Scorer| matches!(s, Scorer::Surprisal | Scorer::Intervention);
+    if local.is_some() || !scorers.iter().any(reads) {
+        return Ok(None);
+    }
+    let path = assets::default_model();
+    Ok(Some(LocalExplainer {
+        model: TextModel::open(&path, device, Compute::F32)?,
+        path,
+        batch: 4,
+    }))
+}
+
+/// Scores the `explained` latents of the plan with a progress bar, asking `chat` (`local` is
+/// the same model when it runs here; the embedding scorer uses the bundled MiniLM, the
+/// intervention scorer pushes in the session's model), then prints what happened and the
+/// run's summary with its controls (the demo's too).
 pub fn score_and_print(
     session: &Session,
     examples: &[ExampleRow],
     explained: &HashMap<u32, String>,
     plan: &Plan<'_>,
-    model: &dyn Explainer,
+    chat: &dyn Explainer,
+    local: Option<&LocalExplainer>,
     cfg: &ScoreConfig,
 ) -> Result<()> {
     let encoder = open_embedder(plan.scorers, session.device)?;
-    let embedder = encoder.as_ref().map(|e| e as &dyn Embedder);
+    let own_reader = open_reader(plan.scorers, local, session.device)?;
+    let reader = local.or(own_reader.as_ref()).map(|l| l as &dyn Reader);
+    let models = Models {
+        chat,
+        chat_reader: local.map(|l| l as &dyn Reader),
+        embedder: encoder.as_ref().map(|e| e as &dyn Embedder),
+        reader,
+        steerer: plan
+            .scorers
+            .contains(&Scorer::Intervention)
+            .then_some(session as &dyn Steerer),
+    };
     let dir = &session.opened.dir;
     let token_text = token_texts(session);
     let train = train_windows(examples);
@@ -216,14 +253,13 @@ pub fn score_and_print(
         cfg.seed,
     );
     let tests = test_windows(examples, cfg.positives, cfg.negatives);
-    let bar = RequestTracker::new("scoring", "prompts", "windows failed");
+    let bar = RequestTracker::new("scoring", "steps", "windows failed");
     let report = score(
         &tests,
         &token_text,
         &job_list,
         plan.scorers,
-        model,
-        embedder,
+        &models,
         cfg,
         plan.resume,
         &Tables {
@@ -286,6 +322,19 @@ fn print_report(r: &ScoreReport, table: &Path) {
             &r.without_windows[..r.without_windows.len().min(10)]
         );
     }
+    for (scorer, mode) in &r.modes {
+        println!("  {scorer}: predictions read from {mode}");
+    }
+    let mut reasons: Vec<&str> = r.errors.iter().map(|(_, _, e)| e.as_str()).collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    for reason in reasons.iter().take(3) {
+        let n = r.errors.iter().filter(|e| e.2 == *reason).count();
+        println!("  failed ({n} scores): {reason}");
+    }
+    if reasons.len() > 3 {
+        println!("  and {} other reasons", reasons.len() - 3);
+    }
     if r.scored > 0 && r.with_probabilities == 0 {
         println!(
             "  the model gave no log-probabilities: no AUC; balanced accuracy, precision, recall and F1 only"
@@ -309,12 +358,20 @@ fn print_summary(lines: &[SummaryLine]) {
         "means over latents with 95% bootstrap intervals (balanced accuracy over valid answers; `all`: failures count as wrong; `weighted`: by firing frequency):"
     );
     println!(
-        "  {:<12} {:<9} {:>7} {:>8}  {:<24} {:<24} {:<24} {:<24}",
-        "scorer", "control", "latents", "failed", "balanced accuracy", "all", "weighted", "AUC"
+        "  {:<12} {:<9} {:>7} {:>8}  {:<24} {:<24} {:<24} {:<24} {:<24}",
+        "scorer",
+        "control",
+        "latents",
+        "failed",
+        "balanced accuracy",
+        "all",
+        "weighted",
+        "AUC",
+        "measure"
     );
     for l in lines {
         println!(
-            "  {:<12} {:<9} {:>7} {:>7.1}%  {:<24} {:<24} {:<24} {:<24}",
+            "  {:<12} {:<9} {:>7} {:>7.1}%  {:<24} {:<24} {:<24} {:<24} {:<24}",
             l.scorer,
             l.control.name(),
             l.latents,
@@ -323,6 +380,12 @@ fn print_summary(lines: &[SummaryLine]) {
             interval(&l.balanced_accuracy_all),
             interval(&l.balanced_accuracy_weighted),
             interval(&l.auc),
+            interval(&l.value),
+        );
+    }
+    if lines.iter().any(|l| l.value.is_some()) {
+        println!(
+            "  measure: simulation, correlation of predicted and true activations; surprisal, loss drop on activating less silent windows (nats/token); intervention, rise in the explanation's log-probability after pushed text (nats/token)"
         );
     }
 }
@@ -337,8 +400,10 @@ mod tests {
             parse_scorers("fuzz, detection,fuzz,embedding").unwrap(),
             vec![Scorer::Fuzz, Scorer::Detection, Scorer::Embedding]
         );
-        let e = parse_scorers("surprisal").unwrap_err().to_string();
-        assert!(e.contains("not in saescope yet"), "{e}");
+        assert_eq!(
+            parse_scorers("surprisal,simulation,intervention").unwrap(),
+            vec![Scorer::Surprisal, Scorer::Simulation, Scorer::Intervention]
+        );
         let e = parse_scorers("detect").unwrap_err().to_string();
         assert!(e.contains("unknown scorer `detect`"), "{e}");
         assert!(parse_scorers(",").is_err());

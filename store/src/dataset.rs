@@ -148,7 +148,8 @@ fn card(dict: &DictDir, rows: &[crate::explanations::ExplanationRow]) -> Result<
 }
 
 /// Per scorer, control and evidence: latents scored, windows and failed ones, and the plain
-/// means of balanced accuracy and AUC over the latents that have them.
+/// means of balanced accuracy, AUC and the scorer's own measure over the latents that have
+/// them.
 fn scores_card(rows: &[crate::scores::ScoreRow]) -> Value {
     let mut groups: BTreeMap<(&str, &str, &str), Vec<&crate::scores::ScoreRow>> = BTreeMap::new();
     for r in rows {
@@ -174,6 +175,7 @@ fn scores_card(rows: &[crate::scores::ScoreRow]) -> Value {
                 "failed": rs.iter().map(|r| r.failed as u64).sum::<u64>(),
                 "balanced_accuracy": mean(rs, &|r| r.balanced_accuracy),
                 "auc": mean(rs, &|r| r.auc),
+                "value": mean(rs, &|r| r.value),
                 "model": rs[0].model,
             })
         })
@@ -256,13 +258,14 @@ fn readme(card: &Value) -> String {
     }
     for x in card["scores"].as_array().into_iter().flatten() {
         s.push_str(&format!(
-            "- Scores, {} with the {} explanations from {}: {} latents, mean balanced accuracy {}, mean AUC {}, {} of {} windows without a valid answer ({})\n",
+            "- Scores, {} with the {} explanations from {}: {} latents, mean balanced accuracy {}, mean AUC {}, mean measure {}, {} of {} windows without a valid answer ({})\n",
             show(&x["scorer"]),
             show(&x["control"]),
             show(&x["evidence"]),
             show(&x["latents"]),
             show(&x["balanced_accuracy"]),
             show(&x["auc"]),
+            show(&x["value"]),
             show(&x["failed"]),
             show(&x["windows"]),
             show(&x["model"]),

@@ -49,6 +49,26 @@ pub fn write_delphi(
     })
 }
 
+/// Writes one scorer's per-window records in delphi's score layout: `out/scores/<scorer>/
+/// <module>_latent<i>.txt`, each a JSON list of the latent's windows (what delphi's scorers
+/// write and its result analysis reads). Returns the folder.
+pub fn write_delphi_scores(
+    out: &Path,
+    module: &str,
+    scorer: &str,
+    per_latent: &BTreeMap<u32, Vec<serde_json::Value>>,
+) -> Result<PathBuf> {
+    let dir = out.join("scores").join(scorer);
+    std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+    let module = module.replace('/', "--");
+    for (latent, windows) in per_latent {
+        let path = dir.join(format!("{module}_latent{latent}.txt"));
+        let json = serde_json::to_vec(windows).expect("JSON values serialise");
+        write_atomic(&path, &json)?;
+    }
+    Ok(dir)
+}
+
 /// Reads explanations of module `module` from `path`: a `<module>_feature.json` object, or a
 /// folder holding delphi's per-latent files (directly or under `explanations/`). A file that is
 /// not what delphi writes is refused by name.

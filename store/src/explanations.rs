@@ -132,10 +132,7 @@ pub fn read_explanations(path: &Path) -> Result<Vec<ExplanationRow>> {
     for b in read_batches(path)? {
         let c = Cols { path, batch: &b };
         let latent = c.typed::<UInt32Array>("latent")?;
-        let evidence = match b.column_by_name("evidence") {
-            None => None,
-            Some(_) => Some(c.typed::<StringArray>("evidence")?),
-        };
+        let evidence = c.optional::<StringArray>("evidence")?;
         let explanation = c.typed::<StringArray>("explanation")?;
         let explainer = c.typed::<StringArray>("explainer")?;
         let settings = c.typed::<StringArray>("settings")?;

@@ -629,6 +629,14 @@ impl<'a> Cols<'a> {
     pub(crate) fn list(&self, name: &str) -> Result<&'a ListArray> {
         self.typed::<ListArray>(name)
     }
+    /// A column that tables written before it existed lack: `None` then, an error only when it
+    /// is there with the wrong type.
+    pub(crate) fn optional<T: 'static>(&self, name: &str) -> Result<Option<&'a T>> {
+        match self.batch.column_by_name(name) {
+            None => Ok(None),
+            Some(_) => self.typed::<T>(name).map(Some),
+        }
+    }
 }
 
 pub(crate) fn u32s(l: &ListArray, i: usize) -> Vec<u32> {

@@ -4,13 +4,17 @@
 //!
 //! A feature with explanations carries them as `explanations: [{description,
 //! explanationModelName, typeName}]`, the field names of Neuronpedia's explanation records, the
-//! type naming what each was made from.
+//! type naming what each was made from, and with its scores (`saescope score`, the feature's
+//! own explanation) as `scores: [{value, explanationScoreTypeName, explanationScoreModelName,
+//! jsonDetails}]`, typed `saescope_<scorer>`, the value [`ScoreRow::headline`] and the details
+//! every metric of the row as JSON.
 //!
 //! Fields saescope does not compute (correlated neurons, and correlated features by Pearson
 //! correlation) are written as empty lists, which Neuronpedia shows as absent.
 
 use crate::explanations::{Evidence, ExplanationRow};
 use crate::features::{ContextKind, FeatureRow, FeatureStore};
+use crate::scores::{Control, ScoreRow};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -31,6 +35,41 @@ pub struct ExportInfo {
     pub neuron_alignment: Vec<Vec<(u32, f32, f32)>>,
     /// Explanations by latent, one row per kind of evidence (rows without one are left out).
     pub explanations: HashMap<u32, Vec<ExplanationRow>>,
+    /// Scores by latent (`scores.parquet`); those of each latent's own explanations are
+    /// exported with them.
+    pub scores: HashMap<u32, Vec<ScoreRow>>,
+}
+
+/// The score records of explanation `e`: its latent's scores of this very explanation (not of
+/// one it replaced) from the same evidence.
+fn score_records(e: &ExplanationRow, scores: Option<&Vec<ScoreRow>>) -> Vec<Value> {
+    scores
+        .into_iter()
+        .flatten()
+        .filter(|s| s.control == Control::Real && s.evidence == e.evidence)
+        .filter(|s| e.explanation.as_ref() == Some(&s.explanation))
+        .filter_map(|s| {
+            Some(json!({
+                "value": s.headline()?,
+                "explanationScoreTypeName": format!("saescope_{}", s.scorer),
+                "explanationScoreModelName": explainer_model(&s.model),
+                "jsonDetails": json!({
+                    "windows": s.windows, "valid": s.valid, "failed": s.failed,
+                    "balanced_accuracy": s.balanced_accuracy,
+                    "balanced_accuracy_all": s.balanced_accuracy_all,
+                    "precision": s.precision, "recall": s.recall, "f1": s.f1,
+                    "auc": s.auc, "value": s.value,
+                    "bin_recall": finite(&s.bin_recall), "bin_auc": finite(&s.bin_auc),
+                    "bin_value": finite(&s.bin_value),
+                }).to_string(),
+            }))
+        })
+        .collect()
+}
+
+/// NaN (a bin without a score) as null, which JSON can hold.
+fn finite(xs: &[f32]) -> Vec<Option<f32>> {
+    xs.iter().map(|x| x.is_finite().then_some(*x)).collect()
 }
 
 /// Neuronpedia's explanation type for explanations made by `saescope explain`: from activating
@@ -150,11 +189,16 @@ pub fn dashboard_batch(store: &FeatureStore, info: &ExportInfo) -> Value {
             .into_iter()
             .flatten()
             .filter_map(|e| {
-                Some(json!({
+                let mut record = json!({
                     "description": e.explanation.as_ref()?,
                     "explanationModelName": explainer_model(&e.explainer),
                     "typeName": explanation_type(e.evidence),
-                }))
+                });
+                let scores = score_records(e, info.scores.get(&row.feature));
+                if !scores.is_empty() {
+                    record["scores"] = Value::Array(scores);
+                }
+                Some(record)
             })
             .collect();
         if !explained.is_empty() {

@@ -8,8 +8,8 @@ use crate::examples::{ExampleKind, kind_code, kind_from_code};
 use crate::explanations::{Evidence, parse_evidence};
 use crate::features::{Cols, batch, f32s, list_f32, list_field, read_batches, write_table};
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int8Array, Int16Array, StringArray,
-    UInt8Array, UInt32Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int8Array, Int16Array, ListArray,
+    StringArray, UInt8Array, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field};
 use std::path::Path;
@@ -100,9 +100,27 @@ pub struct ScoreRow {
     pub bin_recall: Vec<f32>,
     /// AUC of each bin's windows against all the negatives; empty without probabilities.
     pub bin_auc: Vec<f32>,
+    /// The scorer's own measure, for the scorers that are not yes/no questions: simulation's
+    /// correlation of predicted and true activations; surprisal's loss drop on activating
+    /// windows less that on silent ones (nats per token); intervention's rise in the
+    /// explanation's log-probability after steered text over clean text (nats per token).
+    pub value: Option<f64>,
+    /// The same measure for each activation bin's windows (each with all the silent ones);
+    /// NaN where a bin has none, empty for the scorers without a measure.
+    pub bin_value: Vec<f32>,
 }
 
 impl ScoreRow {
+    /// The one number that stands for the score where one is wanted (an export's score
+    /// record): the scorer's own measure for the scorers that have one (simulation, surprisal,
+    /// intervention), else balanced accuracy (the yes/no scorers), else AUC (embedding).
+    pub fn headline(&self) -> Option<f64> {
+        match self.scorer.as_str() {
+            "simulation" | "surprisal" | "intervention" => self.value,
+            _ => self.balanced_accuracy.or(self.auc),
+        }
+    }
+
     /// The row's key.
     pub fn key(&self) -> ScoreKey {
         (
@@ -136,8 +154,17 @@ pub struct WindowScore {
     pub truth: bool,
     /// The answer; `None` when it could not be parsed.
     pub prediction: Option<bool>,
-    /// The answer's probability of yes from log-probabilities, when there were any.
+    /// The window's score, which ranks it for the AUC: the answer's probability of yes from
+    /// log-probabilities (detection, fuzzing), the cosine with the explanation (embedding), the
+    /// largest predicted activation, 0 to 1 (simulation), the loss drop in nats per token
+    /// (surprisal), the rise in the explanation's log-probability (intervention); `None` when
+    /// there is none.
     pub probability: Option<f32>,
+    /// Per-token numbers, for the scorers that have them: the predicted activation of each
+    /// token, 0 to 9 (simulation); each token's loss drop in nats (surprisal); the
+    /// explanation's log-probability per token after the clean and the steered text
+    /// (intervention, two numbers). Empty otherwise.
+    pub values: Vec<f32>,
 }
 
 impl WindowScore {
@@ -208,6 +235,8 @@ pub fn write_scores(path: &Path, rows: &[ScoreRow]) -> Result<()> {
         opt("auc"),
         list_field("bin_recall", DataType::Float32),
         list_field("bin_auc", DataType::Float32),
+        opt("value"),
+        list_field("bin_value", DataType::Float32),
     ];
     let u32s = |f: &dyn Fn(&ScoreRow) -> u32| -> ArrayRef {
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(f)))
@@ -233,6 +262,8 @@ pub fn write_scores(path: &Path, rows: &[ScoreRow]) -> Result<()> {
         floats(&rows, |r| r.auc),
         list_f32(rows.iter().map(|r| r.bin_recall.clone())),
         list_f32(rows.iter().map(|r| r.bin_auc.clone())),
+        floats(&rows, |r| r.value),
+        list_f32(rows.iter().map(|r| r.bin_value.clone())),
     ];
     write_table(path, batch(path, fields, columns)?, 4_096)
 }
@@ -265,6 +296,11 @@ pub fn read_scores(path: &Path) -> Result<Vec<ScoreRow>> {
         );
         let (f1, f1_all, auc) = (f("f1")?, f("f1_all")?, f("auc")?);
         let (bin_recall, bin_auc) = (c.list("bin_recall")?, c.list("bin_auc")?);
+        // Tables written before the scorers with a measure of their own lack these two.
+        let (value, bin_value) = (
+            c.optional::<Float64Array>("value")?,
+            c.optional::<ListArray>("bin_value")?,
+        );
         let opt = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
         for i in 0..b.num_rows() {
             rows.push(ScoreRow {
@@ -288,6 +324,8 @@ pub fn read_scores(path: &Path) -> Result<Vec<ScoreRow>> {
                 auc: opt(auc, i),
                 bin_recall: f32s(bin_recall, i),
                 bin_auc: f32s(bin_auc, i),
+                value: value.and_then(|v| opt(v, i)),
+                bin_value: bin_value.map(|l| f32s(l, i)).unwrap_or_default(),
             });
         }
     }
@@ -316,6 +354,7 @@ pub fn write_window_scores(path: &Path, rows: &[WindowScore]) -> Result<()> {
         Field::new("truth", DataType::Boolean, false),
         Field::new("prediction", DataType::Int8, true),
         Field::new("probability", DataType::Float32, true),
+        list_field("values", DataType::Float32),
     ];
     let columns: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.latent))),
@@ -332,6 +371,7 @@ pub fn write_window_scores(path: &Path, rows: &[WindowScore]) -> Result<()> {
             rows.iter().map(|r| r.prediction.map(i8::from)),
         )),
         Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.probability))),
+        list_f32(rows.iter().map(|r| r.values.clone())),
     ];
     write_table(path, batch(path, fields, columns)?, 65_536)
 }
@@ -356,6 +396,7 @@ pub fn read_window_scores(path: &Path) -> Result<Vec<WindowScore>> {
         let truth = c.typed::<BooleanArray>("truth")?;
         let prediction = c.typed::<Int8Array>("prediction")?;
         let probability = c.typed::<Float32Array>("probability")?;
+        let values = c.optional::<ListArray>("values")?;
         for i in 0..b.num_rows() {
             let bad = |message: String| StoreError::Schema {
                 path: path.to_owned(),
@@ -378,6 +419,7 @@ pub fn read_window_scores(path: &Path) -> Result<Vec<WindowScore>> {
                     (false, v) => return Err(bad(format!("prediction {v} is neither 0 nor 1"))),
                 },
                 probability: (!probability.is_null(i)).then(|| probability.value(i)),
+                values: values.map(|l| f32s(l, i)).unwrap_or_default(),
             });
         }
     }
@@ -410,6 +452,8 @@ mod tests {
             auc: None,
             bin_recall: vec![1.0, f32::NAN],
             bin_auc: vec![],
+            value: None,
+            bin_value: vec![],
         }
     }
 
@@ -424,6 +468,8 @@ mod tests {
             ScoreRow {
                 auc: Some(0.9),
                 bin_auc: vec![0.5],
+                value: Some(0.25),
+                bin_value: vec![0.5, f32::NAN],
                 ..score(2, "detection", Control::Real)
             },
         ];
@@ -432,6 +478,9 @@ mod tests {
         assert_eq!(back.len(), 3);
         // Sorted by key: latent 2's real score before its shuffled one, then latent 5.
         assert_eq!(back[0].auc, Some(0.9));
+        assert_eq!(back[0].value, Some(0.25));
+        assert!(back[0].bin_value[1].is_nan());
+        assert_eq!(back[1].value, None);
         assert_eq!(back[1].control, Control::Shuffled);
         assert_eq!(back[2].latent, 5);
         assert!(back[2].bin_recall[1].is_nan());
@@ -453,6 +502,7 @@ mod tests {
             truth: false,
             prediction: None,
             probability: None,
+            values: vec![],
         };
         let w2 = WindowScore {
             kind: ExampleKind::Activating,
@@ -460,6 +510,7 @@ mod tests {
             truth: true,
             prediction: Some(true),
             probability: Some(0.75),
+            values: vec![0.0, 4.5],
             ..w.clone()
         };
         write_window_scores(&wpath, &[w.clone(), w2.clone()]).unwrap();

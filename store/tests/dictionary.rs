@@ -247,6 +247,8 @@ fn an_explanation_dataset_carries_the_table_and_a_card_that_counts_it() {
         auc: None,
         bin_recall: vec![],
         bin_auc: vec![],
+        value: None,
+        bin_value: vec![],
     };
     write_scores(
         &d.scores_table(),

@@ -1,9 +1,43 @@
 //! The feature store's tables read back as written, and an incomplete store is refused.
 
 use saescope_store::features::*;
+use saescope_store::scores::Control;
 use std::path::Path;
 
 /// Token names by id, for the contexts' windows.
+fn score_row(
+    latent: u32,
+    scorer: &str,
+    control: Control,
+    balanced_accuracy: Option<f64>,
+    value: Option<f64>,
+) -> saescope_store::scores::ScoreRow {
+    saescope_store::scores::ScoreRow {
+        latent,
+        scorer: scorer.into(),
+        control,
+        evidence: saescope_store::explanations::Evidence::Activations,
+        explanation_of: latent,
+        explanation: "plural nouns".into(),
+        model: "server http://127.0.0.1:8080/v1 org/scorer-1b".into(),
+        settings: "{}".into(),
+        windows: 10,
+        valid: 10,
+        failed: 0,
+        balanced_accuracy,
+        balanced_accuracy_all: balanced_accuracy,
+        precision: None,
+        recall: None,
+        f1: None,
+        f1_all: None,
+        auc: Some(0.9),
+        bin_recall: vec![1.0, f32::NAN],
+        bin_auc: vec![],
+        value,
+        bin_value: vec![],
+    }
+}
+
 fn vocab() -> Vec<String> {
     ["<s>", "a", "b", "c", "d"].map(String::from).to_vec()
 }
@@ -153,6 +187,7 @@ fn neuronpedia_export_carries_every_feature_and_context() {
         tokens_per_prompt: 25,
         neuron_alignment: vec![vec![(3, -0.5, 0.25)]],
         explanations: Default::default(),
+        scores: Default::default(),
     };
     let b = dashboard_batch(&store, &info);
     assert_eq!(b["model_id"], "smollm2-135m");
@@ -219,9 +254,45 @@ fn neuronpedia_export_carries_every_feature_and_context() {
             (2, vec![row(2, None)]),
         ]
         .into(),
+        // Feature 3's own explanation's scores go with it; a control's and the output-side
+        // explanation's (unscored here) do not.
+        scores: [(
+            3,
+            vec![
+                score_row(3, "detection", Control::Real, Some(0.8), None),
+                score_row(3, "simulation", Control::Real, None, Some(0.4)),
+                score_row(3, "detection", Control::Shuffled, Some(0.5), None),
+            ],
+        )]
+        .into(),
         ..info
     };
-    let e = dashboard_batch(&store, &explained);
+    let mut e = dashboard_batch(&store, &explained);
+    let scores = e["features"][3]["explanations"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("scores")
+        .unwrap();
+    let details: serde_json::Value =
+        serde_json::from_str(scores[1]["jsonDetails"].as_str().unwrap()).unwrap();
+    assert_eq!(details["value"], serde_json::json!(0.4));
+    assert_eq!(details["bin_recall"], serde_json::json!([1.0, null]));
+    assert_eq!(
+        scores
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (
+                s["value"].as_f64().unwrap(),
+                s["explanationScoreTypeName"].as_str().unwrap(),
+                s["explanationScoreModelName"].as_str().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            (0.8, "saescope_detection", "scorer-1b"),
+            (0.4, "saescope_simulation", "scorer-1b")
+        ]
+    );
     assert_eq!(
         e["features"][3]["explanations"],
         serde_json::json!([{

@@ -5,6 +5,7 @@ use crate::state::Explorer;
 use crate::widgets::{opt, problems_ui, thousands};
 use eframe::egui;
 use egui_plot::{Line, Plot, PlotPoints};
+use saescope_stats::metrics::Interval;
 use saescope_store::dictionary::LogLine;
 
 /// Reads one training curve off a log line.
@@ -75,6 +76,7 @@ impl Explorer {
         if let Some(i) = chosen {
             self.select_dict(i);
         }
+        self.score_summary(ui);
         if let Some(d) = self.entry() {
             problems_ui(ui, &d.problems);
             if !d.curve.is_empty() {
@@ -100,4 +102,60 @@ impl Explorer {
             }
         }
     }
+
+    /// The selected dictionary's explanation scores summed up: per scorer, its explanations
+    /// beside the two controls, so the value they add over another feature's explanation and
+    /// over a list of tokens is read off one table.
+    fn score_summary(&self, ui: &mut egui::Ui) {
+        let Some(t) = self.table() else { return };
+        for (evidence, lines) in &t.score_summary {
+            ui.add_space(8.0);
+            ui.heading(format!(
+                "Explanation scores (explanations from {})",
+                evidence.name()
+            ))
+            .on_hover_text(
+                "Means over features with 95% bootstrap intervals. Real: each feature's own explanation; shuffled: another feature's, on the same windows; baseline: its most frequent tokens. Measure: simulation's correlation, surprisal's and intervention's nats per token.",
+            );
+            egui::Grid::new(("score-summary", evidence.name()))
+                .striped(true)
+                .show(ui, |ui| {
+                    for h in [
+                        "scorer",
+                        "explanation",
+                        "features",
+                        "failed",
+                        "balanced accuracy",
+                        "weighted by density",
+                        "AUC",
+                        "measure",
+                    ] {
+                        ui.strong(h);
+                    }
+                    ui.end_row();
+                    for l in lines {
+                        ui.label(&l.scorer);
+                        ui.label(l.control.name());
+                        ui.label(l.latents.to_string());
+                        ui.label(format!(
+                            "{:.1}%",
+                            100.0 * l.failed as f64 / l.windows.max(1) as f64
+                        ));
+                        ui.label(interval(&l.balanced_accuracy));
+                        ui.label(interval(&l.balanced_accuracy_weighted));
+                        ui.label(interval(&l.auc));
+                        ui.label(interval(&l.value));
+                        ui.end_row();
+                    }
+                });
+        }
+    }
+}
+
+/// A mean with its interval, or a dash.
+fn interval(i: &Option<Interval>) -> String {
+    i.map_or_else(
+        || "-".into(),
+        |i| format!("{:.3} [{:.3}, {:.3}]", i.mean, i.low, i.high),
+    )
 }

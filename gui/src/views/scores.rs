@@ -21,8 +21,13 @@ fn line(r: &ScoreRow) -> String {
         }
         saescope_store::scores::Control::Baseline => format!("the baseline {}", r.explanation),
     };
+    let measure = match (r.scorer.as_str(), r.value) {
+        ("simulation", Some(v)) => format!(", correlation {v:.2}"),
+        (_, Some(v)) => format!(", {v:+.3} nats per token"),
+        (_, None) => String::new(),
+    };
     format!(
-        "{} with {whose}: balanced accuracy {}, AUC {}, {} of {} windows answered",
+        "{} with {whose}: balanced accuracy {}, AUC {}{measure}, {} of {} windows answered",
         r.scorer,
         rate(r.balanced_accuracy),
         rate(r.auc),
@@ -43,16 +48,16 @@ impl Explorer {
             return;
         }
         ui.strong("Scores (`saescope score`)").on_hover_text(
-            "Each scorer on held-out windows, with the feature's explanation and with two controls: another feature's explanation (shuffled) and its most frequent tokens (baseline). The chart: recall (or AUC) by activation bin, strongest first.",
+            "Each scorer on held-out windows, with the feature's explanation and with two controls: another feature's explanation (shuffled) and its most frequent tokens (baseline). The chart: recall (or the scorer's measure, or AUC) by activation bin, strongest first.",
         );
         for (i, r) in rows.iter().enumerate() {
             ui.horizontal(|ui| {
-                // Recall per bin for the classifiers; AUC per bin for the embedding scorer.
-                let bins = if r.bin_recall.is_empty() {
-                    &r.bin_auc
-                } else {
-                    &r.bin_recall
-                };
+                // Recall per bin for the yes/no scorers; the scorer's own measure per bin where
+                // it has one (simulation, surprisal); else AUC per bin (embedding).
+                let bins = [&r.bin_recall, &r.bin_value, &r.bin_auc]
+                    .into_iter()
+                    .find(|b| !b.is_empty())
+                    .unwrap_or(&r.bin_auc);
                 let bars: Vec<Bar> = bins
                     .iter()
                     .enumerate()

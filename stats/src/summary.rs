@@ -35,6 +35,9 @@ pub struct SummaryLine {
     pub auc: Option<Interval>,
     /// Mean AUC weighted by firing frequency.
     pub auc_weighted: Option<Interval>,
+    /// Mean of the scorer's own measure ([`ScoreRow::value`]: simulation's correlation,
+    /// surprisal's and intervention's nats per token), for the scorers that have one.
+    pub value: Option<Interval>,
 }
 
 /// The summary of `rows` from `evidence`, one line per scorer and control (scorers by name,
@@ -79,6 +82,7 @@ pub fn summarize(
                 balanced_accuracy_weighted: mean(&|r| r.balanced_accuracy, true),
                 auc: mean(&|r| r.auc, false),
                 auc_weighted: mean(&|r| r.auc, true),
+                value: mean(&|r| r.value, false),
                 scorer,
                 control,
             }
@@ -112,6 +116,8 @@ mod tests {
             auc,
             bin_recall: vec![],
             bin_auc: vec![],
+            value: auc.map(|a| a - 0.5),
+            bin_value: vec![],
         }
     }
 
@@ -139,6 +145,7 @@ mod tests {
         let shuffled = &lines[1];
         assert_eq!(shuffled.balanced_accuracy.unwrap().n, 1);
         assert!((shuffled.auc.unwrap().mean - 0.45).abs() < 1e-12);
+        assert!((shuffled.value.unwrap().mean + 0.05).abs() < 1e-12);
         let unweighted = summarize(&rows, Evidence::Activations, None, 0);
         assert!(unweighted[0].balanced_accuracy_weighted.is_none());
         assert!(summarize(&rows, Evidence::Effects, None, 0).is_empty());
