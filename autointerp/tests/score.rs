@@ -423,9 +423,25 @@ fn a_real_server_scores_with_log_probabilities() {
     )
     .unwrap();
     let job_list = own_jobs(&[1, 2]);
-    let scorers = [Scorer::Detection, Scorer::Fuzz];
+    let scorers = [Scorer::Detection, Scorer::Fuzz, Scorer::Simulation];
     let report = run(&client, &job_list, &scorers, &small(), false, dir.path());
-    every_window_is_recorded(dir.path(), &report, 4);
+    every_window_is_recorded(dir.path(), &report, 6);
+    // Simulation is asked of the server (it cannot read a prompt): a list of digits per window,
+    // read from its log-probabilities when it answers one.
+    let rows = read_scores(&dir.path().join("scores.parquet")).unwrap();
+    let sim: Vec<_> = rows.iter().filter(|r| r.scorer == "simulation").collect();
+    assert!(
+        sim.iter().all(|r| r.model.starts_with("server ")),
+        "{sim:?}"
+    );
+    if sim.iter().any(|r| r.valid > 0) {
+        assert!(
+            report
+                .modes
+                .contains(&("simulation".into(), "answer log-probabilities")),
+            "{report:?}"
+        );
+    }
     // llama.cpp gives top log-probabilities: a probability for every validly answered window,
     // hence an AUC wherever both classes were answered.
     let windows = read_window_scores(&dir.path().join("score_windows.parquet")).unwrap();

@@ -11,12 +11,16 @@
 //! The pushes and continuations of a latent do not depend on the explanation, so they are made
 //! once for its explanation and its controls.
 
+use super::outcome::{Context, Outcome, Shared, meta, record};
+use super::surprisal;
+use super::{Job, Scorer};
 use crate::read::{Read, Reading};
 use saescope_analysis::effects::{
     EffectsConfig, PushedText, effect_prompt_rows, effects, pushed_continuations,
 };
 use saescope_analysis::session::Session;
 use saescope_store::examples::ExampleRow;
+use saescope_store::scores::WindowScore;
 use serde::{Deserialize, Serialize};
 
 /// How the intervention scorer pushes. Part of the scoring settings.
@@ -140,6 +144,87 @@ pub fn reading(prompt: &str, continuation: &str, explanation: &str) -> Reading {
 pub fn per_token(read: &Read) -> Option<f32> {
     let lp = read.scored.first().filter(|l| !l.is_empty())?;
     Some(lp.iter().sum::<f32>() / lp.len() as f32)
+}
+
+impl Context<'_> {
+    /// The intervention scorer: the explanation's log-probability per token after each pushed
+    /// continuation less after the clean one.
+    pub(super) fn intervene<'t>(
+        &self,
+        job: &Job,
+        (active, silent): &(Vec<&'t ExampleRow>, Vec<&'t ExampleRow>),
+        shared: &mut Shared<'t>,
+    ) -> Outcome {
+        let reader = self.reader();
+        let steerer = self.models.steerer.expect("checked before scoring");
+        // The reader answers (as a chat model does for the other scorers); the push is in the
+        // settings.
+        let who = reader.reader_name();
+        let steered = shared.steered.get_or_insert_with(|| {
+            steerer.steer(job.latent, active, silent, &self.cfg.intervention)
+        });
+        let steered = match steered {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome {
+                    who: who.clone(),
+                    settings: serde_json::json!({ "reader": who, "steerer": steerer.steerer_name() }),
+                    error: Some(e.clone()),
+                    ..Outcome::default()
+                };
+            }
+        };
+        let readings: Vec<_> = steered
+            .passages
+            .iter()
+            .flat_map(|p| {
+                let t = &p.text;
+                [&t.clean, &t.pushed].map(|c| reading(&t.prompt, c, &job.explanation))
+            })
+            .collect();
+        let read = reader.read(&readings, &[]);
+        let mut error = None;
+        let records: Vec<WindowScore> = steered
+            .passages
+            .iter()
+            .zip(read.chunks(2))
+            .map(|(p, pair)| {
+                let mut lp = |r: &Result<Read, String>| match r {
+                    Ok(r) => per_token(r),
+                    Err(e) => {
+                        error.get_or_insert(e.clone());
+                        None
+                    }
+                };
+                let (clean, pushed) = (lp(&pair[0]), lp(&pair[1]));
+                let (rise, values) = match (clean, pushed) {
+                    (Some(c), Some(p)) => (Some(p - c), vec![c, p]),
+                    _ => (None, Vec::new()),
+                };
+                let (start, kind, bin, _) = meta(p.window);
+                record(
+                    job,
+                    Scorer::Intervention,
+                    (start, kind, bin, true),
+                    None,
+                    rise,
+                    values,
+                )
+            })
+            .collect();
+        let value = surprisal::mean(records.iter().filter_map(|w| w.probability.map(f64::from)));
+        Outcome {
+            records,
+            value,
+            who,
+            settings: serde_json::json!({
+                "strength": steered.strength, "kl": steered.kl,
+                "reader": reader.reader_name(), "steerer": steerer.steerer_name(),
+            }),
+            error,
+            ..Outcome::default()
+        }
+    }
 }
 
 #[cfg(test)]

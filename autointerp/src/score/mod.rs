@@ -1,7 +1,12 @@
-//! Scoring explanations: each latent's explanation (and its controls, [`controls`]) is put to a
-//! chat model ([`classifier`]: detection, fuzzing) or a sentence encoder ([`embedding`]) against
-//! the latent's test windows from `examples.parquet`, which the explainer never saw; the answers are kept window by window in `score_windows.parquet` and summed up
-//! per latent, scorer and control in `scores.parquet` ([`summary`] makes a run's means).
+//! Scoring explanations: each latent's explanation (and its controls, [`controls`]) is put
+//! against the latent's test windows from `examples.parquet`, which the explainer never saw, by
+//! a chat model ([`classifier`]: detection, fuzzing), a sentence encoder ([`embedding`]), a
+//! model predicting activations ([`simulation`]) or reading the windows after it
+//! ([`surprisal`]), or by pushing the latent and reading the explanation after what it makes
+//! the model write ([`intervention`]). The results are kept window by window in
+//! `score_windows.parquet` and summed up per latent, scorer and control in `scores.parquet`
+//! (each scorer's records and measure in common form by `outcome`; [`summary`] makes a run's
+//! means).
 //!
 //! The tables are rewritten after every chunk (the window records first, so a score never
 //! names records that are not there); with `resume`, scores that have valid answers are kept
@@ -12,19 +17,21 @@ pub mod classifier;
 pub mod controls;
 pub mod embedding;
 pub mod intervention;
+mod outcome;
 pub mod simulation;
 pub mod surprisal;
 
+pub use outcome::metrics_row;
 pub use saescope_stats::summary;
 
+use crate::ChatRequest;
 use crate::explain::Explainer;
-use crate::metrics::{Confusion, auc};
-use crate::read::{Read, Reader};
+use crate::read::Reader;
 use crate::wire::Message;
-use crate::{ChatReply, ChatRequest};
 use classifier::{Question, Sample};
-use embedding::{Embedder, cosine};
-use intervention::{InterventionConfig, Steered, Steerer};
+use embedding::Embedder;
+use intervention::{InterventionConfig, Steerer};
+use outcome::{Context, Outcome, Said, Shared, judge};
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
 use saescope_store::explanations::Evidence;
 use saescope_store::scores::{
@@ -32,7 +39,6 @@ use saescope_store::scores::{
     write_window_scores,
 };
 use serde::{Deserialize, Serialize};
-use simulation::Mode;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -452,346 +458,6 @@ pub fn score(
     Ok(report)
 }
 
-/// What one job scored: its window records, its own measure for the scorers with one, who
-/// scored, and how.
-#[derive(Default)]
-struct Outcome {
-    records: Vec<WindowScore>,
-    value: Option<f64>,
-    bin_value: Vec<f32>,
-    /// Who scored, for the `model` column.
-    who: String,
-    /// Their settings, for the record.
-    settings: serde_json::Value,
-    mode: Option<Mode>,
-    /// Why some or all windows failed, when known.
-    error: Option<String>,
-}
-
-/// What a latent's explanation and its controls share, made for the first of them.
-#[derive(Default)]
-struct Shared<'t> {
-    latent: Option<u32>,
-    /// The windows' unit vectors (embedding).
-    embedded: Option<Result<Vec<Vec<f32>>, String>>,
-    /// The windows read after the neutral description (surprisal).
-    neutral: Option<Vec<Result<Read, String>>>,
-    /// The pushes and continuations (intervention).
-    steered: Option<Result<Steered<'t>, String>>,
-}
-
-/// What every job is scored with.
-struct Context<'a> {
-    token_text: &'a dyn Fn(u32) -> String,
-    models: &'a Models<'a>,
-    cfg: &'a ScoreConfig,
-}
-
-impl<'a> Context<'a> {
-    fn tokens(&self, r: &ExampleRow) -> Vec<String> {
-        r.token_ids.iter().map(|&t| (self.token_text)(t)).collect()
-    }
-
-    fn text(&self, r: &ExampleRow) -> String {
-        self.tokens(r).concat()
-    }
-
-    fn reader(&self) -> &'a dyn Reader {
-        self.models.reader.expect("checked before scoring")
-    }
-
-    /// The embedding scorer: each window's cosine with the explanation, as its score (none,
-    /// a failure, when either could not be embedded).
-    fn rank(&self, job: &Job, samples: &[Sample], shared: &mut Shared<'_>) -> Outcome {
-        let e = self.models.embedder.expect("checked before scoring");
-        let windows = shared.embedded.get_or_insert_with(|| {
-            let texts: Vec<&str> = samples.iter().map(|x| x.text.as_str()).collect();
-            e.embed(&texts)
-        });
-        let query = e.embed(&[job.explanation.as_str()]);
-        let records = samples
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let cos = match (&query, &*windows) {
-                    (Ok(q), Ok(w)) => Some(cosine(&q[0], &w[i])),
-                    _ => None,
-                };
-                record(job, Scorer::Embedding, s.meta(), None, cos, Vec::new())
-            })
-            .collect();
-        Outcome {
-            records,
-            who: e.name(),
-            settings: e.name().into(),
-            error: query.err().or_else(|| windows.as_ref().err().cloned()),
-            ..Outcome::default()
-        }
-    }
-
-    /// The simulation scorer: every test window's tokens predicted, read all at once by the
-    /// reader when there is one, else from the chat model's `answers` (one per window).
-    fn simulate(
-        &self,
-        job: &Job,
-        (active, silent): &(Vec<&ExampleRow>, Vec<&ExampleRow>),
-        answers: &[Result<ChatReply, String>],
-    ) -> Outcome {
-        let rows: Vec<&ExampleRow> = active.iter().chain(silent).copied().collect();
-        let tokens: Vec<Vec<String>> = rows.iter().map(|r| self.tokens(r)).collect();
-        let mut error = None;
-        let (predictions, mode, who, settings): (Vec<Option<Vec<f32>>>, _, _, _) =
-            match self.models.chat_reader {
-                Some(reader) => {
-                    let readings: Vec<_> = tokens
-                        .iter()
-                        .map(|t| simulation::reading(&job.explanation, t))
-                        .collect();
-                    let read = reader.read(&readings, &simulation::DIGITS);
-                    let p = read
-                        .into_iter()
-                        .map(|r| match r {
-                            Ok(r) => Some(simulation::from_read(&r)),
-                            Err(e) => {
-                                error.get_or_insert(e);
-                                None
-                            }
-                        })
-                        .collect();
-                    let name = reader.reader_name();
-                    (p, Some(Mode::PromptLogprobs), name.clone(), name.into())
-                }
-                None => {
-                    let mut weakest: Option<Mode> = None;
-                    let p = tokens
-                        .iter()
-                        .zip(answers)
-                        .map(|(t, a)| match a {
-                            Ok(reply) => {
-                                let (p, m) =
-                                    simulation::from_answer(reply, t.len(), self.cfg.prefill)?;
-                                weakest = weakest.max(Some(m));
-                                Some(p)
-                            }
-                            Err(e) => {
-                                error.get_or_insert(e.clone());
-                                None
-                            }
-                        })
-                        .collect();
-                    let chat = self.models.chat;
-                    (p, weakest, chat.name(), chat.settings())
-                }
-            };
-        let records: Vec<WindowScore> = rows
-            .iter()
-            .zip(predictions)
-            .map(|(r, p)| {
-                let top = p
-                    .as_ref()
-                    .map(|p| p.iter().copied().fold(0.0, f32::max) / 9.0);
-                record(
-                    job,
-                    Scorer::Simulation,
-                    meta(r),
-                    None,
-                    top,
-                    p.unwrap_or_default(),
-                )
-            })
-            .collect();
-        let pairs = |keep: &dyn Fn(&WindowScore) -> bool| {
-            let windows = rows.iter().zip(&records).filter(|(_, w)| keep(w));
-            simulation::correlation(
-                windows
-                    .filter(|(_, w)| !w.values.is_empty())
-                    .map(|(r, w)| (r.acts.as_slice(), w.values.as_slice())),
-            )
-        };
-        let value = pairs(&|_| true);
-        let bin_value = by_bin(&records, |b| pairs(&|w| !w.truth || w.bin == b));
-        Outcome {
-            records,
-            value,
-            bin_value,
-            who,
-            settings,
-            mode,
-            error,
-        }
-    }
-
-    /// The surprisal scorer: each window's loss drop with the explanation before it against
-    /// the neutral description.
-    fn surprisal(
-        &self,
-        job: &Job,
-        (active, silent): &(Vec<&ExampleRow>, Vec<&ExampleRow>),
-        shared: &mut Shared<'_>,
-    ) -> Outcome {
-        let reader = self.reader();
-        let rows: Vec<&ExampleRow> = active.iter().chain(silent).copied().collect();
-        let texts: Vec<String> = rows.iter().map(|r| self.text(r)).collect();
-        let read = |description: &str| {
-            let readings: Vec<_> = texts
-                .iter()
-                .map(|t| surprisal::reading(description, t))
-                .collect();
-            reader.read(&readings, &[])
-        };
-        let neutral = shared
-            .neutral
-            .get_or_insert_with(|| read(surprisal::NEUTRAL));
-        let mut error = None;
-        let records: Vec<WindowScore> = rows
-            .iter()
-            .zip(read(&job.explanation).iter().zip(neutral.iter()))
-            .map(|(r, pair)| {
-                let drops = match pair {
-                    (Ok(e), Ok(n)) => surprisal::drops(e, n),
-                    (Err(e), _) | (_, Err(e)) => {
-                        error.get_or_insert(e.clone());
-                        None
-                    }
-                };
-                let mean = drops
-                    .as_ref()
-                    .and_then(|d| surprisal::mean(d.iter().map(|&x| f64::from(x))));
-                let p = mean.map(|m| m as f32);
-                record(
-                    job,
-                    Scorer::Surprisal,
-                    meta(r),
-                    None,
-                    p,
-                    drops.unwrap_or_default(),
-                )
-            })
-            .collect();
-        let mean_of = |keep: &dyn Fn(&WindowScore) -> bool| {
-            surprisal::mean(
-                records
-                    .iter()
-                    .filter(|w| keep(w))
-                    .filter_map(|w| w.probability.map(f64::from)),
-            )
-        };
-        let silent = mean_of(&|w| !w.truth);
-        let versus = |a: Option<f64>| Some(a? - silent?);
-        let value = versus(mean_of(&|w| w.truth));
-        let bin_value = by_bin(&records, |b| versus(mean_of(&|w| w.truth && w.bin == b)));
-        Outcome {
-            records,
-            value,
-            bin_value,
-            who: reader.reader_name(),
-            settings: reader.reader_name().into(),
-            error,
-            ..Outcome::default()
-        }
-    }
-
-    /// The intervention scorer: the explanation's log-probability per token after each pushed
-    /// continuation less after the clean one.
-    fn intervene<'t>(
-        &self,
-        job: &Job,
-        (active, silent): &(Vec<&'t ExampleRow>, Vec<&'t ExampleRow>),
-        shared: &mut Shared<'t>,
-    ) -> Outcome {
-        let reader = self.reader();
-        let steerer = self.models.steerer.expect("checked before scoring");
-        // The reader answers (as a chat model does for the other scorers); the push is in the
-        // settings.
-        let who = reader.reader_name();
-        let steered = shared.steered.get_or_insert_with(|| {
-            steerer.steer(job.latent, active, silent, &self.cfg.intervention)
-        });
-        let steered = match steered {
-            Ok(s) => s,
-            Err(e) => {
-                return Outcome {
-                    who: who.clone(),
-                    settings: serde_json::json!({ "reader": who, "steerer": steerer.steerer_name() }),
-                    error: Some(e.clone()),
-                    ..Outcome::default()
-                };
-            }
-        };
-        let readings: Vec<_> = steered
-            .passages
-            .iter()
-            .flat_map(|p| {
-                let t = &p.text;
-                [&t.clean, &t.pushed].map(|c| intervention::reading(&t.prompt, c, &job.explanation))
-            })
-            .collect();
-        let read = reader.read(&readings, &[]);
-        let mut error = None;
-        let records: Vec<WindowScore> = steered
-            .passages
-            .iter()
-            .zip(read.chunks(2))
-            .map(|(p, pair)| {
-                let mut lp = |r: &Result<Read, String>| match r {
-                    Ok(r) => intervention::per_token(r),
-                    Err(e) => {
-                        error.get_or_insert(e.clone());
-                        None
-                    }
-                };
-                let (clean, pushed) = (lp(&pair[0]), lp(&pair[1]));
-                let (rise, values) = match (clean, pushed) {
-                    (Some(c), Some(p)) => (Some(p - c), vec![c, p]),
-                    _ => (None, Vec::new()),
-                };
-                let (start, kind, bin, _) = meta(p.window);
-                record(
-                    job,
-                    Scorer::Intervention,
-                    (start, kind, bin, true),
-                    None,
-                    rise,
-                    values,
-                )
-            })
-            .collect();
-        let value = surprisal::mean(records.iter().filter_map(|w| w.probability.map(f64::from)));
-        Outcome {
-            records,
-            value,
-            who,
-            settings: serde_json::json!({
-                "strength": steered.strength, "kl": steered.kl,
-                "reader": reader.reader_name(), "steerer": steerer.steerer_name(),
-            }),
-            error,
-            ..Outcome::default()
-        }
-    }
-}
-
-/// `f` of each activation bin present in `records` (0 the strongest), NaN where it has none.
-fn by_bin(records: &[WindowScore], f: impl Fn(i16) -> Option<f64>) -> Vec<f32> {
-    let bins = records.iter().map(|w| w.bin + 1).max().unwrap_or(0).max(0);
-    (0..bins)
-        .map(|b| f(b).map_or(f32::NAN, |v| v as f32))
-        .collect()
-}
-
-/// A test window's key and kind, as its records carry them: (start, kind, bin, activating).
-type Meta = (u64, ExampleKind, i16, bool);
-
-fn meta(r: &ExampleRow) -> Meta {
-    (r.start, r.kind, r.bin, r.kind == ExampleKind::Activating)
-}
-
-impl Sample {
-    fn meta(&self) -> Meta {
-        (self.start, self.kind, self.bin, self.truth)
-    }
-}
-
 fn request(mut messages: Vec<Message>, cfg: &ScoreConfig, max_tokens: usize) -> ChatRequest {
     if cfg.prefill {
         messages.push(Message::new("assistant", "["));
@@ -802,155 +468,6 @@ fn request(mut messages: Vec<Message>, cfg: &ScoreConfig, max_tokens: usize) -> 
         temperature: 0.0,
         seed: None,
         top_logprobs: (cfg.top_logprobs > 0).then_some(cfg.top_logprobs),
-    }
-}
-
-/// The answers to one job's prompts.
-struct Said<'a> {
-    /// From the job's first prompt on.
-    answers: &'a [Result<ChatReply, String>],
-    /// Windows a prompt.
-    per: usize,
-    /// Whether the answers were begun with `[` for the model (a server then leaves it out).
-    prefill: bool,
-}
-
-/// The window records of one job's answers to yes/no questions.
-fn judge(job: &Job, scorer: Scorer, samples: &[Sample], said: &Said<'_>) -> Outcome {
-    let mut records = Vec::with_capacity(samples.len());
-    let mut error = None;
-    for (batch, answer) in samples.chunks(said.per).zip(said.answers) {
-        if let Err(e) = answer {
-            error.get_or_insert(e.clone());
-        }
-        let parsed = answer.as_ref().ok().and_then(|reply| {
-            let text = if said.prefill && !reply.text.trim_start().starts_with('[') {
-                format!("[{}", reply.text)
-            } else {
-                reply.text.clone()
-            };
-            let said = classifier::parse_answer(&text, batch.len())?;
-            Some((said, classifier::probabilities(reply, batch.len())))
-        });
-        for (i, s) in batch.iter().enumerate() {
-            records.push(record(
-                job,
-                scorer,
-                s.meta(),
-                parsed.as_ref().map(|p| p.0[i]),
-                parsed.as_ref().and_then(|p| p.1.as_ref().map(|q| q[i])),
-                Vec::new(),
-            ));
-        }
-    }
-    Outcome {
-        records,
-        error,
-        ..Outcome::default()
-    }
-}
-
-/// One window's record.
-fn record(
-    job: &Job,
-    scorer: Scorer,
-    (start, kind, bin, truth): Meta,
-    prediction: Option<bool>,
-    probability: Option<f32>,
-    values: Vec<f32>,
-) -> WindowScore {
-    WindowScore {
-        latent: job.latent,
-        scorer: scorer.name().to_owned(),
-        control: job.control,
-        evidence: job.evidence,
-        start,
-        kind,
-        bin,
-        truth,
-        prediction,
-        probability,
-        values,
-    }
-}
-
-/// A score from its window records. A yes/no scorer's windows are valid when answered; the
-/// other scorers' when scored, and they have no yes/no answers, so no confusion rates (their
-/// own measure, [`ScoreRow::value`], is set by the caller).
-pub fn metrics_row(
-    job: &Job,
-    scorer: Scorer,
-    records: &[WindowScore],
-    model: &str,
-    settings: &str,
-) -> ScoreRow {
-    let classifier = scorer.yes_no();
-    let c = match classifier {
-        true => Confusion::of(records.iter().map(|w| (w.truth, w.prediction))),
-        false => Confusion::default(),
-    };
-    let strict = c.strict();
-    let scored = records.iter().filter(|w| w.probability.is_some()).count();
-    let (valid, failed) = match classifier {
-        true => (c.valid(), c.failed()),
-        false => (scored, records.len() - scored),
-    };
-    let probable = |ws: &mut dyn Iterator<Item = &WindowScore>| -> Option<f64> {
-        let (labels, scores): (Vec<bool>, Vec<f64>) = ws
-            .filter_map(|w| Some((w.truth, f64::from(w.probability?))))
-            .unzip();
-        auc(&labels, &scores)
-    };
-    let bins = records.iter().map(|w| w.bin + 1).max().unwrap_or(0).max(0) as usize;
-    let in_bin = |b: usize| {
-        let b = b as i16;
-        move |w: &&WindowScore| w.truth && w.bin == b
-    };
-    let bin_recall = (0..bins)
-        .filter(|_| classifier)
-        .map(|b| {
-            let cb = Confusion::of(
-                records
-                    .iter()
-                    .filter(in_bin(b))
-                    .map(|w| (true, w.prediction)),
-            );
-            cb.recall().map_or(f32::NAN, |r| r as f32)
-        })
-        .collect();
-    let overall = probable(&mut records.iter());
-    let bin_auc = match overall {
-        None => Vec::new(),
-        Some(_) => (0..bins)
-            .map(|b| {
-                let mut ws = records.iter().filter(|w| !w.truth || in_bin(b)(w));
-                probable(&mut ws).map_or(f32::NAN, |a| a as f32)
-            })
-            .collect(),
-    };
-    ScoreRow {
-        latent: job.latent,
-        scorer: scorer.name().to_owned(),
-        control: job.control,
-        evidence: job.evidence,
-        explanation_of: job.explanation_of,
-        explanation: job.explanation.clone(),
-        model: model.to_owned(),
-        settings: settings.to_owned(),
-        windows: records.len() as u32,
-        valid: valid as u32,
-        failed: failed as u32,
-        balanced_accuracy: c.balanced_accuracy(),
-        balanced_accuracy_all: strict.balanced_accuracy(),
-        precision: c.precision(),
-        recall: c.recall(),
-        f1: c.f1(),
-        f1_all: strict.f1(),
-        auc: overall,
-        bin_recall,
-        bin_auc,
-        value: None,
-        bin_value: Vec::new(),
     }
 }
 

@@ -21,10 +21,14 @@
 //! are used as they are. A flat prediction (the same number for every token) explains none of
 //! the variation and scores 0.
 
+use super::outcome::{Context, Outcome, by_bin, meta, record};
+use super::{Job, Scorer};
 use crate::client::ChatReply;
 use crate::metrics::pearson;
 use crate::read::{Read, Reading};
 use crate::wire::Message;
+use saescope_store::examples::ExampleRow;
+use saescope_store::scores::WindowScore;
 
 /// The ten answers, in order: a prediction is the expected index.
 pub const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
@@ -218,6 +222,99 @@ pub fn correlation<'a>(windows: impl IntoIterator<Item = (&'a [f32], &'a [f32])>
         return Some(0.0);
     }
     pearson(&truth, &predicted)
+}
+
+impl Context<'_> {
+    /// The simulation scorer: every test window's tokens predicted, read all at once by the
+    /// reader when there is one, else from the chat model's `answers` (one per window).
+    pub(super) fn simulate(
+        &self,
+        job: &Job,
+        (active, silent): &(Vec<&ExampleRow>, Vec<&ExampleRow>),
+        answers: &[Result<ChatReply, String>],
+    ) -> Outcome {
+        let rows: Vec<&ExampleRow> = active.iter().chain(silent).copied().collect();
+        let tokens: Vec<Vec<String>> = rows.iter().map(|r| self.tokens(r)).collect();
+        let mut error = None;
+        let (predictions, mode, who, settings): (Vec<Option<Vec<f32>>>, _, _, _) =
+            match self.models.chat_reader {
+                Some(reader) => {
+                    let readings: Vec<_> = tokens
+                        .iter()
+                        .map(|t| reading(&job.explanation, t))
+                        .collect();
+                    let read = reader.read(&readings, &DIGITS);
+                    let p = read
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(r) => Some(from_read(&r)),
+                            Err(e) => {
+                                error.get_or_insert(e);
+                                None
+                            }
+                        })
+                        .collect();
+                    let name = reader.reader_name();
+                    (p, Some(Mode::PromptLogprobs), name.clone(), name.into())
+                }
+                None => {
+                    let mut weakest: Option<Mode> = None;
+                    let p = tokens
+                        .iter()
+                        .zip(answers)
+                        .map(|(t, a)| match a {
+                            Ok(reply) => {
+                                let (p, m) = from_answer(reply, t.len(), self.cfg.prefill)?;
+                                weakest = weakest.max(Some(m));
+                                Some(p)
+                            }
+                            Err(e) => {
+                                error.get_or_insert(e.clone());
+                                None
+                            }
+                        })
+                        .collect();
+                    let chat = self.models.chat;
+                    (p, weakest, chat.name(), chat.settings())
+                }
+            };
+        let records: Vec<WindowScore> = rows
+            .iter()
+            .zip(predictions)
+            .map(|(r, p)| {
+                let top = p
+                    .as_ref()
+                    .map(|p| p.iter().copied().fold(0.0, f32::max) / 9.0);
+                record(
+                    job,
+                    Scorer::Simulation,
+                    meta(r),
+                    None,
+                    top,
+                    p.unwrap_or_default(),
+                )
+            })
+            .collect();
+        let pairs = |keep: &dyn Fn(&WindowScore) -> bool| {
+            let windows = rows.iter().zip(&records).filter(|(_, w)| keep(w));
+            correlation(
+                windows
+                    .filter(|(_, w)| !w.values.is_empty())
+                    .map(|(r, w)| (r.acts.as_slice(), w.values.as_slice())),
+            )
+        };
+        let value = pairs(&|_| true);
+        let bin_value = by_bin(&records, |b| pairs(&|w| !w.truth || w.bin == b));
+        Outcome {
+            records,
+            value,
+            bin_value,
+            who,
+            settings,
+            mode,
+            error,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,11 @@
 //! The neutral reading of a window does not depend on the explanation, so a latent's windows
 //! are read neutrally once for its explanation and its controls.
 
+use super::outcome::{Context, Outcome, Shared, by_bin, meta, record};
+use super::{Job, Scorer};
 use crate::read::{Read, Reading};
+use saescope_store::examples::ExampleRow;
+use saescope_store::scores::WindowScore;
 
 /// The description the explanation is measured against.
 pub const NEUTRAL: &str = "Various unrelated texts.";
@@ -44,6 +48,73 @@ pub fn mean(xs: impl IntoIterator<Item = f64>) -> Option<f64> {
         n += 1;
     }
     (n > 0).then(|| s / n as f64)
+}
+
+impl Context<'_> {
+    /// The surprisal scorer: each window's loss drop with the explanation before it against
+    /// the neutral description.
+    pub(super) fn surprisal(
+        &self,
+        job: &Job,
+        (active, silent): &(Vec<&ExampleRow>, Vec<&ExampleRow>),
+        shared: &mut Shared<'_>,
+    ) -> Outcome {
+        let reader = self.reader();
+        let rows: Vec<&ExampleRow> = active.iter().chain(silent).copied().collect();
+        let texts: Vec<String> = rows.iter().map(|r| self.text(r)).collect();
+        let read = |description: &str| {
+            let readings: Vec<_> = texts.iter().map(|t| reading(description, t)).collect();
+            reader.read(&readings, &[])
+        };
+        let neutral = shared.neutral.get_or_insert_with(|| read(NEUTRAL));
+        let mut error = None;
+        let records: Vec<WindowScore> = rows
+            .iter()
+            .zip(read(&job.explanation).iter().zip(neutral.iter()))
+            .map(|(r, pair)| {
+                let drops = match pair {
+                    (Ok(e), Ok(n)) => drops(e, n),
+                    (Err(e), _) | (_, Err(e)) => {
+                        error.get_or_insert(e.clone());
+                        None
+                    }
+                };
+                let mean = drops
+                    .as_ref()
+                    .and_then(|d| mean(d.iter().map(|&x| f64::from(x))));
+                let p = mean.map(|m| m as f32);
+                record(
+                    job,
+                    Scorer::Surprisal,
+                    meta(r),
+                    None,
+                    p,
+                    drops.unwrap_or_default(),
+                )
+            })
+            .collect();
+        let mean_of = |keep: &dyn Fn(&WindowScore) -> bool| {
+            mean(
+                records
+                    .iter()
+                    .filter(|w| keep(w))
+                    .filter_map(|w| w.probability.map(f64::from)),
+            )
+        };
+        let silent = mean_of(&|w| !w.truth);
+        let versus = |a: Option<f64>| Some(a? - silent?);
+        let value = versus(mean_of(&|w| w.truth));
+        let bin_value = by_bin(&records, |b| versus(mean_of(&|w| w.truth && w.bin == b)));
+        Outcome {
+            records,
+            value,
+            bin_value,
+            who: reader.reader_name(),
+            settings: reader.reader_name().into(),
+            error,
+            ..Outcome::default()
+        }
+    }
 }
 
 #[cfg(test)]
