@@ -432,6 +432,13 @@ pub fn explain_and_print(
         .take(8)
     {
         match &r.explanation {
+            // A small model can run on for hundreds of words; the table keeps them all.
+            Some(e) if e.chars().count() > 200 => println!(
+                "  {:>6}  {}… ({} characters)",
+                r.latent,
+                e.chars().take(200).collect::<String>(),
+                e.chars().count()
+            ),
             Some(e) => println!("  {:>6}  {e}", r.latent),
             None => println!(
                 "  {:>6}  (no explanation; answer: {:?})",

@@ -128,6 +128,16 @@ pub fn auc(labels: &[bool], scores: &[f64]) -> Option<f64> {
     Some(u / (pos * neg) as f64)
 }
 
+/// The mean of `xs`, `None` when empty.
+pub fn mean(xs: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let (mut s, mut n) = (0.0, 0usize);
+    for x in xs {
+        s += x;
+        n += 1;
+    }
+    (n > 0).then(|| s / n as f64)
+}
+
 /// Pearson's correlation of `a` and `b`; `None` when either is constant or they are empty.
 pub fn pearson(a: &[f64], b: &[f64]) -> Option<f64> {
     assert_eq!(a.len(), b.len(), "paired values");
@@ -199,6 +209,12 @@ pub fn bootstrap_mean(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mean_of_nothing_is_none() {
+        assert_eq!(mean([1.0, 2.0, 6.0]), Some(3.0));
+        assert_eq!(mean([]), None);
+    }
 
     #[test]
     fn rates_match_a_hand_counted_case_and_failures_count_against_strictly() {

@@ -4,8 +4,9 @@
 //! against silent windows is the score. The explanation is embedded as it is, without delphi's
 //! instruction prefix, which an encoder trained on symmetric sentence pairs does not expect.
 
+use super::Shared;
 use super::classifier::Sample;
-use super::outcome::{Context, Outcome, Shared, record};
+use super::outcome::{Context, Outcome, record};
 use super::{Job, Scorer};
 use saescope_activations::bert::SentenceEncoder;
 

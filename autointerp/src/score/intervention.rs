@@ -11,9 +11,10 @@
 //! The pushes and continuations of a latent do not depend on the explanation, so they are made
 //! once for its explanation and its controls.
 
-use super::outcome::{Context, Outcome, Shared, meta, record};
-use super::surprisal;
+use super::Shared;
+use super::outcome::{Context, Outcome, meta, record};
 use super::{Job, Scorer};
+use crate::metrics::mean;
 use crate::read::{Read, Reading};
 use saescope_analysis::effects::{
     EffectsConfig, PushedText, effect_prompt_rows, effects, pushed_continuations,
@@ -212,7 +213,7 @@ impl Context<'_> {
                 )
             })
             .collect();
-        let value = surprisal::mean(records.iter().filter_map(|w| w.probability.map(f64::from)));
+        let value = mean(records.iter().filter_map(|w| w.probability.map(f64::from)));
         Outcome {
             records,
             value,

@@ -26,12 +26,13 @@ pub use saescope_stats::summary;
 
 use crate::ChatRequest;
 use crate::explain::Explainer;
+use crate::read::Read;
 use crate::read::Reader;
 use crate::wire::Message;
 use classifier::{Question, Sample};
 use embedding::Embedder;
-use intervention::{InterventionConfig, Steerer};
-use outcome::{Context, Outcome, Said, Shared, judge};
+use intervention::{InterventionConfig, Steered, Steerer};
+use outcome::{Context, Outcome, Said, judge};
 use saescope_store::examples::{ExampleKind, ExampleRow, ExampleSet};
 use saescope_store::explanations::Evidence;
 use saescope_store::scores::{
@@ -432,8 +433,8 @@ pub fn score(
                 "scorer": s.name(), "score": cfg, "model": out.settings,
             });
             if let Some(mode) = out.mode {
-                settings["mode"] = mode.name().into();
-                report.modes.insert((s.name().to_owned(), mode.name()));
+                settings["mode"] = mode.into();
+                report.modes.insert((s.name().to_owned(), mode));
             }
             let mut row = metrics_row(job, s, &out.records, &out.who, &settings.to_string());
             row.value = out.value;
@@ -456,6 +457,18 @@ pub fn score(
         progress(done, total, report.failed);
     }
     Ok(report)
+}
+
+/// What a latent's explanation and its controls share, made for the first of them.
+#[derive(Default)]
+struct Shared<'t> {
+    pub(super) latent: Option<u32>,
+    /// The windows' unit vectors (embedding).
+    pub(super) embedded: Option<Result<Vec<Vec<f32>>, String>>,
+    /// The windows read after the neutral description (surprisal).
+    pub(super) neutral: Option<Vec<Result<Read, String>>>,
+    /// The pushes and continuations (intervention).
+    pub(super) steered: Option<Result<Steered<'t>, String>>,
 }
 
 fn request(mut messages: Vec<Message>, cfg: &ScoreConfig, max_tokens: usize) -> ChatRequest {

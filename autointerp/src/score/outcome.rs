@@ -1,16 +1,14 @@
 //! What a job scored, in common form for every scorer: its window records (`score_windows.parquet`),
 //! its own measure where the scorer has one, and who scored it how ([`Outcome`]); what a latent's
-//! explanation and its controls share ([`Shared`]); the yes/no scorers' records from their
+//! explanation and its controls share (`Shared`, in the parent module); the yes/no scorers' records from their
 //! answers ([`judge`]); and a score's row of metrics from its records ([`metrics_row`]). Each
 //! other scorer makes its records in its own module, as a method of [`Context`].
 
 use super::classifier::{self, Sample};
-use super::intervention::Steered;
-use super::simulation::Mode;
 use super::{Job, Models, ScoreConfig, Scorer};
 use crate::ChatReply;
 use crate::metrics::{Confusion, auc};
-use crate::read::{Read, Reader};
+use crate::read::Reader;
 use saescope_store::examples::{ExampleKind, ExampleRow};
 use saescope_store::scores::{ScoreRow, WindowScore};
 
@@ -25,21 +23,10 @@ pub(super) struct Outcome {
     pub(super) who: String,
     /// Their settings, for the record.
     pub(super) settings: serde_json::Value,
-    pub(super) mode: Option<Mode>,
+    /// How the predictions were read, for the scorers that can read them more than one way.
+    pub(super) mode: Option<&'static str>,
     /// Why some or all windows failed, when known.
     pub(super) error: Option<String>,
-}
-
-/// What a latent's explanation and its controls share, made for the first of them.
-#[derive(Default)]
-pub(super) struct Shared<'t> {
-    pub(super) latent: Option<u32>,
-    /// The windows' unit vectors (embedding).
-    pub(super) embedded: Option<Result<Vec<Vec<f32>>, String>>,
-    /// The windows read after the neutral description (surprisal).
-    pub(super) neutral: Option<Vec<Result<Read, String>>>,
-    /// The pushes and continuations (intervention).
-    pub(super) steered: Option<Result<Steered<'t>, String>>,
 }
 
 /// What every job is scored with.

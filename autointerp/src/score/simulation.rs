@@ -255,7 +255,12 @@ impl Context<'_> {
                         })
                         .collect();
                     let name = reader.reader_name();
-                    (p, Some(Mode::PromptLogprobs), name.clone(), name.into())
+                    (
+                        p,
+                        Some(Mode::PromptLogprobs.name()),
+                        name.clone(),
+                        name.into(),
+                    )
                 }
                 None => {
                     let mut weakest: Option<Mode> = None;
@@ -275,7 +280,7 @@ impl Context<'_> {
                         })
                         .collect();
                     let chat = self.models.chat;
-                    (p, weakest, chat.name(), chat.settings())
+                    (p, weakest.map(Mode::name), chat.name(), chat.settings())
                 }
             };
         let records: Vec<WindowScore> = rows

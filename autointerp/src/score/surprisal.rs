@@ -7,8 +7,10 @@
 //! The neutral reading of a window does not depend on the explanation, so a latent's windows
 //! are read neutrally once for its explanation and its controls.
 
-use super::outcome::{Context, Outcome, Shared, by_bin, meta, record};
+use super::Shared;
+use super::outcome::{Context, Outcome, by_bin, meta, record};
 use super::{Job, Scorer};
+use crate::metrics::mean;
 use crate::read::{Read, Reading};
 use saescope_store::examples::ExampleRow;
 use saescope_store::scores::WindowScore;
@@ -38,16 +40,6 @@ pub fn reading(description: &str, text: &str) -> Reading {
 pub fn drops(explained: &Read, neutral: &Read) -> Option<Vec<f32>> {
     let (e, n) = (explained.scored.first()?, neutral.scored.first()?);
     (e.len() == n.len() && !e.is_empty()).then(|| e.iter().zip(n).map(|(a, b)| a - b).collect())
-}
-
-/// The mean of `xs`, `None` when empty.
-pub fn mean(xs: impl IntoIterator<Item = f64>) -> Option<f64> {
-    let (mut s, mut n) = (0.0, 0usize);
-    for x in xs {
-        s += x;
-        n += 1;
-    }
-    (n > 0).then(|| s / n as f64)
 }
 
 impl Context<'_> {
@@ -138,7 +130,5 @@ mod tests {
         let d = drops(&read(vec![-1.0, -0.5]), &read(vec![-3.0, -0.25])).unwrap();
         assert_eq!(d, vec![2.0, -0.25]);
         assert_eq!(drops(&read(vec![-1.0]), &read(vec![-1.0, -2.0])), None);
-        assert_eq!(mean([1.0, 2.0, 6.0]), Some(3.0));
-        assert_eq!(mean([]), None);
     }
 }
