@@ -6,7 +6,8 @@
 //! a feature store ([`features`]), the prompt view with attribution by head ([`inspect`]), and
 //! steering: generation with features pushed on ([`steer`]), and what autointerp explains and
 //! scores from: the example sets ([`examples`]) and what a latent does when pushed
-//! ([`effects`]). Circuit discovery will live here too.
+//! ([`effects`]). Circuit discovery starts here: tasks with matched corruptions and the
+//! head-ablation ground truth ([`circuits`]).
 //!
 //! It builds on the model runtime (`saescope-activations`), the learners and their files
 //! (`saescope-sae`) and the formats (`saescope-store`), and shows nothing: progress goes to
@@ -16,6 +17,7 @@
 // Doc comments write tensor shapes and indices in brackets ([B, d], w[f]), not as links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+pub mod circuits;
 pub mod effects;
 mod error;
 pub mod eval;

@@ -1,0 +1,194 @@
+//! How well the model does a task, and which heads it needs for it: the logit difference at
+//! the last position (answer less wrong answer) over a task's prompts, and its change when one
+//! head's output (`attn.hook_z` at that head) is replaced by its mean over all the task's
+//! prompts and positions, or by zero, head by head. Heads whose ablation moves the metric most
+//! are the ground truth that circuit discovery is checked against.
+
+use super::task::{Task, TaskPrompt};
+use crate::error::{AnalysisError, Result};
+use saescope_activations::hooks::{HookKind, HookPoint, Hooks, Intervention};
+use saescope_activations::model::Model;
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+/// How the model does on a task.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TaskScore {
+    /// Share of prompts whose answer's logit is above the wrong answer's.
+    pub accuracy: f64,
+    /// Mean logit difference on the prompts.
+    pub logit_diff: f64,
+    /// Mean logit difference on their corruptions.
+    pub corrupted_logit_diff: f64,
+}
+
+/// What a head is replaced by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ablation {
+    /// Its mean over the task's prompts and their corruptions, every position.
+    Mean,
+    /// Zero.
+    Zero,
+}
+
+/// One head's ablation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeadEffect {
+    /// Its layer.
+    pub layer: usize,
+    /// Its index in the layer.
+    pub head: usize,
+    /// Mean logit difference with the head ablated less without, over the prompts.
+    pub effect: f64,
+}
+
+/// The logit difference of each prompt under `hooks`, the prompts run in batches of equal
+/// length (no padding, so nothing but the hooks changes a prompt's logits).
+pub fn logit_diffs(
+    model: &Model,
+    prompts: &[(&[u32], u32, u32)],
+    hooks: &mut dyn FnMut() -> Hooks,
+) -> Result<Vec<f64>> {
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        by_len.entry(p.0.len()).or_default().push(i);
+    }
+    let mut out = vec![0.0; prompts.len()];
+    for (len, members) in by_len {
+        if len == 0 || len > model.ctx_len() {
+            return Err(AnalysisError::Config(format!(
+                "a prompt of {len} tokens (the model reads 1 to {})",
+                model.ctx_len()
+            )));
+        }
+        let flat: Vec<i64> = members
+            .iter()
+            .flat_map(|&i| prompts[i].0.iter().map(|&t| i64::from(t)))
+            .collect();
+        let ids = Tensor::from_slice(&flat)
+            .view([members.len() as i64, len as i64])
+            .to_device(model.device());
+        let logits = model
+            .forward(&ids, &mut hooks(), true)?
+            .expect("logits were asked for")
+            .select(1, len as i64 - 1)
+            .to_kind(Kind::Double)
+            .to_device(tch::Device::Cpu);
+        for (row, &i) in members.iter().enumerate() {
+            let (_, answer, wrong) = prompts[i];
+            let at = |t: u32| logits.double_value(&[row as i64, i64::from(t)]);
+            out[i] = at(answer) - at(wrong);
+        }
+    }
+    Ok(out)
+}
+
+fn positives(task: &Task) -> Vec<(&[u32], u32, u32)> {
+    task.prompts
+        .iter()
+        .map(|p: &TaskPrompt| (p.positive.as_slice(), p.answer, p.wrong))
+        .collect()
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+/// How the model does on `task`, clean.
+pub fn task_score(model: &Model, task: &Task) -> Result<TaskScore> {
+    let clean = logit_diffs(model, &positives(task), &mut Hooks::new)?;
+    let corrupted: Vec<(&[u32], u32, u32)> = task
+        .prompts
+        .iter()
+        .map(|p| (p.negative.as_slice(), p.answer, p.wrong))
+        .collect();
+    let corrupted = logit_diffs(model, &corrupted, &mut Hooks::new)?;
+    Ok(TaskScore {
+        accuracy: clean.iter().filter(|&&d| d > 0.0).count() as f64 / clean.len().max(1) as f64,
+        logit_diff: mean(&clean),
+        corrupted_logit_diff: mean(&corrupted),
+    })
+}
+
+/// The mean of each head's output at `layer` over every prompt and corruption of `task`,
+/// every position: [heads, d_head].
+pub fn mean_z(model: &Model, task: &Task, layer: usize) -> Result<Tensor> {
+    let point = HookPoint::new(layer, HookKind::AttnZ);
+    let (mut sum, mut count) = (None::<Tensor>, 0i64);
+    for p in &task.prompts {
+        for ids in [&p.positive, &p.negative] {
+            let input = Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
+                .view([1, -1])
+                .to_device(model.device());
+            let mut hooks = Hooks::new().capture(point);
+            model.forward(&input, &mut hooks, false)?;
+            let z = hooks.take(point).expect("captured").to_kind(Kind::Float);
+            let s = z.sum_dim_intlist([0, 1].as_slice(), false, Kind::Float);
+            count += z.size()[1];
+            sum = Some(match sum {
+                None => s,
+                Some(t) => t + s,
+            });
+        }
+    }
+    Ok(sum.expect("a task has prompts") / count as f64)
+}
+
+/// Each head of each of `layers` (every layer when `None`) ablated in turn: the change in the
+/// mean logit difference over the task's prompts. `progress` gets (heads done, heads).
+pub fn ablation_sweep(
+    model: &Model,
+    task: &Task,
+    how: Ablation,
+    layers: Option<&[usize]>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<HeadEffect>> {
+    let shape = model.hook_shape(HookKind::AttnZ);
+    let heads = shape[0];
+    let all: Vec<usize> = (0..model.n_layers()).collect();
+    let layers = layers.unwrap_or(&all);
+    if let Some(l) = layers.iter().find(|&&l| l >= model.n_layers()) {
+        return Err(AnalysisError::Config(format!(
+            "layer {l}: the model has {} layers",
+            model.n_layers()
+        )));
+    }
+    let prompts = positives(task);
+    let clean = mean(&logit_diffs(model, &prompts, &mut Hooks::new)?);
+    let mut out = Vec::with_capacity(layers.len() * heads);
+    for &layer in layers {
+        let point = HookPoint::new(layer, HookKind::AttnZ);
+        let fill = match how {
+            Ablation::Mean => mean_z(model, task, layer)?,
+            Ablation::Zero => Tensor::zeros(
+                [heads as i64, shape[1] as i64],
+                (Kind::Float, model.device()),
+            ),
+        };
+        for head in 0..heads {
+            let value = fill.get(head as i64);
+            let mut hooks = || {
+                let value = value.shallow_clone();
+                Hooks::new().intervene(
+                    point,
+                    Intervention::Map(Box::new(move |z| {
+                        // z [batch, pos, heads, d_head]: head `head` takes the fill everywhere.
+                        let z = z.copy();
+                        let mut slot = z.narrow(2, head as i64, 1);
+                        let fill = value.to_kind(z.kind()).view([1, 1, 1, -1]);
+                        slot.copy_(&fill.expand_as(&slot));
+                        z
+                    })),
+                )
+            };
+            let ablated = mean(&logit_diffs(model, &prompts, &mut hooks)?);
+            out.push(HeadEffect {
+                layer,
+                head,
+                effect: ablated - clean,
+            });
+            progress(out.len(), layers.len() * heads);
+        }
+    }
+    Ok(out)
+}

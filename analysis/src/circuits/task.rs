@@ -1,0 +1,215 @@
+//! Circuit tasks: prompts the model answers with one token, each beside a matched corruption
+//! that keeps its length and shape but removes what the answer depends on. The metric is the
+//! logit difference at the last position between the answer and a wrong answer.
+//!
+//! - **IOI** (indirect object identification, Wang et al.): "When Mary and John went to the
+//!   store, John gave a drink to" → " Mary", wrong " John". The corruption (ABC) names a third
+//!   person in the second clause, so no name is repeated.
+//! - **Induction**: a run of random tokens, then the same run again, cut before one of its
+//!   tokens: the answer is that token, the wrong answer another random one. The corruption
+//!   repeats nothing (its second run is fresh random tokens).
+//!
+//! Users' own tasks come from a JSONL file ([`read_task_file`]).
+
+use crate::error::{AnalysisError, Result};
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use saescope_activations::tokenizer::TextTokenizer as Tokenizer;
+use serde::Deserialize;
+use std::path::Path;
+
+/// One prompt of a task with its corruption, as token ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskPrompt {
+    /// The prompt the model should get right.
+    pub positive: Vec<u32>,
+    /// Its corruption: the same length, with what the answer depends on removed.
+    pub negative: Vec<u32>,
+    /// The right next token.
+    pub answer: u32,
+    /// The wrong next token the logit difference is taken against.
+    pub wrong: u32,
+}
+
+/// A named set of prompts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    /// `ioi`, `induction`, or the file's name.
+    pub name: String,
+    /// Its prompts.
+    pub prompts: Vec<TaskPrompt>,
+}
+
+/// Names IOI draws from; those that are not one token to the model are left out.
+const NAMES: [&str; 24] = [
+    " Mary", " John", " Tom", " James", " Dan", " Sarah", " Paul", " Anna", " Mark", " Lisa",
+    " David", " Emma", " Peter", " Kate", " Mike", " Laura", " Chris", " Jane", " Alex", " Ben",
+    " Sam", " Rose", " Jack", " Alice",
+];
+
+/// Templates with `{A}` (the indirect object), `{B}` (the subject, named twice) and the
+/// second clause's name `{C}` (B in a positive prompt, a third name in its corruption).
+const IOI_TEMPLATES: [&str; 3] = [
+    "When{A} and{B} went to the store,{C} gave a drink to",
+    "When{A} and{B} went to the park,{C} handed a ball to",
+    "After{A} and{B} had lunch at the cafe,{C} passed the salt to",
+];
+
+/// `n` IOI prompts, each with its ABC corruption, drawn with `seed`.
+pub fn ioi(tok: &Tokenizer, n: usize, seed: u64) -> Result<Task> {
+    let mut names = Vec::new();
+    for name in NAMES {
+        if let [id] = tok.encode(name)?[..] {
+            names.push((name, id));
+        }
+    }
+    if names.len() < 3 {
+        return Err(AnalysisError::Config(format!(
+            "only {} of IOI's names are one token to this model; it needs 3",
+            names.len()
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut prompts = Vec::with_capacity(n);
+    for i in 0..n {
+        let template = IOI_TEMPLATES[i % IOI_TEMPLATES.len()];
+        let mut pick = names.clone();
+        pick.shuffle(&mut rng);
+        let [(a, a_id), (b, b_id), (c, _)] = [pick[0], pick[1], pick[2]];
+        let fill = |second: &str| {
+            template
+                .replace("{A}", a)
+                .replace("{B}", b)
+                .replace("{C}", second)
+        };
+        let positive = tok.encode(&fill(b))?;
+        let negative = tok.encode(&fill(c))?;
+        if positive.len() != negative.len() {
+            return Err(AnalysisError::Config(format!(
+                "IOI prompt {i}: the corruption has {} tokens, the prompt {}",
+                negative.len(),
+                positive.len()
+            )));
+        }
+        prompts.push(TaskPrompt {
+            positive,
+            negative,
+            answer: a_id,
+            wrong: b_id,
+        });
+    }
+    Ok(Task {
+        name: "ioi".into(),
+        prompts,
+    })
+}
+
+/// `n` induction prompts: `len` random tokens from ids `from..to`, then the same again cut
+/// before a random position of it (at least 2 tokens in), with BOS first when the model has
+/// one; each corruption's second run is fresh random tokens.
+pub fn induction(
+    tok: &Tokenizer,
+    n: usize,
+    len: usize,
+    (from, to): (u32, u32),
+    seed: u64,
+) -> Result<Task> {
+    if len < 4 || to <= from + len as u32 * 2 {
+        return Err(AnalysisError::Config(format!(
+            "induction needs runs of 4 tokens or more from a range of more than twice as many ids (asked {len} from {from}..{to})"
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let ids: Vec<u32> = (from..to).collect();
+    let bos: Vec<u32> = tok.bos.into_iter().collect();
+    let mut prompts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let run: Vec<u32> = ids.choose_multiple(&mut rng, 2 * len).copied().collect();
+        let (first, fresh) = run.split_at(len);
+        let cut = rng.random_range(2..len);
+        let build = |second: &[u32]| -> Vec<u32> {
+            bos.iter()
+                .chain(first)
+                .chain(&second[..cut])
+                .copied()
+                .collect()
+        };
+        prompts.push(TaskPrompt {
+            positive: build(first),
+            negative: build(fresh),
+            answer: first[cut],
+            wrong: fresh[cut],
+        });
+    }
+    Ok(Task {
+        name: "induction".into(),
+        prompts,
+    })
+}
+
+/// One line of a task file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    positive: String,
+    negative: String,
+    answer: String,
+    wrong: String,
+}
+
+/// A user's task from a JSONL file: one object per line with `positive` and `negative` (the
+/// prompt and its corruption, the same number of tokens), `answer` and `wrong` (one token
+/// each). A line that breaks this is refused by number and field.
+pub fn read_task_file(path: &Path, tok: &Tokenizer) -> Result<Task> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AnalysisError::Config(format!("{}: cannot be read: {e}", path.display())))?;
+    let bad = |line: usize, m: String| {
+        AnalysisError::Config(format!("{}, line {line}: {m}", path.display()))
+    };
+    let mut prompts = Vec::new();
+    for (i, raw) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let n = i + 1;
+        let l: Line = serde_json::from_str(raw).map_err(|e| bad(n, e.to_string()))?;
+        let one = |field: &str, s: &str| -> Result<u32> {
+            match tok.encode(s)?[..] {
+                [id] => Ok(id),
+                ref ids => Err(bad(
+                    n,
+                    format!("`{field}` {s:?} is {} tokens, not one", ids.len()),
+                )),
+            }
+        };
+        let (positive, negative) = (tok.encode(&l.positive)?, tok.encode(&l.negative)?);
+        if positive.len() != negative.len() {
+            return Err(bad(
+                n,
+                format!(
+                    "`positive` has {} tokens and `negative` {}; a corruption keeps the prompt's length",
+                    positive.len(),
+                    negative.len()
+                ),
+            ));
+        }
+        prompts.push(TaskPrompt {
+            positive,
+            negative,
+            answer: one("answer", &l.answer)?,
+            wrong: one("wrong", &l.wrong)?,
+        });
+    }
+    if prompts.is_empty() {
+        return Err(AnalysisError::Config(format!(
+            "{}: no prompts",
+            path.display()
+        )));
+    }
+    let name = path
+        .file_stem()
+        .map_or("task".into(), |s| s.to_string_lossy().into_owned());
+    Ok(Task { name, prompts })
+}
