@@ -2,17 +2,20 @@
 //! and a head's zero-ablation equals taking its write out of the attention output by hand.
 
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks, Intervention};
-use saescope_analysis::circuits::ablate::{Ablation, ablation_sweep, logit_diffs, task_score};
-use saescope_analysis::circuits::task::{Task, induction, ioi, read_task_file};
+use saescope_analysis::circuits::ablate::{
+    Ablation, Pool, ablation_sweep, head_outputs, logit_diffs, task_score,
+};
+use saescope_analysis::circuits::task::{Task, greater_than, induction, ioi, read_task_file};
 use tch::{Kind, Tensor};
 
 mod common;
 
 #[test]
-fn the_bundled_model_does_ioi_and_induction_and_not_their_corruptions() {
+fn the_bundled_model_does_ioi_greater_than_and_induction_and_not_their_corruptions() {
     let (model, tok) = common::model();
-    let tasks: [Task; 2] = [
+    let tasks: [Task; 3] = [
         ioi(&tok, 24, 0).unwrap(),
+        greater_than(&tok, 24, 0).unwrap(),
         induction(&tok, 24, 12, (1_000, 20_000), 0).unwrap(),
     ];
     for task in &tasks {
@@ -113,6 +116,47 @@ fn a_heads_ablation_equals_removing_its_write_by_hand() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("layer 99: the model has 30 layers"), "{e}");
+}
+
+/// The heads' writes of a layer, pooled, sum to its attention output pooled the same way
+/// (Llama's output projection has no bias).
+#[test]
+fn head_outputs_sum_to_the_attention_output() {
+    let (model, tok) = common::model();
+    let task = ioi(&tok, 2, 3).unwrap();
+    let prompts: Vec<&[u32]> = task.prompts.iter().map(|p| p.positive.as_slice()).collect();
+    for pool in [Pool::Mean, Pool::Last] {
+        let out = head_outputs(&model, &prompts, pool).unwrap();
+        let [n, layers, heads, _] = out.size()[..] else {
+            panic!("4-D")
+        };
+        assert_eq!((n, layers, heads), (2, 30, 9));
+        for (i, ids) in prompts.iter().enumerate() {
+            for layer in [0usize, 13, 29] {
+                let point = HookPoint::new(layer, HookKind::AttnOut);
+                let input =
+                    Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
+                        .view([1, -1]);
+                let mut hooks = Hooks::new().capture(point);
+                model.forward(&input, &mut hooks, false).unwrap();
+                let a = hooks.take(point).unwrap().to_kind(Kind::Float).get(0);
+                let want = match pool {
+                    Pool::Mean => a.mean_dim(0, false, Kind::Float),
+                    Pool::Last => a.get(-1),
+                };
+                let got =
+                    out.get(i as i64)
+                        .get(layer as i64)
+                        .sum_dim_intlist(0, false, Kind::Float);
+                let err = (got - &want).abs().max().double_value(&[]);
+                let scale = want.abs().max().double_value(&[]);
+                assert!(
+                    err < 1e-4 * scale.max(1.0),
+                    "{pool:?} layer {layer}: {err} of {scale}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

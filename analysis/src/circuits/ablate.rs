@@ -134,6 +134,57 @@ pub fn mean_z(model: &Model, task: &Task, layer: usize) -> Result<Tensor> {
     Ok(sum.expect("a task has prompts") / count as f64)
 }
 
+/// How a head's write is pooled over a prompt's positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    /// The mean over positions (the code-overlap method's default).
+    Mean,
+    /// The last position's, where the answer is read.
+    Last,
+}
+
+/// Each head's write into the residual stream, z_h · W_O[h]ᵀ, pooled over the positions of
+/// each prompt: [prompts, layers, heads, d_model]. The heads' writes of a layer sum to its
+/// attention output less the projection's bias.
+pub fn head_outputs(model: &Model, prompts: &[&[u32]], pool: Pool) -> Result<Tensor> {
+    let [heads, d_head] = model.hook_shape(HookKind::AttnZ)[..] else {
+        return Err(AnalysisError::Config(
+            "the model's attn.hook_z is not heads x d_head".into(),
+        ));
+    };
+    let layers = model.n_layers();
+    let mut rows = Vec::with_capacity(prompts.len());
+    for ids in prompts {
+        let input = Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
+            .view([1, -1])
+            .to_device(model.device());
+        let mut h = Hooks::new();
+        for l in 0..layers {
+            h = h.capture(HookPoint::new(l, HookKind::AttnZ));
+        }
+        model.forward(&input, &mut h, false)?;
+        let mut per_layer = Vec::with_capacity(layers);
+        for l in 0..layers {
+            let point = HookPoint::new(l, HookKind::AttnZ);
+            let z = h.take(point).expect("captured").to_kind(Kind::Float).get(0);
+            let z = match pool {
+                Pool::Mean => z.mean_dim(0, false, Kind::Float),
+                Pool::Last => z.get(-1),
+            };
+            // [heads, d_head] · W_O[:, h-slice]ᵀ for each head: [heads, d_model].
+            let w_o = model
+                .to_residual(point)
+                .expect("attn.hook_z has an output projection")
+                .to_kind(Kind::Float)
+                .view([-1, heads as i64, d_head as i64])
+                .permute([1, 2, 0]);
+            per_layer.push(z.unsqueeze(1).bmm(&w_o).squeeze_dim(1));
+        }
+        rows.push(Tensor::stack(&per_layer, 0));
+    }
+    Ok(Tensor::stack(&rows, 0))
+}
+
 /// Each head of each of `layers` (every layer when `None`) ablated in turn: the change in the
 /// mean logit difference over the task's prompts. `progress` gets (heads done, heads).
 pub fn ablation_sweep(

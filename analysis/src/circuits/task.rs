@@ -5,6 +5,11 @@
 //! - **IOI** (indirect object identification, Wang et al.): "When Mary and John went to the
 //!   store, John gave a drink to" → " Mary", wrong " John". The corruption (ABC) names a third
 //!   person in the second clause, so no name is repeated.
+//! - **Greater-than** (Hanna et al.): "The war lasted from the year 1732 to the year 17" → a
+//!   later year. Written for tokenizers that split numbers into digits (SmolLM2's, Llama's),
+//!   so the next token is the end year's tens digit: the answer is the start's tens digit plus
+//!   one and the wrong answer the start's minus one (an earlier decade). The corruption starts
+//!   in the decade 0 ("1702"), where both digits are later and neither is favoured.
 //! - **Induction**: a run of random tokens, then the same run again, cut before one of its
 //!   tokens: the answer is that token, the wrong answer another random one. The corruption
 //!   repeats nothing (its second run is fresh random tokens).
@@ -39,6 +44,31 @@ pub struct Task {
     pub name: String,
     /// Its prompts.
     pub prompts: Vec<TaskPrompt>,
+}
+
+/// A generated prompt and its corruption, refused when their lengths differ (the tokenizer
+/// merged a name or digit with its neighbour).
+fn matched(
+    task: &str,
+    i: usize,
+    positive: Vec<u32>,
+    negative: Vec<u32>,
+    answer: u32,
+    wrong: u32,
+) -> Result<TaskPrompt> {
+    if positive.len() != negative.len() {
+        return Err(AnalysisError::Config(format!(
+            "{task} prompt {i}: the corruption has {} tokens, the prompt {}",
+            negative.len(),
+            positive.len()
+        )));
+    }
+    Ok(TaskPrompt {
+        positive,
+        negative,
+        answer,
+        wrong,
+    })
 }
 
 /// Names IOI draws from; those that are not one token to the model are left out.
@@ -83,24 +113,53 @@ pub fn ioi(tok: &Tokenizer, n: usize, seed: u64) -> Result<Task> {
                 .replace("{B}", b)
                 .replace("{C}", second)
         };
-        let positive = tok.encode(&fill(b))?;
-        let negative = tok.encode(&fill(c))?;
-        if positive.len() != negative.len() {
-            return Err(AnalysisError::Config(format!(
-                "IOI prompt {i}: the corruption has {} tokens, the prompt {}",
-                negative.len(),
-                positive.len()
-            )));
-        }
-        prompts.push(TaskPrompt {
-            positive,
-            negative,
-            answer: a_id,
-            wrong: b_id,
-        });
+        let (positive, negative) = (tok.encode(&fill(b))?, tok.encode(&fill(c))?);
+        prompts.push(matched("IOI", i, positive, negative, a_id, b_id)?);
     }
     Ok(Task {
         name: "ioi".into(),
+        prompts,
+    })
+}
+
+/// Sentences greater-than fills with a century's first two digits and a start year.
+const GREATER_TEMPLATES: [&str; 3] = [
+    "The war lasted from the year {C}{S} to the year {C}",
+    "The expedition ran from the year {C}{S} to the year {C}",
+    "The castle was built from the year {C}{S} to the year {C}",
+];
+
+/// `n` greater-than prompts with start years {C}20 to {C}89 (tens digit 2 to 8), each with its
+/// corruption in decade 0, drawn with `seed`; refused for a tokenizer that does not split
+/// numbers into single digits.
+pub fn greater_than(tok: &Tokenizer, n: usize, seed: u64) -> Result<Task> {
+    if tok.encode("1732")?.len() != 4 {
+        return Err(AnalysisError::Config(
+            "greater-than is written for tokenizers that split numbers into digits; this one does not (\"1732\" is not 4 tokens)".into(),
+        ));
+    }
+    let digit = |d: u32| -> Result<u32> { Ok(tok.encode(&d.to_string())?[0]) };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut prompts = Vec::with_capacity(n);
+    for i in 0..n {
+        let template = GREATER_TEMPLATES[i % GREATER_TEMPLATES.len()];
+        let century = ["15", "16", "17", "18"][rng.random_range(0..4)];
+        let (tens, units) = (rng.random_range(2..9u32), rng.random_range(0..10u32));
+        let fill = |start: String| template.replace("{C}", century).replace("{S}", &start);
+        let positive = tok.encode(&fill(format!("{tens}{units}")))?;
+        let negative = tok.encode(&fill(format!("0{units}")))?;
+        let (answer, wrong) = (digit(tens + 1)?, digit(tens - 1)?);
+        prompts.push(matched(
+            "greater-than",
+            i,
+            positive,
+            negative,
+            answer,
+            wrong,
+        )?);
+    }
+    Ok(Task {
+        name: "greater-than".into(),
         prompts,
     })
 }
