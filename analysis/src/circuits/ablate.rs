@@ -110,28 +110,39 @@ pub fn task_score(model: &Model, task: &Task) -> Result<TaskScore> {
     })
 }
 
-/// The mean of each head's output at `layer` over every prompt and corruption of `task`,
-/// every position: [heads, d_head].
-pub fn mean_z(model: &Model, task: &Task, layer: usize) -> Result<Tensor> {
-    let point = HookPoint::new(layer, HookKind::AttnZ);
-    let (mut sum, mut count) = (None::<Tensor>, 0i64);
+/// The mean of each head's output at each of `layers` over every prompt and corruption of
+/// `task`, every position: one [heads, d_head] per layer, from one pass per prompt.
+pub fn mean_z(model: &Model, task: &Task, layers: &[usize]) -> Result<Vec<Tensor>> {
+    let points: Vec<HookPoint> = layers
+        .iter()
+        .map(|&l| HookPoint::new(l, HookKind::AttnZ))
+        .collect();
+    let mut sums: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
+    let mut count = 0i64;
     for p in &task.prompts {
         for ids in [&p.positive, &p.negative] {
             let input = Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
                 .view([1, -1])
                 .to_device(model.device());
-            let mut hooks = Hooks::new().capture(point);
+            let mut hooks = points
+                .iter()
+                .fold(Hooks::new(), |h, &point| h.capture(point));
             model.forward(&input, &mut hooks, false)?;
-            let z = hooks.take(point).expect("captured").to_kind(Kind::Float);
-            let s = z.sum_dim_intlist([0, 1].as_slice(), false, Kind::Float);
-            count += z.size()[1];
-            sum = Some(match sum {
-                None => s,
-                Some(t) => t + s,
-            });
+            count += ids.len() as i64;
+            for (sum, &point) in sums.iter_mut().zip(&points) {
+                let z = hooks.take(point).expect("captured").to_kind(Kind::Float);
+                let s = z.sum_dim_intlist([0, 1].as_slice(), false, Kind::Float);
+                *sum = Some(match sum.take() {
+                    None => s,
+                    Some(t) => t + s,
+                });
+            }
         }
     }
-    Ok(sum.expect("a task has prompts") / count as f64)
+    Ok(sums
+        .into_iter()
+        .map(|s| s.expect("a task has prompts") / count as f64)
+        .collect())
 }
 
 /// How a head's write is pooled over a prompt's positions.
@@ -207,10 +218,14 @@ pub fn ablation_sweep(
     let prompts = positives(task);
     let clean = mean(&logit_diffs(model, &prompts, &mut Hooks::new)?);
     let mut out = Vec::with_capacity(layers.len() * heads);
-    for &layer in layers {
+    let means = match how {
+        Ablation::Mean => mean_z(model, task, layers)?,
+        Ablation::Zero => Vec::new(),
+    };
+    for (i, &layer) in layers.iter().enumerate() {
         let point = HookPoint::new(layer, HookKind::AttnZ);
         let fill = match how {
-            Ablation::Mean => mean_z(model, task, layer)?,
+            Ablation::Mean => means[i].shallow_clone(),
             Ablation::Zero => Tensor::zeros(
                 [heads as i64, shape[1] as i64],
                 (Kind::Float, model.device()),
