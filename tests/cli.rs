@@ -642,17 +642,19 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         serde_json::from_slice(&std::fs::read(out.join("layers.6_feature.json")).unwrap()).unwrap();
     assert_eq!(object["3"], "plural nouns");
     // The explanations reach Neuronpedia's dashboard JSON, and a dataset with its card.
-    let o = saescope(&[
-        "export",
-        "neuronpedia",
-        "--dict",
-        d,
-        "--out",
-        np.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let batch: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&np).unwrap()).unwrap();
+    let neuronpedia = || -> serde_json::Value {
+        let o = saescope(&[
+            "export",
+            "neuronpedia",
+            "--dict",
+            d,
+            "--out",
+            np.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_str(&std::fs::read_to_string(&np).unwrap()).unwrap()
+    };
+    let batch = neuronpedia();
     assert_eq!(
         batch["features"][200]["explanations"][0]["description"],
         "the word \"cat\""
@@ -837,17 +839,7 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         }
     }
     assert!(t.contains("wrote embedding scores of 2 latents"), "{t}");
-    let o = saescope(&[
-        "export",
-        "neuronpedia",
-        "--dict",
-        d,
-        "--out",
-        np.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let batch: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&np).unwrap()).unwrap();
+    let batch = neuronpedia();
     let first: usize = two[0].parse().unwrap();
     let types: Vec<&str> = batch["features"][first]["explanations"][0]["scores"]
         .as_array()

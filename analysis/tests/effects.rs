@@ -2,10 +2,10 @@
 //! pass with the push at the last position alone, the KL target is met, and a latent planted on
 //! a token's unembedding makes that token likelier.
 
-use saescope_activations::hooks::{Hooks, Intervention};
+use saescope_activations::hooks::Hooks;
 use saescope_analysis::Session;
 use saescope_analysis::effects::{EffectsConfig, effects, pushed_continuations};
-use saescope_analysis::steer::promoted_tokens;
+use saescope_analysis::steer::{Push, Steering, promoted_tokens};
 use tch::{Kind, Tensor};
 
 mod common;
@@ -25,28 +25,24 @@ fn prompts() -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Next-token probabilities after `ids` by a full forward pass, adding `add` at the last
+/// Hooks of a full-sequence pass that add `strength` unit decoder directions of latent
+/// `push.0` at positions `from` and later, through steering's own push (none without `push`).
+fn pushed_from(s: &Session, push: Option<(u32, f64)>, from: usize) -> Hooks {
+    match push {
+        None => Hooks::new(),
+        Some((latent, strength)) => Steering::new(s, &[latent], None, true)
+            .unwrap()
+            .hooks(Push::Add(strength), Some(from)),
+    }
+}
+
+/// Next-token probabilities after `ids` by a full forward pass, with `push` at the last
 /// position only.
-fn reference(s: &Session, ids: &[u32], add: Option<&Tensor>) -> Tensor {
+fn reference(s: &Session, ids: &[u32], push: Option<(u32, f64)>) -> Tensor {
     let input =
         Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
     let n = ids.len() as i64;
-    let mut hooks = match add {
-        None => Hooks::new(),
-        Some(v) => {
-            let v = v.shallow_clone();
-            Hooks::new().intervene(
-                s.opened.point,
-                Intervention::Map(Box::new(move |x| {
-                    let last = Tensor::arange(n, (Kind::Int64, x.device()))
-                        .eq(n - 1)
-                        .to_kind(x.kind())
-                        .view([1, n, 1]);
-                    x + &v * last
-                })),
-            )
-        }
-    };
+    let mut hooks = pushed_from(s, push, ids.len() - 1);
     let logits = s.model.model.forward(&input, &mut hooks, true).unwrap();
     logits.unwrap().get(0).get(n - 1).softmax(-1, Kind::Float)
 }
@@ -60,13 +56,11 @@ fn cached_tries_equal_a_full_pass_and_the_kl_target_is_met() {
     for latent in [0u32, 17, 99] {
         let e = effects(&s, latent, &prompts, None, &cfg).unwrap();
         assert_eq!(e.prompts.len(), 3);
-        let d = s.opened.dict.as_dyn().atoms().get(latent as i64);
-        let add = &d / d.norm() * e.strength;
         let mut kl = 0.0;
         let mut worst: f64 = 0.0;
         for (ids, p) in prompts.iter().zip(&e.prompts) {
             let clean = reference(&s, ids, None);
-            let pushed = reference(&s, ids, Some(&add));
+            let pushed = reference(&s, ids, Some((latent, e.strength)));
             kl += (&clean * (clean.log() - pushed.log()))
                 .sum(Kind::Double)
                 .double_value(&[])
@@ -188,28 +182,12 @@ fn pushes_without_a_prompt_or_past_the_dictionary_are_refused() {
 }
 
 /// Greedy continuation of `ids` by `n` tokens, one full forward pass a token (no cache),
-/// adding `add` at every position from the prompt's last on.
-fn greedy_reference(s: &Session, ids: &[u32], n: usize, add: Option<&Tensor>) -> String {
-    let from = ids.len() as i64 - 1;
+/// with `push` at every position from the prompt's last on.
+fn greedy_reference(s: &Session, ids: &[u32], n: usize, push: Option<(u32, f64)>) -> String {
     let mut all: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
     for _ in 0..n {
         let len = all.len() as i64;
-        let mut hooks = match add {
-            None => Hooks::new(),
-            Some(v) => {
-                let v = v.shallow_clone();
-                Hooks::new().intervene(
-                    s.opened.point,
-                    Intervention::Map(Box::new(move |x| {
-                        let on = Tensor::arange(len, (Kind::Int64, x.device()))
-                            .ge(from)
-                            .to_kind(x.kind())
-                            .view([1, len, 1]);
-                        x + &v * on
-                    })),
-                )
-            }
-        };
+        let mut hooks = pushed_from(s, push, ids.len() - 1);
         let input = Tensor::from_slice(&all).view([1, -1]);
         let logits = s
             .model
@@ -234,13 +212,14 @@ fn pushed_continuations_equal_a_greedy_pass_without_a_cache() {
     let strength = 12.0;
     let texts = pushed_continuations(&s, latent, &prompts, strength, 6).unwrap();
     assert_eq!(texts.len(), 3);
-    let d = s.opened.dict.as_dyn().atoms().get(i64::from(latent));
-    let add = &d / d.norm() * strength;
     let mut moved = 0;
     for (ids, t) in prompts.iter().zip(&texts) {
         assert_eq!(t.prompt, s.model.tokenizer.decode(&ids[1..]).unwrap());
         assert_eq!(t.clean, greedy_reference(&s, ids, 6, None));
-        assert_eq!(t.pushed, greedy_reference(&s, ids, 6, Some(&add)));
+        assert_eq!(
+            t.pushed,
+            greedy_reference(&s, ids, 6, Some((latent, strength)))
+        );
         moved += usize::from(t.clean != t.pushed);
     }
     assert!(

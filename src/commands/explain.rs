@@ -108,18 +108,7 @@ impl ModelArgs {
                 };
                 AnyModel::Server(Box::new(Client::new(server, Some(cache))?))
             }
-            _ => {
-                let path = self
-                    .local_model
-                    .clone()
-                    .unwrap_or_else(assets::default_model);
-                let model = TextModel::open(&path, device, Compute::F32)?;
-                AnyModel::Local(Box::new(LocalExplainer {
-                    model,
-                    path,
-                    batch: 4,
-                }))
-            }
+            _ => AnyModel::Local(Box::new(open_local(self.local_model.clone(), device)?)),
         })
     }
 
@@ -143,6 +132,17 @@ impl ModelArgs {
             );
         }
     }
+}
+
+/// A model on this machine that answers and reads: `path`, else the bundled
+/// SmolLM2-135M-Instruct, in f32, four requests a batch.
+pub fn open_local(path: Option<PathBuf>, device: tch::Device) -> Result<LocalExplainer> {
+    let path = path.unwrap_or_else(assets::default_model);
+    Ok(LocalExplainer {
+        model: TextModel::open(&path, device, Compute::F32)?,
+        path,
+        batch: 4,
+    })
 }
 
 /// The model that answers: a server, or a model on this machine, which can also read prompts

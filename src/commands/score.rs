@@ -4,12 +4,11 @@
 //! controls, into `DICT/scores.parquet` and `DICT/score_windows.parquet`, and prints the run's
 //! summary.
 
-use super::explain::{DictArgs, ModelArgs, Select, example_sets, token_texts};
+use super::explain::{DictArgs, ModelArgs, Select, example_sets, open_local, token_texts};
 use crate::progress::RequestTracker;
 use anyhow::{Result, bail};
 use saescope_activations::assets;
 use saescope_activations::bert::SentenceEncoder;
-use saescope_activations::model::{Compute, TextModel};
 use saescope_analysis::Session;
 use saescope_autointerp::explain::Explainer;
 use saescope_autointerp::explain::train_windows;
@@ -203,12 +202,7 @@ fn open_reader(
     if local.is_some() || !scorers.iter().any(reads) {
         return Ok(None);
     }
-    let path = assets::default_model();
-    Ok(Some(LocalExplainer {
-        model: TextModel::open(&path, device, Compute::F32)?,
-        path,
-        batch: 4,
-    }))
+    Ok(Some(open_local(None, device)?))
 }
 
 /// Scores the `explained` latents of the plan with a progress bar, asking `chat` (`local` is

@@ -164,32 +164,39 @@ pub fn head_outputs(model: &Model, prompts: &[&[u32]], pool: Pool) -> Result<Ten
         ));
     };
     let layers = model.n_layers();
+    let points: Vec<HookPoint> = (0..layers)
+        .map(|l| HookPoint::new(l, HookKind::AttnZ))
+        .collect();
+    // Each layer's W_O as one [d_head, d_model] block per head, for every prompt.
+    let w_o: Vec<Tensor> = points
+        .iter()
+        .map(|&point| {
+            model
+                .to_residual(point)
+                .expect("attn.hook_z has an output projection")
+                .to_kind(Kind::Float)
+                .view([-1, heads as i64, d_head as i64])
+                .permute([1, 2, 0])
+        })
+        .collect();
     let mut rows = Vec::with_capacity(prompts.len());
     for ids in prompts {
         let input = Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
             .view([1, -1])
             .to_device(model.device());
-        let mut h = Hooks::new();
-        for l in 0..layers {
-            h = h.capture(HookPoint::new(l, HookKind::AttnZ));
-        }
+        let mut h = points
+            .iter()
+            .fold(Hooks::new(), |h, &point| h.capture(point));
         model.forward(&input, &mut h, false)?;
         let mut per_layer = Vec::with_capacity(layers);
-        for l in 0..layers {
-            let point = HookPoint::new(l, HookKind::AttnZ);
+        for (&point, w_o) in points.iter().zip(&w_o) {
             let z = h.take(point).expect("captured").to_kind(Kind::Float).get(0);
             let z = match pool {
                 Pool::Mean => z.mean_dim(0, false, Kind::Float),
                 Pool::Last => z.get(-1),
             };
             // [heads, d_head] · W_O[:, h-slice]ᵀ for each head: [heads, d_model].
-            let w_o = model
-                .to_residual(point)
-                .expect("attn.hook_z has an output projection")
-                .to_kind(Kind::Float)
-                .view([-1, heads as i64, d_head as i64])
-                .permute([1, 2, 0]);
-            per_layer.push(z.unsqueeze(1).bmm(&w_o).squeeze_dim(1));
+            per_layer.push(z.unsqueeze(1).bmm(w_o).squeeze_dim(1));
         }
         rows.push(Tensor::stack(&per_layer, 0));
     }

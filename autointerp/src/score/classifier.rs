@@ -164,32 +164,51 @@ pub fn messages(question: Question, explanation: &str, samples: &[&Sample]) -> V
     vec![Message::new("system", system), Message::new("user", user)]
 }
 
-/// The first bracketed list in `text`, when it holds exactly `n` entries, each 0 or 1.
-pub fn parse_answer(text: &str, n: usize) -> Option<Vec<bool>> {
+/// A reply's text, with the `[` put back that a begun answer (`prefill`) leaves out of it.
+pub fn answer_text(reply: &ChatReply, prefill: bool) -> String {
+    if prefill && !reply.text.trim_start().starts_with('[') {
+        format!("[{}", reply.text)
+    } else {
+        reply.text.clone()
+    }
+}
+
+/// A list entry or answer token without spaces, brackets, commas and quotes around it.
+pub fn bare(entry: &str) -> &str {
+    entry.trim_matches(|c: char| c.is_whitespace() || "[],\"'".contains(c))
+}
+
+/// The first bracketed list in `text`, each entry (spaces and quotes trimmed) read by `read`,
+/// when it holds exactly `n` entries and every one reads.
+pub fn parse_list<T>(text: &str, n: usize, read: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
     let open = text.find('[')?;
     let close = open + text[open..].find(']')?;
-    let list: Option<Vec<bool>> = text[open + 1..close]
+    let list: Option<Vec<T>> = text[open + 1..close]
         .split(',')
-        .map(|e| match e.trim().trim_matches(|c| c == '"' || c == '\'') {
-            "1" => Some(true),
-            "0" => Some(false),
-            _ => None,
-        })
+        .map(|e| read(e.trim().trim_matches(|c| c == '"' || c == '\'')))
         .collect();
     list.filter(|l| l.len() == n)
+}
+
+/// "1" yes, "0" no.
+fn yes_no(t: &str) -> Option<bool> {
+    match t {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// The first bracketed list in `text`, when it holds exactly `n` entries, each 0 or 1.
+pub fn parse_answer(text: &str, n: usize) -> Option<Vec<bool>> {
+    parse_list(text, n, yes_no)
 }
 
 /// Each answer digit's P(1) / (P(0) + P(1)) from the alternatives at its position, when the
 /// reply has log-probabilities and exactly `n` answer digits among its tokens up to the first
 /// `]`.
 pub fn probabilities(reply: &ChatReply, n: usize) -> Option<Vec<f32>> {
-    let digit = |t: &str| -> Option<bool> {
-        match t.trim_matches(|c: char| c.is_whitespace() || "[],\"'".contains(c)) {
-            "1" => Some(true),
-            "0" => Some(false),
-            _ => None,
-        }
-    };
+    let digit = |t: &str| yes_no(bare(t));
     let mut out = Vec::with_capacity(n);
     for tok in &reply.tokens {
         // The list ends at its first `]`; what the model writes after it is not an answer.

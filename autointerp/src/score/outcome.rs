@@ -90,11 +90,7 @@ pub(super) fn judge(job: &Job, scorer: Scorer, samples: &[Sample], said: &Said<'
             error.get_or_insert(e.clone());
         }
         let parsed = answer.as_ref().ok().and_then(|reply| {
-            let text = if said.prefill && !reply.text.trim_start().starts_with('[') {
-                format!("[{}", reply.text)
-            } else {
-                reply.text.clone()
-            };
+            let text = classifier::answer_text(reply, said.prefill);
             let said = classifier::parse_answer(&text, batch.len())?;
             Some((said, classifier::probabilities(reply, batch.len())))
         });

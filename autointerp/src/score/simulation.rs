@@ -21,6 +21,7 @@
 //! are used as they are. A flat prediction (the same number for every token) explains none of
 //! the variation and scores 0.
 
+use super::classifier::{answer_text, bare, parse_list};
 use super::outcome::{Context, Outcome, by_bin, meta, record};
 use super::{Job, Scorer};
 use crate::client::ChatReply;
@@ -141,27 +142,22 @@ pub fn messages(explanation: &str, tokens: &[String]) -> Vec<Message> {
     vec![Message::new("user", user)]
 }
 
+/// The digit an entry or token is, if it is one.
+fn digit(t: &str) -> Option<usize> {
+    let t = bare(t);
+    DIGITS.iter().position(|&d| d == t)
+}
+
 /// The first bracketed list in `text` when it holds exactly `n` digits 0 to 9.
 pub fn parse_answer(text: &str, n: usize) -> Option<Vec<f32>> {
-    let open = text.find('[')?;
-    let close = open + text[open..].find(']')?;
-    let list: Option<Vec<f32>> = text[open + 1..close]
-        .split(',')
-        .map(|e| {
-            let e = e.trim().trim_matches(|c| c == '"' || c == '\'');
-            DIGITS.iter().position(|&d| d == e).map(|d| d as f32)
-        })
-        .collect();
-    list.filter(|l| l.len() == n)
+    parse_list(text, n, |e| {
+        DIGITS.iter().position(|&d| d == e).map(|d| d as f32)
+    })
 }
 
 /// The expected digit at each of the answer's digits up to its first `]`, from the
 /// alternatives there, when the reply has log-probabilities and exactly `n` digits.
 pub fn answer_expectations(reply: &ChatReply, n: usize) -> Option<Vec<f32>> {
-    let digit = |t: &str| {
-        let t = t.trim_matches(|c: char| c.is_whitespace() || "[],\"'".contains(c));
-        DIGITS.iter().position(|&d| d == t)
-    };
     // The list starts after its `[` (which a begun answer leaves out of the reply): digits
     // written before it are not answers.
     let from = reply
@@ -194,12 +190,7 @@ pub fn answer_expectations(reply: &ChatReply, n: usize) -> Option<Vec<f32>> {
 /// The predictions from a chat answer and how they were read, or `None` when it does not
 /// parse; `prefill` says whether the answer was begun with `[` for the model.
 pub fn from_answer(reply: &ChatReply, n: usize, prefill: bool) -> Option<(Vec<f32>, Mode)> {
-    let text = if prefill && !reply.text.trim_start().starts_with('[') {
-        format!("[{}", reply.text)
-    } else {
-        reply.text.clone()
-    };
-    let digits = parse_answer(&text, n)?;
+    let digits = parse_answer(&answer_text(reply, prefill), n)?;
     Some(match answer_expectations(reply, n) {
         Some(e) => (e, Mode::AnswerLogprobs),
         None => (digits, Mode::Answer),
