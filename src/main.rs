@@ -53,6 +53,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Generate with a dictionary's features pushed on: clean and steered text side by side.
     Steer(commands::steer::Args),
+    /// Find the attention heads a task needs by code overlap, checked against ablation.
+    Circuits(commands::circuits::Args),
     /// The desktop explorer: browse a run's dictionaries, features, prompts and heads.
     Explore(commands::explore::Args),
     /// Export a feature store (to Neuronpedia's dashboard JSON) or a TopK dictionary (to
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Steer(a) => commands::steer::run(a),
+        Command::Circuits(a) => commands::circuits::run(a),
         Command::Explore(a) => commands::explore::run(a),
         Command::Export(c) => commands::export::run(c),
         Command::Import(c) => commands::export::import(c),

@@ -46,7 +46,7 @@ fn help_lists_every_working_command() {
     let t = text(&o);
     for cmd in [
         "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "examples", "explain",
-        "score", "inspect", "generate", "explore", "export", "import", "store",
+        "score", "inspect", "generate", "circuits", "explore", "export", "import", "store",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
@@ -200,6 +200,8 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         "6000",
         "--eval-tokens",
         "256",
+        "--circuit-prompts",
+        "4",
     ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
@@ -214,13 +216,13 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
         "{t}"
     );
     // It ends by steering with a feature it found: clean and steered text side by side.
-    assert!(t.contains("== 7/9 steer"), "{t}");
+    assert!(t.contains("== 7/11 steer"), "{t}");
     // Then explains a few features with the bundled model (on so short a run, too few windows
     // to draw from: the features are listed as such, not dropped).
-    assert!(t.contains("== 8/9 explain"), "{t}");
+    assert!(t.contains("== 8/11 explain"), "{t}");
     assert!(t.contains("explained "), "{t}");
     // And scores what it explained (or says there is nothing to score).
-    assert!(t.contains("== 9/9 score"), "{t}");
+    assert!(t.contains("== 9/11 score"), "{t}");
     assert!(
         t.contains("scored ") || t.contains("nothing to score"),
         "{t}"
@@ -243,6 +245,23 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     assert!(t.contains("L0 32.00"), "{t}");
     let dict = out.join("dictionaries/blocks.6.hook_resid_post-topk");
     assert!(dict.join("cfg.json").exists() && dict.join("sae_weights.safetensors").exists());
+    // A dictionary on the heads' outputs, and the heads IOI needs, under the run.
+    assert!(
+        t.contains("== 10/11 train an attention-output dictionary (64 latents"),
+        "{t}"
+    );
+    let heads_dict = out.join("dictionaries/blocks.6.attn.hook_z-topk");
+    assert!(heads_dict.join("sae_weights.safetensors").exists(), "{t}");
+    assert!(t.contains("== 11/11 find the heads IOI needs"), "{t}");
+    assert!(t.contains("node ROC AUC"), "{t}");
+    let circuit = saescope_store::circuits::CircuitDir::in_run(&out, "ioi");
+    let summary = saescope_store::circuits::read_summary(&circuit).unwrap();
+    assert_eq!(
+        (summary.prompts, summary.ground_truth.as_str()),
+        (4, "patching")
+    );
+    assert_eq!(summary.agreement.len(), 3);
+    assert!(summary.runtimes.speedup.unwrap() > 1.0, "{summary:?}");
 
     // Splice it into the model over text after the harvested part of the corpus.
     let o = saescope(&[
@@ -1396,4 +1415,191 @@ fn steering_a_trained_late_layer_dictionary_raises_its_own_tokens() {
         let t = text(&o);
         assert!(t.contains(message), "{message}: {t}");
     }
+}
+
+/// The tiny GPT-2 fixture with a word-level tokenizer over its 128 ids (`t0` … `t127`), so text
+/// reaches it; in a fresh directory.
+fn gpt2_with_tokenizer(dir: &Path) -> std::path::PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("activations/tests/fixtures/hf/gpt2");
+    let model = dir.join("gpt2");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..128)
+        .map(|i| (format!("t{i}"), serde_json::json!(i)))
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}
+    });
+    std::fs::write(model.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    model
+}
+
+/// `circuits` on a GPT-2 model scored against a list of heads (as a user with GPT-2 small
+/// scores against the shipped ACDC lists): the tables and summary are written and agree with
+/// the list; bad input is refused by line or field, and leaves the results in place.
+#[test]
+fn circuits_score_a_gpt2_model_against_a_head_list_and_refuse_bad_input() {
+    use saescope_store::circuits::{CircuitDir, read_codes, read_heads, read_summary};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = gpt2_with_tokenizer(tmp.path());
+    let task = tmp.path().join("copy.jsonl");
+    let lines: Vec<String> = (0..8)
+        .map(|i| {
+            let (a, b, c) = (10 + i, 30 + i, 50 + i);
+            serde_json::json!({
+                "positive": format!("t{a} t{b} t{c} t{a} t{b}"),
+                "negative": format!("t{a} t{b} t{c} t{} t{}", 70 + i, 90 + i),
+                "answer": format!("t{c}"),
+                "wrong": format!("t{}", 110 + i),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&task, lines.join("\n")).unwrap();
+    let heads = Path::new(env!("CARGO_MANIFEST_DIR")).join("analysis/data/gpt2-small-ioi.heads");
+    assert!(heads.exists(), "the shipped ACDC list");
+    let list = tmp.path().join("tiny.heads");
+    std::fs::write(&list, "# two heads\n0.1 first\n1.3\n").unwrap();
+    let out = tmp.path().join("out");
+    let (m, t, l, o) = (
+        model.to_str().unwrap(),
+        task.to_str().unwrap(),
+        list.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let base = [
+        "circuits",
+        "--model",
+        m,
+        "--task",
+        t,
+        "--seeds",
+        "2",
+        "--sae-prompts",
+        "4",
+        "--latents",
+        "16",
+        "--epochs",
+        "20",
+        "--out",
+        o,
+    ];
+    let args = |extra: &[&'static str], gt: &str| -> Vec<String> {
+        base.iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .chain(["--ground-truth".to_string(), gt.to_string()])
+            .collect()
+    };
+    let run = |a: Vec<String>| saescope(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = run(args(&[], l));
+    let text_out = text(&r);
+    assert!(r.status.success(), "{text_out}");
+    assert!(text_out.contains("node ROC AUC"), "{text_out}");
+    let dir = CircuitDir::new(&out);
+    let s = read_summary(&dir).unwrap();
+    assert_eq!((s.layers, s.heads_per_layer, s.prompts), (2, 4, 8));
+    assert_eq!(s.ground_truth, l);
+    assert_eq!(s.agreement.len(), 1);
+    assert_eq!(s.agreement[0].heads, 2);
+    assert_eq!(s.agreement[0].node_auc.as_ref().unwrap().values.len(), 2);
+    assert!(s.runtimes.ablation_sweep.is_none() && s.spearman.is_none());
+    let rows = read_heads(&dir).unwrap();
+    let marked: Vec<(u32, u32)> = rows
+        .iter()
+        .filter(|h| h.in_circuit)
+        .map(|h| (h.layer, h.head))
+        .collect();
+    assert_eq!(marked, vec![(0, 1), (1, 3)]);
+    assert!(rows.iter().all(|h| h.ablation_effect.is_none()));
+    assert_eq!(read_codes(&dir).unwrap().len(), 2 * 2 * 8 * 8);
+    let summary_before = std::fs::read(dir.file("summary.json")).unwrap();
+
+    let bad_heads = tmp.path().join("bad.heads");
+    std::fs::write(&bad_heads, "0.1\n2.0\n").unwrap();
+    let bad_task = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad_task,
+        format!("{}\n{{\"positive\": \"t1 t2\"}}\n", lines[0]),
+    )
+    .unwrap();
+    let long_answer = tmp.path().join("long.jsonl");
+    std::fs::write(
+        &long_answer,
+        r#"{"positive": "t1 t2", "negative": "t3 t4", "answer": "t5 t6", "wrong": "t7"}"#,
+    )
+    .unwrap();
+    let uneven = tmp.path().join("uneven.jsonl");
+    std::fs::write(
+        &uneven,
+        r#"{"positive": "t1 t2", "negative": "t3", "answer": "t5", "wrong": "t7"}"#,
+    )
+    .unwrap();
+    let with_task = |file: &Path| -> Vec<String> {
+        let mut a = args(&[], l);
+        a[4] = file.to_str().unwrap().to_string();
+        a
+    };
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            args(&[], bad_heads.to_str().unwrap()),
+            "bad.heads, line 2: head 2.0 is outside the model's 2 layers of 4 heads".into(),
+        ),
+        (
+            args(&[], "ablations"),
+            "--ground-truth ablations: not ablation".into(),
+        ),
+        (
+            with_task(&bad_task),
+            "bad.jsonl, line 2: missing field `negative`".into(),
+        ),
+        (
+            with_task(&long_answer),
+            "line 1: `answer` \"t5 t6\" is 2 tokens, not one".into(),
+        ),
+        (
+            with_task(&uneven),
+            "line 1: `positive` has 2 tokens and `negative` 1".into(),
+        ),
+        (
+            args(&["--pool", "sideways"], l),
+            "--pool sideways: expected mean or last".into(),
+        ),
+        (
+            args(&["--top-k", "17"], l),
+            "top_k = 17 must be between 1 and the dictionary's latents (16)".into(),
+        ),
+        (
+            {
+                let mut a = args(&[], l);
+                a[8] = "17".into();
+                a
+            },
+            "sae_prompts = 17 must be between 1 and the task's prompts and corruptions (16)".into(),
+        ),
+    ];
+    for (a, want) in cases {
+        let r = run(a.clone());
+        let t = text(&r);
+        assert!(
+            !r.status.success() && t.contains(&want),
+            "{a:?}: wanted {want:?} in\n{t}"
+        );
+    }
+    let mut greater = args(&[], l);
+    greater[4] = "greater-than".into();
+    let t = text(&run(greater));
+    assert!(
+        t.contains("digit"),
+        "a tokenizer that does not split numbers: {t}"
+    );
+    assert_eq!(
+        std::fs::read(dir.file("summary.json")).unwrap(),
+        summary_before
+    );
 }

@@ -6,8 +6,8 @@
 //! a feature store ([`features`]), the prompt view with attribution by head ([`inspect`]), and
 //! steering: generation with features pushed on ([`steer`]), and what autointerp explains and
 //! scores from: the example sets ([`examples`]) and what a latent does when pushed
-//! ([`effects`]). Circuit discovery starts here: tasks with matched corruptions and the
-//! head-ablation ground truth ([`circuits`]).
+//! ([`effects`]). And circuit discovery: the heads a task needs, ranked by the overlap of a
+//! small dictionary's codes and checked against ablating each head ([`circuits`]).
 //!
 //! It builds on the model runtime (`saescope-activations`), the learners and their files
 //! (`saescope-sae`) and the formats (`saescope-store`), and shows nothing: progress goes to

@@ -21,6 +21,7 @@ impl Explorer {
                 View::Feature => self.feature_view(ui),
                 View::Prompt => self.prompt_view(ui),
                 View::Heads => self.heads_view(ui),
+                View::Circuits => self.circuits_view(ui),
             }
         });
         let busy = self.run_loading.is_some()

@@ -1,11 +1,13 @@
 //! What the explorer shows, read from a run directory: the run's manifest, its dictionaries with
-//! their metrics and training curves, and each dictionary's feature store. Everything here only
+//! their metrics and training curves, each dictionary's feature store, and the run's
+//! circuit-discovery results. Everything here only
 //! reads, and nothing fails as a whole: what cannot be read becomes a [`Problem`] that says what
 //! is missing and which command makes it.
 
 use crate::error::{ExploreError, panic_text};
 use saescope_stats::summary::{SummaryLine, summarize};
 use saescope_store::DictDir;
+use saescope_store::circuits::{self, CircuitDir, CircuitSummary, EdgeRow, HeadRow, PromptRow};
 use saescope_store::dictionary::LogLine;
 use saescope_store::explanations::Evidence;
 use saescope_store::features::{
@@ -134,6 +136,8 @@ pub struct RunData {
     pub manifest: Option<Manifest>,
     /// Its dictionaries, by name.
     pub dictionaries: Vec<DictEntry>,
+    /// Its circuit-discovery results (`RUN/circuits/TASK`), by task.
+    pub circuits: Vec<CircuitData>,
     /// What could not be read.
     pub problems: Vec<Problem>,
 }
@@ -152,6 +156,7 @@ impl RunData {
                 dir: dir.to_owned(),
                 manifest: None,
                 dictionaries,
+                circuits: Vec::new(),
                 problems,
             };
         }
@@ -161,6 +166,7 @@ impl RunData {
                 dir: dir.to_owned(),
                 manifest: None,
                 dictionaries,
+                circuits: Vec::new(),
                 problems,
             };
         }
@@ -203,12 +209,62 @@ impl RunData {
                 Some(format!("saescope train --run {}", dir.display())),
             ));
         }
+        let mut circuits = Vec::new();
+        for c in CircuitDir::of_run(dir) {
+            match CircuitData::read(&c) {
+                Ok(data) => circuits.push(data),
+                Err(e) => problems.push(Problem::new(
+                    e.to_string(),
+                    Some(format!(
+                        "saescope circuits --run {} --task TASK",
+                        dir.display()
+                    )),
+                )),
+            }
+        }
         RunData {
             dir: dir.to_owned(),
             manifest,
             dictionaries,
+            circuits,
             problems,
         }
+    }
+}
+
+/// One task's circuit-discovery results: the summary and the heads, pairs and prompts tables
+/// (the per-prompt codes stay on disk).
+#[derive(Clone, Debug)]
+pub struct CircuitData {
+    /// The task's directory.
+    pub dir: PathBuf,
+    /// `summary.json`.
+    pub summary: CircuitSummary,
+    /// One row per head.
+    pub heads: Vec<HeadRow>,
+    /// The best pairs, best first.
+    pub edges: Vec<EdgeRow>,
+    /// The task's prompts with the model's answers.
+    pub prompts: Vec<PromptRow>,
+}
+
+impl CircuitData {
+    /// Reads a task's results.
+    pub fn read(dir: &CircuitDir) -> Result<CircuitData, saescope_store::StoreError> {
+        Ok(CircuitData {
+            dir: dir.path().to_owned(),
+            summary: circuits::read_summary(dir)?,
+            heads: circuits::read_heads(dir)?,
+            edges: circuits::read_edges(dir)?,
+            prompts: circuits::read_prompts(dir)?,
+        })
+    }
+
+    /// The head at (layer, head).
+    pub fn head(&self, layer: u32, head: u32) -> Option<&HeadRow> {
+        self.heads
+            .iter()
+            .find(|h| h.layer == layer && h.head == head)
     }
 }
 

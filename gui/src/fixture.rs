@@ -1,5 +1,6 @@
 //! Small synthetic runs for the explorer's tests and benchmark: a harvest run, a residual
-//! dictionary and an attention-output dictionary, each with a feature store whose every value
+//! dictionary and an attention-output dictionary, each with a feature store, and IOI circuit
+//! results whose every value
 //! follows from the feature number, so a test can say what the screen must show.
 
 use saescope_store::dictionary::{EvalReport, Metrics};
@@ -104,7 +105,94 @@ pub fn make_run(dir: &Path, spec: &FixtureSpec) -> PathBuf {
         std::fs::write(d.training_log(), log).expect("log");
         write_store(&d.features(), spec, heads, hook);
     }
+    write_circuit(&run, spec.heads);
     run
+}
+
+/// Head (layer, head)'s code score in the fixture's IOI results: 3 layers of `heads` heads.
+pub fn code_score(layer: u32, head: u32) -> f64 {
+    f64::from((layer * 5 + head * 3) % 7)
+}
+
+/// Writes IOI circuit results for 3 layers of `heads` heads: code scores from [`code_score`],
+/// ablation effects of −score / 10, one pair and two prompts.
+fn write_circuit(run: &Path, heads: usize) {
+    use saescope_store::circuits::*;
+    let dir = CircuitDir::in_run(run, "ioi");
+    std::fs::create_dir_all(dir.path()).expect("circuit dir");
+    let rows: Vec<HeadRow> = (0..3u32)
+        .flat_map(|l| (0..heads as u32).map(move |h| (l, h)))
+        .map(|(layer, head)| {
+            let score = code_score(layer, head);
+            HeadRow {
+                layer,
+                head,
+                code_score: score,
+                code_score_std: 0.5,
+                normalised: score / 7.0,
+                edge_score: score,
+                probability: 0.0,
+                rank: 1,
+                ablation_effect: Some(-score / 10.0),
+                in_circuit: score >= 5.0,
+            }
+        })
+        .collect();
+    write_heads(&dir, &rows).expect("heads");
+    let edge = EdgeRow {
+        from_layer: 0,
+        from_head: 1,
+        to_layer: 2,
+        to_head: 1,
+        score: 2.5,
+    };
+    write_edges(&dir, &[edge]).expect("edges");
+    let prompts: Vec<PromptRow> = [(" Mary", 2.5), (" John", -0.5)]
+        .iter()
+        .enumerate()
+        .map(|(i, (predicted, diff))| PromptRow {
+            prompt: i as u32,
+            text: format!("When Mary and John went to the store, John gave a drink to ({i})"),
+            corrupted: "When Mary and John went to the store, Anna gave a drink to".into(),
+            answer: " Mary".into(),
+            wrong: " John".into(),
+            predicted: (*predicted).into(),
+            logit_diff: *diff,
+            corrupted_logit_diff: 0.0,
+        })
+        .collect();
+    write_prompts(&dir, &prompts).expect("prompts");
+    write_codes(&dir, &[]).expect("codes");
+    let summary = CircuitSummary {
+        format: "saescope.circuits".into(),
+        format_version: FORMAT_VERSION,
+        task: "ioi".into(),
+        model: MODEL_NAME.into(),
+        prompts: 2,
+        layers: 3,
+        heads_per_layer: heads,
+        accuracy: 0.5,
+        logit_diff: 1.0,
+        corrupted_logit_diff: 0.0,
+        config: serde_json::json!({}),
+        ground_truth: "mean-ablation".into(),
+        agreement: vec![Agreement {
+            circuit: "|mean-ablation effect| > 0.450".into(),
+            cutoff: Some(0.45),
+            heads: rows.iter().filter(|r| r.in_circuit).count(),
+            node_auc: Some(Spread::of(vec![0.7, 0.8])),
+            normalised_auc: None,
+            edge_auc: None,
+        }],
+        spearman: None,
+        fvu: Spread::of(vec![0.5]),
+        runtimes: Runtimes {
+            code_ranking: 2.0,
+            ablation_sweep: Some(50.0),
+            ..Runtimes::default()
+        },
+    };
+    write_summary(&dir, &summary).expect("summary");
 }
 
 /// Held-out metrics with the three figures the overview shows.

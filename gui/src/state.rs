@@ -38,16 +38,19 @@ pub enum View {
     Prompt,
     /// Attention-output features by head.
     Heads,
+    /// The heads a task needs, by code overlap beside ablation.
+    Circuits,
 }
 
 impl View {
     /// Every view with its tab's name.
-    pub const ALL: [(View, &'static str); 5] = [
+    pub const ALL: [(View, &'static str); 6] = [
         (View::Overview, "Overview"),
         (View::Features, "Features"),
         (View::Feature, "Feature"),
         (View::Prompt, "Prompt"),
         (View::Heads, "Heads"),
+        (View::Circuits, "Circuits"),
     ];
 }
 
@@ -242,6 +245,8 @@ pub struct Explorer {
     pub(crate) explained: Option<(PathBuf, u32, Result<Explained, ExploreError>)>,
     /// The (dictionary, head) cell selected in the heads view.
     pub heads_selected: Option<(usize, usize)>,
+    /// The circuits view's task (index into the run's circuits) and selected (layer, head).
+    pub circuit: (usize, Option<(u32, u32)>),
     /// What is remembered for the next launch.
     pub memory: Memory,
     /// A prompt to run as soon as a dictionary is selected.
@@ -277,6 +282,7 @@ impl Explorer {
             explain_job: None,
             explained: None,
             heads_selected: None,
+            circuit: (0, None),
             memory,
             prompt_queued: false,
             ctx,
@@ -379,6 +385,7 @@ impl Explorer {
             dir: PathBuf::new(),
             manifest: None,
             dictionaries: Vec::new(),
+            circuits: Vec::new(),
             problems: vec![Problem {
                 what: e.to_string(),
                 fix: None,

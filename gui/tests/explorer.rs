@@ -939,3 +939,38 @@ fn scores_show_on_the_page_and_sort_and_filter_the_list() {
     h.get_by_label("Feature 7");
     h.get_by_label_contains("Scores cannot be read:");
 }
+
+#[test]
+fn circuits_view_maps_heads_and_opens_a_heads_features() {
+    let (_tmp, run) = fixture();
+    let mut h = harness(Some(run), Memory::default(), None);
+    goto(&mut h, "Circuits");
+    h.get_by_label("ioi");
+    let circuit = (0..3)
+        .flat_map(|l| (0..SPEC.heads as u32).map(move |hd| fixture::code_score(l, hd)))
+        .filter(|s| *s >= 5.0)
+        .count();
+    h.get_by_label(&format!(
+        "|mean-ablation effect| > 0.450 ({circuit} heads): node ROC AUC 0.750 ± 0.071"
+    ));
+    h.get_by_label("code ranking 2.0 s, ablation sweep 50.0 s");
+    h.get_by_label("L0H1 -> L2H1  2.5");
+    h.get_by_label_contains("John gave a drink to (1) | model: \" John\", answer \" Mary\", logit difference -0.50 (wrong)");
+    // A head of layer 0, where no attention-output dictionary exists.
+    h.get_by_label("L0H2").click();
+    h.run();
+    h.get_by_label("Head L0H2");
+    let score = fixture::code_score(0, 2);
+    h.get_by_label(&format!("ablation effect {:+.3}", -score / 10.0));
+    h.get_by_label_contains("no attention-output dictionary of layer 0");
+    // A head of layer 2 opens its features in the heads view.
+    h.get_by_label("L2H3").click();
+    h.run();
+    h.get_by_label("Features of head 3 (layer 2)").click();
+    h.step();
+    // The head's feature store loads in the background; wait for it.
+    h.state_mut().settle();
+    h.run();
+    assert_eq!(h.state().view, View::Heads);
+    h.get_by_label("Features of head 3 (layer 2), by share of decoder norm");
+}

@@ -2,7 +2,8 @@
 //!
 //! This crate owns the dictionary learners (TopK and BatchTopK SAEs in [`topk`], MP-SAE in
 //! [`mpsae`], GBA in [`gba`], SNMF in [`snmf`]; any gradient learner also serves
-//! attention-output SAEs on `attn.hook_z`), the [`Dictionary`] interface they share, their files
+//! attention-output SAEs on `attn.hook_z`; and [`l1`], a ReLU/L1 dictionary fit full-batch on a
+//! small matrix in memory, for circuit discovery's codes), the [`Dictionary`] interface they share, their files
 //! ([`format`]: the SAELens v6 layout; SAELens and sparsify files load too), training with its
 //! checkpoints ([`train`]) and the data it reads ([`data`]), and the reconstruction metrics
 //! ([`metrics`]). The gradient learners compute their own gradients rather than using autograd,
@@ -23,6 +24,7 @@ pub mod dictionary;
 mod error;
 pub mod format;
 pub mod gba;
+pub mod l1;
 pub mod metrics;
 pub mod mpsae;
 pub mod seeded;

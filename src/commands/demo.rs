@@ -4,11 +4,12 @@
 //! SmolLM2-135M over the Brown Corpus into an activation run, read the run back (sequentially
 //! and shuffled), train a TopK dictionary on it and print its held-out metrics, splice it into
 //! the model over text the run did not see, build its feature store, steer with a feature,
-//! explain a few features and score the explanations beside two controls. Re-running resumes an
-//! interrupted harvest or training, and re-reads what is complete. At a desktop it ends by
+//! explain a few features and score the explanations beside two controls, train a dictionary
+//! on the attention heads' outputs, and find the heads IOI needs by code overlap. Re-running
+//! resumes an interrupted harvest or training, and re-reads what is complete. At a desktop it ends by
 //! opening the explorer on the run; elsewhere it prints the command that does.
 
-use crate::commands::{analyze, eval, explain, explore, harvest, score, train};
+use crate::commands::{analyze, circuits, eval, explain, explore, harvest, score, train};
 use crate::progress::Tracker;
 use anyhow::{Result, bail};
 use saescope_activations::assets::{self, ASSETS, Status};
@@ -31,6 +32,7 @@ use saescope_autointerp::prompt::PromptConfig;
 use saescope_autointerp::score::{ScoreConfig, Scorer};
 use saescope_sae::Method;
 use saescope_sae::train::{RunTraining, TrainConfig};
+use saescope_store::circuits::{CircuitDir, read_summary};
 use saescope_store::examples::read_examples;
 use saescope_store::explanations::Evidence;
 use saescope_store::features::{FeatureStore, SUMMARY_FILE};
@@ -60,10 +62,16 @@ pub struct Args {
     /// Tokens of held-out text to evaluate the dictionary on inside the model.
     #[arg(long, default_value_t = 4096)]
     eval_tokens: u64,
+    /// The attention-output hook harvested beside `--hook`, for the heads dictionary.
+    #[arg(long, default_value = "blocks.6.attn.hook_z")]
+    z_hook: String,
+    /// IOI prompts of the circuit step (each with its corruption).
+    #[arg(long, default_value_t = 6)]
+    circuit_prompts: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    println!("== 1/9 bundled assets");
+    println!("== 1/11 bundled assets");
     let cache = assets::cache_dir();
     let missing: Vec<&str> = ASSETS
         .iter()
@@ -79,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("  all {} installed in {}", ASSETS.len(), cache.display());
 
     println!(
-        "== 2/9 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
+        "== 2/11 harvest {} tokens of the Brown Corpus from SmolLM2-135M at {} into {}",
         args.tokens,
         args.hook,
         args.out.display()
@@ -97,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         let model = TextModel::open(&assets::default_model(), Device::Cpu, Compute::F32)?;
         let cfg = HarvestConfig {
-            hooks: vec![args.hook.parse::<HookPoint>()?],
+            hooks: vec![args.hook.parse::<HookPoint>()?, args.z_hook.parse()?],
             ctx_len: 128,
             batch_contexts: 16,
             max_tokens: Some(args.tokens),
@@ -111,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         harvest::harvest(&model, &corpus, &cfg, &args.out, existing)?;
     }
 
-    println!("== 3/9 read the run back");
+    println!("== 3/11 read the run back");
     let run = Run::open(&args.out)?;
     let m = run.manifest();
     let hook = &m.hooks[0];
@@ -167,7 +175,7 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     println!(
-        "== 4/9 train a TopK dictionary ({} latents, k = 32) on {}",
+        "== 4/11 train a TopK dictionary ({} latents, k = 32) on {}",
         args.latents, args.hook
     );
     let dict = DictDir::in_run(&args.out, &format!("{}-topk", args.hook));
@@ -204,7 +212,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     println!(
-        "== 5/9 splice the dictionary into the model over {} held-out tokens",
+        "== 5/11 splice the dictionary into the model over {} held-out tokens",
         args.eval_tokens
     );
     let spec = SessionSpec {
@@ -231,7 +239,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
 
-    println!("== 6/9 analyse every feature of the dictionary over the run");
+    println!("== 6/11 analyse every feature of the dictionary over the run");
     let store_dir = dict.features();
     if store_dir.join(SUMMARY_FILE).exists() {
         let s = FeatureStore::open(&store_dir)?.summary;
@@ -250,18 +258,30 @@ pub fn run(args: Args) -> Result<()> {
         analyze::analyze(&session, &AnalyzeConfig::default(), None)?;
     }
 
-    println!("== 7/9 steer the model with one of the dictionary's features");
+    println!("== 7/11 steer the model with one of the dictionary's features");
     let session = Session::open(&spec)?;
     demo_steer(&session, &spec)?;
 
-    println!("== 8/9 explain a few of the dictionary's features with the bundled model");
+    println!("== 8/11 explain a few of the dictionary's features with the bundled model");
     let explained = demo_explain(&session)?;
 
-    println!("== 9/9 score the explanations on held-out windows, beside two controls");
+    println!("== 9/11 score the explanations on held-out windows, beside two controls");
     match explained {
         Some(e) => demo_score(&session, &e)?,
         None => println!("  nothing explained: nothing to score"),
     }
+
+    println!(
+        "== 10/11 train an attention-output dictionary ({} latents, k = 16) on {}",
+        args.latents / 4,
+        args.z_hook
+    );
+    demo_heads_dictionary(&args)?;
+
+    println!(
+        "== 11/11 find the heads IOI needs by code overlap, checked against patching each head"
+    );
+    demo_circuits(&args)?;
 
     println!();
     let explore = format!("saescope explore {}", args.out.display());
@@ -305,6 +325,73 @@ pub fn run(args: Args) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// A TopK dictionary on the per-head attention output, so the explorer's heads view and the
+/// circuits view's clicks have features to show. A run harvested before the demo harvested
+/// `--z-hook` is left as it is, with a note.
+fn demo_heads_dictionary(args: &Args) -> Result<()> {
+    let run = Run::open(&args.out)?;
+    if run.hook(&args.z_hook).is_err() {
+        println!(
+            "  {} was harvested without {}: remove it and run the demo again for the heads dictionary",
+            args.out.display(),
+            args.z_hook
+        );
+        return Ok(());
+    }
+    let dict = DictDir::in_run(&args.out, &format!("{}-topk", args.z_hook));
+    if let Some(metrics) = dict.read_metrics()?.filter(|_| dict.weights().exists()) {
+        println!(
+            "  {} is already trained: its metrics",
+            dict.path().display()
+        );
+        train::print_metrics(&metrics);
+        return Ok(());
+    }
+    let cfg = TrainConfig {
+        method: Method::TopK,
+        latents: args.latents / 4,
+        k: 16,
+        tokens: args.train_tokens / 2,
+        batch_tokens: 1024,
+        lr: Some(1e-3),
+        ..TrainConfig::default()
+    };
+    train::train(&RunTraining {
+        run: &args.out,
+        hook: &args.z_hook,
+        config: &cfg,
+        out: Some(dict.path()),
+        resume: dict.checkpoint().exists(),
+        device: Device::Cpu,
+    })?;
+    Ok(())
+}
+
+/// Circuit discovery on IOI with a few prompts and trials, the ground truth patching each
+/// head from the prompt's corruption, written under the run for the explorer.
+fn demo_circuits(args: &Args) -> Result<()> {
+    let dir = CircuitDir::in_run(&args.out, "ioi");
+    if let Ok(summary) = read_summary(&dir) {
+        println!(
+            "  {} already holds the results: accuracy {:.2}, code ranking {:.1} s, patching sweep {:.1} s",
+            dir.path().display(),
+            summary.accuracy,
+            summary.runtimes.code_ranking,
+            summary.runtimes.ablation_sweep.unwrap_or(f64::NAN)
+        );
+        return Ok(());
+    }
+    circuits::run(circuits::Args {
+        run: Some(args.out.clone()),
+        prompts: args.circuit_prompts,
+        sae_prompts: 10.min(2 * args.circuit_prompts),
+        seeds: 3,
+        ground_truth: "patching".into(),
+        top: 5,
+        ..circuits::Args::defaults("ioi")
+    })
 }
 
 /// The prompt the demo steers.
@@ -373,7 +460,7 @@ fn demo_steer(session: &Session, spec: &SessionSpec) -> Result<()> {
 
 /// Features the demo explains: the most frequent among those firing on 0.1% to 5% of tokens
 /// (specific, with windows enough to draw from).
-const EXPLAIN_FEATURES: usize = 6;
+const EXPLAIN_FEATURES: usize = 4;
 
 /// What the demo explained, for scoring.
 struct Explained {

@@ -34,7 +34,7 @@ pub struct Args {
     /// cpu or cuda, for the prompt view.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Start on this view: overview, features, feature, prompt or heads.
+    /// Start on this view: overview, features, feature, prompt, heads or circuits.
     #[arg(long, value_parser = parse_view)]
     pub view: Option<View>,
     /// Start with this dictionary (its directory name under DIR/dictionaries).
@@ -68,9 +68,10 @@ fn parse_view(s: &str) -> Result<View, String> {
         "feature" => View::Feature,
         "prompt" => View::Prompt,
         "heads" => View::Heads,
+        "circuits" => View::Circuits,
         _ => {
             return Err(format!(
-                "`{s}`: expected overview, features, feature, prompt or heads"
+                "`{s}`: expected overview, features, feature, prompt, heads or circuits"
             ));
         }
     })

@@ -1,5 +1,6 @@
 pub mod analyze;
 pub mod autointerp;
+pub mod circuits;
 pub mod delphi;
 pub mod demo;
 pub mod dict;

@@ -110,20 +110,13 @@ pub fn auc(labels: &[bool], scores: &[f64]) -> Option<f64> {
     if pos == 0 || neg == 0 {
         return None;
     }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        // Ranks i+1 ..= j+1 share their mean.
-        let mid = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += mid * order[i..=j].iter().filter(|&&k| labels[k]).count() as f64;
-        i = j + 1;
-    }
+    let ranks = mid_ranks(scores);
+    let rank_sum: f64 = ranks
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l)
+        .map(|(r, _)| r)
+        .sum();
     let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
     Some(u / (pos * neg) as f64)
 }
@@ -154,6 +147,32 @@ pub fn pearson(a: &[f64], b: &[f64]) -> Option<f64> {
         sbb += dy * dy;
     }
     (saa > 0.0 && sbb > 0.0).then(|| sab / (saa * sbb).sqrt())
+}
+
+/// Each value's rank from 1, ties sharing the mean of the ranks they span.
+pub fn mid_ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut ranks = vec![0.0; values.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
+            j += 1;
+        }
+        // Ranks i+1 ..= j+1 share their mean.
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            ranks[k] = mid;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+/// Spearman's rank correlation (Pearson's on mid-ranks); `None` when either side is constant.
+pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
+    pearson(&mid_ranks(a), &mid_ranks(b))
 }
 
 /// A mean and its 95% bootstrap interval.
@@ -298,6 +317,20 @@ mod tests {
         // Centred: a' = (-1.5, -0.5, 0.5, 1.5), b' = (-0.5, 0.5, 0.5, -0.5): orthogonal.
         assert_eq!(pearson(&a, &[0.0, 1.0, 1.0, 0.0]), Some(0.0));
         assert_eq!(pearson(&a, &[3.0; 4]), None);
+    }
+
+    #[test]
+    fn spearman_is_one_for_any_increasing_map_and_follows_the_textbook_formula() {
+        let a = [0.1, 5.0, 2.0, 9.0, 3.0];
+        let cubed: Vec<f64> = a.iter().map(|x| x * x * x).collect();
+        assert!((spearman(&a, &cubed).unwrap() - 1.0).abs() < 1e-12);
+        // Without ties ρ = 1 − 6 Σd² / (n (n² − 1)); ranks of a (2,4,1,5,3) and b (1,2,3,4,5)
+        // differ by (1,2,−2,1,−2): Σd² = 14, ρ = 1 − 84/120 = 0.3.
+        let b = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(mid_ranks(&a), vec![1.0, 4.0, 2.0, 5.0, 3.0]);
+        let a2 = [0.1, 2.0, 0.05, 9.0, 1.0];
+        assert!((spearman(&a2, &b).unwrap() - 0.3).abs() < 1e-12);
+        assert_eq!(mid_ranks(&[1.0, 1.0, 0.0]), vec![2.5, 2.5, 1.0]);
     }
 
     #[test]

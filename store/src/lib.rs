@@ -10,12 +10,14 @@
 //! dashboard JSON ([`neuronpedia`]), the prompt view's plain data ([`prompt`]), and autointerp's
 //! tables: example windows ([`examples`]), explanations ([`explanations`]), their scores
 //! ([`scores`]), delphi's layouts
-//! ([`delphi`]) and the explanation dataset with its card ([`dataset`]).
+//! ([`delphi`]) and the explanation dataset with its card ([`dataset`]); and circuit
+//! discovery's results ([`circuits`]).
 //!
 //! It does not run models, tokenize text or learn anything: those live in `saescope-activations`,
 //! `saescope-sae` and `saescope-analysis`, which read and write through this crate. It does not
 //! link libtorch, so the explorer can read everything through it alone.
 
+pub mod circuits;
 pub mod dataset;
 pub mod delphi;
 pub mod dictionary;

@@ -1,14 +1,15 @@
 //! How well the model does a task, and which heads it needs for it: the logit difference at
 //! the last position (answer less wrong answer) over a task's prompts, and its change when one
-//! head's output (`attn.hook_z` at that head) is replaced by its mean over all the task's
-//! prompts and positions, or by zero, head by head. Heads whose ablation moves the metric most
-//! are the ground truth that circuit discovery is checked against.
+//! head's output (`attn.hook_z` at that head) is replaced, head by head: by its mean over all
+//! the task's prompts and positions, by zero, or by its output on the prompt's own corruption
+//! (patching). Heads whose ablation moves the metric most are the ground truth that circuit
+//! discovery is checked against. Also each head's write into the residual stream, pooled over
+//! a prompt's positions, which the code-overlap method reads.
 
 use super::task::{Task, TaskPrompt};
 use crate::error::{AnalysisError, Result};
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks, Intervention};
 use saescope_activations::model::Model;
-use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
 /// How the model does on a task.
@@ -29,6 +30,20 @@ pub enum Ablation {
     Mean,
     /// Zero.
     Zero,
+    /// Its output on the prompt's own corruption (activation patching, as ACDC corrupts): only
+    /// what the head does differently because of what the corruption removed is taken away.
+    Corrupted,
+}
+
+impl Ablation {
+    /// `mean`, `zero` or `corrupted`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ablation::Mean => "mean",
+            Ablation::Zero => "zero",
+            Ablation::Corrupted => "corrupted",
+        }
+    }
 }
 
 /// One head's ablation.
@@ -42,42 +57,91 @@ pub struct HeadEffect {
     pub effect: f64,
 }
 
-/// The logit difference of each prompt under `hooks`, the prompts run in batches of equal
-/// length (no padding, so nothing but the hooks changes a prompt's logits).
+/// The logit difference of each prompt under `hooks`, the prompts run in batches of up to
+/// [`BATCH`], padded on the right: attention is causal, so what follows a prompt's last token
+/// cannot change its logits, and nothing but the hooks does.
 pub fn logit_diffs(
     model: &Model,
     prompts: &[(&[u32], u32, u32)],
     hooks: &mut dyn FnMut() -> Hooks,
 ) -> Result<Vec<f64>> {
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, p) in prompts.iter().enumerate() {
-        by_len.entry(p.0.len()).or_default().push(i);
+    Ok(answers(model, prompts, hooks)?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect())
+}
+
+/// Prompts per forward pass in the ablation sweep and the task's scores.
+pub const BATCH: usize = 32;
+
+/// `prompts` as one [n, longest] batch, padded on the right with token 0.
+fn padded(model: &Model, prompts: &[&[u32]]) -> Tensor {
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let flat: Vec<i64> = prompts
+        .iter()
+        .flat_map(|p| {
+            p.iter()
+                .map(|&t| i64::from(t))
+                .chain(std::iter::repeat_n(0, longest - p.len()))
+        })
+        .collect();
+    Tensor::from_slice(&flat)
+        .view([prompts.len() as i64, longest as i64])
+        .to_device(model.device())
+}
+
+/// Each prompt's logit difference under `hooks` (made once per batch of up to [`BATCH`]
+/// prompts, in order), with the model's most likely next token.
+pub fn answers(
+    model: &Model,
+    prompts: &[(&[u32], u32, u32)],
+    hooks: &mut dyn FnMut() -> Hooks,
+) -> Result<Vec<(f64, u32)>> {
+    if let Some(p) = prompts
+        .iter()
+        .find(|p| p.0.is_empty() || p.0.len() > model.ctx_len())
+    {
+        return Err(AnalysisError::Config(format!(
+            "a prompt of {} tokens (the model reads 1 to {})",
+            p.0.len(),
+            model.ctx_len()
+        )));
     }
-    let mut out = vec![0.0; prompts.len()];
-    for (len, members) in by_len {
-        if len == 0 || len > model.ctx_len() {
-            return Err(AnalysisError::Config(format!(
-                "a prompt of {len} tokens (the model reads 1 to {})",
-                model.ctx_len()
-            )));
+    let mut out = Vec::with_capacity(prompts.len());
+    let final_resid = HookPoint::new(model.n_layers() - 1, HookKind::ResidPost);
+    for batch in prompts.chunks(BATCH) {
+        let ids: Vec<&[u32]> = batch.iter().map(|p| p.0).collect();
+        let mut h = hooks();
+        // Only each prompt's last position is read: after the last block only the final norm
+        // and the unembedding remain, both position by position, so the residual stream can
+        // be cut to those positions there and the vocabulary-wide product made for one
+        // position a prompt instead of all of them.
+        let cut = !h.points().any(|p| p == final_resid);
+        if cut {
+            let last: Vec<i64> = ids.iter().map(|p| p.len() as i64 - 1).collect();
+            let index = Tensor::from_slice(&last)
+                .view([-1, 1, 1])
+                .to_device(model.device());
+            h = h.intervene(
+                final_resid,
+                Intervention::Map(Box::new(move |x| {
+                    x.gather(1, &index.expand([-1, 1, x.size()[2]], false), false)
+                })),
+            );
         }
-        let flat: Vec<i64> = members
-            .iter()
-            .flat_map(|&i| prompts[i].0.iter().map(|&t| i64::from(t)))
-            .collect();
-        let ids = Tensor::from_slice(&flat)
-            .view([members.len() as i64, len as i64])
-            .to_device(model.device());
         let logits = model
-            .forward(&ids, &mut hooks(), true)?
-            .expect("logits were asked for")
-            .select(1, len as i64 - 1)
-            .to_kind(Kind::Double)
-            .to_device(tch::Device::Cpu);
-        for (row, &i) in members.iter().enumerate() {
-            let (_, answer, wrong) = prompts[i];
-            let at = |t: u32| logits.double_value(&[row as i64, i64::from(t)]);
-            out[i] = at(answer) - at(wrong);
+            .forward(&padded(model, &ids), &mut h, true)?
+            .expect("logits were asked for");
+        for (row, &(ids, answer, wrong)) in batch.iter().enumerate() {
+            let at_pos = if cut { 0 } else { ids.len() as i64 - 1 };
+            let last = logits
+                .get(row as i64)
+                .get(at_pos)
+                .to_kind(Kind::Double)
+                .to_device(tch::Device::Cpu);
+            let at = |t: u32| last.double_value(&[i64::from(t)]);
+            let top = last.argmax(0, false).int64_value(&[]) as u32;
+            out.push((at(answer) - at(wrong), top));
         }
     }
     Ok(out)
@@ -91,7 +155,7 @@ fn positives(task: &Task) -> Vec<(&[u32], u32, u32)> {
 }
 
 fn mean(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+    saescope_stats::metrics::mean(xs.iter().copied()).unwrap_or(0.0)
 }
 
 /// How the model does on `task`, clean.
@@ -146,7 +210,8 @@ pub fn mean_z(model: &Model, task: &Task, layers: &[usize]) -> Result<Vec<Tensor
 }
 
 /// How a head's write is pooled over a prompt's positions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Pool {
     /// The mean over positions (the code-overlap method's default).
     Mean,
@@ -203,6 +268,37 @@ pub fn head_outputs(model: &Model, prompts: &[&[u32]], pool: Pool) -> Result<Ten
     Ok(Tensor::stack(&rows, 0))
 }
 
+/// Each layer's `attn.hook_z` on `prompts` in one pass, padded on the right as
+/// [`answers`] pads them: [prompts, positions, heads, d_head] per layer of `layers`.
+fn captured_z(model: &Model, prompts: &[&[u32]], layers: &[usize]) -> Result<Vec<Tensor>> {
+    let ids = padded(model, prompts);
+    let points: Vec<HookPoint> = layers
+        .iter()
+        .map(|&l| HookPoint::new(l, HookKind::AttnZ))
+        .collect();
+    let mut hooks = points.iter().fold(Hooks::new(), |h, &p| h.capture(p));
+    model.forward(&ids, &mut hooks, false)?;
+    Ok(points
+        .iter()
+        .map(|&p| hooks.take(p).expect("captured").to_kind(Kind::Float))
+        .collect())
+}
+
+/// Hooks that set head `head` of `point` to `fill` (broadcast to [batch, pos, 1, d_head]).
+fn replace_head(point: HookPoint, head: usize, fill: &Tensor) -> Hooks {
+    let fill = fill.shallow_clone();
+    Hooks::new().intervene(
+        point,
+        Intervention::Map(Box::new(move |z| {
+            // z [batch, pos, heads, d_head]: head `head` takes the fill.
+            let z = z.copy();
+            let mut slot = z.narrow(2, head as i64, 1);
+            slot.copy_(&fill.to_kind(z.kind()).expand_as(&slot));
+            z
+        })),
+    )
+}
+
 /// Each head of each of `layers` (every layer when `None`) ablated in turn: the change in the
 /// mean logit difference over the task's prompts. `progress` gets (heads done, heads).
 pub fn ablation_sweep(
@@ -213,7 +309,7 @@ pub fn ablation_sweep(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<HeadEffect>> {
     let shape = model.hook_shape(HookKind::AttnZ);
-    let heads = shape[0];
+    let (heads, d_head) = (shape[0], shape[1] as i64);
     let all: Vec<usize> = (0..model.n_layers()).collect();
     let layers = layers.unwrap_or(&all);
     if let Some(l) = layers.iter().find(|&&l| l >= model.n_layers()) {
@@ -224,41 +320,53 @@ pub fn ablation_sweep(
     }
     let prompts = positives(task);
     let clean = mean(&logit_diffs(model, &prompts, &mut Hooks::new)?);
-    let mut out = Vec::with_capacity(layers.len() * heads);
+    // The batches `answers` makes, so a corruption's z lines up with its prompt.
+    let groups: Vec<Vec<usize>> = (0..prompts.len())
+        .collect::<Vec<_>>()
+        .chunks(BATCH)
+        .map(<[usize]>::to_vec)
+        .collect();
     let means = match how {
         Ablation::Mean => mean_z(model, task, layers)?,
-        Ablation::Zero => Vec::new(),
+        _ => Vec::new(),
     };
+    let corrupted: Vec<Vec<Tensor>> = match how {
+        Ablation::Corrupted => groups
+            .iter()
+            .map(|g| {
+                let negatives: Vec<&[u32]> = g
+                    .iter()
+                    .map(|&i| task.prompts[i].negative.as_slice())
+                    .collect();
+                captured_z(model, &negatives, layers)
+            })
+            .collect::<Result<_>>()?,
+        _ => Vec::new(),
+    };
+    let groups: Vec<Vec<(&[u32], u32, u32)>> = groups
+        .iter()
+        .map(|g| g.iter().map(|&i| prompts[i]).collect())
+        .collect();
+    let mut out = Vec::with_capacity(layers.len() * heads);
     for (i, &layer) in layers.iter().enumerate() {
         let point = HookPoint::new(layer, HookKind::AttnZ);
-        let fill = match how {
-            Ablation::Mean => means[i].shallow_clone(),
-            Ablation::Zero => Tensor::zeros(
-                [heads as i64, shape[1] as i64],
-                (Kind::Float, model.device()),
-            ),
-        };
         for head in 0..heads {
-            let value = fill.get(head as i64);
-            let mut hooks = || {
-                let value = value.shallow_clone();
-                Hooks::new().intervene(
-                    point,
-                    Intervention::Map(Box::new(move |z| {
-                        // z [batch, pos, heads, d_head]: head `head` takes the fill everywhere.
-                        let z = z.copy();
-                        let mut slot = z.narrow(2, head as i64, 1);
-                        let fill = value.to_kind(z.kind()).view([1, 1, 1, -1]);
-                        slot.copy_(&fill.expand_as(&slot));
-                        z
-                    })),
-                )
-            };
-            let ablated = mean(&logit_diffs(model, &prompts, &mut hooks)?);
+            let mut total = 0.0;
+            for (g, group) in groups.iter().enumerate() {
+                let fill = match how {
+                    Ablation::Mean => means[i].get(head as i64).view([1, 1, 1, -1]),
+                    Ablation::Zero => {
+                        Tensor::zeros([1, 1, 1, d_head], (Kind::Float, model.device()))
+                    }
+                    Ablation::Corrupted => corrupted[g][i].narrow(2, head as i64, 1),
+                };
+                let diffs = logit_diffs(model, group, &mut || replace_head(point, head, &fill))?;
+                total += diffs.iter().sum::<f64>();
+            }
             out.push(HeadEffect {
                 layer,
                 head,
-                effect: ablated - clean,
+                effect: total / prompts.len() as f64 - clean,
             });
             progress(out.len(), layers.len() * heads);
         }

@@ -10,6 +10,8 @@
 //!   so the next token is the end year's tens digit: the answer is the start's tens digit plus
 //!   one and the wrong answer the start's minus one (an earlier decade). The corruption starts
 //!   in the decade 0 ("1702"), where both digits are later and neither is favoured.
+//! - **Successor**: four days of the week or months in order, then the next one; the
+//!   corruption lists four of them in no order.
 //! - **Induction**: a run of random tokens, then the same run again, cut before one of its
 //!   tokens: the answer is that token, the wrong answer another random one. The corruption
 //!   repeats nothing (its second run is fresh random tokens).
@@ -118,6 +120,96 @@ pub fn ioi(tok: &Tokenizer, n: usize, seed: u64) -> Result<Task> {
     }
     Ok(Task {
         name: "ioi".into(),
+        prompts,
+    })
+}
+
+/// The cycles the successor task counts through.
+const CYCLES: [&[&str]; 2] = [
+    &[
+        " Monday",
+        " Tuesday",
+        " Wednesday",
+        " Thursday",
+        " Friday",
+        " Saturday",
+        " Sunday",
+    ],
+    &[
+        " January",
+        " February",
+        " March",
+        " April",
+        " May",
+        " June",
+        " July",
+        " August",
+        " September",
+        " October",
+        " November",
+        " December",
+    ],
+];
+
+/// `n` successor prompts: four days of the week or months in order, then the next is the
+/// answer and the one before the last the wrong answer ("The schedule went Monday, Tuesday,
+/// Wednesday, Thursday," → " Friday", wrong " Wednesday"). The corruption lists four items of
+/// the same cycle in no order, with no repeat of the prompt's last one, so nothing says which
+/// comes next. Cycles whose names are not one token each are left out.
+pub fn successor(tok: &Tokenizer, n: usize, seed: u64) -> Result<Task> {
+    let mut cycles: Vec<Vec<u32>> = Vec::new();
+    for cycle in CYCLES {
+        let ids: Vec<u32> = cycle
+            .iter()
+            .filter_map(|w| match tok.encode(w) {
+                Ok(ids) if ids.len() == 1 => Some(ids[0]),
+                _ => None,
+            })
+            .collect();
+        if ids.len() == cycle.len() {
+            cycles.push(ids);
+        }
+    }
+    if cycles.is_empty() {
+        return Err(AnalysisError::Config(
+            "successor needs day or month names that are one token each; this tokenizer splits them".into(),
+        ));
+    }
+    let prefix = tok.encode("The schedule went")?;
+    let comma = tok.encode(",")?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut prompts = Vec::with_capacity(n);
+    let len = 4;
+    for i in 0..n {
+        let cycle = &cycles[i % cycles.len()];
+        let start = rng.random_range(0..cycle.len());
+        let item = |k: usize| cycle[(start + k) % cycle.len()];
+        let ordered: Vec<u32> = (0..len).map(item).collect();
+        let mut others: Vec<u32> = cycle
+            .iter()
+            .copied()
+            .filter(|&t| t != item(len - 1) && t != item(len))
+            .collect();
+        others.shuffle(&mut rng);
+        let build = |items: &[u32]| -> Vec<u32> {
+            let mut ids = prefix.clone();
+            for &t in items {
+                ids.push(t);
+                ids.extend(&comma);
+            }
+            ids
+        };
+        prompts.push(matched(
+            "successor",
+            i,
+            build(&ordered),
+            build(&others[..len]),
+            item(len),
+            item(len - 2),
+        )?);
+    }
+    Ok(Task {
+        name: "successor".into(),
         prompts,
     })
 }
@@ -271,4 +363,25 @@ pub fn read_task_file(path: &Path, tok: &Tokenizer) -> Result<Task> {
         .file_stem()
         .map_or("task".into(), |s| s.to_string_lossy().into_owned());
     Ok(Task { name, prompts })
+}
+
+/// The task `name` names: `ioi`, `greater-than`, `successor`, `induction` (runs of 12 tokens drawn from
+/// the ids between 2% and 40% of the vocabulary: common tokens, special ones left out), each with `n` prompts drawn with `seed`, or a
+/// JSONL file of a user's prompts (all of them).
+pub fn by_name(name: &str, tok: &Tokenizer, n: usize, seed: u64) -> Result<Task> {
+    match name {
+        "ioi" => ioi(tok, n, seed),
+        "greater-than" => greater_than(tok, n, seed),
+        "successor" => successor(tok, n, seed),
+        "induction" => {
+            let vocab = tok.vocab_size() as u32;
+            induction(tok, n, 12, (vocab / 50, vocab * 2 / 5), seed)
+        }
+        path if path.ends_with(".jsonl") || Path::new(path).is_file() => {
+            read_task_file(Path::new(path), tok)
+        }
+        other => Err(AnalysisError::Config(format!(
+            "task `{other}`: not ioi, greater-than, induction, successor or a .jsonl file of prompts"
+        ))),
+    }
 }

@@ -6,8 +6,8 @@ use saescope_activations::tokenizer::TextTokenizer;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
-/// The bundled model and its tokenizer (installed by ./scripts/test or `saescope setup`).
-pub fn model() -> (Model, TextTokenizer) {
+/// The bundled model's file (installed by ./scripts/test or `saescope setup`).
+pub fn model_path() -> PathBuf {
     let cache = std::env::var_os("SAESCOPE_CACHE")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
@@ -20,7 +20,12 @@ pub fn model() -> (Model, TextTokenizer) {
         "{} (run ./scripts/test or `saescope setup`)",
         path.display()
     );
-    let loaded = Model::load(&path, Device::Cpu, Kind::Float).unwrap();
+    path
+}
+
+/// The bundled model and its tokenizer.
+pub fn model() -> (Model, TextTokenizer) {
+    let loaded = Model::load(&model_path(), Device::Cpu, Kind::Float).unwrap();
     (loaded.model, loaded.tokenizer.unwrap())
 }
 

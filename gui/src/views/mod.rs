@@ -1,6 +1,7 @@
 //! One module per view; each is an `impl Explorer` block that draws the view from the state
 //! and records what the user asked for.
 
+mod circuits;
 mod explain;
 mod feature;
 mod features;

@@ -1,0 +1,441 @@
+//! A whole circuit-discovery run on one task, as `saescope circuits` starts it: the model's
+//! answers, every head's writes, the code-overlap trials, the ground truth (the ablation sweep,
+//! or a list of heads from a file), how well the codes find it, and the tables and summary
+//! that `saescope_store::circuits` writes.
+
+use super::ablate::{Ablation, HeadEffect, ablation_sweep, answers};
+use super::discover::{DiscoverConfig, HeadWrites, Trial, head_writes, trial};
+use super::overlap::{SILENT, softmax};
+use super::task::Task;
+use crate::error::{AnalysisError, Result};
+use saescope_activations::hooks::Hooks;
+use saescope_activations::model::TextModel;
+use saescope_stats::metrics::{auc, spearman};
+use saescope_store::circuits::{
+    Agreement, CircuitDir, CircuitSummary, CodeRow, EdgeRow, FORMAT_VERSION, HeadRow, PromptRow,
+    Runtimes, Spread, write_codes, write_edges, write_heads, write_prompts, write_summary,
+};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What the code scores are checked against.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GroundTruth {
+    /// The heads whose ablation (mean, zero, or patching from the corruption) moves the logit
+    /// difference by more than a share of it.
+    Ablation(Ablation),
+    /// A list of (layer, head) read from a file (e.g. a circuit published for GPT-2 small).
+    Heads {
+        /// The file, as the summary names it.
+        file: PathBuf,
+        /// Its heads.
+        heads: Vec<(usize, usize)>,
+    },
+}
+
+/// A run's settings.
+#[derive(Clone, Debug)]
+pub struct CircuitSpec {
+    /// The method's settings.
+    pub config: DiscoverConfig,
+    /// The ground truth.
+    pub ground_truth: GroundTruth,
+    /// Cut-offs on |ablation effect| that define the circuit, as shares of the clean logit
+    /// difference (default 2%, 5%, 10%); the first marks the heads table's `in_circuit`.
+    pub cutoffs: Vec<f64>,
+    /// Pairs of heads kept in the edges table, best first.
+    pub max_edges: usize,
+}
+
+impl Default for CircuitSpec {
+    fn default() -> Self {
+        CircuitSpec {
+            config: DiscoverConfig::default(),
+            ground_truth: GroundTruth::Ablation(Ablation::Mean),
+            cutoffs: vec![0.02, 0.05, 0.1],
+            max_edges: 2_000,
+        }
+    }
+}
+
+/// Where a run is, for a progress display.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stage {
+    /// The model's answers and every head's writes (one pass per prompt and corruption).
+    Passes,
+    /// A trial finished.
+    Trial {
+        /// Trials done.
+        done: usize,
+        /// Trials in all.
+        of: usize,
+    },
+    /// A head was ablated.
+    Sweep {
+        /// Which ablation.
+        how: Ablation,
+        /// Heads done.
+        done: usize,
+        /// Heads in all.
+        of: usize,
+    },
+}
+
+/// Everything a run writes.
+pub struct CircuitResult {
+    /// `summary.json`.
+    pub summary: CircuitSummary,
+    /// One row per head, in (layer, head) order.
+    pub heads: Vec<HeadRow>,
+    /// The best pairs of heads.
+    pub edges: Vec<EdgeRow>,
+    /// Every trial's codes.
+    pub codes: Vec<CodeRow>,
+    /// The task's prompts with the model's answers.
+    pub prompts: Vec<PromptRow>,
+}
+
+/// Reads a list of heads: one `LAYER.HEAD` per line, optionally followed by a role, `#`
+/// starting a comment. Heads outside a model of `layers` × `heads_per_layer` are refused.
+pub fn read_head_list(
+    path: &Path,
+    layers: usize,
+    heads_per_layer: usize,
+) -> Result<Vec<(usize, usize)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AnalysisError::Config(format!("{}: cannot be read: {e}", path.display())))?;
+    let mut heads = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad =
+            |m: String| AnalysisError::Config(format!("{}, line {}: {m}", path.display(), i + 1));
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some(first) = line.split_whitespace().next() else {
+            continue;
+        };
+        let parsed = first
+            .split_once('.')
+            .and_then(|(l, h)| Some((l.parse::<usize>().ok()?, h.parse::<usize>().ok()?)));
+        let Some((layer, head)) = parsed else {
+            return Err(bad(format!("`{first}` is not LAYER.HEAD (e.g. 9.6)")));
+        };
+        if layer >= layers || head >= heads_per_layer {
+            return Err(bad(format!(
+                "head {layer}.{head} is outside the model's {layers} layers of {heads_per_layer} heads"
+            )));
+        }
+        heads.push((layer, head));
+    }
+    if heads.is_empty() {
+        return Err(AnalysisError::Config(format!(
+            "{}: no heads",
+            path.display()
+        )));
+    }
+    Ok(heads)
+}
+
+fn prompt_rows(model: &TextModel, task: &Task) -> Result<(Vec<PromptRow>, [f64; 3])> {
+    let take = |negative: bool| -> Vec<(&[u32], u32, u32)> {
+        task.prompts
+            .iter()
+            .map(|p| {
+                let ids = if negative { &p.negative } else { &p.positive };
+                (ids.as_slice(), p.answer, p.wrong)
+            })
+            .collect()
+    };
+    let clean = answers(&model.model, &take(false), &mut Hooks::new)?;
+    let corrupted = answers(&model.model, &take(true), &mut Hooks::new)?;
+    let tok = &model.tokenizer;
+    let mut rows = Vec::with_capacity(task.prompts.len());
+    for (i, p) in task.prompts.iter().enumerate() {
+        rows.push(PromptRow {
+            prompt: i as u32,
+            text: tok.decode(&p.positive)?,
+            corrupted: tok.decode(&p.negative)?,
+            answer: tok.decode(&[p.answer])?,
+            wrong: tok.decode(&[p.wrong])?,
+            predicted: tok.decode(&[clean[i].1])?,
+            logit_diff: clean[i].0,
+            corrupted_logit_diff: corrupted[i].0,
+        });
+    }
+    let n = rows.len().max(1) as f64;
+    let accuracy = clean.iter().filter(|a| a.0 > 0.0).count() as f64 / n;
+    let mean = |xs: &[(f64, u32)]| xs.iter().map(|a| a.0).sum::<f64>() / n;
+    Ok((rows, [accuracy, mean(&clean), mean(&corrupted)]))
+}
+
+/// The ground truth as one flag per flat head, with its description and cut-off.
+fn circuits(
+    spec: &CircuitSpec,
+    writes: &HeadWrites,
+    effects: Option<&[f64]>,
+    clean: f64,
+) -> Vec<(String, Option<f64>, Vec<bool>)> {
+    match (&spec.ground_truth, effects) {
+        (GroundTruth::Heads { file, heads }, _) => {
+            let set: HashSet<&(usize, usize)> = heads.iter().collect();
+            let flags = (0..writes.heads())
+                .map(|h| set.contains(&writes.locate(h)))
+                .collect();
+            vec![(file.display().to_string(), None, flags)]
+        }
+        (GroundTruth::Ablation(how), Some(effects)) => spec
+            .cutoffs
+            .iter()
+            .map(|&share| {
+                let cutoff = share * clean.abs();
+                let flags = effects.iter().map(|e| e.abs() > cutoff).collect();
+                let label = format!(
+                    "|{} effect| > {cutoff:.3} ({:.0}% of the logit difference)",
+                    ground_truth_name(*how),
+                    share * 100.0
+                );
+                (label, Some(cutoff), flags)
+            })
+            .collect(),
+        (GroundTruth::Ablation(_), None) => Vec::new(),
+    }
+}
+
+/// How the summary names an ablation ground truth.
+pub fn ground_truth_name(how: Ablation) -> &'static str {
+    match how {
+        Ablation::Mean => "mean-ablation",
+        Ablation::Zero => "zero-ablation",
+        Ablation::Corrupted => "patching",
+    }
+}
+
+fn spread_of(values: Vec<Option<f64>>) -> Option<Spread> {
+    values
+        .into_iter()
+        .collect::<Option<Vec<f64>>>()
+        .map(Spread::of)
+}
+
+fn agreement(trials: &[Trial], circuit: (String, Option<f64>, Vec<bool>)) -> Agreement {
+    let (label, cutoff, truth) = circuit;
+    let aucs = |score: &dyn Fn(&Trial) -> Vec<f64>| {
+        spread_of(trials.iter().map(|t| auc(&truth, &score(t))).collect())
+    };
+    Agreement {
+        circuit: label,
+        cutoff,
+        heads: truth.iter().filter(|&&t| t).count(),
+        node_auc: aucs(&Trial::node_values),
+        normalised_auc: aucs(&Trial::normalised_values),
+        edge_auc: aucs(&|t: &Trial| t.edge_nodes.clone()),
+    }
+}
+
+fn mean_over(trials: &[Trial], f: impl Fn(&Trial) -> Vec<f64>) -> Vec<f64> {
+    let all: Vec<Vec<f64>> = trials.iter().map(f).collect();
+    (0..all[0].len())
+        .map(|h| all.iter().map(|v| v[h]).sum::<f64>() / all.len() as f64)
+        .collect()
+}
+
+fn head_rows(
+    writes: &HeadWrites,
+    trials: &[Trial],
+    effects: Option<&[f64]>,
+    in_circuit: Option<&[bool]>,
+) -> Vec<HeadRow> {
+    let scores: Vec<Spread> = (0..writes.heads())
+        .map(|h| Spread::of(trials.iter().map(|t| t.nodes[h].unique as f64).collect()))
+        .collect();
+    let normalised = mean_over(trials, Trial::normalised_values);
+    let edge = mean_over(trials, |t| t.edge_nodes.clone());
+    let means: Vec<f64> = scores.iter().map(|s| s.mean).collect();
+    let probability = softmax(&means);
+    (0..writes.heads())
+        .map(|h| {
+            let (layer, head) = writes.locate(h);
+            HeadRow {
+                layer: layer as u32,
+                head: head as u32,
+                code_score: means[h],
+                code_score_std: scores[h].std,
+                normalised: normalised[h],
+                edge_score: edge[h],
+                probability: probability[h],
+                rank: 1 + means.iter().filter(|&&m| m > means[h]).count() as u32,
+                ablation_effect: effects.map(|e| e[h]),
+                in_circuit: in_circuit.is_some_and(|c| c[h]),
+            }
+        })
+        .collect()
+}
+
+fn edge_rows(writes: &HeadWrites, trials: &[Trial], max: usize) -> Vec<EdgeRow> {
+    let n = trials.len() as f64;
+    let mut rows: Vec<EdgeRow> = (0..trials[0].edges.len())
+        .filter_map(|i| {
+            let e = trials[0].edges[i];
+            let score = trials.iter().map(|t| t.edges[i].unique as f64).sum::<f64>() / n;
+            let ((fl, fh), (tl, th)) = (writes.locate(e.from), writes.locate(e.to));
+            (score > 0.0).then_some(EdgeRow {
+                from_layer: fl as u32,
+                from_head: fh as u32,
+                to_layer: tl as u32,
+                to_head: th as u32,
+                score,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| b.score.total_cmp(&a.score));
+    rows.truncate(max);
+    rows
+}
+
+fn code_rows(writes: &HeadWrites, trials: &[Trial]) -> Vec<CodeRow> {
+    let mut rows = Vec::new();
+    for t in trials {
+        for (corrupted, codes) in [(false, &t.positive), (true, &t.negative)] {
+            for p in 0..codes.prompts() {
+                for h in 0..codes.heads {
+                    let (layer, head) = writes.locate(h);
+                    let c = codes.at(p, h);
+                    rows.push(CodeRow {
+                        seed: t.seed as u32,
+                        prompt: p as u32,
+                        corrupted,
+                        layer: layer as u32,
+                        head: head as u32,
+                        codes: if c == [SILENT] {
+                            Vec::new()
+                        } else {
+                            c.to_vec()
+                        },
+                    });
+                }
+            }
+        }
+    }
+    rows
+}
+
+fn sweep(
+    model: &TextModel,
+    task: &Task,
+    how: Ablation,
+    progress: &mut dyn FnMut(Stage),
+) -> Result<(Vec<f64>, f64)> {
+    let start = Instant::now();
+    let effects: Vec<HeadEffect> =
+        ablation_sweep(&model.model, task, how, None, &mut |done, of| {
+            progress(Stage::Sweep { how, done, of })
+        })?;
+    Ok((
+        effects.iter().map(|e| e.effect).collect(),
+        start.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Runs the method on `task` with `spec.config.seeds` trials and checks it against the ground
+/// truth. `model_name` is what the summary records.
+pub fn run(
+    model: &TextModel,
+    model_name: &str,
+    task: &Task,
+    spec: &CircuitSpec,
+    progress: &mut dyn FnMut(Stage),
+) -> Result<CircuitResult> {
+    if spec.config.seeds == 0 {
+        return Err(AnalysisError::Config("seeds must be at least 1".into()));
+    }
+    if let Some(c) = spec.cutoffs.iter().find(|c| !(**c > 0.0 && c.is_finite())) {
+        return Err(AnalysisError::Config(format!(
+            "cut-off {c} is not a positive share"
+        )));
+    }
+    progress(Stage::Passes);
+    let (prompts, [accuracy, logit_diff, corrupted_logit_diff]) = prompt_rows(model, task)?;
+    let writes = head_writes(&model.model, task, spec.config.pool)?;
+    let mut trials = Vec::with_capacity(spec.config.seeds);
+    for seed in 0..spec.config.seeds {
+        trials.push(trial(&writes, &spec.config, seed as u64)?);
+        progress(Stage::Trial {
+            done: seed + 1,
+            of: spec.config.seeds,
+        });
+    }
+    let swept = match spec.ground_truth {
+        GroundTruth::Ablation(how) => Some(sweep(model, task, how, progress)?),
+        GroundTruth::Heads { .. } => None,
+    };
+    let effects = swept.as_ref().map(|s| s.0.as_slice());
+    let found = circuits(spec, &writes, effects, logit_diff);
+    let in_circuit = found.first().map(|c| c.2.clone());
+    let heads = head_rows(&writes, &trials, effects, in_circuit.as_deref());
+    let spearman = effects.and_then(|e| {
+        let size: Vec<f64> = e.iter().map(|x| x.abs()).collect();
+        spread_of(
+            trials
+                .iter()
+                .map(|t| spearman(&t.node_values(), &size))
+                .collect(),
+        )
+    });
+    let trial_secs = trials.iter().map(|t| t.seconds).sum::<f64>() / trials.len() as f64;
+    let code_ranking = writes.seconds + trial_secs;
+    let runtimes = Runtimes {
+        head_writes: writes.seconds,
+        trial: trial_secs,
+        code_ranking,
+        ablation_sweep: swept.as_ref().map(|s| s.1),
+        speedup: swept.as_ref().map(|s| s.1 / code_ranking),
+    };
+    let summary = CircuitSummary {
+        format: "saescope.circuits".into(),
+        format_version: FORMAT_VERSION,
+        task: task.name.clone(),
+        model: model_name.to_owned(),
+        prompts: task.prompts.len(),
+        layers: writes.heads() / writes.heads_per_layer,
+        heads_per_layer: writes.heads_per_layer,
+        accuracy,
+        logit_diff,
+        corrupted_logit_diff,
+        config: serde_json::to_value(&spec.config).expect("settings serialise"),
+        ground_truth: match &spec.ground_truth {
+            GroundTruth::Ablation(how) => ground_truth_name(*how).into(),
+            GroundTruth::Heads { file, .. } => file.display().to_string(),
+        },
+        agreement: found.into_iter().map(|c| agreement(&trials, c)).collect(),
+        spearman,
+        fvu: Spread::of(trials.iter().map(|t| t.fvu).collect()),
+        runtimes,
+    };
+    Ok(CircuitResult {
+        summary,
+        edges: edge_rows(&writes, &trials, spec.max_edges),
+        codes: code_rows(&writes, &trials),
+        heads,
+        prompts,
+    })
+}
+
+/// Writes a run's tables, then its summary last: a directory whose summary is there is whole.
+/// An earlier summary is removed first, so a run that fails part-way leaves no summary that
+/// describes other tables.
+pub fn write(dir: &CircuitDir, result: &CircuitResult) -> Result<()> {
+    std::fs::create_dir_all(dir.path()).map_err(|e| {
+        AnalysisError::Config(format!("{}: cannot be created: {e}", dir.path().display()))
+    })?;
+    let summary = dir.file(saescope_store::circuits::SUMMARY_FILE);
+    if summary.exists() {
+        std::fs::remove_file(&summary).map_err(|e| {
+            AnalysisError::Config(format!("{}: cannot be replaced: {e}", summary.display()))
+        })?;
+    }
+    write_prompts(dir, &result.prompts)?;
+    write_heads(dir, &result.heads)?;
+    write_edges(dir, &result.edges)?;
+    write_codes(dir, &result.codes)?;
+    write_summary(dir, &result.summary)?;
+    Ok(())
+}
