@@ -179,8 +179,13 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Number of elements: the product of the shape.
+    /// Number of elements: the product of the shape. A zero dimension makes it 0 whatever the
+    /// others (parsing checked the product of the rest fits, but only in file order, so a
+    /// damaged file with a zero and two huge dimensions must not multiply the huge ones first).
     pub fn numel(&self) -> usize {
+        if self.shape.contains(&0) {
+            return 0;
+        }
         self.shape.iter().product()
     }
 }
@@ -566,5 +571,24 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
             (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
             (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A damaged file can carry a zero dimension beside two huge ones: parsing accepts it (the
+    /// product in file order is 0), and counting elements must not overflow on the huge pair.
+    #[test]
+    fn a_zero_dimension_beside_huge_ones_counts_no_elements() {
+        let t = TensorInfo {
+            name: "damaged".into(),
+            shape: vec![usize::MAX / 2, 4, 0],
+            ty: GgmlType::F32,
+            start: 0,
+            len: 0,
+        };
+        assert_eq!(t.numel(), 0);
     }
 }

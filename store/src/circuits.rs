@@ -185,7 +185,7 @@ pub struct CircuitSummary {
     pub model: String,
     /// Prompts (each with its corruption).
     pub prompts: usize,
-    /// Layers and heads per layer.
+    /// Layers.
     pub layers: usize,
     /// Heads per layer.
     pub heads_per_layer: usize,

@@ -97,12 +97,13 @@ pub fn answers(
     prompts: &[(&[u32], u32, u32)],
     hooks: &mut dyn FnMut() -> Hooks,
 ) -> Result<Vec<(f64, u32)>> {
-    if let Some(p) = prompts
+    if let Some((i, p)) = prompts
         .iter()
-        .find(|p| p.0.is_empty() || p.0.len() > model.ctx_len())
+        .enumerate()
+        .find(|(_, p)| p.0.is_empty() || p.0.len() > model.ctx_len())
     {
         return Err(AnalysisError::Config(format!(
-            "a prompt of {} tokens (the model reads 1 to {})",
+            "prompt {i} has {} tokens (the model reads 1 to {})",
             p.0.len(),
             model.ctx_len()
         )));

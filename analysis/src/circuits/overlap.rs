@@ -9,7 +9,9 @@ use rayon::prelude::*;
 use std::collections::HashSet;
 use tch::{Kind, Tensor};
 
-/// The code of a (prompt, head) on which no latent is active.
+/// The code of a (prompt, head) on which no latent is active. Silence counts as a code like
+/// any other: a head silent on prompts and active on their corruptions differs between them as
+/// much as one that switches latents.
 pub const SILENT: u32 = u32::MAX;
 
 /// Codes of every (prompt, head): the indices of its `k` strongest active latents, strongest
@@ -153,8 +155,9 @@ pub fn edge_scores(positive: &Codes, negative: &Codes, heads_per_layer: usize) -
         .collect()
 }
 
-/// Each head's score from the edges: how often it appears in the better half of the pairs
-/// (by score; pairs that score 0 are left out), as the method ranks heads by edges.
+/// Each head's score from the edges: how often it appears among the best-scoring pairs, as
+/// many as half of all pairs (the method's k = pairs / 2), pairs that score 0 left out and
+/// ties at the cut broken by head order.
 pub fn edge_node_scores(edges: &[EdgeScore], heads: usize) -> Vec<f64> {
     let mut order: Vec<&EdgeScore> = edges.iter().filter(|e| e.unique > 0).collect();
     order.sort_by(|a, b| {

@@ -209,11 +209,11 @@ pub fn ground_truth_name(how: Ablation) -> &'static str {
     }
 }
 
+/// The spread over the trials that give a value (an AUC needs both classes, a correlation a
+/// score that varies); `None` when none does.
 fn spread_of(values: Vec<Option<f64>>) -> Option<Spread> {
-    values
-        .into_iter()
-        .collect::<Option<Vec<f64>>>()
-        .map(Spread::of)
+    let values: Vec<f64> = values.into_iter().flatten().collect();
+    (!values.is_empty()).then(|| Spread::of(values))
 }
 
 fn agreement(trials: &[Trial], circuit: (String, Option<f64>, Vec<bool>)) -> Agreement {
@@ -346,6 +346,17 @@ pub fn run(
 ) -> Result<CircuitResult> {
     if spec.config.seeds == 0 {
         return Err(AnalysisError::Config("seeds must be at least 1".into()));
+    }
+    if task.prompts.is_empty() {
+        return Err(AnalysisError::Config(format!(
+            "task {}: no prompts",
+            task.name
+        )));
+    }
+    if spec.cutoffs.is_empty() && matches!(spec.ground_truth, GroundTruth::Ablation(_)) {
+        return Err(AnalysisError::Config(
+            "no cut-offs: an ablation ground truth needs at least one".into(),
+        ));
     }
     if let Some(c) = spec.cutoffs.iter().find(|c| !(**c > 0.0 && c.is_finite())) {
         return Err(AnalysisError::Config(format!(

@@ -154,8 +154,8 @@ const CYCLES: [&[&str]; 2] = [
 /// `n` successor prompts: four days of the week or months in order, then the next is the
 /// answer and the one before the last the wrong answer ("The schedule went Monday, Tuesday,
 /// Wednesday, Thursday," → " Friday", wrong " Wednesday"). The corruption lists four items of
-/// the same cycle in no order, with no repeat of the prompt's last one, so nothing says which
-/// comes next. Cycles whose names are not one token each are left out.
+/// the same cycle in no order, leaving out the prompt's last item and its answer, so nothing
+/// says which comes next. Cycles whose names are not one token each are left out.
 pub fn successor(tok: &Tokenizer, n: usize, seed: u64) -> Result<Task> {
     let mut cycles: Vec<Vec<u32>> = Vec::new();
     for cycle in CYCLES {
