@@ -262,6 +262,9 @@ fn demo_harvests_the_bundled_model_and_reruns_by_reading() {
     );
     assert_eq!(summary.agreement.len(), 3);
     assert!(summary.runtimes.speedup.unwrap() > 1.0, "{summary:?}");
+    // The strongest heads by patching, path-patched.
+    assert!(t.contains("path patching of"), "{t}");
+    assert_eq!(summary.path_patching.unwrap().candidates.len(), 8);
 
     // Splice it into the model over text after the harvested part of the corpus.
     let o = saescope(&[
@@ -1444,7 +1447,7 @@ fn gpt2_with_tokenizer(dir: &Path) -> std::path::PathBuf {
 /// the list; bad input is refused by line or field, and leaves the results in place.
 #[test]
 fn circuits_score_a_gpt2_model_against_a_head_list_and_refuse_bad_input() {
-    use saescope_store::circuits::{CircuitDir, read_codes, read_heads, read_summary};
+    use saescope_store::circuits::{CircuitDir, read_codes, read_edges, read_heads, read_summary};
     let tmp = tempfile::tempdir().unwrap();
     let model = gpt2_with_tokenizer(tmp.path());
     let task = tmp.path().join("copy.jsonl");
@@ -1518,7 +1521,55 @@ fn circuits_score_a_gpt2_model_against_a_head_list_and_refuse_bad_input() {
     assert_eq!(marked, vec![(0, 1), (1, 3)]);
     assert!(rows.iter().all(|h| h.ablation_effect.is_none()));
     assert_eq!(read_codes(&dir).unwrap().len(), 2 * 2 * 8 * 8);
+    // With no sweep, path patching takes the 8 best heads by code score: all of them here,
+    // with every pair across the two layers.
+    let paths = s.path_patching.as_ref().expect("path patching ran");
+    assert_eq!(
+        (
+            paths.chosen_by.as_str(),
+            paths.candidates.len(),
+            paths.pairs
+        ),
+        ("code score", 8, 16)
+    );
+    assert!(rows.iter().all(|h| h.direct_effect.is_some()));
+    let patched = read_edges(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.path_effect.is_some())
+        .count();
+    assert_eq!(patched, 16);
+    assert!(text_out.contains("path patching of"), "{text_out}");
     let summary_before = std::fs::read(dir.file("summary.json")).unwrap();
+
+    // Only layer 1's heads: the list's head of layer 0 is left out, and said to be.
+    let one_layer = tmp.path().join("one-layer");
+    let mut a = args(&["--layers", "1", "--path-patch", "2"], l);
+    a[14] = one_layer.to_str().unwrap().into();
+    let r = run(a);
+    assert!(r.status.success(), "{}", text(&r));
+    let one = CircuitDir::new(&one_layer);
+    let s = read_summary(&one).unwrap();
+    assert_eq!(s.scored_layers, Some(vec![1]));
+    assert!(read_heads(&one).unwrap().iter().all(|h| h.layer == 1));
+    assert_eq!(read_heads(&one).unwrap().len(), 4);
+    assert_eq!(s.agreement[0].heads, 1);
+    assert!(
+        s.agreement[0]
+            .circuit
+            .ends_with("(1 of its heads outside the scored layers left out)"),
+        "{:?}",
+        s.agreement
+    );
+    let paths = s.path_patching.as_ref().unwrap();
+    assert_eq!((paths.candidates.len(), paths.pairs), (2, 0));
+    assert!(paths.candidates.iter().all(|c| c.0 == 1), "{paths:?}");
+    // The two best by code score, as the heads table ranks them.
+    let mut ranked = read_heads(&one).unwrap();
+    ranked.sort_by(|a, b| b.code_score.total_cmp(&a.code_score));
+    let best: Vec<(u32, u32)> = ranked.iter().take(2).map(|h| (h.layer, h.head)).collect();
+    let with_effect = ranked.iter().filter(|h| h.direct_effect.is_some()).count();
+    assert_eq!((paths.candidates.clone(), with_effect), (best, 2));
 
     let bad_heads = tmp.path().join("bad.heads");
     std::fs::write(&bad_heads, "0.1\n2.0\n").unwrap();
@@ -1565,6 +1616,10 @@ fn circuits_score_a_gpt2_model_against_a_head_list_and_refuse_bad_input() {
         (
             with_task(&uneven),
             "line 1: `positive` has 2 tokens and `negative` 1".into(),
+        ),
+        (
+            args(&["--layers", "1,5"], l),
+            "--layers: the model has no attention heads at layer 5 (its layers are 0 to 1)".into(),
         ),
         (
             args(&["--pool", "sideways"], l),

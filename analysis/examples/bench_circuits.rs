@@ -2,13 +2,14 @@
 //! measured on it: mean-ablation and patching from the corruption, each head in turn. For each
 //! task (IOI, greater-than, induction, successor): the model's accuracy and logit difference, the node
 //! and edge ROC AUC at each cut-off (mean ± sd over SEEDS trials), Spearman's correlation with
-//! |effect|, and the wall times of the code ranking and of the sweep. The paper's own settings
+//! |effect|, path patching of the strongest heads (the pairs' edge ROC AUC against it), and the
+//! wall times of the code ranking and of the sweep. The paper's own settings
 //! (no centring, L1 0.02, 500 steps) are scored against the same patching sweep for comparison.
 //!   cargo run --release -p saescope-analysis --example bench_circuits [-- PROMPTS [SEEDS [THREADS]]]
 
 use saescope_activations::assets;
 use saescope_activations::model::{Compute, TextModel};
-use saescope_analysis::circuits::ablate::Ablation;
+use saescope_analysis::circuits::ablate::{Ablation, scored_layers};
 use saescope_analysis::circuits::discover::{DiscoverConfig, head_writes, trial};
 use saescope_analysis::circuits::report::{CircuitSpec, GroundTruth, run};
 use saescope_analysis::circuits::task::{by_name, greater_than, induction, ioi};
@@ -54,6 +55,24 @@ fn print_summary(s: &CircuitSummary) {
             show(&a.normalised_auc),
             show(&a.edge_auc)
         );
+    }
+    if let Some(p) = &s.path_patching {
+        println!(
+            "    path patching of {} heads by {} ({} pairs, {:.1} s): pairs' Spearman {}",
+            p.candidates.len(),
+            p.chosen_by,
+            p.pairs,
+            p.seconds,
+            show(&p.spearman)
+        );
+        for a in &p.agreement {
+            println!(
+                "      |path effect| > {:.3}: {:>2} pairs, edge AUC {}",
+                a.cutoff,
+                a.edges,
+                show(&a.edge_auc)
+            );
+        }
     }
 }
 
@@ -111,7 +130,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|h| h.ablation_effect.unwrap_or(0.0).abs())
             .collect();
-        let writes = head_writes(&model.model, task, paper.pool)?;
+        let writes = head_writes(
+            &model.model,
+            task,
+            paper.pool,
+            &scored_layers(&model.model, None)?,
+        )?;
         let trials = (0..seeds)
             .map(|s| trial(&writes, &paper, s as u64))
             .collect::<Result<Vec<_>, _>>()?;

@@ -9,9 +9,10 @@ use saescope_analysis::circuits::ablate::{
     Ablation, Pool, ablation_sweep, head_outputs, logit_diffs, task_score,
 };
 use saescope_analysis::circuits::discover::DiscoverConfig;
+use saescope_analysis::circuits::paths::path_patch;
 use saescope_analysis::circuits::report::{CircuitSpec, GroundTruth, Stage, read_head_list, run};
 use saescope_analysis::circuits::task::{
-    Task, by_name, greater_than, induction, ioi, read_task_file,
+    Task, TaskPrompt, by_name, greater_than, induction, ioi, read_task_file,
 };
 use saescope_sae::l1::L1Config;
 use saescope_stats::metrics::{auc, spearman};
@@ -132,7 +133,10 @@ fn a_heads_ablation_equals_removing_its_write_by_hand() {
     let e = ablation_sweep(&model, &task, Ablation::Zero, Some(&[99]), &mut |_, _| {})
         .unwrap_err()
         .to_string();
-    assert!(e.contains("layer 99: the model has 30 layers"), "{e}");
+    assert!(
+        e.contains("no attention heads at layer 99 (its layers are 0 to 29)"),
+        "{e}"
+    );
 }
 
 /// The heads' writes of a layer, pooled, sum to its attention output pooled the same way
@@ -140,16 +144,21 @@ fn a_heads_ablation_equals_removing_its_write_by_hand() {
 #[test]
 fn head_outputs_sum_to_the_attention_output() {
     let (model, tok) = common::model();
-    let task = ioi(&tok, 2, 3).unwrap();
+    let task = ioi(&tok, 3, 3).unwrap();
     let prompts: Vec<&[u32]> = task.prompts.iter().map(|p| p.positive.as_slice()).collect();
+    // Prompts of different lengths, so the batch is padded and the pooling must leave it out.
+    let lengths: HashSet<usize> = prompts.iter().map(|p| p.len()).collect();
+    assert!(lengths.len() > 1, "{lengths:?}");
     for pool in [Pool::Mean, Pool::Last] {
-        let out = head_outputs(&model, &prompts, pool).unwrap();
-        let [n, layers, heads, _] = out.size()[..] else {
+        // Only the layers asked for, in their order.
+        let layers = [0usize, 13, 29];
+        let out = head_outputs(&model, &prompts, pool, &layers).unwrap();
+        let [n, scored, heads, _] = out.size()[..] else {
             panic!("4-D")
         };
-        assert_eq!((n, layers, heads), (2, 30, 9));
+        assert_eq!((n, scored, heads), (3, 3, 9));
         for (i, ids) in prompts.iter().enumerate() {
-            for layer in [0usize, 13, 29] {
+            for (at, &layer) in layers.iter().enumerate() {
                 let point = HookPoint::new(layer, HookKind::AttnOut);
                 let input =
                     Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
@@ -161,10 +170,10 @@ fn head_outputs_sum_to_the_attention_output() {
                     Pool::Mean => a.mean_dim(0, false, Kind::Float),
                     Pool::Last => a.get(-1),
                 };
-                let got =
-                    out.get(i as i64)
-                        .get(layer as i64)
-                        .sum_dim_intlist(0, false, Kind::Float);
+                let got = out
+                    .get(i as i64)
+                    .get(at as i64)
+                    .sum_dim_intlist(0, false, Kind::Float);
                 let err = (got - &want).abs().max().double_value(&[]);
                 let scale = want.abs().max().double_value(&[]);
                 assert!(
@@ -234,9 +243,40 @@ fn node_scores_from_codes(codes: &[CodeRow], seed: u32, heads: &[HeadRow]) -> Ve
         .collect()
 }
 
-/// A whole run on the bundled model (induction, patching as the ground truth): the heads
-/// table's scores, the summary's AUCs and Spearman's ρ all follow from the codes table and
-/// the ablation effects it writes, recomputed here without the library's scoring.
+/// A pair's score recomputed from the codes table: the (code of a, code of b) pairs seen on
+/// one prompt together, on positives and on no corruption.
+fn pair_score_from_codes(codes: &[CodeRow], seed: u32, a: (u32, u32), b: (u32, u32)) -> f64 {
+    let of = |corrupted: bool, head: (u32, u32)| -> Vec<Vec<u32>> {
+        let mut rows: Vec<&CodeRow> = codes
+            .iter()
+            .filter(|c| c.seed == seed && c.corrupted == corrupted && (c.layer, c.head) == head)
+            .collect();
+        rows.sort_by_key(|c| c.prompt);
+        // A silent head's empty list is one code of its own.
+        rows.iter()
+            .map(|c| {
+                if c.codes.is_empty() {
+                    vec![u32::MAX]
+                } else {
+                    c.codes.clone()
+                }
+            })
+            .collect()
+    };
+    let set = |corrupted: bool| -> HashSet<(u32, u32)> {
+        let (ca, cb) = (of(corrupted, a), of(corrupted, b));
+        ca.iter()
+            .zip(&cb)
+            .flat_map(|(x, y)| x.iter().flat_map(|&i| y.iter().map(move |&j| (i, j))))
+            .collect()
+    };
+    set(false).difference(&set(true)).count() as f64
+}
+
+/// A whole run on the bundled model (induction, patching as the ground truth, four layers
+/// asked for out of order and one twice): the heads table's scores, the summary's AUCs and
+/// Spearman's ρ, and the pairs' agreement with path patching all follow from the codes table
+/// and the effects it writes, recomputed here without the library's scoring.
 #[test]
 fn a_circuit_run_agrees_with_its_own_codes_and_effects() {
     let model = TextModel::open(&common::model_path(), tch::Device::Cpu, Compute::F32).unwrap();
@@ -252,26 +292,39 @@ fn a_circuit_run_agrees_with_its_own_codes_and_effects() {
             ..DiscoverConfig::default()
         },
         ground_truth: GroundTruth::Ablation(Ablation::Corrupted),
+        layers: Some(vec![29, 1, 3, 1, 2]),
+        path_candidates: 6,
         ..CircuitSpec::default()
     };
     let mut stages = Vec::new();
     let r = run(&model, "bundled", &task, &spec, &mut |s| stages.push(s)).unwrap();
-    assert_eq!(r.heads.len(), 270);
+    let layers = [1u32, 2, 3, 29];
+    assert_eq!(r.heads.len(), 36);
+    assert!(r.heads.iter().all(|h| layers.contains(&h.layer)));
     assert_eq!(
         r.codes.len(),
-        2 * 2 * 4 * 270,
+        2 * 2 * 4 * 36,
         "trials × sides × prompts × heads"
     );
-    assert!(matches!(
-        stages.last(),
-        Some(Stage::Sweep {
-            done: 270,
-            of: 270,
-            ..
-        })
-    ));
+    assert!(stages.contains(&Stage::Sweep {
+        how: Ablation::Corrupted,
+        done: 36,
+        of: 36,
+    }));
+    // One group of prompts: 3 passes (clean answers, clean and corrupted outputs), one per
+    // candidate and one per pair.
     let s = &r.summary;
+    let paths = s.path_patching.as_ref().expect("path patching ran");
+    let passes = 3 + 6 + paths.pairs;
+    assert_eq!(
+        stages.last(),
+        Some(&Stage::Paths {
+            done: passes,
+            of: passes
+        })
+    );
     assert_eq!((s.layers, s.heads_per_layer, s.prompts), (30, 9, 4));
+    assert_eq!(s.scored_layers.as_deref(), Some(&[1usize, 2, 3, 29][..]));
     assert!(s.accuracy >= 0.75, "{s:?}");
     assert_eq!(s.ground_truth, "patching");
     let per_seed: Vec<Vec<f64>> = (0..2)
@@ -319,6 +372,201 @@ fn a_circuit_run_agrees_with_its_own_codes_and_effects() {
     // The mean logit difference moves by the patching effects; the largest is not noise.
     assert!(size.iter().cloned().fold(0.0, f64::max) > 0.1);
     assert!(s.runtimes.ablation_sweep.unwrap() > 0.0 && s.runtimes.speedup.unwrap() > 0.0);
+
+    // Path patching: the six heads of largest |patching effect|, each with its own path's
+    // effect, and every pair of them in different layers in the edges table.
+    let mut by_size: Vec<&HeadRow> = r.heads.iter().collect();
+    by_size.sort_by(|a, b| {
+        b.ablation_effect
+            .unwrap()
+            .abs()
+            .total_cmp(&a.ablation_effect.unwrap().abs())
+    });
+    let chosen: Vec<(u32, u32)> = by_size.iter().take(6).map(|h| (h.layer, h.head)).collect();
+    assert_eq!(paths.candidates, chosen);
+    assert_eq!(paths.chosen_by, "|patching effect|");
+    for h in &r.heads {
+        assert_eq!(
+            h.direct_effect.is_some(),
+            chosen.contains(&(h.layer, h.head)),
+            "L{}H{}",
+            h.layer,
+            h.head
+        );
+    }
+    // The effects in the tables are path patching's own, on the right heads and pairs.
+    let chosen_heads: Vec<(usize, usize)> = chosen
+        .iter()
+        .map(|&(l, h)| (l as usize, h as usize))
+        .collect();
+    let direct = path_patch(&model.model, &task, &chosen_heads, &mut |_, _| {}).unwrap();
+    for (&(l, h), want) in chosen_heads.iter().zip(&direct.direct) {
+        let row = r
+            .heads
+            .iter()
+            .find(|r| (r.layer, r.head) == (l as u32, h as u32));
+        let got = row.unwrap().direct_effect.unwrap();
+        assert!((got - want).abs() < 1e-9, "L{l}H{h}: {got} vs {want}");
+    }
+    let patched: Vec<_> = r.edges.iter().filter(|e| e.path_effect.is_some()).collect();
+    for &(a, b, want) in &direct.pairs {
+        let key = (a.0 as u32, a.1 as u32, b.0 as u32, b.1 as u32);
+        let row = patched
+            .iter()
+            .find(|e| (e.from_layer, e.from_head, e.to_layer, e.to_head) == key)
+            .unwrap_or_else(|| panic!("pair {a:?} -> {b:?} is in the table"));
+        assert!(
+            (row.path_effect.unwrap() - want).abs() < 1e-9,
+            "{a:?} -> {b:?}"
+        );
+    }
+    let want_pairs = chosen
+        .iter()
+        .flat_map(|a| chosen.iter().map(move |b| (a, b)))
+        .filter(|(a, b)| a.0 < b.0)
+        .count();
+    assert_eq!((paths.pairs, patched.len()), (want_pairs, want_pairs));
+    assert!(patched.iter().all(|e| e.from_layer < e.to_layer));
+    let pair_scores: Vec<Vec<f64>> = (0..2u32)
+        .map(|k| {
+            patched
+                .iter()
+                .map(|e| {
+                    let (a, b) = ((e.from_layer, e.from_head), (e.to_layer, e.to_head));
+                    pair_score_from_codes(&r.codes, k, a, b)
+                })
+                .collect()
+        })
+        .collect();
+    for (e, row) in patched.iter().enumerate() {
+        let mean = (pair_scores[0][e] + pair_scores[1][e]) / 2.0;
+        assert!((row.score - mean).abs() < 1e-12);
+    }
+    for (a, share) in paths.agreement.iter().zip(&spec.cutoffs) {
+        let cutoff = share * s.logit_diff.abs();
+        let truth: Vec<bool> = patched
+            .iter()
+            .map(|e| e.path_effect.unwrap().abs() > cutoff)
+            .collect();
+        assert_eq!(a.edges, truth.iter().filter(|&&t| t).count());
+        for (k, scores) in pair_scores.iter().enumerate() {
+            match (&a.edge_auc, auc(&truth, scores)) {
+                (Some(got), Some(want)) => assert!((got.values[k] - want).abs() < 1e-12),
+                (None, None) => {}
+                (got, want) => panic!("{got:?} vs {want:?}"),
+            }
+        }
+    }
+}
+
+/// Path patching against passes made by hand, one prompt at a time without padding, on heads
+/// whose patching moves IOI's logit difference most in their layers: the own path of a head in
+/// the last layer is its whole patching effect (no head comes after it); an earlier head's is
+/// the effect with it patched and every later layer's heads held at their clean outputs; an
+/// edge between adjacent layers is the receiver's output from a pass with the sender patched,
+/// put into a clean pass.
+#[test]
+fn path_patching_equals_patching_by_hand() {
+    let (model, tok) = common::model();
+    let task = ioi(&tok, 3, 2).unwrap();
+    let candidates = [(29usize, 1usize), (28, 1), (23, 3), (24, 4)];
+    let got = path_patch(&model, &task, &candidates, &mut |_, _| {}).unwrap();
+    let pairs: Vec<_> = got.pairs.iter().map(|p| (p.0, p.1)).collect();
+    assert_eq!(
+        pairs,
+        [
+            ((28, 1), (29, 1)),
+            ((23, 3), (29, 1)),
+            ((23, 3), (28, 1)),
+            ((23, 3), (24, 4)),
+            ((24, 4), (29, 1)),
+            ((24, 4), (28, 1))
+        ]
+    );
+    let point = |l: usize| HookPoint::new(l, HookKind::AttnZ);
+    let input = |ids: &[u32]| {
+        Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()).view([1, -1])
+    };
+    // `layer`'s z in a pass over `ids` with `hooks`.
+    let z_with = |ids: &[u32], layer: usize, hooks: Hooks| {
+        let mut h = hooks.capture(point(layer));
+        model.forward(&input(ids), &mut h, false).unwrap();
+        h.take(point(layer)).unwrap()
+    };
+    let z = |ids: &[u32], layer: usize| z_with(ids, layer, Hooks::new());
+    let with_head = |z: &Tensor, head: usize, from: &Tensor| {
+        let z = z.copy();
+        z.narrow(2, head as i64, 1)
+            .copy_(&from.narrow(2, head as i64, 1));
+        z
+    };
+    let effect = |hooks: &dyn Fn(&TaskPrompt) -> Hooks| {
+        let mut total = 0.0;
+        for p in &task.prompts {
+            let one = [(p.positive.as_slice(), p.answer, p.wrong)];
+            let patched = logit_diffs(&model, &one, &mut || hooks(p)).unwrap()[0];
+            total += patched - logit_diffs(&model, &one, &mut Hooks::new).unwrap()[0];
+        }
+        total / task.prompts.len() as f64
+    };
+    // The sender's layer with its head taken from the corruption.
+    let patched = |p: &TaskPrompt, (l, h): (usize, usize)| {
+        with_head(&z(&p.positive, l), h, &z(&p.negative, l))
+    };
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 2e-4, "{what}: {a} vs {b}");
+    let last =
+        effect(&|p| Hooks::new().intervene(point(29), Intervention::Replace(patched(p, (29, 1)))));
+    close(got.direct[0], last, "L29H1's own path");
+    let swept = ablation_sweep(
+        &model,
+        &task,
+        Ablation::Corrupted,
+        Some(&[23, 29]),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    close(
+        got.direct[0],
+        swept[9 + 1].effect,
+        "L29H1's patching effect",
+    );
+    assert!(last.abs() > 1.0, "L29H1 matters: {last}");
+    for (at, sender) in [(1, (28, 1)), (2, (23, 3))] {
+        let held = effect(&|p| {
+            let sent =
+                Hooks::new().intervene(point(sender.0), Intervention::Replace(patched(p, sender)));
+            (sender.0 + 1..30).fold(sent, |h, l| {
+                h.intervene(point(l), Intervention::Replace(z(&p.positive, l)))
+            })
+        });
+        close(got.direct[at], held, &format!("{sender:?}'s own path"));
+    }
+    for (at, sender, receiver) in [(0, (28, 1), (29, 1)), (3, (23, 3), (24, 4))] {
+        let edge = effect(&|p| {
+            let sent =
+                Hooks::new().intervene(point(sender.0), Intervention::Replace(patched(p, sender)));
+            let seen = z_with(&p.positive, receiver.0, sent);
+            let fill = with_head(&z(&p.positive, receiver.0), receiver.1, &seen);
+            Hooks::new().intervene(point(receiver.0), Intervention::Replace(fill))
+        });
+        close(
+            got.pairs[at].2,
+            edge,
+            &format!("{sender:?} -> {receiver:?}"),
+        );
+    }
+    // Holding the later heads matters: L23H3's own path is not its whole patching effect
+    // (later heads, L24H4 among them, undo part of what it does).
+    assert!(
+        (got.direct[2] - swept[3].effect).abs() > 0.5,
+        "{got:?} {swept:?}"
+    );
+    let e = path_patch(&model, &task, &[(30, 0)], &mut |_, _| {}).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("head 30.0 is outside the model's 30 layers of 9 heads"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -260,6 +260,14 @@ impl CircuitData {
         })
     }
 
+    /// The layers whose heads were scored.
+    pub fn layers(&self) -> Vec<u32> {
+        match &self.summary.scored_layers {
+            Some(layers) => layers.iter().map(|&l| l as u32).collect(),
+            None => (0..self.summary.layers as u32).collect(),
+        }
+    }
+
     /// The head at (layer, head).
     pub fn head(&self, layer: u32, head: u32) -> Option<&HeadRow> {
         self.heads

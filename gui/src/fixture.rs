@@ -114,8 +114,9 @@ pub fn code_score(layer: u32, head: u32) -> f64 {
     f64::from((layer * 5 + head * 3) % 7)
 }
 
-/// Writes IOI circuit results for 3 layers of `heads` heads: code scores from [`code_score`],
-/// ablation effects of −score / 10, one pair and two prompts.
+/// Writes IOI circuit results for 3 scored layers of `heads` heads in a 4-layer model: code
+/// scores from [`code_score`], ablation effects of −score / 10, path-patched effects of
+/// −score / 20 on layer 2, one path-patched pair below sixty others, and two prompts.
 fn write_circuit(run: &Path, heads: usize) {
     use saescope_store::circuits::*;
     let dir = CircuitDir::in_run(run, "ioi");
@@ -134,6 +135,7 @@ fn write_circuit(run: &Path, heads: usize) {
                 probability: 0.0,
                 rank: 1,
                 ablation_effect: Some(-score / 10.0),
+                direct_effect: (layer == 2).then_some(-score / 20.0),
                 in_circuit: score >= 5.0,
             }
         })
@@ -145,8 +147,22 @@ fn write_circuit(run: &Path, heads: usize) {
         to_layer: 2,
         to_head: 1,
         score: 2.5,
+        path_effect: Some(-0.125),
     };
-    write_edges(&dir, &[edge]).expect("edges");
+    // Sixty better-scoring pairs that were not path-patched, ahead of it in the table.
+    let mut edges: Vec<EdgeRow> = (0..60u32)
+        .map(|i| EdgeRow {
+            from_layer: 0,
+            from_head: i % heads as u32,
+            to_layer: 1,
+            to_head: (i / heads as u32) % heads as u32,
+            score: 3.0 + f64::from(i) / 100.0,
+            path_effect: None,
+        })
+        .collect();
+    edges.sort_by(|a, b| b.score.total_cmp(&a.score));
+    edges.push(edge);
+    write_edges(&dir, &edges).expect("edges");
     let prompts: Vec<PromptRow> = [(" Mary", 2.5), (" John", -0.5)]
         .iter()
         .enumerate()
@@ -169,8 +185,9 @@ fn write_circuit(run: &Path, heads: usize) {
         task: "ioi".into(),
         model: MODEL_NAME.into(),
         prompts: 2,
-        layers: 3,
+        layers: 4,
         heads_per_layer: heads,
+        scored_layers: Some(vec![0, 1, 2]),
         accuracy: 0.5,
         logit_diff: 1.0,
         corrupted_logit_diff: 0.0,
@@ -191,6 +208,18 @@ fn write_circuit(run: &Path, heads: usize) {
             ablation_sweep: Some(50.0),
             ..Runtimes::default()
         },
+        path_patching: Some(PathPatching {
+            chosen_by: "|mean-ablation effect|".into(),
+            candidates: vec![(2, 1), (0, 1)],
+            pairs: 1,
+            agreement: vec![EdgeAgreement {
+                cutoff: 0.1,
+                edges: 1,
+                edge_auc: None,
+            }],
+            spearman: None,
+            seconds: 3.0,
+        }),
     };
     write_summary(&dir, &summary).expect("summary");
 }

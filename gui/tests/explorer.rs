@@ -954,7 +954,21 @@ fn circuits_view_maps_heads_and_opens_a_heads_features() {
         "|mean-ablation effect| > 0.450 ({circuit} heads): node ROC AUC 0.750 ± 0.071"
     ));
     h.get_by_label("code ranking 2.0 s, ablation sweep 50.0 s");
-    h.get_by_label("L0H1 -> L2H1  2.5");
+    // The path-patched pair is listed although sixty pairs score higher, and listed first.
+    h.get_by_label("L0H1 -> L2H1  2.5, path-patched -0.125");
+    // A label's text is its accessibility value.
+    let pairs: Vec<String> = h
+        .get_all_by_label_contains(" -> ")
+        .map(|n| n.accesskit_node().value().unwrap_or_default())
+        .collect();
+    assert_eq!(pairs.len(), 51);
+    assert_eq!(pairs[0], "L0H1 -> L2H1  2.5, path-patched -0.125");
+    h.get_by_label(
+        "path patching of 2 heads (chosen by |mean-ablation effect|): 1 of 1 pairs above 0.100, edge ROC AUC -",
+    );
+    // Only the scored layers are mapped: the model's fourth layer was left out.
+    assert_eq!(h.get_all_by_label("L2").count(), 2);
+    assert!(h.query_by_label("L3").is_none());
     h.get_by_label_contains("John gave a drink to (1) | model: \" John\", answer \" Mary\", logit difference -0.50 (wrong)");
     // A head of layer 0, where no attention-output dictionary exists.
     h.get_by_label("L0H2").click();
@@ -966,6 +980,11 @@ fn circuits_view_maps_heads_and_opens_a_heads_features() {
     // A head of layer 2 opens its features in the heads view.
     h.get_by_label("L2H3").click();
     h.run();
+    let score = fixture::code_score(2, 3);
+    h.get_by_label(&format!(
+        "path-patched effect, own path to the logits {:+.3}",
+        -score / 20.0
+    ));
     h.get_by_label("Features of head 3 (layer 2)").click();
     h.step();
     // The head's feature store loads in the background; wait for it.

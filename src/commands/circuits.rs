@@ -73,6 +73,13 @@ pub struct Args {
     /// Cut-offs on |ablation effect| that make the circuit, as shares of the logit difference.
     #[arg(long, value_delimiter = ',', default_values_t = [0.02, 0.05, 0.1])]
     pub cutoffs: Vec<f64>,
+    /// Layers whose heads are scored, swept and path-patched, e.g. 0,5,9 (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<usize>>,
+    /// Heads path-patched, with every pair of them, to check the pairs' scores (the strongest
+    /// by the ablation, else by code score; 0: none).
+    #[arg(long, default_value_t = 8)]
+    pub path_patch: usize,
     /// Where the model runs: cpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -143,9 +150,12 @@ fn print(result: &CircuitResult, dir: &CircuitDir, top: usize) {
         let effect = h
             .ablation_effect
             .map_or(String::new(), |e| format!(", ablation effect {e:+.3}"));
+        let direct = h
+            .direct_effect
+            .map_or(String::new(), |e| format!(", path-patched {e:+.3}"));
         let mark = if h.in_circuit { " *" } else { "" };
         println!(
-            "  {:>3}. L{}H{}  code score {:.1} ± {:.1}{effect}{mark}",
+            "  {:>3}. L{}H{}  code score {:.1} ± {:.1}{effect}{direct}{mark}",
             h.rank, h.layer, h.head, h.code_score, h.code_score_std
         );
     }
@@ -161,6 +171,31 @@ fn print(result: &CircuitResult, dir: &CircuitDir, top: usize) {
     }
     if let Some(r) = &s.spearman {
         println!("Spearman's ρ of code score and |ablation effect|: {r}");
+    }
+    if let Some(p) = &s.path_patching {
+        let heads: Vec<String> = p
+            .candidates
+            .iter()
+            .map(|(l, h)| format!("L{l}H{h}"))
+            .collect();
+        println!(
+            "path patching of {} (by {}), {} pairs, {:.1} s:",
+            heads.join(" "),
+            p.chosen_by,
+            p.pairs,
+            p.seconds
+        );
+        for a in &p.agreement {
+            println!(
+                "  |path effect| > {:.3} ({} pairs): edge ROC AUC {}",
+                a.cutoff,
+                a.edges,
+                spread(&a.edge_auc)
+            );
+        }
+        if let Some(r) = &p.spearman {
+            println!("  Spearman's ρ of pair code score and |path effect|: {r}");
+        }
     }
     let t = &s.runtimes;
     print!(
@@ -198,6 +233,8 @@ pub fn run(a: Args) -> Result<()> {
         },
         ground_truth: ground_truth(&a, &model)?,
         cutoffs: a.cutoffs.clone(),
+        layers: a.layers.clone(),
+        path_candidates: a.path_patch,
         ..CircuitSpec::default()
     };
     let dir = match (&a.out, run_dir) {
@@ -205,9 +242,10 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(r)) => CircuitDir::in_run(r, &task.name),
         (None, None) => CircuitDir::new(PathBuf::from("circuits").join(&task.name)),
     };
-    let (mut trials, mut sweep) = (
+    let (mut trials, mut sweep, mut paths) = (
         Tracker::new("trials", "trials"),
         Tracker::new("ablation", "heads"),
+        Tracker::new("path patching", "passes"),
     );
     let result = discover(
         &model,
@@ -218,10 +256,19 @@ pub fn run(a: Args) -> Result<()> {
             Stage::Passes => {}
             Stage::Trial { done, of } => trials.update(done as u64, of as u64),
             Stage::Sweep { done, of, .. } => sweep.update(done as u64, of as u64),
+            Stage::Paths { done, of } => paths.update(done as u64, of as u64),
         },
-    )?;
+    )
+    .map_err(|e| match (&a.layers, e) {
+        // The library names the field `layers`; the user typed the flag.
+        (Some(_), saescope_analysis::AnalysisError::Config(m)) if m.starts_with("layers: ") => {
+            anyhow::anyhow!("--layers: {}", &m["layers: ".len()..])
+        }
+        (_, e) => e.into(),
+    })?;
     trials.finish();
     sweep.finish();
+    paths.finish();
     write(&dir, &result)?;
     print(&result, &dir, a.top);
     Ok(())

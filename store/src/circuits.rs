@@ -49,6 +49,9 @@ pub struct HeadRow {
     /// Mean logit difference with the head ablated less without, when the ground truth is an
     /// ablation (the summary's `ground_truth` says which).
     pub ablation_effect: Option<f64>,
+    /// Its effect on the logit difference when patched from the corruption along the paths
+    /// that skip every other head (path patching), for the candidates that were path-patched.
+    pub direct_effect: Option<f64>,
     /// Whether the ground truth counts it in the circuit (the ablation's at the summary's
     /// first cut-off, or a head list's).
     pub in_circuit: bool,
@@ -67,6 +70,10 @@ pub struct EdgeRow {
     pub to_head: u32,
     /// Code pairs seen together on positives and never on corruptions, mean over trials.
     pub score: f64,
+    /// The change in the logit difference when only the later head's input from the earlier
+    /// head is patched from the corruption (path patching), for pairs of path-patched
+    /// candidates.
+    pub path_effect: Option<f64>,
 }
 
 /// One (trial, prompt, head)'s codes.
@@ -157,16 +164,46 @@ pub struct Agreement {
     pub edge_auc: Option<Spread>,
 }
 
+/// How well the pairs' code scores find the pairs that path patching says matter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EdgeAgreement {
+    /// The cut-off on |path effect|.
+    pub cutoff: f64,
+    /// Pairs above it.
+    pub edges: usize,
+    /// ROC AUC of the pairs' code scores against them, over trials.
+    pub edge_auc: Option<Spread>,
+}
+
+/// Path patching of the strongest candidates: each one's effect along the paths that skip
+/// every other head, and each earlier-to-later pair's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PathPatching {
+    /// What chose the candidates: `|patching effect|`, `|mean-ablation effect|`, ..., or `code
+    /// score` when no sweep ran.
+    pub chosen_by: String,
+    /// The candidates as (layer, head), strongest first.
+    pub candidates: Vec<(u32, u32)>,
+    /// Pairs path-patched (earlier layer to later).
+    pub pairs: usize,
+    /// One entry per cut-off (the same shares of the logit difference as the heads').
+    pub agreement: Vec<EdgeAgreement>,
+    /// Spearman's correlation of the pairs' code scores with |path effect|, over trials.
+    pub spearman: Option<Spread>,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
 /// Seconds each part took.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Runtimes {
-    /// One pass per prompt and corruption, keeping each head's write.
+    /// The passes over the prompts and corruptions, keeping each head's write.
     pub head_writes: f64,
     /// One trial (fit, codes, scores), mean over trials.
     pub trial: f64,
     /// The code-based ranking: the passes plus one trial.
     pub code_ranking: f64,
-    /// The ablation sweep over every head, when the ground truth is an ablation.
+    /// The ablation sweep over every scored head, when the ground truth is an ablation.
     pub ablation_sweep: Option<f64>,
     /// The sweep's time over the code ranking's.
     pub speedup: Option<f64>,
@@ -189,6 +226,9 @@ pub struct CircuitSummary {
     pub layers: usize,
     /// Heads per layer.
     pub heads_per_layer: usize,
+    /// The layers whose heads were scored, when not every layer (`--layers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_layers: Option<Vec<usize>>,
     /// Share of prompts the model answers right (answer above the wrong answer).
     pub accuracy: f64,
     /// Mean logit difference on the prompts.
@@ -207,6 +247,9 @@ pub struct CircuitSummary {
     pub fvu: Spread,
     /// Seconds.
     pub runtimes: Runtimes,
+    /// Path patching of the strongest candidates, when it ran.
+    #[serde(default)]
+    pub path_patching: Option<PathPatching>,
 }
 
 /// A circuits directory's files.
@@ -304,6 +347,11 @@ fn str_col<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
+/// Row `i` of a nullable column, `None` also when the table predates the column.
+fn opt(a: Option<&Float64Array>, i: usize) -> Option<f64> {
+    a.filter(|a| !a.is_null(i)).map(|a| a.value(i))
+}
+
 fn field(name: &str, t: DataType) -> Field {
     Field::new(name, t, false)
 }
@@ -321,6 +369,7 @@ pub fn write_heads(dir: &CircuitDir, rows: &[HeadRow]) -> Result<()> {
         field("probability", DataType::Float64),
         field("rank", DataType::UInt32),
         Field::new("ablation_effect", DataType::Float64, true),
+        Field::new("direct_effect", DataType::Float64, true),
         field("in_circuit", DataType::Boolean),
     ];
     let columns: Vec<ArrayRef> = vec![
@@ -333,6 +382,7 @@ pub fn write_heads(dir: &CircuitDir, rows: &[HeadRow]) -> Result<()> {
         f64_col(rows.iter().map(|r| Some(r.probability))),
         u32_col(rows.iter().map(|r| r.rank)),
         f64_col(rows.iter().map(|r| r.ablation_effect)),
+        f64_col(rows.iter().map(|r| r.direct_effect)),
         Arc::new(BooleanArray::from_iter(
             rows.iter().map(|r| Some(r.in_circuit)),
         )),
@@ -349,8 +399,8 @@ pub fn read_heads(dir: &CircuitDir) -> Result<Vec<HeadRow>> {
         let (score, std, norm) = (f("code_score")?, f("code_score_std")?, f("normalised")?);
         let (edge, prob) = (f("edge_score")?, f("probability")?);
         let effect = f("ablation_effect")?;
+        let direct = c.optional::<Float64Array>("direct_effect")?;
         let in_circuit = c.typed::<BooleanArray>("in_circuit")?;
-        let opt = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
         for i in 0..n {
             rows.push(HeadRow {
                 layer: layer.value(i),
@@ -361,7 +411,8 @@ pub fn read_heads(dir: &CircuitDir) -> Result<Vec<HeadRow>> {
                 edge_score: edge.value(i),
                 probability: prob.value(i),
                 rank: rank.value(i),
-                ablation_effect: opt(effect, i),
+                ablation_effect: opt(Some(effect), i),
+                direct_effect: opt(direct, i),
                 in_circuit: in_circuit.value(i),
             });
         }
@@ -378,6 +429,7 @@ pub fn write_edges(dir: &CircuitDir, rows: &[EdgeRow]) -> Result<()> {
         field("to_layer", DataType::UInt32),
         field("to_head", DataType::UInt32),
         field("score", DataType::Float64),
+        Field::new("path_effect", DataType::Float64, true),
     ];
     let columns: Vec<ArrayRef> = vec![
         u32_col(rows.iter().map(|r| r.from_layer)),
@@ -385,6 +437,7 @@ pub fn write_edges(dir: &CircuitDir, rows: &[EdgeRow]) -> Result<()> {
         u32_col(rows.iter().map(|r| r.to_layer)),
         u32_col(rows.iter().map(|r| r.to_head)),
         f64_col(rows.iter().map(|r| Some(r.score))),
+        f64_col(rows.iter().map(|r| r.path_effect)),
     ];
     write_table(&path, batch(&path, fields, columns)?, 16_384)
 }
@@ -400,6 +453,7 @@ pub fn read_edges(dir: &CircuitDir) -> Result<Vec<EdgeRow>> {
             u("to_head")?,
         );
         let score = c.typed::<Float64Array>("score")?;
+        let path = c.optional::<Float64Array>("path_effect")?;
         for i in 0..n {
             rows.push(EdgeRow {
                 from_layer: fl.value(i),
@@ -407,6 +461,7 @@ pub fn read_edges(dir: &CircuitDir) -> Result<Vec<EdgeRow>> {
                 to_layer: tl.value(i),
                 to_head: th.value(i),
                 score: score.value(i),
+                path_effect: opt(path, i),
             });
         }
         Ok(())
@@ -513,6 +568,24 @@ pub fn read_prompts(dir: &CircuitDir) -> Result<Vec<PromptRow>> {
 mod tests {
     use super::*;
 
+    /// Heads and edges tables written before path patching, without its columns, read with
+    /// `None` there.
+    fn older_tables_read_without_path_effects(dir: &CircuitDir, head: &HeadRow, edge: &EdgeRow) {
+        let without = |path: &Path, column: &str| {
+            let old = read_batches(path).unwrap().remove(0);
+            let keep: Vec<usize> = (0..old.num_columns())
+                .filter(|&i| old.schema().field(i).name() != column)
+                .collect();
+            write_table(path, old.project(&keep).unwrap(), 16).unwrap();
+        };
+        without(&dir.file(HEADS_FILE), "direct_effect");
+        without(&dir.file(EDGES_FILE), "path_effect");
+        let (h, e) = (read_heads(dir).unwrap(), read_edges(dir).unwrap());
+        assert_eq!(h[0].direct_effect, None);
+        assert_eq!(h[0].ablation_effect, head.ablation_effect);
+        assert_eq!((e[0].path_effect, e[0].score), (None, edge.score));
+    }
+
     #[test]
     fn every_table_and_the_summary_survive_the_round_trip() {
         let tmp = tempfile::tempdir().unwrap();
@@ -528,6 +601,7 @@ mod tests {
             probability: 0.1,
             rank: 1,
             ablation_effect: Some(-1.5),
+            direct_effect: Some(-0.5),
             in_circuit: true,
         }];
         write_heads(&dir, &heads).unwrap();
@@ -538,9 +612,11 @@ mod tests {
             to_layer: 4,
             to_head: 1,
             score: 1.5,
+            path_effect: Some(-0.25),
         }];
         write_edges(&dir, &edges).unwrap();
         assert_eq!(read_edges(&dir).unwrap(), edges);
+        older_tables_read_without_path_effects(&dir, &heads[0], &edges[0]);
         let codes = vec![
             CodeRow {
                 seed: 0,
@@ -581,6 +657,7 @@ mod tests {
             prompts: 1,
             layers: 4,
             heads_per_layer: 4,
+            scored_layers: Some(vec![0, 4]),
             accuracy: 1.0,
             logit_diff: 3.0,
             corrupted_logit_diff: -0.1,
@@ -597,9 +674,29 @@ mod tests {
             spearman: None,
             fvu: Spread::of(vec![0.2]),
             runtimes: Runtimes::default(),
+            path_patching: Some(PathPatching {
+                chosen_by: "|patching effect|".into(),
+                candidates: vec![(4, 1), (0, 2)],
+                pairs: 1,
+                agreement: vec![EdgeAgreement {
+                    cutoff: 0.15,
+                    edges: 1,
+                    edge_auc: None,
+                }],
+                spearman: None,
+                seconds: 1.0,
+            }),
         };
         write_summary(&dir, &summary).unwrap();
         assert_eq!(read_summary(&dir).unwrap(), summary);
+        // A summary written before path patching and `--layers` still reads.
+        let mut older = serde_json::to_value(&summary).unwrap();
+        let fields = older.as_object_mut().unwrap();
+        fields.remove("path_patching");
+        fields.remove("scored_layers");
+        std::fs::write(dir.file(SUMMARY_FILE), older.to_string()).unwrap();
+        let read = read_summary(&dir).unwrap();
+        assert_eq!((read.path_patching, read.scored_layers), (None, None));
         assert_eq!(CircuitDir::of_run(tmp.path()).len(), 1);
         let spread = Spread::of(vec![0.8, 1.0]);
         assert!((spread.mean - 0.9).abs() < 1e-12);

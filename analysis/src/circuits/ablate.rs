@@ -220,20 +220,48 @@ pub enum Pool {
     Last,
 }
 
+/// The layers whose heads are scored: `asked` sorted without repeats, or every layer when
+/// `None`. A layer the model does not have is refused, naming it and the model's depth.
+pub fn scored_layers(model: &Model, asked: Option<&[usize]>) -> Result<Vec<usize>> {
+    let n = model.n_layers();
+    let Some(asked) = asked else {
+        return Ok((0..n).collect());
+    };
+    if asked.is_empty() {
+        return Err(AnalysisError::Config("layers: none given".into()));
+    }
+    if let Some(l) = asked.iter().find(|&&l| l >= n) {
+        return Err(AnalysisError::Config(format!(
+            "layers: the model has no attention heads at layer {l} (its layers are 0 to {})",
+            n - 1
+        )));
+    }
+    let mut layers = asked.to_vec();
+    layers.sort_unstable();
+    layers.dedup();
+    Ok(layers)
+}
+
 /// Each head's write into the residual stream, z_h · W_O[h]ᵀ, pooled over the positions of
-/// each prompt: [prompts, layers, heads, d_model]. The heads' writes of a layer sum to its
-/// attention output less the projection's bias.
-pub fn head_outputs(model: &Model, prompts: &[&[u32]], pool: Pool) -> Result<Tensor> {
+/// each prompt: [prompts, layers, heads, d_model] for each of `layers` (sorted, as
+/// [`scored_layers`] gives them). The heads' writes of a layer sum to its attention output
+/// less the projection's bias.
+pub fn head_outputs(
+    model: &Model,
+    prompts: &[&[u32]],
+    pool: Pool,
+    layers: &[usize],
+) -> Result<Tensor> {
     let [heads, d_head] = model.hook_shape(HookKind::AttnZ)[..] else {
         return Err(AnalysisError::Config(
             "the model's attn.hook_z is not heads x d_head".into(),
         ));
     };
-    let layers = model.n_layers();
-    let points: Vec<HookPoint> = (0..layers)
-        .map(|l| HookPoint::new(l, HookKind::AttnZ))
+    let points: Vec<HookPoint> = layers
+        .iter()
+        .map(|&l| HookPoint::new(l, HookKind::AttnZ))
         .collect();
-    // Each layer's W_O as one [d_head, d_model] block per head, for every prompt.
+    // Each layer's W_O as one [d_head, d_model] block per head, for every batch.
     let w_o: Vec<Tensor> = points
         .iter()
         .map(|&point| {
@@ -245,33 +273,58 @@ pub fn head_outputs(model: &Model, prompts: &[&[u32]], pool: Pool) -> Result<Ten
                 .permute([1, 2, 0])
         })
         .collect();
-    let mut rows = Vec::with_capacity(prompts.len());
-    for ids in prompts {
-        let input = Tensor::from_slice(&ids.iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
-            .view([1, -1])
-            .to_device(model.device());
-        let mut h = points
-            .iter()
-            .fold(Hooks::new(), |h, &point| h.capture(point));
-        model.forward(&input, &mut h, false)?;
-        let mut per_layer = Vec::with_capacity(layers);
-        for (&point, w_o) in points.iter().zip(&w_o) {
-            let z = h.take(point).expect("captured").to_kind(Kind::Float).get(0);
-            let z = match pool {
-                Pool::Mean => z.mean_dim(0, false, Kind::Float),
-                Pool::Last => z.get(-1),
-            };
-            // [heads, d_head] · W_O[:, h-slice]ᵀ for each head: [heads, d_model].
-            per_layer.push(z.unsqueeze(1).bmm(w_o).squeeze_dim(1));
-        }
-        rows.push(Tensor::stack(&per_layer, 0));
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(AnalysisError::Config(format!("prompt {i} has no tokens")));
     }
-    Ok(Tensor::stack(&rows, 0))
+    if layers.is_empty() {
+        return Err(AnalysisError::Config("layers: none given".into()));
+    }
+    let device = model.device();
+    let mut rows = Vec::with_capacity(prompts.len().div_ceil(BATCH));
+    // Batches padded on the right: attention is causal, so a prompt's positions see nothing
+    // of the padding, which the pooling then leaves out.
+    for batch in prompts.chunks(BATCH) {
+        let lens = Tensor::from_slice(&batch.iter().map(|p| p.len() as i64).collect::<Vec<_>>())
+            .to_device(device);
+        let zs = captured_z(model, batch, layers)?;
+        let [n, positions, ..] = zs[0].size()[..] else {
+            unreachable!("z is [batch, positions, heads, d_head]")
+        };
+        let mask = Tensor::arange(positions, (Kind::Int64, device))
+            .unsqueeze(0)
+            .lt_tensor(&lens.unsqueeze(1))
+            .to_kind(Kind::Float)
+            .view([n, positions, 1, 1]);
+        let last = (&lens - 1)
+            .view([n, 1, 1, 1])
+            .expand([n, 1, heads as i64, d_head as i64], false);
+        let per_layer: Vec<Tensor> = zs
+            .iter()
+            .zip(&w_o)
+            .map(|(z, w_o)| {
+                let pooled = match pool {
+                    Pool::Mean => {
+                        (z * &mask).sum_dim_intlist(1, false, Kind::Float)
+                            / lens.to_kind(Kind::Float).view([n, 1, 1])
+                    }
+                    Pool::Last => z.gather(1, &last, false).squeeze_dim(1),
+                };
+                // Per head, [batch, d_head] · W_O[:, h-slice]ᵀ: [batch, heads, d_model].
+                pooled.transpose(0, 1).bmm(w_o).transpose(0, 1)
+            })
+            .collect();
+        rows.push(Tensor::stack(&per_layer, 1));
+    }
+    Ok(Tensor::cat(&rows, 0))
 }
 
 /// Each layer's `attn.hook_z` on `prompts` in one pass, padded on the right as
 /// [`answers`] pads them: [prompts, positions, heads, d_head] per layer of `layers`.
-fn captured_z(model: &Model, prompts: &[&[u32]], layers: &[usize]) -> Result<Vec<Tensor>> {
+pub(crate) fn captured_z(
+    model: &Model,
+    prompts: &[&[u32]],
+    layers: &[usize],
+) -> Result<Vec<Tensor>> {
     let ids = padded(model, prompts);
     let points: Vec<HookPoint> = layers
         .iter()
@@ -286,7 +339,7 @@ fn captured_z(model: &Model, prompts: &[&[u32]], layers: &[usize]) -> Result<Vec
 }
 
 /// Hooks that set head `head` of `point` to `fill` (broadcast to [batch, pos, 1, d_head]).
-fn replace_head(point: HookPoint, head: usize, fill: &Tensor) -> Hooks {
+pub(crate) fn replace_head(point: HookPoint, head: usize, fill: &Tensor) -> Hooks {
     let fill = fill.shallow_clone();
     Hooks::new().intervene(
         point,
@@ -311,14 +364,7 @@ pub fn ablation_sweep(
 ) -> Result<Vec<HeadEffect>> {
     let shape = model.hook_shape(HookKind::AttnZ);
     let (heads, d_head) = (shape[0], shape[1] as i64);
-    let all: Vec<usize> = (0..model.n_layers()).collect();
-    let layers = layers.unwrap_or(&all);
-    if let Some(l) = layers.iter().find(|&&l| l >= model.n_layers()) {
-        return Err(AnalysisError::Config(format!(
-            "layer {l}: the model has {} layers",
-            model.n_layers()
-        )));
-    }
+    let layers = &scored_layers(model, layers)?;
     let prompts = positives(task);
     let clean = mean(&logit_diffs(model, &prompts, &mut Hooks::new)?);
     // The batches `answers` makes, so a corruption's z lines up with its prompt.

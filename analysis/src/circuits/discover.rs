@@ -1,5 +1,5 @@
 //! Circuit discovery by code overlap on a model: every head's write on every prompt and
-//! corruption (one pass each), then per seed one small ReLU/L1 dictionary shared by all heads,
+//! corruption (batched passes), then per seed one small ReLU/L1 dictionary shared by all heads,
 //! fit on a few prompts' writes, whose codes rank the heads ([`super::overlap`]).
 
 use super::ablate::{Pool, head_outputs};
@@ -62,12 +62,15 @@ impl Default for DiscoverConfig {
 
 /// Every head's pooled write on a task's prompts and on their corruptions.
 pub struct HeadWrites {
-    /// [prompts, layers × heads, d_model], a head's flat index being layer × heads + head.
+    /// [prompts, layers × heads, d_model], a head's flat index being its layer's place in
+    /// `layers` × heads + head.
     pub positive: Tensor,
     /// The same for the corruptions.
     pub negative: Tensor,
     /// Heads per layer.
     pub heads_per_layer: usize,
+    /// The layers whose heads these are, in order.
+    pub layers: Vec<usize>,
     /// Seconds the passes took.
     pub seconds: f64,
 }
@@ -80,13 +83,22 @@ impl HeadWrites {
 
     /// (layer, head) of a flat head index.
     pub fn locate(&self, flat: usize) -> (usize, usize) {
-        (flat / self.heads_per_layer, flat % self.heads_per_layer)
+        (
+            self.layers[flat / self.heads_per_layer],
+            flat % self.heads_per_layer,
+        )
+    }
+
+    /// The flat index of (layer, head), when that layer was scored.
+    pub fn flat(&self, layer: usize, head: usize) -> Option<usize> {
+        let at = self.layers.iter().position(|&l| l == layer)?;
+        (head < self.heads_per_layer).then_some(at * self.heads_per_layer + head)
     }
 }
 
-/// Runs the model once on each prompt and each corruption of `task`, keeping every head's
-/// pooled write.
-pub fn head_writes(model: &Model, task: &Task, pool: Pool) -> Result<HeadWrites> {
+/// Runs the model over the prompts and the corruptions of `task`, keeping the pooled write
+/// of every head of `layers` (sorted, as [`super::ablate::scored_layers`] gives them).
+pub fn head_writes(model: &Model, task: &Task, pool: Pool, layers: &[usize]) -> Result<HeadWrites> {
     let start = Instant::now();
     let heads_per_layer = match model.hook_shape(HookKind::AttnZ)[..] {
         [h, _] => h,
@@ -102,12 +114,13 @@ pub fn head_writes(model: &Model, task: &Task, pool: Pool) -> Result<HeadWrites>
     };
     let pos: Vec<&[u32]> = task.prompts.iter().map(|p| p.positive.as_slice()).collect();
     let neg: Vec<&[u32]> = task.prompts.iter().map(|p| p.negative.as_slice()).collect();
-    let positive = flat(head_outputs(model, &pos, pool)?);
-    let negative = flat(head_outputs(model, &neg, pool)?);
+    let positive = flat(head_outputs(model, &pos, pool, layers)?);
+    let negative = flat(head_outputs(model, &neg, pool, layers)?);
     Ok(HeadWrites {
         positive,
         negative,
         heads_per_layer,
+        layers: layers.to_vec(),
         seconds: start.elapsed().as_secs_f64(),
     })
 }

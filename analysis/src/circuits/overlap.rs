@@ -112,7 +112,8 @@ pub fn node_scores(positive: &Codes, negative: &Codes) -> Vec<NodeScore> {
 /// a positive and never on a negative.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EdgeScore {
-    /// The earlier head (flat index, layer × heads per layer + head).
+    /// The earlier head (flat index: its layer's place among the scored layers × heads per
+    /// layer + head).
     pub from: usize,
     /// The later head.
     pub to: usize,

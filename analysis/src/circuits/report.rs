@@ -1,21 +1,23 @@
 //! A whole circuit-discovery run on one task, as `saescope circuits` starts it: the model's
 //! answers, every head's writes, the code-overlap trials, the ground truth (the ablation sweep,
-//! or a list of heads from a file), how well the codes find it, and the tables and summary
-//! that `saescope_store::circuits` writes.
+//! or a list of heads from a file), path patching of the strongest candidates, how well the
+//! codes find each, and the tables and summary that `saescope_store::circuits` writes.
 
-use super::ablate::{Ablation, HeadEffect, ablation_sweep, answers};
+use super::ablate::{Ablation, HeadEffect, ablation_sweep, answers, scored_layers};
 use super::discover::{DiscoverConfig, HeadWrites, Trial, head_writes, trial};
 use super::overlap::{SILENT, softmax};
+use super::paths::{PathEffects, path_patch};
 use super::task::Task;
 use crate::error::{AnalysisError, Result};
 use saescope_activations::hooks::Hooks;
 use saescope_activations::model::TextModel;
 use saescope_stats::metrics::{auc, spearman};
 use saescope_store::circuits::{
-    Agreement, CircuitDir, CircuitSummary, CodeRow, EdgeRow, FORMAT_VERSION, HeadRow, PromptRow,
-    Runtimes, Spread, write_codes, write_edges, write_heads, write_prompts, write_summary,
+    Agreement, CircuitDir, CircuitSummary, CodeRow, EdgeAgreement, EdgeRow, FORMAT_VERSION,
+    HeadRow, PathPatching, PromptRow, Runtimes, Spread, write_codes, write_edges, write_heads,
+    write_prompts, write_summary,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -44,8 +46,14 @@ pub struct CircuitSpec {
     /// Cut-offs on |ablation effect| that define the circuit, as shares of the clean logit
     /// difference (default 2%, 5%, 10%); the first marks the heads table's `in_circuit`.
     pub cutoffs: Vec<f64>,
-    /// Pairs of heads kept in the edges table, best first.
+    /// Pairs of heads kept in the edges table, best first (the path-patched pairs are kept
+    /// besides).
     pub max_edges: usize,
+    /// The layers whose heads are scored (every layer when `None`).
+    pub layers: Option<Vec<usize>>,
+    /// Heads path-patched, with every pair of them (0: none): the strongest by the ablation
+    /// when it runs, else by code score (8).
+    pub path_candidates: usize,
 }
 
 impl Default for CircuitSpec {
@@ -55,6 +63,8 @@ impl Default for CircuitSpec {
             ground_truth: GroundTruth::Ablation(Ablation::Mean),
             cutoffs: vec![0.02, 0.05, 0.1],
             max_edges: 2_000,
+            layers: None,
+            path_candidates: 8,
         }
     }
 }
@@ -62,7 +72,8 @@ impl Default for CircuitSpec {
 /// Where a run is, for a progress display.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Stage {
-    /// The model's answers and every head's writes (one pass per prompt and corruption).
+    /// The model's answers and every head's writes (batched passes over the prompts and
+    /// corruptions).
     Passes,
     /// A trial finished.
     Trial {
@@ -78,6 +89,13 @@ pub enum Stage {
         /// Heads done.
         done: usize,
         /// Heads in all.
+        of: usize,
+    },
+    /// A path-patching pass finished.
+    Paths {
+        /// Passes done.
+        done: usize,
+        /// Passes in all.
         of: usize,
     },
 }
@@ -180,7 +198,15 @@ fn circuits(
             let flags = (0..writes.heads())
                 .map(|h| set.contains(&writes.locate(h)))
                 .collect();
-            vec![(file.display().to_string(), None, flags)]
+            let outside = heads
+                .iter()
+                .filter(|h| writes.flat(h.0, h.1).is_none())
+                .count();
+            let mut label = file.display().to_string();
+            if outside > 0 {
+                label += &format!(" ({outside} of its heads outside the scored layers left out)");
+            }
+            vec![(label, None, flags)]
         }
         (GroundTruth::Ablation(how), Some(effects)) => spec
             .cutoffs
@@ -243,7 +269,17 @@ fn head_rows(
     trials: &[Trial],
     effects: Option<&[f64]>,
     in_circuit: Option<&[bool]>,
+    paths: Option<&PathEffects>,
 ) -> Vec<HeadRow> {
+    let direct: HashMap<(usize, usize), f64> = paths
+        .map(|p| {
+            p.candidates
+                .iter()
+                .copied()
+                .zip(p.direct.iter().copied())
+                .collect()
+        })
+        .unwrap_or_default();
     let scores: Vec<Spread> = (0..writes.heads())
         .map(|h| Spread::of(trials.iter().map(|t| t.nodes[h].unique as f64).collect()))
         .collect();
@@ -264,31 +300,137 @@ fn head_rows(
                 probability: probability[h],
                 rank: 1 + means.iter().filter(|&&m| m > means[h]).count() as u32,
                 ablation_effect: effects.map(|e| e[h]),
+                direct_effect: direct.get(&(layer, head)).copied(),
                 in_circuit: in_circuit.is_some_and(|c| c[h]),
             }
         })
         .collect()
 }
 
-fn edge_rows(writes: &HeadWrites, trials: &[Trial], max: usize) -> Vec<EdgeRow> {
-    let n = trials.len() as f64;
-    let mut rows: Vec<EdgeRow> = (0..trials[0].edges.len())
-        .filter_map(|i| {
-            let e = trials[0].edges[i];
-            let score = trials.iter().map(|t| t.edges[i].unique as f64).sum::<f64>() / n;
-            let ((fl, fh), (tl, th)) = (writes.locate(e.from), writes.locate(e.to));
-            (score > 0.0).then_some(EdgeRow {
-                from_layer: fl as u32,
-                from_head: fh as u32,
-                to_layer: tl as u32,
-                to_head: th as u32,
-                score,
-            })
+/// Each path-patched pair's place in the trials' edge lists, with its effect; `None` for a
+/// pair whose heads were not both scored.
+fn patched_pairs(
+    writes: &HeadWrites,
+    trials: &[Trial],
+    paths: &PathEffects,
+) -> Vec<(Option<usize>, f64)> {
+    let at: HashMap<(usize, usize), usize> = trials[0]
+        .edges
+        .iter()
+        .enumerate()
+        .map(|(i, e)| ((e.from, e.to), i))
+        .collect();
+    paths
+        .pairs
+        .iter()
+        .map(|&(a, b, effect)| {
+            let flat = writes.flat(a.0, a.1).zip(writes.flat(b.0, b.1));
+            (flat.and_then(|f| at.get(&f).copied()), effect)
         })
+        .collect()
+}
+
+fn edge_rows(
+    writes: &HeadWrites,
+    trials: &[Trial],
+    max: usize,
+    paths: Option<&PathEffects>,
+) -> Vec<EdgeRow> {
+    let n = trials.len() as f64;
+    let patched: HashMap<usize, f64> = paths
+        .map(|p| {
+            patched_pairs(writes, trials, p)
+                .into_iter()
+                .filter_map(|(i, e)| Some((i?, e)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let row = |i: usize| {
+        let e = trials[0].edges[i];
+        let ((fl, fh), (tl, th)) = (writes.locate(e.from), writes.locate(e.to));
+        EdgeRow {
+            from_layer: fl as u32,
+            from_head: fh as u32,
+            to_layer: tl as u32,
+            to_head: th as u32,
+            score: trials.iter().map(|t| t.edges[i].unique as f64).sum::<f64>() / n,
+            path_effect: patched.get(&i).copied(),
+        }
+    };
+    let mut rows: Vec<EdgeRow> = (0..trials[0].edges.len())
+        .map(row)
+        .filter(|r| r.score > 0.0 && r.path_effect.is_none())
         .collect();
     rows.sort_by(|a, b| b.score.total_cmp(&a.score));
     rows.truncate(max);
+    rows.extend(patched.keys().map(|&i| row(i)));
+    let key = |r: &EdgeRow| (r.from_layer, r.from_head, r.to_layer, r.to_head);
+    rows.sort_by(|a, b| b.score.total_cmp(&a.score).then(key(a).cmp(&key(b))));
     rows
+}
+
+/// The strongest `n` heads: by |ablation effect| when the sweep ran, else by mean code score.
+fn candidates(writes: &HeadWrites, heads: &[HeadRow], n: usize) -> (Vec<(usize, usize)>, bool) {
+    let by_effect = heads.iter().all(|h| h.ablation_effect.is_some());
+    let strength = |h: &HeadRow| match h.ablation_effect {
+        Some(e) if by_effect => e.abs(),
+        _ => h.code_score,
+    };
+    let mut order: Vec<&HeadRow> = heads.iter().collect();
+    order.sort_by(|a, b| strength(b).total_cmp(&strength(a)));
+    let chosen = order
+        .into_iter()
+        .take(n.min(writes.heads()))
+        .map(|h| (h.layer as usize, h.head as usize))
+        .collect();
+    (chosen, by_effect)
+}
+
+/// How well the pairs' code scores find the pairs path patching says matter, at each cut-off.
+fn path_summary(
+    spec: &CircuitSpec,
+    writes: &HeadWrites,
+    trials: &[Trial],
+    paths: &PathEffects,
+    chosen_by: String,
+    clean: f64,
+) -> PathPatching {
+    let pairs: Vec<(usize, f64)> = patched_pairs(writes, trials, paths)
+        .into_iter()
+        .filter_map(|(i, e)| Some((i?, e)))
+        .collect();
+    let scores = |t: &Trial| -> Vec<f64> {
+        pairs
+            .iter()
+            .map(|&(i, _)| t.edges[i].unique as f64)
+            .collect()
+    };
+    let size: Vec<f64> = pairs.iter().map(|p| p.1.abs()).collect();
+    let agreement = spec
+        .cutoffs
+        .iter()
+        .map(|&share| {
+            let cutoff = share * clean.abs();
+            let truth: Vec<bool> = size.iter().map(|&e| e > cutoff).collect();
+            EdgeAgreement {
+                cutoff,
+                edges: truth.iter().filter(|&&t| t).count(),
+                edge_auc: spread_of(trials.iter().map(|t| auc(&truth, &scores(t))).collect()),
+            }
+        })
+        .collect();
+    PathPatching {
+        chosen_by,
+        candidates: paths
+            .candidates
+            .iter()
+            .map(|&(l, h)| (l as u32, h as u32))
+            .collect(),
+        pairs: pairs.len(),
+        agreement,
+        spearman: spread_of(trials.iter().map(|t| spearman(&scores(t), &size)).collect()),
+        seconds: paths.seconds,
+    }
 }
 
 fn code_rows(writes: &HeadWrites, trials: &[Trial]) -> Vec<CodeRow> {
@@ -322,11 +464,12 @@ fn sweep(
     model: &TextModel,
     task: &Task,
     how: Ablation,
+    layers: &[usize],
     progress: &mut dyn FnMut(Stage),
 ) -> Result<(Vec<f64>, f64)> {
     let start = Instant::now();
     let effects: Vec<HeadEffect> =
-        ablation_sweep(&model.model, task, how, None, &mut |done, of| {
+        ablation_sweep(&model.model, task, how, Some(layers), &mut |done, of| {
             progress(Stage::Sweep { how, done, of })
         })?;
     Ok((
@@ -363,9 +506,10 @@ pub fn run(
             "cut-off {c} is not a positive share"
         )));
     }
+    let layers = scored_layers(&model.model, spec.layers.as_deref())?;
     progress(Stage::Passes);
     let (prompts, [accuracy, logit_diff, corrupted_logit_diff]) = prompt_rows(model, task)?;
-    let writes = head_writes(&model.model, task, spec.config.pool)?;
+    let writes = head_writes(&model.model, task, spec.config.pool, &layers)?;
     let mut trials = Vec::with_capacity(spec.config.seeds);
     for seed in 0..spec.config.seeds {
         trials.push(trial(&writes, &spec.config, seed as u64)?);
@@ -375,13 +519,34 @@ pub fn run(
         });
     }
     let swept = match spec.ground_truth {
-        GroundTruth::Ablation(how) => Some(sweep(model, task, how, progress)?),
+        GroundTruth::Ablation(how) => Some(sweep(model, task, how, &layers, progress)?),
         GroundTruth::Heads { .. } => None,
     };
     let effects = swept.as_ref().map(|s| s.0.as_slice());
     let found = circuits(spec, &writes, effects, logit_diff);
     let in_circuit = found.first().map(|c| c.2.clone());
-    let heads = head_rows(&writes, &trials, effects, in_circuit.as_deref());
+    let mut heads = head_rows(&writes, &trials, effects, in_circuit.as_deref(), None);
+    let paths = if spec.path_candidates > 0 {
+        let (chosen, by_effect) = candidates(&writes, &heads, spec.path_candidates);
+        let paths = path_patch(&model.model, task, &chosen, &mut |done, of| {
+            progress(Stage::Paths { done, of })
+        })?;
+        let chosen_by = match (&spec.ground_truth, by_effect) {
+            (GroundTruth::Ablation(how), true) => format!("|{} effect|", ground_truth_name(*how)),
+            _ => "code score".to_owned(),
+        };
+        heads = head_rows(
+            &writes,
+            &trials,
+            effects,
+            in_circuit.as_deref(),
+            Some(&paths),
+        );
+        let summary = path_summary(spec, &writes, &trials, &paths, chosen_by, logit_diff);
+        Some((paths, summary))
+    } else {
+        None
+    };
     let spearman = effects.and_then(|e| {
         let size: Vec<f64> = e.iter().map(|x| x.abs()).collect();
         spread_of(
@@ -406,8 +571,9 @@ pub fn run(
         task: task.name.clone(),
         model: model_name.to_owned(),
         prompts: task.prompts.len(),
-        layers: writes.heads() / writes.heads_per_layer,
+        layers: model.model.n_layers(),
         heads_per_layer: writes.heads_per_layer,
+        scored_layers: (layers.len() < model.model.n_layers()).then(|| layers.clone()),
         accuracy,
         logit_diff,
         corrupted_logit_diff,
@@ -420,10 +586,16 @@ pub fn run(
         spearman,
         fvu: Spread::of(trials.iter().map(|t| t.fvu).collect()),
         runtimes,
+        path_patching: paths.as_ref().map(|p| p.1.clone()),
     };
     Ok(CircuitResult {
         summary,
-        edges: edge_rows(&writes, &trials, spec.max_edges),
+        edges: edge_rows(
+            &writes,
+            &trials,
+            spec.max_edges,
+            paths.as_ref().map(|p| &p.0),
+        ),
         codes: code_rows(&writes, &trials),
         heads,
         prompts,

@@ -1,5 +1,6 @@
 //! Circuits: the heads a task needs. A layers × heads map of code scores beside one of the
-//! ablation effects, the pairs of heads, and the task's prompts with the model's answers. A
+//! ablation effects, the pairs of heads with their path-patched effects, and the task's
+//! prompts with the model's answers. A
 //! click on a head shows its figures and, when an attention-output dictionary of its layer
 //! exists, opens that head's features in the heads view.
 
@@ -18,14 +19,14 @@ fn head_map(
     cell: &dyn Fn(u32, u32) -> (String, egui::Color32),
 ) -> Option<(u32, u32)> {
     let mut pick = None;
-    let (layers, heads) = (c.summary.layers as u32, c.summary.heads_per_layer as u32);
+    let heads = c.summary.heads_per_layer as u32;
     egui::Grid::new(id).spacing([2.0, 2.0]).show(ui, |ui| {
         ui.label("");
         for h in 0..heads {
             ui.small(format!("H{h}"));
         }
         ui.end_row();
-        for l in 0..layers {
+        for l in c.layers() {
             ui.small(format!("L{l}"));
             for h in 0..heads {
                 let (text, colour) = cell(l, h);
@@ -83,6 +84,19 @@ impl Explorer {
                 "{} ({} heads): node ROC AUC {auc}",
                 a.circuit, a.heads
             ));
+        }
+        if let Some(p) = &s.path_patching {
+            for a in &p.agreement {
+                let auc = a.edge_auc.as_ref().map_or("-".into(), ToString::to_string);
+                ui.label(format!(
+                    "path patching of {} heads (chosen by {}): {} of {} pairs above {:.3}, edge ROC AUC {auc}",
+                    p.candidates.len(),
+                    p.chosen_by,
+                    a.edges,
+                    p.pairs,
+                    a.cutoff
+                ));
+            }
         }
         let t = &s.runtimes;
         ui.label(match t.ablation_sweep {
@@ -151,6 +165,11 @@ impl Explorer {
             if let Some(e) = row.ablation_effect {
                 ui.label(format!("ablation effect {e:+.3}"));
             }
+            if let Some(e) = row.direct_effect {
+                ui.label(format!(
+                    "path-patched effect, own path to the logits {e:+.3}"
+                ));
+            }
             let dict = self.run.as_ref().and_then(|r| {
                 r.dictionaries
                     .iter()
@@ -179,13 +198,19 @@ impl Explorer {
             ui.separator();
         }
         ui.strong("Pairs of heads (codes seen together on prompts only)");
+        // The path-patched pairs first, however they score, then the best of the rest.
+        let patched = c.edges.iter().filter(|e| e.path_effect.is_some());
+        let others = c.edges.iter().filter(|e| e.path_effect.is_none()).take(50);
         egui::ScrollArea::vertical()
             .id_salt("circuit-edges")
             .max_height(160.0)
             .show(ui, |ui| {
-                for e in c.edges.iter().take(50) {
+                for e in patched.chain(others) {
+                    let path = e
+                        .path_effect
+                        .map_or(String::new(), |p| format!(", path-patched {p:+.3}"));
                     ui.label(format!(
-                        "L{}H{} -> L{}H{}  {:.1}",
+                        "L{}H{} -> L{}H{}  {:.1}{path}",
                         e.from_layer, e.from_head, e.to_layer, e.to_head, e.score
                     ));
                 }
