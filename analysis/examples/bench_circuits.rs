@@ -30,10 +30,6 @@ fn cpu() -> String {
         .unwrap_or_default()
 }
 
-fn show(s: &Option<Spread>) -> String {
-    s.as_ref().map_or("-".into(), Spread::to_string)
-}
-
 fn print_summary(s: &CircuitSummary) {
     println!(
         "  vs {}: code ranking {:.1} s (passes {:.1} s + one trial {:.1} s), sweep {:.1} s, {:.1}x; Spearman {}; dictionary FVU {:.2}",
@@ -43,7 +39,7 @@ fn print_summary(s: &CircuitSummary) {
         s.runtimes.trial,
         s.runtimes.ablation_sweep.unwrap_or(f64::NAN),
         s.runtimes.speedup.unwrap_or(f64::NAN),
-        show(&s.spearman),
+        Spread::or_dash(&s.spearman),
         s.fvu.mean
     );
     for a in &s.agreement {
@@ -51,9 +47,9 @@ fn print_summary(s: &CircuitSummary) {
             "    {:<62} {:>3} heads: node AUC {}, normalised {}, edge {}",
             a.circuit,
             a.heads,
-            show(&a.node_auc),
-            show(&a.normalised_auc),
-            show(&a.edge_auc)
+            Spread::or_dash(&a.node_auc),
+            Spread::or_dash(&a.normalised_auc),
+            Spread::or_dash(&a.edge_auc)
         );
     }
     if let Some(p) = &s.path_patching {
@@ -63,14 +59,14 @@ fn print_summary(s: &CircuitSummary) {
             p.chosen_by,
             p.pairs,
             p.seconds,
-            show(&p.spearman)
+            Spread::or_dash(&p.spearman)
         );
         for a in &p.agreement {
             println!(
                 "      |path effect| > {:.3}: {:>2} pairs, edge AUC {}",
                 a.cutoff,
                 a.edges,
-                show(&a.edge_auc)
+                Spread::or_dash(&a.edge_auc)
             );
         }
     }
@@ -148,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .iter()
                 .filter_map(|t| auc(&truth, &t.node_values()))
                 .collect();
-            print!(" {}", show(&Some(Spread::of(aucs))));
+            print!(" {}", Spread::of(aucs));
         }
         println!();
     }

@@ -130,10 +130,6 @@ fn ground_truth(a: &Args, model: &TextModel) -> Result<GroundTruth> {
     })
 }
 
-fn spread(s: &Option<Spread>) -> String {
-    s.as_ref().map_or("-".into(), Spread::to_string)
-}
-
 fn print(result: &CircuitResult, dir: &CircuitDir, top: usize) {
     let s = &result.summary;
     println!(
@@ -164,9 +160,9 @@ fn print(result: &CircuitResult, dir: &CircuitDir, top: usize) {
             "{} ({} heads): node ROC AUC {}, normalised {}, edge {}",
             a.circuit,
             a.heads,
-            spread(&a.node_auc),
-            spread(&a.normalised_auc),
-            spread(&a.edge_auc)
+            Spread::or_dash(&a.node_auc),
+            Spread::or_dash(&a.normalised_auc),
+            Spread::or_dash(&a.edge_auc)
         );
     }
     if let Some(r) = &s.spearman {
@@ -190,7 +186,7 @@ fn print(result: &CircuitResult, dir: &CircuitDir, top: usize) {
                 "  |path effect| > {:.3} ({} pairs): edge ROC AUC {}",
                 a.cutoff,
                 a.edges,
-                spread(&a.edge_auc)
+                Spread::or_dash(&a.edge_auc)
             );
         }
         if let Some(r) = &p.spearman {

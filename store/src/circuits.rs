@@ -139,6 +139,14 @@ impl Spread {
     }
 }
 
+impl Spread {
+    /// `0.700 ± 0.021`, or `-` where there is none (an AUC when the circuit holds every head
+    /// or none).
+    pub fn or_dash(s: &Option<Spread>) -> String {
+        s.as_ref().map_or("-".into(), Spread::to_string)
+    }
+}
+
 /// `0.700 ± 0.021`.
 impl std::fmt::Display for Spread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -307,13 +307,9 @@ fn head_rows(
         .collect()
 }
 
-/// Each path-patched pair's place in the trials' edge lists, with its effect; `None` for a
-/// pair whose heads were not both scored.
-fn patched_pairs(
-    writes: &HeadWrites,
-    trials: &[Trial],
-    paths: &PathEffects,
-) -> Vec<(Option<usize>, f64)> {
+/// Each path-patched pair's place in the trials' edge lists, with its effect. The candidates
+/// are scored heads and their pairs cross layers, so every pair has a place.
+fn patched_pairs(writes: &HeadWrites, trials: &[Trial], paths: &PathEffects) -> Vec<(usize, f64)> {
     let at: HashMap<(usize, usize), usize> = trials[0]
         .edges
         .iter()
@@ -325,26 +321,25 @@ fn patched_pairs(
         .iter()
         .map(|&(a, b, effect)| {
             let flat = writes.flat(a.0, a.1).zip(writes.flat(b.0, b.1));
-            (flat.and_then(|f| at.get(&f).copied()), effect)
+            let at = flat.and_then(|f| at.get(&f).copied());
+            (
+                at.expect("a pair of scored heads in different layers"),
+                effect,
+            )
         })
         .collect()
 }
 
+/// The best-scoring pairs, at most `max`, and every path-patched one (`patched`, from
+/// [`patched_pairs`]).
 fn edge_rows(
     writes: &HeadWrites,
     trials: &[Trial],
     max: usize,
-    paths: Option<&PathEffects>,
+    patched: &[(usize, f64)],
 ) -> Vec<EdgeRow> {
     let n = trials.len() as f64;
-    let patched: HashMap<usize, f64> = paths
-        .map(|p| {
-            patched_pairs(writes, trials, p)
-                .into_iter()
-                .filter_map(|(i, e)| Some((i?, e)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let patched: HashMap<usize, f64> = patched.iter().copied().collect();
     let row = |i: usize| {
         let e = trials[0].edges[i];
         let ((fl, fh), (tl, th)) = (writes.locate(e.from), writes.locate(e.to));
@@ -369,36 +364,37 @@ fn edge_rows(
     rows
 }
 
-/// The strongest `n` heads: by |ablation effect| when the sweep ran, else by mean code score.
-fn candidates(writes: &HeadWrites, heads: &[HeadRow], n: usize) -> (Vec<(usize, usize)>, bool) {
-    let by_effect = heads.iter().all(|h| h.ablation_effect.is_some());
-    let strength = |h: &HeadRow| match h.ablation_effect {
-        Some(e) if by_effect => e.abs(),
-        _ => h.code_score,
-    };
-    let mut order: Vec<&HeadRow> = heads.iter().collect();
-    order.sort_by(|a, b| strength(b).total_cmp(&strength(a)));
-    let chosen = order
-        .into_iter()
-        .take(n.min(writes.heads()))
-        .map(|h| (h.layer as usize, h.head as usize))
-        .collect();
-    (chosen, by_effect)
-}
-
-/// How well the pairs' code scores find the pairs path patching says matter, at each cut-off.
-fn path_summary(
-    spec: &CircuitSpec,
+/// The strongest `n` heads, in (layer, head) order among equals: by |ablation effect| when
+/// the sweep ran, else by mean code score.
+fn candidates(
     writes: &HeadWrites,
     trials: &[Trial],
+    effects: Option<&[f64]>,
+    n: usize,
+) -> Vec<(usize, usize)> {
+    let strength: Vec<f64> = match effects {
+        Some(e) => e.iter().map(|x| x.abs()).collect(),
+        None => mean_over(trials, Trial::node_values),
+    };
+    let mut order: Vec<usize> = (0..writes.heads()).collect();
+    order.sort_by(|&a, &b| strength[b].total_cmp(&strength[a]));
+    order
+        .into_iter()
+        .take(n)
+        .map(|h| writes.locate(h))
+        .collect()
+}
+
+/// How well the pairs' code scores find the pairs path patching says matter, at each cut-off;
+/// `pairs` from [`patched_pairs`].
+fn path_summary(
+    spec: &CircuitSpec,
+    trials: &[Trial],
     paths: &PathEffects,
+    pairs: &[(usize, f64)],
     chosen_by: String,
     clean: f64,
 ) -> PathPatching {
-    let pairs: Vec<(usize, f64)> = patched_pairs(writes, trials, paths)
-        .into_iter()
-        .filter_map(|(i, e)| Some((i?, e)))
-        .collect();
     let scores = |t: &Trial| -> Vec<f64> {
         pairs
             .iter()
@@ -525,28 +521,28 @@ pub fn run(
     let effects = swept.as_ref().map(|s| s.0.as_slice());
     let found = circuits(spec, &writes, effects, logit_diff);
     let in_circuit = found.first().map(|c| c.2.clone());
-    let mut heads = head_rows(&writes, &trials, effects, in_circuit.as_deref(), None);
     let paths = if spec.path_candidates > 0 {
-        let (chosen, by_effect) = candidates(&writes, &heads, spec.path_candidates);
+        let chosen = candidates(&writes, &trials, effects, spec.path_candidates);
         let paths = path_patch(&model.model, task, &chosen, &mut |done, of| {
             progress(Stage::Paths { done, of })
         })?;
-        let chosen_by = match (&spec.ground_truth, by_effect) {
-            (GroundTruth::Ablation(how), true) => format!("|{} effect|", ground_truth_name(*how)),
-            _ => "code score".to_owned(),
+        let chosen_by = match spec.ground_truth {
+            GroundTruth::Ablation(how) => format!("|{} effect|", ground_truth_name(how)),
+            GroundTruth::Heads { .. } => "code score".to_owned(),
         };
-        heads = head_rows(
-            &writes,
-            &trials,
-            effects,
-            in_circuit.as_deref(),
-            Some(&paths),
-        );
-        let summary = path_summary(spec, &writes, &trials, &paths, chosen_by, logit_diff);
-        Some((paths, summary))
+        let pairs = patched_pairs(&writes, &trials, &paths);
+        let summary = path_summary(spec, &trials, &paths, &pairs, chosen_by, logit_diff);
+        Some((paths, pairs, summary))
     } else {
         None
     };
+    let heads = head_rows(
+        &writes,
+        &trials,
+        effects,
+        in_circuit.as_deref(),
+        paths.as_ref().map(|p| &p.0),
+    );
     let spearman = effects.and_then(|e| {
         let size: Vec<f64> = e.iter().map(|x| x.abs()).collect();
         spread_of(
@@ -586,7 +582,7 @@ pub fn run(
         spearman,
         fvu: Spread::of(trials.iter().map(|t| t.fvu).collect()),
         runtimes,
-        path_patching: paths.as_ref().map(|p| p.1.clone()),
+        path_patching: paths.as_ref().map(|p| p.2.clone()),
     };
     Ok(CircuitResult {
         summary,
@@ -594,7 +590,7 @@ pub fn run(
             &writes,
             &trials,
             spec.max_edges,
-            paths.as_ref().map(|p| &p.0),
+            paths.as_ref().map_or(&[][..], |p| &p.1),
         ),
         codes: code_rows(&writes, &trials),
         heads,

@@ -8,6 +8,7 @@ use crate::data::CircuitData;
 use crate::state::{Explorer, View};
 use crate::widgets::{heat, signed_colour};
 use eframe::egui::{self, RichText};
+use saescope_store::circuits::Spread;
 
 /// A heat map over layers × heads: `cell` gives a cell's text and colour; a click selects the
 /// head.
@@ -79,7 +80,7 @@ impl Explorer {
             s.prompts, s.accuracy, s.logit_diff, s.corrupted_logit_diff, s.ground_truth
         ));
         for a in &s.agreement {
-            let auc = a.node_auc.as_ref().map_or("-".into(), ToString::to_string);
+            let auc = Spread::or_dash(&a.node_auc);
             ui.label(format!(
                 "{} ({} heads): node ROC AUC {auc}",
                 a.circuit, a.heads
@@ -87,7 +88,7 @@ impl Explorer {
         }
         if let Some(p) = &s.path_patching {
             for a in &p.agreement {
-                let auc = a.edge_auc.as_ref().map_or("-".into(), ToString::to_string);
+                let auc = Spread::or_dash(&a.edge_auc);
                 ui.label(format!(
                     "path patching of {} heads (chosen by {}): {} of {} pairs above {:.3}, edge ROC AUC {auc}",
                     p.candidates.len(),
