@@ -70,6 +70,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before libtorch allocates anything: its large per-layer tensors are then reused rather
+    // than faulted in afresh (see saescope_kernels::memory).
+    saescope_kernels::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     progress::set_quiet(cli.quiet);

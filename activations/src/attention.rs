@@ -172,9 +172,10 @@ impl RopeScaling {
 /// (GPT-NeoX rotates only a fraction of each head). Interleaved-layout weights (llama.cpp's
 /// Llama GGUF files) are permuted into this layout at load time, so one code path serves all.
 pub struct Rope {
-    /// cos and sin of the angles, [pos, 1, r/2] (or [batch, pos, 1, r/2], see [`Rope::at`]),
-    /// broadcast over batch and heads.
+    /// cos of the angles, repeated for both halves, [pos, 1, r] (or [batch, pos, 1, r], see
+    /// [`Rope::at`]), broadcast over batch and heads.
     cos: Tensor,
+    /// sin of the angles, negated for the first half: [-sin, sin], the same shape.
     sin: Tensor,
     /// r: the rotated dimensions of each head.
     dims: i64,
@@ -195,9 +196,10 @@ impl Rope {
         let inv_freq =
             scaling.apply((Tensor::arange(half, opts) * (-2.0 * base.ln() / dims as f64)).exp());
         let angles = (Tensor::arange(t, opts).unsqueeze(1) * inv_freq.unsqueeze(0)).unsqueeze(1);
+        let (cos, sin) = (angles.cos(), angles.sin());
         Rope {
-            cos: angles.cos().to_kind(kind),
-            sin: angles.sin().to_kind(kind),
+            cos: Tensor::cat(&[&cos, &cos], -1).to_kind(kind),
+            sin: Tensor::cat(&[-&sin, sin], -1).to_kind(kind),
             dims: dims as i64,
         }
     }
@@ -238,18 +240,16 @@ impl Rope {
         }
     }
 
-    /// Rotates x [batch, pos, heads, d_head].
+    /// Rotates x [batch, pos, heads, d_head]: with a and b the halves of the rotated part,
+    /// (a, b) becomes (a cos - b sin, b cos + a sin), computed as x cos + (b, a) [-sin, sin] in
+    /// three kernels (a copy, a product, a fused multiply-add in place).
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let d_head = x.size()[3];
         let half = self.dims / 2;
-        let (a, b) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
-        let turned = Tensor::cat(
-            &[
-                &a * &self.cos - &b * &self.sin,
-                &b * &self.cos + &a * &self.sin,
-            ],
-            -1,
-        );
+        let rotated = x.narrow(-1, 0, self.dims);
+        let swapped = Tensor::cat(&[x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);
+        let mut turned = &rotated * &self.cos;
+        let _ = turned.addcmul_(&swapped, &self.sin);
         if self.dims == d_head {
             turned
         } else {

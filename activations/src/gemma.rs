@@ -594,12 +594,13 @@ impl Gemma {
         };
         let (rope_local, rope_global) = (rope(self.cfg.rope_local), rope(self.cfg.rope_global));
 
-        let mut x = self
-            .embed
-            .index_select(0, &ids.view([-1]).to_device(self.device))
-            .view([b, t, -1])
-            * &self.embed_scale;
-        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
+        let (first, mut x) = hooks.begin(cache.is_some(), || {
+            self.embed
+                .index_select(0, &ids.view([-1]).to_device(self.device))
+                .view([b, t, -1])
+                * &self.embed_scale
+        })?;
+        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1).skip(first) {
             let hp = |kind| HookPoint::new(layer, kind);
             x = hooks.at(hp(HookKind::ResidPre), x);
 

@@ -179,16 +179,18 @@ impl Gpt2 {
         };
         let (h, d) = (self.cfg.n_heads as i64, self.cfg.d_model as i64);
         let dh = d / h;
-        let ids = ids.view([-1]).to_device(self.device);
-        let positions = match &cache {
-            Some(c) => self
-                .wpe
-                .index_select(0, &c.positions().view([-1]))
-                .view([b, t, d]),
-            None => self.wpe.narrow(0, 0, t),
-        };
-        let mut x = (self.wte.index_select(0, &ids).view([b, t, d]) + positions).contiguous();
-        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
+        let (first, mut x) = hooks.begin(cache.is_some(), || {
+            let ids = ids.view([-1]).to_device(self.device);
+            let positions = match &cache {
+                Some(c) => self
+                    .wpe
+                    .index_select(0, &c.positions().view([-1]))
+                    .view([b, t, d]),
+                None => self.wpe.narrow(0, 0, t),
+            };
+            (self.wte.index_select(0, &ids).view([b, t, d]) + positions).contiguous()
+        })?;
+        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1).skip(first) {
             let hp = |kind| HookPoint::new(layer, kind);
             x = hooks.at(hp(HookKind::ResidPre), x);
             let qkv = linear(&blk.ln1.apply(&x, self.cfg.ln_eps), &blk.w_qkv) + &blk.b_qkv;

@@ -237,6 +237,39 @@ pub fn validate(model: &Model, cfg: &HarvestConfig) -> Result<()> {
     Ok(())
 }
 
+/// One batch's rows on their way to the shard writer: its token records, each hook's values
+/// [rows, width] in f32 on the CPU, and the rows the run takes.
+struct Written {
+    records: Vec<TokenRecord>,
+    values: Vec<Tensor>,
+    rows: std::ops::Range<usize>,
+}
+
+/// The shard writer's thread: appends each batch's rows to the run until the harvest stops
+/// sending, and hands the writer back to be finished. Its first error ends it (the harvest sees
+/// the channel close and reports it).
+fn write_batches(
+    mut writer: RunWriter,
+    batches: std::sync::mpsc::Receiver<Written>,
+    dims: &[usize],
+) -> Result<RunWriter> {
+    for b in batches {
+        let values: Vec<Vec<f32>> = b
+            .values
+            .iter()
+            .map(|x| Vec::<f32>::try_from(x.view([-1])))
+            .collect::<std::result::Result<_, _>>()?;
+        let (from, to) = (b.rows.start, b.rows.end);
+        let views: Vec<&[f32]> = values
+            .iter()
+            .zip(dims)
+            .map(|(v, d)| &v[from * d..to * d])
+            .collect();
+        writer.append(&b.records[from..to], &views)?;
+    }
+    Ok(writer)
+}
+
 /// A model with its tokenizer and provenance: what turns text into activations.
 pub struct Harvester<'a> {
     /// The model to run.
@@ -267,7 +300,7 @@ impl Harvester<'_> {
             return Err(HarvestError::EmptyCorpus(corpus.name()));
         };
 
-        let mut writer = if resume {
+        let writer = if resume {
             let w = RunWriter::resume(out)?;
             for ((field, a), (_, b)) in identity(&w.manifest().spec())
                 .into_iter()
@@ -297,74 +330,86 @@ impl Harvester<'_> {
 
         let mut pending = Some(first);
         let mut accepted = start;
-        tch::no_grad(|| -> Result<()> {
-            let mut index = 0u64; // index of the next context
-            'batches: while accepted < limit {
-                let mut batch: Vec<Context> = Vec::with_capacity(cfg.batch_contexts);
-                while batch.len() < cfg.batch_contexts {
-                    let next = match pending.take() {
-                        Some(c) => Some(c),
-                        None => packer.next_context()?,
-                    };
-                    let Some(c) = next else { break };
-                    index += 1;
-                    if index <= first_batch_context {
-                        continue; // before the batch a resumed run restarts in
+        let dims: Vec<usize> = cfg
+            .hooks
+            .iter()
+            .map(|p| model.hook_shape(p.kind).iter().product())
+            .collect();
+        // Shards are encoded, checksummed and written on a thread of their own while the model
+        // computes the next batch; one batch waits at most, so memory stays bounded.
+        let (to_writer, batches) = std::sync::mpsc::sync_channel::<Written>(1);
+        let writer = std::thread::scope(|scope| -> Result<RunWriter> {
+            let thread = scope.spawn(move || write_batches(writer, batches, &dims));
+            let computed = tch::no_grad(|| -> Result<()> {
+                let mut index = 0u64; // index of the next context
+                while accepted < limit {
+                    let mut batch: Vec<Context> = Vec::with_capacity(cfg.batch_contexts);
+                    while batch.len() < cfg.batch_contexts {
+                        let next = match pending.take() {
+                            Some(c) => Some(c),
+                            None => packer.next_context()?,
+                        };
+                        let Some(c) = next else { break };
+                        index += 1;
+                        if index <= first_batch_context {
+                            continue; // before the batch a resumed run restarts in
+                        }
+                        // Contexts in one forward pass must have one length; only the corpus's last is short.
+                        if batch.first().is_some_and(|f| f.ids.len() != c.ids.len()) {
+                            pending = Some(c);
+                            index -= 1;
+                            break;
+                        }
+                        batch.push(c);
                     }
-                    // Contexts in one forward pass must have one length; only the corpus's last is short.
-                    if batch.first().is_some_and(|f| f.ids.len() != c.ids.len()) {
-                        pending = Some(c);
-                        index -= 1;
+                    if batch.is_empty() {
                         break;
                     }
-                    batch.push(c);
-                }
-                if batch.is_empty() {
-                    break 'batches;
-                }
-                let t = batch[0].ids.len() as i64;
-                let ids: Vec<i64> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
-                let input = Tensor::from_slice(&ids).view([batch.len() as i64, t]);
-                let mut hooks = cfg.hooks.iter().fold(Hooks::new(), |h, &p| h.capture(p));
-                model.forward(&input, &mut hooks, false)?;
-                let rows = batch.len() * t as usize;
-                let values: Vec<Vec<f32>> = cfg
-                    .hooks
-                    .iter()
-                    .map(|&p| {
-                        let x = hooks.take(p).expect("captured");
-                        let x = x
-                            .to_kind(Kind::Float)
-                            .to_device(tch::Device::Cpu)
-                            .contiguous()
-                            .view([rows as i64, -1]);
-                        Vec::<f32>::try_from(x.view([-1])).map_err(HarvestError::from)
-                    })
-                    .collect::<Result<_>>()?;
-                let records: Vec<TokenRecord> = batch
-                    .iter()
-                    .flat_map(|c| c.records.iter().copied())
-                    .collect();
-                // Rows this run already has; a resume can skip past a whole batch (the corpus's
-                // short last context runs as a batch of its own).
-                let from = (skip as usize).min(rows);
-                skip -= from as u64;
-                let to = rows.min(from + (limit - accepted) as usize);
-                if from < to {
-                    let views: Vec<&[f32]> = values
+                    let t = batch[0].ids.len() as i64;
+                    let ids: Vec<i64> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
+                    let input = Tensor::from_slice(&ids).view([batch.len() as i64, t]);
+                    let mut hooks = cfg.hooks.iter().fold(Hooks::new(), |h, &p| h.capture(p));
+                    model.forward(&input, &mut hooks, false)?;
+                    let rows = batch.len() * t as usize;
+                    let values: Vec<Tensor> = cfg
+                        .hooks
                         .iter()
-                        .zip(&cfg.hooks)
-                        .map(|(v, p)| {
-                            let d: usize = model.hook_shape(p.kind).iter().product();
-                            &v[from * d..to * d]
+                        .map(|&p| {
+                            let x = hooks.take(p).expect("captured");
+                            x.to_kind(Kind::Float)
+                                .to_device(tch::Device::Cpu)
+                                .contiguous()
+                                .view([rows as i64, -1])
                         })
                         .collect();
-                    writer.append(&records[from..to], &views)?;
-                    accepted += (to - from) as u64;
+                    // Rows this run already has; a resume can skip past a whole batch (the corpus's
+                    // short last context runs as a batch of its own).
+                    let from = (skip as usize).min(rows);
+                    skip -= from as u64;
+                    let to = rows.min(from + (limit - accepted) as usize);
+                    if from < to {
+                        let records: Vec<TokenRecord> = batch
+                            .iter()
+                            .flat_map(|c| c.records.iter().copied())
+                            .collect();
+                        let written = Written {
+                            records,
+                            values,
+                            rows: from..to,
+                        };
+                        if to_writer.send(written).is_err() {
+                            break; // the writer failed: its error is reported below
+                        }
+                        accepted += (to - from) as u64;
+                    }
+                    progress(accepted);
                 }
-                progress(accepted);
-            }
-            Ok(())
+                Ok(())
+            });
+            drop(to_writer);
+            let written = thread.join().expect("the shard writer panicked");
+            computed?;
+            written
         })?;
         let documents = packer.next_doc;
         let replaced = packer.replaced;

@@ -204,6 +204,8 @@ pub struct Hooks {
     captured_patterns: BTreeMap<usize, Tensor>,
     /// The value vectors of those layers, per query head [batch, heads, key, d_head].
     captured_values: BTreeMap<usize, Tensor>,
+    /// Where the pass begins instead of the embedding: a block and the residual stream entering it.
+    start: Option<(usize, Tensor)>,
 }
 
 impl Hooks {
@@ -222,6 +224,32 @@ impl Hooks {
     pub fn intervene(mut self, point: HookPoint, what: Intervention) -> Self {
         self.interventions.insert(point, what);
         self
+    }
+
+    /// Begin the pass at block `layer` from `resid_pre` [batch, pos, d_model], the residual
+    /// stream entering it (its value at `blocks.{layer}.hook_resid_pre` in an earlier pass over
+    /// the same ids), instead of embedding the ids and running the blocks before it. A pass
+    /// that changes only hooks at or after `layer` then costs the layers it changes, and gives
+    /// what the whole pass gives. Not for generation steps, whose KV cache needs every layer.
+    pub fn start_at(mut self, layer: usize, resid_pre: Tensor) -> Self {
+        self.start = Some((layer, resid_pre));
+        self
+    }
+
+    /// The first block to run and the residual stream entering it: the start set by
+    /// [`Hooks::start_at`], else block 0 and `embed()`. A start cannot serve a cached pass.
+    pub(crate) fn begin(
+        &mut self,
+        cached: bool,
+        embed: impl FnOnce() -> Tensor,
+    ) -> Result<(usize, Tensor), ModelError> {
+        match self.start.take() {
+            None => Ok((0, embed())),
+            Some(_) if cached => Err(ModelError::Config(
+                "a pass that starts at a layer cannot run against a KV cache".into(),
+            )),
+            Some(start) => Ok(start),
+        }
     }
 
     /// Also capture layer `layer`'s attention pattern and value vectors.
@@ -313,6 +341,14 @@ impl Hooks {
             });
         }
         let (b, t) = ids.size2()?;
+        if let Some((layer, x)) = &self.start {
+            let size = x.size();
+            if *layer >= n_layers || size.len() != 3 || size[..2] != [b, t] {
+                return Err(ModelError::Config(format!(
+                    "a pass over {b} x {t} ids cannot start at block {layer} from a residual stream of shape {size:?} (the model has {n_layers} blocks)"
+                )));
+            }
+        }
         if t as usize > ctx_len {
             return Err(ModelError::TooLong {
                 len: t as usize,

@@ -424,12 +424,19 @@ impl Llama {
         }
     }
 
-    /// RMSNorm over the last dimension, computed in f32 whatever the model's dtype (as
-    /// transformers does for bf16).
+    /// RMSNorm over the last dimension, computed in f32 whatever the model's dtype and rounded
+    /// to it before the gain (as transformers does for bf16), by libtorch's own kernel. `w` is
+    /// the gain [d], or one per head [heads, d_head] for Qwen3's QK norm.
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        (xf * (var + self.cfg.rms_eps).rsqrt()).to_kind(self.kind) * w
+        let d = *x.size().last().expect("a tensor with dimensions");
+        let eps = self.cfg.rms_eps;
+        match (self.kind, w.dim()) {
+            (Kind::Float, 1) => x.rms_norm([d], Some(w), eps),
+            _ => {
+                let normed = x.to_kind(Kind::Float).rms_norm([d], None::<Tensor>, eps);
+                normed.to_kind(self.kind) * w
+            }
+        }
     }
 
     /// Runs the model on token ids [batch, pos] under the given hooks. Returns the logits
@@ -470,11 +477,12 @@ impl Llama {
             self.kind,
         );
 
-        let mut x = self
-            .embed
-            .index_select(0, &ids.view([-1]).to_device(self.device))
-            .view([b, t, -1]);
-        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
+        let (first, mut x) = hooks.begin(cache.is_some(), || {
+            self.embed
+                .index_select(0, &ids.view([-1]).to_device(self.device))
+                .view([b, t, -1])
+        })?;
+        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1).skip(first) {
             let hp = |kind| HookPoint::new(layer, kind);
             x = hooks.at(hp(HookKind::ResidPre), x);
 

@@ -400,11 +400,12 @@ impl Neox {
             self.device,
             self.kind,
         );
-        let mut x = self
-            .embed
-            .index_select(0, &ids.view([-1]).to_device(self.device))
-            .view([b, t, d]);
-        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1) {
+        let (first, mut x) = hooks.begin(cache.is_some(), || {
+            self.embed
+                .index_select(0, &ids.view([-1]).to_device(self.device))
+                .view([b, t, d])
+        })?;
+        for (layer, blk) in self.blocks.iter().enumerate().take(last + 1).skip(first) {
             let hp = |kind| HookPoint::new(layer, kind);
             x = hooks.at(hp(HookKind::ResidPre), x);
 

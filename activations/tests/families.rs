@@ -17,7 +17,7 @@
 use saescope_activations::attention::RopeScaling;
 use saescope_activations::gemma::{Gemma, RopeSpec};
 use saescope_activations::gguf::Gguf;
-use saescope_activations::hooks::{HookKind, HookPoint, Hooks};
+use saescope_activations::hooks::{HookKind, HookPoint, Hooks, Intervention};
 use saescope_activations::llama::Llama;
 use saescope_activations::model::Model;
 use std::path::Path;
@@ -433,5 +433,62 @@ fn analysis_matrices_have_the_expected_shapes() {
             m.to_residual(HookPoint::new(0, HookKind::ResidPost))
                 .is_none()
         );
+    }
+}
+
+/// A pass started at block l from the residual stream entering it (what `eval` does for its
+/// spliced and ablated runs) gives the logits of the whole pass, with a change at or after l
+/// applied the same way, in every family; a start the pass cannot take is refused.
+#[test]
+fn a_pass_started_at_a_layer_equals_the_whole_pass() {
+    for name in ["llama", "gpt2", "gemma2", "gemma3", "neox", "qwen3"] {
+        let m = Model::load(&fixture(name), Device::Cpu, Kind::Float)
+            .unwrap()
+            .model;
+        let ids: Vec<Vec<i64>> = serde_json::from_value(reference(name)["ids"].clone()).unwrap();
+        let input = Tensor::from_slice(&ids.concat()).view([ids.len() as i64, -1]);
+        let n = m.n_layers();
+        for layer in 0..n {
+            let entry = HookPoint::new(layer, HookKind::ResidPre);
+            let change = HookPoint::new(layer, HookKind::MlpOut);
+            let push = || {
+                let d = m.hook_shape(HookKind::MlpOut)[0] as i64;
+                Intervention::Add(Tensor::linspace(-0.5, 0.5, d, (Kind::Float, Device::Cpu)))
+            };
+            let mut whole = Hooks::new().capture(entry).intervene(change, push());
+            let want = m.forward(&input, &mut whole, true).unwrap().unwrap();
+            let resid = whole.take(entry).unwrap();
+            let mut started = Hooks::new()
+                .start_at(layer, resid.shallow_clone())
+                .intervene(change, push());
+            let got = m.forward(&input, &mut started, true).unwrap().unwrap();
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err <= 1e-6, "{name}, started at block {layer}: {err}");
+            let moved = (&want - m.forward(&input, &mut Hooks::new(), true).unwrap().unwrap())
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(
+                moved > 1e-3,
+                "{name} {layer}: the change must matter ({moved})"
+            );
+        }
+        let resid = {
+            let mut h = Hooks::new().capture(HookPoint::new(0, HookKind::ResidPre));
+            m.forward(&input, &mut h, false).unwrap();
+            h.take(HookPoint::new(0, HookKind::ResidPre)).unwrap()
+        };
+        let refuse = |layer: usize, x: Tensor| match m.forward(
+            &input,
+            &mut Hooks::new().start_at(layer, x),
+            true,
+        ) {
+            Ok(_) => panic!("{name}: a start at {layer} was taken"),
+            Err(e) => e.to_string(),
+        };
+        let e = refuse(n, resid.shallow_clone());
+        assert!(e.contains(&format!("block {n}")), "{e}");
+        let e = refuse(0, Tensor::cat(&[&resid, &resid], 0));
+        assert!(e.contains("cannot start at block 0"), "{e}");
     }
 }

@@ -18,17 +18,8 @@ use saescope_stats::metrics::auc;
 use saescope_store::circuits::{CircuitSummary, Spread};
 use tch::Device;
 
-fn cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_default()
-}
+mod machine;
+use machine::cpu;
 
 fn print_summary(s: &CircuitSummary) {
     println!(

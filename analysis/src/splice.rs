@@ -6,6 +6,11 @@
 //! Excluded positions (each context's BOS by default) keep their clean value in both the spliced
 //! and the ablated run, and are left out of the reconstruction metrics; a dictionary that returns
 //! zeros is then exactly the ablation, and one that returns its input exactly the clean model.
+//!
+//! Nothing before the hook's block differs between the three runs, so the spliced and ablated
+//! runs start at that block from the clean run's residual stream entering it
+//! ([`Hooks::start_at`]): they cost the layers from the hook on and the unembedding, and give what
+//! whole passes give.
 
 use saescope_activations::ModelError;
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks, Intervention};
@@ -99,9 +104,14 @@ pub fn splice_batch(
     let _guard = tch::no_grad_guard();
     let point = opts.point;
     let (b, t) = ids.size2().expect("[contexts, positions]");
-    let mut hooks = Hooks::new().capture(point);
-    let clean = logits(model, ids, &mut hooks)?;
+    let entry = HookPoint::new(point.layer, HookKind::ResidPre);
+    let mut hooks = Hooks::new().capture(point).capture(entry);
+    let clean = log_probs(model, ids, &mut hooks)?;
     let x = hooks.take(point).expect("captured");
+    let resid_pre = match hooks.take(entry) {
+        Some(r) => r,
+        None => x.shallow_clone(), // the hook is the block's entry itself
+    };
     let (shape, model_kind) = (x.size(), x.kind());
     let width = x.numel() as i64 / (b * t);
     let flat = x.to_kind(Kind::Float).reshape([b * t, width]);
@@ -134,13 +144,6 @@ pub fn splice_batch(
     };
     let ablated_value = with_rows(&zeros);
 
-    let run = |value: Tensor| -> Result<Tensor, ModelError> {
-        let mut h = Hooks::new().intervene(point, Intervention::Replace(value));
-        logits(model, ids, &mut h)
-    };
-    let spliced = run(spliced_value)?;
-    let ablated = run(ablated_value)?;
-
     let targets = ids.narrow(1, 1, t - 1).to_device(device);
     let ce = |logp: &Tensor| -> f64 {
         -logp
@@ -149,16 +152,22 @@ pub fn splice_batch(
             .sum(Kind::Double)
             .double_value(&[])
     };
-    let kl = |clean: &Tensor, other: &Tensor| -> f64 {
-        (clean.exp() * (clean - other))
+    let p_clean = clean.exp();
+    let kl = |other: &Tensor| -> f64 {
+        (&p_clean * (&clean - other))
             .sum(Kind::Double)
             .double_value(&[])
     };
     acc.ce[0] += ce(&clean);
-    acc.ce[1] += ce(&spliced);
-    acc.ce[2] += ce(&ablated);
-    acc.kl[0] += kl(&clean, &spliced);
-    acc.kl[1] += kl(&clean, &ablated);
+    // One changed run's log-probabilities at a time: each is [B, T, vocab] in f32.
+    for (value, i) in [(spliced_value, 0), (ablated_value, 1)] {
+        let mut h = Hooks::new()
+            .start_at(point.layer, resid_pre.shallow_clone())
+            .intervene(point, Intervention::Replace(value));
+        let logp = log_probs(model, ids, &mut h)?;
+        acc.ce[1 + i] += ce(&logp);
+        acc.kl[i] += kl(&logp);
+    }
     acc.predictions += (b * (t - 1)) as u64;
     acc.positions += (b * t) as u64;
     acc.contexts += b as u64;
@@ -166,7 +175,7 @@ pub fn splice_batch(
 }
 
 /// Log-probabilities [B, T, vocab] in f32.
-fn logits(model: &Model, ids: &Tensor, hooks: &mut Hooks) -> Result<Tensor, ModelError> {
+fn log_probs(model: &Model, ids: &Tensor, hooks: &mut Hooks) -> Result<Tensor, ModelError> {
     let out = model
         .forward(ids, hooks, true)?
         .expect("logits were asked for");

@@ -1,7 +1,8 @@
 //! Splicing on the bundled model: a dictionary that returns its input recovers the clean loss
-//! exactly, one that returns zeros is exactly the ablation.
+//! exactly, one that returns zeros is exactly the ablation, and the figures equal three whole
+//! forward passes computed by hand.
 
-use saescope_activations::hooks::HookPoint;
+use saescope_activations::hooks::{HookPoint, Hooks, Intervention};
 use saescope_analysis::splice::{SpliceAccumulator, SpliceOptions, splice_batch};
 use saescope_sae::dictionary::Dictionary;
 use saescope_sae::sparse::SparseCodes;
@@ -32,6 +33,102 @@ impl Dictionary for Identity {
     }
     fn atoms(&self) -> Tensor {
         Tensor::eye(self.1 as i64, (Kind::Float, Device::Cpu))
+    }
+}
+
+/// Reconstruction = half the input: a dictionary that is neither exact nor empty.
+struct Halved(usize);
+
+impl Dictionary for Halved {
+    fn d_in(&self) -> usize {
+        self.0
+    }
+    fn n_latents(&self) -> usize {
+        self.0
+    }
+    fn encode(&self, x: &Tensor) -> SparseCodes {
+        SparseCodes::from_dense(&(x * 0.5))
+    }
+    fn decode(&self, codes: &SparseCodes) -> Tensor {
+        codes.to_dense()
+    }
+    fn atoms(&self) -> Tensor {
+        Tensor::eye(self.0 as i64, (Kind::Float, Device::Cpu))
+    }
+}
+
+/// The spliced and ablated runs start at the hook's block from the clean residual stream; the
+/// figures must be those of three whole passes, each from the embedding, with the hook's value
+/// replaced (BOS kept clean) and the losses and KL computed here in f64.
+#[test]
+fn splicing_equals_three_whole_passes() {
+    let (m, ids) = model_and_ids();
+    let (b, t) = ids.size2().unwrap();
+    for hook in [
+        "blocks.14.hook_resid_post",
+        "blocks.20.hook_resid_pre",
+        "blocks.15.attn.hook_z",
+        "blocks.0.hook_resid_pre",
+    ] {
+        let point: HookPoint = hook.parse().unwrap();
+        let width = m.hook_shape(point.kind).iter().product::<usize>();
+        let opts = SpliceOptions {
+            point,
+            exclude_bos: true,
+            head: None,
+        };
+        let mut acc = SpliceAccumulator::new(width, width);
+        splice_batch(&m, &Halved(width), &ids, &opts, &mut acc).unwrap();
+        let r = acc.finish(&opts);
+
+        let pass = |scale: Option<f64>| {
+            let mut h = Hooks::new().capture(point);
+            let clean = m.forward(&ids, &mut h, true).unwrap().unwrap();
+            let Some(scale) = scale else { return clean };
+            let x = h.take(point).unwrap();
+            let value = &x * scale;
+            value.narrow(1, 0, 1).copy_(&x.narrow(1, 0, 1)); // BOS stays clean
+            let mut h = Hooks::new().intervene(point, Intervention::Replace(value));
+            m.forward(&ids, &mut h, true).unwrap().unwrap()
+        };
+        let logp = |scale| {
+            pass(scale)
+                .to_kind(Kind::Double)
+                .log_softmax(-1, Kind::Double)
+        };
+        let (clean, spliced, ablated) = (logp(None), logp(Some(0.5)), logp(Some(0.0)));
+        let targets = ids.narrow(1, 1, t - 1).unsqueeze(2);
+        let ce = |lp: &Tensor| {
+            -lp.narrow(1, 0, t - 1)
+                .gather(2, &targets, false)
+                .mean(Kind::Double)
+                .double_value(&[])
+        };
+        let kl = |lp: &Tensor| {
+            (clean.exp() * (&clean - lp))
+                .sum(Kind::Double)
+                .double_value(&[])
+                / (b * t) as f64
+        };
+        let close = |got: f64, want: f64, what: &str| {
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{hook} {what}: splice {got}, whole passes {want}"
+            );
+        };
+        close(r.ce_clean, ce(&clean), "clean CE");
+        close(r.ce_spliced, ce(&spliced), "spliced CE");
+        close(r.ce_ablated, ce(&ablated), "ablated CE");
+        close(r.kl_spliced, kl(&spliced), "spliced KL");
+        close(r.kl_ablated, kl(&ablated), "ablated KL");
+        assert!(
+            r.kl_spliced > 1e-3 && r.kl_ablated > r.kl_spliced,
+            "{hook}: the splice must change the model: {r:?}"
+        );
+        eprintln!(
+            "{hook}: CE clean {:.5} spliced {:.5} ablated {:.5}, KL {:.5} / {:.5}",
+            r.ce_clean, r.ce_spliced, r.ce_ablated, r.kl_spliced, r.kl_ablated
+        );
     }
 }
 

@@ -16,8 +16,8 @@
 //! to nearest-even, as libtorch rounds. Results match libtorch's to float rounding, not bit for
 //! bit (libtorch itself differs from one GEMM shape to another).
 
+use crate::pool::{has_fma, helpers, threads};
 use half::bf16;
-use std::sync::{Arc, Mutex};
 use tch::{Device, Kind, Tensor};
 
 /// x [..., in] times w [out, in] transposed: [..., out].
@@ -197,46 +197,6 @@ fn dot_lanes<W: Weight, const FUSED: bool>(w: &[W], x: &[f32]) -> f32 {
     }
     let tail: f32 = wt.iter().zip(xt).map(|(w, x)| w.f32() * x).sum();
     acc.iter().sum::<f32>() + tail
-}
-
-fn has_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The threads libtorch is allowed (`tch::set_num_threads`): the kernel uses as many.
-fn threads() -> usize {
-    tch::get_num_threads().max(1) as usize
-}
-
-/// A pool of `threads - 1` threads to work beside the calling one (none for one thread),
-/// rebuilt if libtorch's thread count changes.
-fn helpers(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
-    static POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
-    if threads < 2 {
-        return None;
-    }
-    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    match guard.as_ref() {
-        Some((n, p)) if *n == threads => Some(p.clone()),
-        _ => {
-            let p = Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads - 1)
-                    .thread_name(|i| format!("saescope-linear-{i}"))
-                    .build()
-                    .expect("a thread pool starts"),
-            );
-            *guard = Some((threads, p.clone()));
-            Some(p)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -39,14 +39,18 @@ fn main() {
         Some(other) => panic!("device `{other}`: expected cpu, or cuda on a CUDA build with a GPU"),
     };
     let json_file = args.get(3);
+    // As the `saescope` binary does: freed tensors are reused, not faulted in afresh.
+    saescope_kernels::keep_freed_memory();
     let _g = tch::no_grad_guard();
     let (b, d, n, k) = (4096i64, 576i64, 16384i64, 32usize);
     let o = (Kind::Float, device);
     tch::manual_seed(0);
     let x = Tensor::randn([b, d], o);
     let w = Tensor::randn([n, d], o) / (d as f64).sqrt();
+    // Into a buffer made once: the product alone, not the allocation of its 268 MB result.
+    let out = Tensor::empty([b, n], o);
     let floor = time(steps, device, || {
-        let _ = x.matmul(&w.tr());
+        let _ = x.matmul_out(&out, &w.tr());
     });
     println!(
         "training-step benchmark: d={d}, latents={n}, k={k}, batch={b}, {device:?}, {} CPU threads, {steps} steps each",

@@ -1,6 +1,7 @@
 //! Adam with bias correction, over tensors the learner owns (the learners compute their own
 //! gradients, so there is no autograd graph to hang an optimizer on).
 
+use saescope_kernels::{AdamScalars, adam_step_};
 use tch::{Kind, Tensor};
 
 /// Adam's state for a fixed list of parameters, in the order `new` was given them.
@@ -38,8 +39,20 @@ impl Adam {
         self.t += 1;
         let bc1 = 1.0 - self.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        let scalars = AdamScalars {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            lr,
+            bc1,
+            bc2,
+        };
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
             let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            // One pass over memory on the CPU; the same operations as tensor kernels elsewhere.
+            if adam_step_(p, g, m, v, scalars) {
+                continue;
+            }
             let _ = m.g_mul_scalar_(self.beta1);
             let _ = m.g_add_(&(g * (1.0 - self.beta1)));
             let _ = v.g_mul_scalar_(self.beta2);

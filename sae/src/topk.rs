@@ -11,7 +11,7 @@
 //! every gradient of the decoder, and the encoder's backward go through [`SparseCodes`].
 
 use crate::sparse::{SparseCodes, row_starts};
-use saescope_kernels::affine;
+use saescope_kernels::{affine, row_topk};
 use tch::{Kind, Tensor};
 
 /// Which selection rule.
@@ -132,7 +132,7 @@ impl TopKSae {
         let n = self.n_latents();
         match self.selection {
             Selection::TopK => {
-                let (val, idx) = pre.topk(self.k as i64, 1, true, false);
+                let (val, idx) = largest_per_row(pre, self.k);
                 SparseCodes::from_topk(&idx, &val, n)
             }
             Selection::BatchTopK => {
@@ -167,7 +167,7 @@ impl TopKSae {
                 SparseCodes::from_dense(&kept)
             }
             None => {
-                let (val, idx) = pre.topk(self.k as i64, 1, true, false);
+                let (val, idx) = largest_per_row(&pre, self.k);
                 SparseCodes::from_topk(&idx, &val, self.n_latents())
             }
         };
@@ -219,7 +219,7 @@ impl TopKSae {
             let k_aux = aux.k_aux.min(n_dead);
             if k_aux > 0 {
                 let masked = pre.masked_fill(&dead.logical_not(), f64::NEG_INFINITY);
-                let (val, idx) = masked.topk(k_aux as i64, 1, true, false);
+                let (val, idx) = largest_per_row(&masked, k_aux);
                 let val = val.clamp_min(0.0);
                 let aux_codes =
                     self.exact_values(SparseCodes::from_topk(&idx, &val, self.n_latents()), &xc);
@@ -251,6 +251,12 @@ impl TopKSae {
             min_selected,
         }
     }
+}
+
+/// Values and columns of each row's k largest entries: saescope's own one-pass kernel on the
+/// CPU (the leftmost kept among ties), libtorch's topk elsewhere.
+fn largest_per_row(pre: &Tensor, k: usize) -> (Tensor, Tensor) {
+    row_topk(pre, k).unwrap_or_else(|| pre.topk(k as i64, 1, true, false))
 }
 
 /// Σ_b ‖x_b − mean(x)‖²: the batch's total variance about its mean (FVU's denominator).
