@@ -348,6 +348,26 @@ impl Hooks {
                     "a pass over {b} x {t} ids cannot start at block {layer} from a residual stream of shape {size:?} (the model has {n_layers} blocks)"
                 )));
             }
+            // A hook in a block the pass skips would silently do nothing.
+            let early = self.points().map(|p| p.to_string()).chain(
+                self.patterns
+                    .iter()
+                    .map(|l| format!("the attention pattern of block {l}")),
+            );
+            let early_layers = self
+                .points()
+                .map(|p| p.layer)
+                .chain(self.patterns.iter().copied());
+            if let Some((what, _)) = early.zip(early_layers).find(|(_, l)| l < layer) {
+                return Err(ModelError::Config(format!(
+                    "{what} comes before block {layer}, where this pass starts"
+                )));
+            }
+            if !logits && self.last_layer().is_none_or(|l| l < *layer) {
+                return Err(ModelError::Config(format!(
+                    "a pass that starts at block {layer} has no hook at or after it and no logits to compute"
+                )));
+            }
         }
         if t as usize > ctx_len {
             return Err(ModelError::TooLong {

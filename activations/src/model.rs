@@ -231,6 +231,15 @@ impl Model {
     /// Opens a GGUF file, or a Hugging Face checkpoint directory (`config.json` + safetensors),
     /// with its weights in `kind` on `device`.
     pub fn load(path: &Path, device: Device, kind: Kind) -> Result<LoadedModel> {
+        let model = Self::load_from(path, device, kind);
+        // The checkpoint's bytes were read whole and are free now: under
+        // `keep_freed_memory` they would stay with the process (a whole checkpoint of host
+        // memory for the life of a GPU run), so they go back to the system here.
+        saescope_kernels::release_freed_memory();
+        model
+    }
+
+    fn load_from(path: &Path, device: Device, kind: Kind) -> Result<LoadedModel> {
         refuse_pickled(path)?;
         if path.is_dir() {
             return Self::load_hf(path, device, kind);

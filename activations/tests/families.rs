@@ -490,5 +490,15 @@ fn a_pass_started_at_a_layer_equals_the_whole_pass() {
         assert!(e.contains(&format!("block {n}")), "{e}");
         let e = refuse(0, Tensor::cat(&[&resid, &resid], 0));
         assert!(e.contains("cannot start at block 0"), "{e}");
+        // A hook before the start, or nothing to run from it, is refused rather than skipped.
+        let early = HookPoint::new(0, HookKind::ResidPost);
+        let mut h = Hooks::new()
+            .capture(early)
+            .start_at(1, resid.shallow_clone());
+        let e = m.forward(&input, &mut h, false).unwrap_err().to_string();
+        assert!(e.contains("before block 1"), "{name}: {e}");
+        let mut h = Hooks::new().start_at(1, resid.shallow_clone());
+        let e = m.forward(&input, &mut h, false).unwrap_err().to_string();
+        assert!(e.contains("no hook at or after it"), "{name}: {e}");
     }
 }

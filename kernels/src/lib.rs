@@ -2,19 +2,26 @@
 //!
 //! This crate owns [`linear`] and [`affine`]: x Wᵀ (+ b) with a path of its own for the few-row products of
 //! decoding and of encoding a token or two with a dictionary, [`adam_step_`] (Adam's update in
-//! one pass over memory), [`row_topk`] (each row's k largest entries, for TopK training), and [`keep_freed_memory`], the
+//! one pass over memory), [`row_topk`] (each row's k largest entries, for TopK training), [`batch_topk`] (a whole
+//! batch's largest, for BatchTopK), [`pursue`] and [`pursue_backward`] (MP-SAE's matching pursuit), and [`keep_freed_memory`], the
 //! allocator setting under which libtorch's large short-lived tensors stop costing page faults.
 //! It sits below every crate that runs tensors and knows nothing of models, dictionaries or
 //! files; anything libtorch already does well stays with libtorch.
 
 pub mod adam;
+pub mod batch_topk;
 pub mod linear;
 pub mod memory;
 mod pool;
+pub mod pursuit;
+mod scan;
 pub mod topk;
+mod view;
 
-pub use memory::keep_freed_memory;
+pub use memory::{keep_freed_memory, release_freed_memory};
 
 pub use adam::{AdamScalars, adam_step_};
+pub use batch_topk::{Selected, batch_topk};
 pub use linear::{affine, linear};
+pub use pursuit::{Pursued, pursue, pursue_backward};
 pub use topk::row_topk;

@@ -9,7 +9,9 @@
 //! kernel clearing pages, and a harvest 15–20%. Kept in the heap, the blocks are reused as they
 //! are (`eval` still spends about a fifth of its time there, which is left to find). The cost is
 //! that the process keeps its peak heap until it exits (28% more resident
-//! memory for `eval`'s defaults), which suits batch jobs that run at one size throughout.
+//! memory for `eval`'s defaults), which suits batch jobs that run at one size throughout; a
+//! one-off buffer, such as a checkpoint read whole, is given back with
+//! [`release_freed_memory`].
 
 /// Makes glibc keep freed memory for reuse: no block is served by its own `mmap`, and the heap
 /// is never trimmed. Call it first thing in a process, before libtorch allocates. Elsewhere
@@ -19,14 +21,28 @@ pub fn keep_freed_memory() -> bool {
     {
         // SAFETY: mallopt only changes the allocator's parameters; glibc documents both
         // settings as valid at any time, and a block already mmapped is still unmapped on free.
-        // With mmap disallowed, glibc still falls back to it when the heap cannot grow.
+        // With mmap disallowed, glibc still falls back to it when the heap cannot grow. A trim
+        // threshold of −1 turns trimming off (the largest positive one, 2 GB, still let an
+        // MP-SAE step's 2 GB of temporaries go back and be faulted in again each step).
         unsafe {
             libc::mallopt(libc::M_MMAP_MAX, 0) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
         false
+    }
+}
+
+/// Hands the allocator's free memory back to the system (glibc's `malloc_trim`, which also
+/// releases free pages inside the heap). For after a large one-off buffer, such as a checkpoint
+/// read whole, that [`keep_freed_memory`] would otherwise keep. Elsewhere than Linux with glibc
+/// it does nothing.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

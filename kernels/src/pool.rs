@@ -63,3 +63,15 @@ pub(crate) fn has_fma() -> bool {
         false
     }
 }
+
+/// Whether this CPU has AVX-512F.
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

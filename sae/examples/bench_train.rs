@@ -2,7 +2,11 @@
 //! gradient learner at d = 576, 16,384 latents, k = 32, batch 4,096, next to one dense matmul of
 //! the encoder's shape ([4096, 576] x [576, 16384]), the floor every step must pay once.
 //!   cargo run --release -p saescope-sae --example bench_train [-- STEPS [cpu|cuda] [JSON_FILE]]
-//! With JSON_FILE, the rows are also written there (scripts/gpu-run collects them).
+//! With JSON_FILE, the rows are also written there (scripts/gpu-run collects them). With
+//! SAESCOPE_BENCH_PYTHON naming a Python that has torch, `eai-sparsify` and `sae-lens`
+//! (scripts/bench-train installs one), the same steps of sparsify and SAELens run afterwards at
+//! the same shapes and threads (sae/reference/bench_train.py), and each is printed against its
+//! own torch's matmul and against saescope's learner.
 
 use saescope_sae::adam::Adam;
 use saescope_sae::gba::{BufferStats, GbaSae};
@@ -173,6 +177,38 @@ fn main() {
         gba.w_enc = gba.w_dec.shallow_clone();
     });
     row("gba", s);
+    if let (Ok(python), Device::Cpu) = (std::env::var("SAESCOPE_BENCH_PYTHON"), device) {
+        let ours = |name: &str| {
+            rows.iter()
+                .find(|r| r["name"] == name)
+                .and_then(|r| r["ms_per_step"].as_f64())
+        };
+        let refs = references(&python, steps, [b, d, n, k as i64]);
+        println!("references (their own torch; \"x ours\": their step over saescope's):");
+        for r in &refs {
+            let name = r["name"].as_str().unwrap_or("?");
+            match (r["ms_per_step"].as_f64(), r["x_matmul"].as_f64()) {
+                (Some(ms), Some(x)) => {
+                    let learner = name.rsplit(' ').next().unwrap_or("");
+                    let theirs = match learner {
+                        "topk" | "batchtopk" => ours(&format!("{learner}-bf16")),
+                        "mpsae" => ours("mpsae"),
+                        _ => None,
+                    };
+                    let vs = theirs.map_or(String::new(), |o| format!("{:>8.2}", ms / o));
+                    println!(
+                        "{name:<18} {ms:>10.1} {:>12.0} {x:>8.2} {vs}",
+                        b as f64 / (ms / 1e3)
+                    );
+                }
+                _ => println!("{name:<18} not run: {}", r["error"].as_str().unwrap_or("?")),
+            }
+        }
+        rows.extend(refs.into_iter().map(|mut r| {
+            r["reference"] = true.into();
+            r
+        }));
+    }
     if let Some(path) = json_file {
         let out = serde_json::json!({
             "device": format!("{device:?}"),
@@ -183,4 +219,35 @@ fn main() {
         std::fs::write(path, serde_json::to_string_pretty(&out).expect("json"))
             .unwrap_or_else(|e| panic!("{path}: {e}"));
     }
+}
+
+/// The reference libraries' rows, from sae/reference/bench_train.py run by `python`.
+fn references(python: &str, steps: usize, [b, d, n, k]: [i64; 4]) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/reference/bench_train.py");
+    let args = [
+        ("--steps", steps as i64),
+        ("--threads", tch::get_num_threads() as i64),
+        ("--batch", b),
+        ("--d", d),
+        ("--latents", n),
+        ("--k", k),
+    ];
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(
+            args.iter()
+                .flat_map(|(f, v)| [f.to_string(), v.to_string()]),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("{python} {script}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{python} {script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }

@@ -2,7 +2,7 @@
 //! gradients, so there is no autograd graph to hang an optimizer on).
 
 use saescope_kernels::{AdamScalars, adam_step_};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Adam's state for a fixed list of parameters, in the order `new` was given them.
 #[derive(Debug)]
@@ -67,7 +67,10 @@ impl Adam {
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> f64 {
     let total: f64 = grads
         .iter()
-        .map(|g| g.square().sum(Kind::Float).double_value(&[]))
+        .map(|g| {
+            let g = g.view([-1]);
+            g.dot(&g).double_value(&[]) // one pass, no squared copy
+        })
         .sum::<f64>()
         .sqrt();
     if max_norm > 0.0 && total > max_norm {

@@ -44,12 +44,23 @@ impl SparseCodes {
         let nz = dense.nonzero(); // [nnz, 2], row-major order
         let (r, c) = (nz.select(1, 0), nz.select(1, 1));
         let vals = dense.index(&[Some(&r), Some(&c)]);
+        SparseCodes::from_entries(&r, c, vals, rows, n)
+    }
+
+    /// Codes from each entry's row, column and value, the entries already in row order.
+    pub fn from_entries(
+        rows_of_entries: &Tensor,
+        cols: Tensor,
+        vals: Tensor,
+        rows: i64,
+        n_latents: i64,
+    ) -> SparseCodes {
         SparseCodes {
-            offsets: row_starts(&r, rows),
-            cols: c,
+            offsets: row_starts(rows_of_entries, rows),
+            cols,
             vals,
             rows: rows as usize,
-            n_latents: n as usize,
+            n_latents: n_latents as usize,
         }
     }
 

@@ -10,8 +10,8 @@
 //! The encoder's dense matmul is the only step whose cost grows with batch x latents: decoding,
 //! every gradient of the decoder, and the encoder's backward go through [`SparseCodes`].
 
-use crate::sparse::{SparseCodes, row_starts};
-use saescope_kernels::{affine, row_topk};
+use crate::sparse::SparseCodes;
+use saescope_kernels::{affine, batch_topk, row_topk};
 use tch::{Kind, Tensor};
 
 /// Which selection rule.
@@ -101,14 +101,34 @@ impl TopKSae {
     /// Post-ReLU pre-activations [B, n] (bf16 with `bf16_select`) and the centred input
     /// x − b_dec.
     pub fn pre_acts(&self, x: &Tensor) -> (Tensor, Tensor) {
-        let xc = x - &self.b_dec;
-        let mut pre = if self.bf16_select {
-            let h = |t: &Tensor| t.to_kind(Kind::BFloat16);
-            h(&self.b_enc).addmm(&h(&xc), &h(&self.w_enc).tr())
-        } else {
-            affine(&xc, &self.w_enc, &self.b_enc)
+        let s = self.scores(x);
+        let pre = match &s.bias {
+            Some(b) => &s.scores + b.to_kind(s.scores.kind()),
+            None => s.scores,
         };
-        (pre.relu_(), xc)
+        (pre.relu(), s.xc)
+    }
+
+    /// What the selection ranks: the encoder's product, before any ReLU (a selected negative
+    /// value becomes a zero that carries no gradient, so the pass over all B x n entries that a
+    /// ReLU costs is saved). With `bf16_select` the product is bf16 and b_enc is left to the
+    /// selection, which adds it in f32 as it compares: the matmul then writes its output once.
+    fn scores(&self, x: &Tensor) -> Scores {
+        let xc = x - &self.b_dec;
+        if self.bf16_select {
+            let h = |t: &Tensor| t.to_kind(Kind::BFloat16);
+            Scores {
+                scores: h(&xc).matmul(&h(&self.w_enc).tr()),
+                bias: Some(self.b_enc.shallow_clone()),
+                xc,
+            }
+        } else {
+            Scores {
+                scores: affine(&xc, &self.w_enc, &self.b_enc),
+                bias: None,
+                xc,
+            }
+        }
     }
 
     /// With `bf16_select`, the codes' values recomputed in f32 from the chosen latents:
@@ -122,36 +142,34 @@ impl TopKSae {
         SparseCodes { vals, ..codes }
     }
 
-    /// The training-time selection: per row (TopK) or over the whole batch (BatchTopK).
+    /// The training-time selection from [`TopKSae::pre_acts`]' output: per row (TopK) or over
+    /// the whole batch (BatchTopK).
     pub fn select(&self, pre: &Tensor, xc: &Tensor) -> SparseCodes {
-        let codes = self.select_from(pre);
+        let codes = self.select_from(pre, None);
         self.exact_values(codes, xc)
     }
 
-    fn select_from(&self, pre: &Tensor) -> SparseCodes {
+    /// The selection from scores (plus `bias` [n], when given), with values ReLU'd; BatchTopK
+    /// keeps only positive entries.
+    fn select_from(&self, scores: &Tensor, bias: Option<&Tensor>) -> SparseCodes {
         let n = self.n_latents();
+        let (rows, _) = scores.size2().expect("2-D");
         match self.selection {
             Selection::TopK => {
-                let (val, idx) = largest_per_row(pre, self.k);
-                SparseCodes::from_topk(&idx, &val, n)
+                let (val, idx) = largest_per_row(scores, bias, self.k);
+                SparseCodes::from_topk(&idx, &val.clamp_min(0.0), n)
             }
             Selection::BatchTopK => {
-                let (rows, _) = pre.size2().expect("2-D");
-                let keep = (self.k as i64 * rows).min(pre.numel() as i64);
-                let (_, flat) = pre.reshape([-1]).topk(keep, 0, true, false);
-                // Row-major order groups the entries by row.
-                let flat = flat.sort(0, false).0;
-                let (r, c) = (
-                    flat.divide_scalar_mode(n as i64, "floor"),
-                    flat.remainder(n as i64),
-                );
-                let vals = pre.reshape([-1]).index_select(0, &flat);
-                SparseCodes {
-                    offsets: row_starts(&r, rows),
-                    cols: c,
-                    vals,
-                    rows: rows as usize,
-                    n_latents: n,
+                let keep = (self.k as i64 * rows).min(scores.numel() as i64) as usize;
+                match batch_topk(scores, bias, keep) {
+                    Some(s) => SparseCodes {
+                        offsets: s.offsets.to_device(scores.device()),
+                        cols: s.cols.to_device(scores.device()),
+                        vals: s.vals.to_device(scores.device()),
+                        rows: rows as usize,
+                        n_latents: n,
+                    },
+                    None => batch_topk_flat(&with_bias(scores, bias).relu(), keep),
                 }
             }
         }
@@ -160,18 +178,15 @@ impl TopKSae {
     /// Inference codes: TopK per row, or BatchTopK's learned threshold (per-row top-k until a
     /// threshold has been learned).
     pub fn encode(&self, x: &Tensor) -> SparseCodes {
-        let (pre, xc) = self.pre_acts(x);
-        let codes = match &self.threshold {
-            Some(t) => {
-                let kept = &pre * pre.gt_tensor(t).to_kind(pre.kind());
-                SparseCodes::from_dense(&kept)
-            }
-            None => {
-                let (val, idx) = largest_per_row(&pre, self.k);
-                SparseCodes::from_topk(&idx, &val, self.n_latents())
-            }
-        };
-        self.exact_values(codes, &xc)
+        if let Some(t) = &self.threshold {
+            let (pre, xc) = self.pre_acts(x);
+            let kept = &pre * pre.gt_tensor(t).to_kind(pre.kind());
+            return self.exact_values(SparseCodes::from_dense(&kept), &xc);
+        }
+        let s = self.scores(x);
+        let (val, idx) = largest_per_row(&s.scores, s.bias.as_ref(), self.k);
+        let codes = SparseCodes::from_topk(&idx, &val.clamp_min(0.0), self.n_latents());
+        self.exact_values(codes, &s.xc)
     }
 
     /// The reconstruction [B, d_in] of `codes`: Σ_j f_j W_dec[j] + b_dec.
@@ -188,10 +203,9 @@ impl TopKSae {
         let g_pre = g_vals * codes.vals.gt(0.0).to_kind(Kind::Float);
         let w_enc = codes.scatter_outer(xc, &g_pre);
         let b_enc = codes.scatter_sum(&g_pre);
-        // pre depends on b_dec through x − b_dec.
-        let b_dec = -codes
-            .combine_with(&self.w_enc, &g_pre)
-            .sum_dim_intlist(0, false, Kind::Float);
+        // pre depends on b_dec through x − b_dec: −Σ_entries g_pre · W_enc[col], which sums
+        // each latent's gradients first (b_enc's) and so costs one product with W_enc.
+        let b_dec = -self.w_enc.tr().mv(&b_enc);
         Grads {
             w_enc,
             b_enc,
@@ -203,8 +217,8 @@ impl TopKSae {
     /// One training forward and backward on x [B, d]. `dead` marks latents that have not fired
     /// for the dead threshold; with `aux`, they learn to predict the residual error.
     pub fn train_step(&self, x: &Tensor, dead: Option<&Tensor>, aux: Option<AuxK>) -> Step {
-        let (pre, xc) = self.pre_acts(x);
-        let codes = self.select(&pre, &xc);
+        let Scores { scores, bias, xc } = self.scores(x);
+        let codes = self.exact_values(self.select_from(&scores, bias.as_ref()), &xc);
         let recon = self.decode(&codes);
         let total_var = centred_sq_sum(x);
         let err = &recon - x;
@@ -218,8 +232,12 @@ impl TopKSae {
             let n_dead = dead.sum(Kind::Int64).int64_value(&[]) as usize;
             let k_aux = aux.k_aux.min(n_dead);
             if k_aux > 0 {
-                let masked = pre.masked_fill(&dead.logical_not(), f64::NEG_INFINITY);
-                let (val, idx) = largest_per_row(&masked, k_aux);
+                // Only dead latents compete: the others' bias is −∞.
+                let zero = || Tensor::zeros([self.n_latents() as i64], (Kind::Float, x.device()));
+                let masked = bias
+                    .unwrap_or_else(zero)
+                    .masked_fill(&dead.logical_not(), f64::NEG_INFINITY);
+                let (val, idx) = largest_per_row(&scores, Some(&masked), k_aux);
                 let val = val.clamp_min(0.0);
                 let aux_codes =
                     self.exact_values(SparseCodes::from_topk(&idx, &val, self.n_latents()), &xc);
@@ -253,10 +271,41 @@ impl TopKSae {
     }
 }
 
-/// Values and columns of each row's k largest entries: saescope's own one-pass kernel on the
-/// CPU (the leftmost kept among ties), libtorch's topk elsewhere.
-fn largest_per_row(pre: &Tensor, k: usize) -> (Tensor, Tensor) {
-    row_topk(pre, k).unwrap_or_else(|| pre.topk(k as i64, 1, true, false))
+/// The scores and what the selection still has to add to them.
+struct Scores {
+    /// The encoder's product [B, n], b_enc included unless `bias` holds it.
+    scores: Tensor,
+    /// b_enc [n] when the selection adds it.
+    bias: Option<Tensor>,
+    /// The centred input x − b_dec.
+    xc: Tensor,
+}
+
+/// scores + bias, in the scores' kind.
+fn with_bias(scores: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    match bias {
+        Some(b) => scores + b.to_kind(scores.kind()),
+        None => scores.shallow_clone(),
+    }
+}
+
+/// Values and columns of each row's k largest entries of scores + bias: saescope's own one-pass
+/// kernel on the CPU (the leftmost kept among ties), libtorch's topk elsewhere.
+fn largest_per_row(scores: &Tensor, bias: Option<&Tensor>, k: usize) -> (Tensor, Tensor) {
+    row_topk(scores, bias, k)
+        .unwrap_or_else(|| with_bias(scores, bias).topk(k as i64, 1, true, false))
+}
+
+/// BatchTopK's selection where the own kernel does not run (a GPU): libtorch's flat topk of the
+/// ReLU'd pre-activations, sorted back into row-major order.
+fn batch_topk_flat(pre: &Tensor, keep: usize) -> SparseCodes {
+    let (rows, n) = pre.size2().expect("2-D");
+    let (_, flat) = pre.reshape([-1]).topk(keep as i64, 0, true, false);
+    // Row-major order groups the entries by row.
+    let flat = flat.sort(0, false).0;
+    let (r, c) = (flat.divide_scalar_mode(n, "floor"), flat.remainder(n));
+    let vals = pre.reshape([-1]).index_select(0, &flat);
+    SparseCodes::from_entries(&r, c, vals, rows, n)
 }
 
 /// Σ_b ‖x_b − mean(x)‖²: the batch's total variance about its mean (FVU's denominator).

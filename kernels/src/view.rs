@@ -1,0 +1,45 @@
+//! Borrowing a tensor's memory as a slice, and the element kinds the kernels read.
+
+use half::bf16;
+use tch::{Device, Tensor};
+
+/// Whether `x` is a contiguous CPU tensor the kernels may read in place.
+pub(crate) fn on_cpu(x: &Tensor) -> bool {
+    x.device() == Device::Cpu && x.is_contiguous() && !x.requires_grad()
+}
+
+/// # Safety
+/// `x` must be a contiguous CPU tensor of `n` elements whose kind has T's layout, not written
+/// while the slice lives.
+pub(crate) unsafe fn elements<T>(x: &Tensor, n: usize) -> &[T] {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(x.data_ptr() as *const T, n) }
+}
+
+/// What an entry becomes when compared.
+pub(crate) trait Value: Copy + Send + Sync {
+    fn f32(self) -> f32;
+}
+
+impl Value for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Value for bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16) // exact: bf16 is an f32's top half
+    }
+}
+
+/// # Safety
+/// `x` must be a contiguous CPU tensor of `n` elements whose kind has T's layout, that nothing
+/// else reads or writes while the slice lives.
+#[allow(clippy::mut_from_ref)] // the tensor is a handle; its memory is what is borrowed
+pub(crate) unsafe fn elements_mut<T>(x: &Tensor, n: usize) -> &mut [T] {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut T, n) }
+}

@@ -1,0 +1,131 @@
+"""The training-step benchmark's references: one full step of EleutherAI's sparsify (TopK) and of
+SAELens (TopK, BatchTopK, matching pursuit) at the shapes saescope's `bench_train` uses, in the
+same way each library's own trainer takes a step, next to one f32 matmul of the encoder's shape
+timed here (the floor the ratios are taken against, measured by this torch).
+
+    python bench_train.py --steps 5 --threads 2 [--batch 4096 --d 576 --latents 16384 --k 32]
+
+Prints one JSON object a line: {"name", "ms_per_step", "x_matmul"}; a library that is not
+installed or fails prints {"name", "error"} and the others still run. Other lines (the
+libraries' own messages) are not JSON.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+if not torch.cuda.is_available():
+    # sparsify decodes with a Triton kernel when Triton is installed; without a GPU it cannot
+    # run, and sparsify's own switch selects its eager (embedding-bag) decoder.
+    os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+
+
+def timed(steps, step):
+    """Seconds per call of `step`, after one warm-up call."""
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def sparsify_topk(a, x):
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    sae = SparseCoder(a.d, SparseCoderConfig(num_latents=a.latents, k=a.k))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+
+    def step():
+        # As sparsify's Trainer: FVU loss (no dead latents, so no AuxK), the decoder's
+        # gradient made orthogonal to its rows, Adam, then unit-norm rows.
+        out = sae(x, dead_mask=None)
+        out.fvu.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        sae.set_decoder_norm_to_unit_norm()
+
+    return step
+
+
+def saelens(kind):
+    def make(a, x):
+        import sae_lens
+        from sae_lens.saes.sae import TrainStepInput
+
+        if kind == "topk":
+            cfg = sae_lens.TopKTrainingSAEConfig(d_in=a.d, d_sae=a.latents, k=a.k)
+            sae = sae_lens.TopKTrainingSAE(cfg)
+        elif kind == "batchtopk":
+            cfg = sae_lens.BatchTopKTrainingSAEConfig(d_in=a.d, d_sae=a.latents, k=a.k)
+            sae = sae_lens.BatchTopKTrainingSAE(cfg)
+        else:
+            # Exactly k steps for every token, as saescope trains.
+            cfg = sae_lens.MatchingPursuitTrainingSAEConfig(
+                d_in=a.d,
+                d_sae=a.latents,
+                max_iterations=a.k,
+                residual_threshold=0.0,
+                stop_on_duplicate_support=False,
+            )
+            sae = sae_lens.MatchingPursuitTrainingSAE(cfg)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+        sae.train()
+
+        def step():
+            # As SAELens' SAETrainer._train_step: forward, loss, backward, clip at 1, Adam.
+            out = sae.training_forward_pass(
+                step_input=TrainStepInput(
+                    sae_in=x,
+                    coefficients={},
+                    dead_neuron_mask=None,
+                    n_training_steps=0,
+                    is_logging_step=False,
+                )
+            )
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+
+        return step
+
+    return make
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--d", type=int, default=576)
+    p.add_argument("--latents", type=int, default=16384)
+    p.add_argument("--k", type=int, default=32)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    x = torch.randn(a.batch, a.d)
+    w = torch.randn(a.latents, a.d) / a.d**0.5
+    out = torch.empty(a.batch, a.latents)
+    floor = timed(a.steps, lambda: torch.matmul(x, w.T, out=out))
+    print(json.dumps({"name": "torch matmul", "ms_per_step": floor * 1e3, "x_matmul": 1.0}))
+    runs = [
+        ("sparsify topk", sparsify_topk),
+        ("saelens topk", saelens("topk")),
+        ("saelens batchtopk", saelens("batchtopk")),
+        ("saelens mpsae", saelens("mpsae")),
+    ]
+    for name, make in runs:
+        try:
+            s = timed(a.steps, make(a, x))
+            row = {"name": name, "ms_per_step": s * 1e3, "x_matmul": s / floor}
+        except Exception as e:  # a missing library, or one whose API moved
+            row = {"name": name, "error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
