@@ -48,6 +48,7 @@ pub fn pursue(
         && gram.size() == [n, n]
         && atom_d == d
         && b > 0
+        && d > 0
         && n > 0
         && steps > 0;
     if !fits {
@@ -190,7 +191,8 @@ fn pursue_token<C: Value, G: Value>(
     let steps = t.picks.len();
     for step in 0..steps {
         let atom = &t.atoms[j * d..(j + 1) * d];
-        let alpha = dot(atom, t.r).max(0.0);
+        let exact = dot(atom, t.r);
+        let alpha = exact.max(0.0);
         (t.picks[step], t.coefs[step]) = (j as i64, alpha);
         // α = 0 changes nothing: every later step picks the same atom and adds nothing.
         if alpha > 0.0 {
@@ -198,6 +200,11 @@ fn pursue_token<C: Value, G: Value>(
                 *x -= alpha * a;
             }
             if step + 1 < steps {
+                // The picked atom's correlation is known exactly: with it, the update leaves
+                // that entry at (about) 0. Correlations that started in bf16 would otherwise
+                // keep its rounding error, which can exceed every other correlation when one
+                // atom dominates a token, and pick the atom again for nothing.
+                t.corr[j] = exact;
                 j = update(t.corr, &t.gram[j * n..(j + 1) * n], alpha);
             }
         }
@@ -275,7 +282,7 @@ mod x86 {
     /// the next token's row could be requested early, 10-25% slower.)
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; G is f32 or bf16.
+    /// The CPU must have AVX-512F; G is f32 or bf16; `g` is at least as long as `c`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn update_argmax<G: Value>(c: &mut [f32], g: &[G], alpha: f32) -> usize {
         let blocks = c.len() / LANES;
@@ -362,6 +369,7 @@ pub fn pursue_backward(
         && residual.size() == [b, d]
         && grad.size() == [b, d]
         && b > 0
+        && d > 0
         && steps > 0;
     if !fits {
         return None;
@@ -599,6 +607,24 @@ mod tests {
                 assert_eq!(i, a.iter().position(|&v| v == top).unwrap());
             }
         }
+    }
+
+    /// Correlations from a bf16 matmul: a dominant atom's rounding error (1002.1 rounds to
+    /// 1004) must not outlast its pick and win the next step for nothing.
+    #[test]
+    fn a_dominant_atom_is_not_picked_again_from_bf16_rounding() {
+        let atoms = Tensor::eye(16, F);
+        let gram = atoms.to_kind(Kind::BFloat16);
+        let x = Tensor::zeros([1, 16], F);
+        for (i, v) in [(0, 1002.1f64), (1, 0.5), (2, 0.25)] {
+            let _ = x.get(0).get(i).fill_(v);
+        }
+        let c = x.to_kind(Kind::BFloat16);
+        assert_eq!(c.double_value(&[0, 0]), 1004.0);
+        let p = pursue(&x, &c, &atoms, &gram, 3).expect("taken");
+        assert_eq!(Vec::<i64>::try_from(p.picks.view([-1])).unwrap(), [0, 1, 2]);
+        let coefs = Vec::<f32>::try_from(p.coefs.view([-1])).unwrap();
+        assert!((coefs[0] - 1002.1).abs() < 1e-3 && coefs[1] == 0.5 && coefs[2] == 0.25);
     }
 
     #[test]

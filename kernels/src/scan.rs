@@ -24,7 +24,8 @@ pub(crate) fn scan<T: Value, S, const AT_BAR: bool>(
     bar: impl Fn(&S) -> f32,
     hit: impl FnMut(&mut S, usize, f32),
 ) {
-    debug_assert!(row.len() == bias.len() && matches!(size_of::<T>(), 2 | 4));
+    // The vector loads below rely on both: checked once a row, in every build.
+    assert!(row.len() == bias.len() && matches!(size_of::<T>(), 2 | 4));
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {

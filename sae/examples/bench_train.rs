@@ -184,18 +184,22 @@ fn main() {
                 .and_then(|r| r["ms_per_step"].as_f64())
         };
         let refs = references(&python, steps, [b, d, n, k as i64]);
-        println!("references (their own torch; \"x ours\": their step over saescope's):");
+        println!(
+            "references (their own torch; their step over saescope's default step, and over its all-f32 step):"
+        );
         for r in &refs {
             let name = r["name"].as_str().unwrap_or("?");
             match (r["ms_per_step"].as_f64(), r["x_matmul"].as_f64()) {
                 (Some(ms), Some(x)) => {
                     let learner = name.rsplit(' ').next().unwrap_or("");
-                    let theirs = match learner {
-                        "topk" | "batchtopk" => ours(&format!("{learner}-bf16")),
-                        "mpsae" => ours("mpsae"),
-                        _ => None,
+                    let (default, f32) = match learner {
+                        "topk" | "batchtopk" => (format!("{learner}-bf16"), learner.to_string()),
+                        "mpsae" => ("mpsae".into(), "mpsae-f32".into()),
+                        _ => (String::new(), String::new()),
                     };
-                    let vs = theirs.map_or(String::new(), |o| format!("{:>8.2}", ms / o));
+                    let ratio =
+                        |o: Option<f64>| o.map_or(String::new(), |o| format!("{:>8.2}", ms / o));
+                    let vs = format!("{} {}", ratio(ours(&default)), ratio(ours(&f32)));
                     println!(
                         "{name:<18} {ms:>10.1} {:>12.0} {x:>8.2} {vs}",
                         b as f64 / (ms / 1e3)

@@ -35,18 +35,24 @@ def timed(steps, step):
 def sparsify_topk(a, x):
     from sparsify import SparseCoder, SparseCoderConfig
 
+    from schedulefree import ScheduleFreeWrapper
+    from sparsify.sign_sgd import SignSGD
+
     sae = SparseCoder(a.d, SparseCoderConfig(num_latents=a.latents, k=a.k))
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    # sparsify's default optimizer ("signum"), with its default learning rate.
+    lr = 5e-3 / (a.latents / 2**14) ** 0.5
+    opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
+    opt.train()
 
     def step():
-        # As sparsify's Trainer: FVU loss (no dead latents, so no AuxK), the decoder's
-        # gradient made orthogonal to its rows, Adam, then unit-norm rows.
+        # As sparsify's Trainer: unit-norm decoder rows, FVU loss (no dead latents, so no
+        # AuxK), the decoder's gradient made orthogonal to its rows, the optimizer.
+        sae.set_decoder_norm_to_unit_norm()
         out = sae(x, dead_mask=None)
         out.fvu.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad()
-        sae.set_decoder_norm_to_unit_norm()
 
     return step
 
@@ -74,9 +80,12 @@ def saelens(kind):
             sae = sae_lens.MatchingPursuitTrainingSAE(cfg)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
         sae.train()
+        since_fired = torch.zeros(a.latents)
+        freq = torch.zeros(a.latents)
 
         def step():
-            # As SAELens' SAETrainer._train_step: forward, loss, backward, clip at 1, Adam.
+            # As SAELens' SAETrainer._train_step: forward and loss, the firing statistics,
+            # backward, clip at 1, Adam.
             out = sae.training_forward_pass(
                 step_input=TrainStepInput(
                     sae_in=x,
@@ -86,6 +95,12 @@ def saelens(kind):
                     is_logging_step=False,
                 )
             )
+            with torch.no_grad():
+                firing = out.feature_acts.bool().float()
+                fired = firing.sum(-2).bool()
+                since_fired.add_(1)
+                since_fired[fired] = 0
+                freq.add_(firing.sum(0))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
             opt.step()

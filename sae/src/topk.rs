@@ -297,14 +297,17 @@ fn largest_per_row(scores: &Tensor, bias: Option<&Tensor>, k: usize) -> (Tensor,
 }
 
 /// BatchTopK's selection where the own kernel does not run (a GPU): libtorch's flat topk of the
-/// ReLU'd pre-activations, sorted back into row-major order.
+/// ReLU'd pre-activations, sorted back into row-major order, zeros dropped (as the kernel keeps
+/// only positive entries).
 fn batch_topk_flat(pre: &Tensor, keep: usize) -> SparseCodes {
     let (rows, n) = pre.size2().expect("2-D");
-    let (_, flat) = pre.reshape([-1]).topk(keep as i64, 0, true, false);
+    let flat_pre = pre.reshape([-1]);
+    let (top, flat) = flat_pre.topk(keep as i64, 0, true, false);
+    let flat = flat.masked_select(&top.gt(0.0));
     // Row-major order groups the entries by row.
     let flat = flat.sort(0, false).0;
     let (r, c) = (flat.divide_scalar_mode(n, "floor"), flat.remainder(n));
-    let vals = pre.reshape([-1]).index_select(0, &flat);
+    let vals = flat_pre.index_select(0, &flat);
     SparseCodes::from_entries(&r, c, vals, rows, n)
 }
 
