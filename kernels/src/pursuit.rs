@@ -8,7 +8,7 @@
 //! step.
 
 use crate::pool::{has_avx512, has_fma, run_shares, threads};
-use crate::view::{Value, elements, elements_mut, on_cpu};
+use crate::view::{Value, dot, elements, elements_mut, on_cpu};
 use half::bf16;
 use tch::{Kind, Tensor};
 
@@ -318,24 +318,6 @@ mod x86 {
         }
         super::reduce(c, g, alpha, &vals, &idx, blocks * LANES)
     }
-}
-
-/// a · b, summed in 16 lanes (a fixed order, so the same on every run).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (xs, ys) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (xr, yr) = (xs.remainder(), ys.remainder());
-    for (x, y) in xs.zip(ys) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in xr.iter().zip(yr) {
-        s += x * y;
-    }
-    s
 }
 
 /// The backward of [`pursue`] through its coefficients and residual updates (the picks carry

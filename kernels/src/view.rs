@@ -1,4 +1,5 @@
-//! Borrowing a tensor's memory as a slice, and the element kinds the kernels read.
+//! Borrowing a tensor's memory as a slice, the element kinds the kernels read, and the dot
+//! product they share.
 
 use half::bf16;
 use tch::{Device, Tensor};
@@ -42,4 +43,24 @@ impl Value for bf16 {
 pub(crate) unsafe fn elements_mut<T>(x: &Tensor, n: usize) -> &mut [T] {
     // SAFETY: guaranteed by the caller.
     unsafe { std::slice::from_raw_parts_mut(x.data_ptr() as *mut T, n) }
+}
+
+/// a · b, summed in 16 lanes (a fixed order, so the same on every run); compilers vectorise it
+/// inside the kernels' target-feature functions.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (xs, ys) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (xr, yr) = (xs.remainder(), ys.remainder());
+    for (x, y) in xs.zip(ys) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in xr.iter().zip(yr) {
+        s += x * y;
+    }
+    s
 }
