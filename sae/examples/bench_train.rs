@@ -1,8 +1,9 @@
 //! Training-step benchmark: one full step (forward, backward, Adam, decoder constraint) of each
 //! gradient learner at d = 576, 16,384 latents, k = 32, batch 4,096, next to one dense matmul of
 //! the encoder's shape ([4096, 576] x [576, 16384]), the floor every step must pay once.
-//!   cargo run --release -p saescope-sae --example bench_train [-- STEPS [cpu|cuda] [JSON_FILE]]
-//! With JSON_FILE, the rows are also written there (scripts/gpu-run collects them). With
+//!   cargo run --release -p saescope-sae --example bench_train [-- STEPS [cpu|cuda] [JSON_FILE [D LATENTS]]]
+//! With JSON_FILE (`-` for none), the rows are also written there (scripts/gpu-run collects
+//! them); D and LATENTS change the input width and the number of latents. With
 //! SAESCOPE_BENCH_PYTHON naming a Python that has torch, `eai-sparsify` and `sae-lens`
 //! (scripts/bench-train installs one), the same steps of sparsify and SAELens run afterwards at
 //! the same shapes and threads (sae/reference/bench_train.py), and each is printed against its
@@ -42,11 +43,13 @@ fn main() {
         Some("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
         Some(other) => panic!("device `{other}`: expected cpu, or cuda on a CUDA build with a GPU"),
     };
-    let json_file = args.get(3);
+    let json_file = args.get(3).filter(|f| *f != "-");
+    let shape =
+        |i: usize, default: i64| args.get(i).map_or(default, |s| s.parse().expect("a size"));
     // As the `saescope` binary does: freed tensors are reused, not faulted in afresh.
     saescope_kernels::keep_freed_memory();
     let _g = tch::no_grad_guard();
-    let (b, d, n, k) = (4096i64, 576i64, 16384i64, 32usize);
+    let (b, d, n, k) = (4096i64, shape(4, 576), shape(5, 16384), 32usize);
     let o = (Kind::Float, device);
     tch::manual_seed(0);
     let x = Tensor::randn([b, d], o);
@@ -177,13 +180,13 @@ fn main() {
         gba.w_enc = gba.w_dec.shallow_clone();
     });
     row("gba", s);
-    if let (Ok(python), Device::Cpu) = (std::env::var("SAESCOPE_BENCH_PYTHON"), device) {
+    if let Ok(python) = std::env::var("SAESCOPE_BENCH_PYTHON") {
         let ours = |name: &str| {
             rows.iter()
                 .find(|r| r["name"] == name)
                 .and_then(|r| r["ms_per_step"].as_f64())
         };
-        let refs = references(&python, steps, [b, d, n, k as i64]);
+        let refs = references(&python, steps, device, [b, d, n, k as i64]);
         println!(
             "references (their own torch; their step over saescope's default step, and over its all-f32 step):"
         );
@@ -226,7 +229,12 @@ fn main() {
 }
 
 /// The reference libraries' rows, from sae/reference/bench_train.py run by `python`.
-fn references(python: &str, steps: usize, [b, d, n, k]: [i64; 4]) -> Vec<serde_json::Value> {
+fn references(
+    python: &str,
+    steps: usize,
+    device: Device,
+    [b, d, n, k]: [i64; 4],
+) -> Vec<serde_json::Value> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/reference/bench_train.py");
     let args = [
         ("--steps", steps as i64),
@@ -242,6 +250,10 @@ fn references(python: &str, steps: usize, [b, d, n, k]: [i64; 4]) -> Vec<serde_j
             args.iter()
                 .flat_map(|(f, v)| [f.to_string(), v.to_string()]),
         )
+        .args([
+            "--device",
+            if device == Device::Cpu { "cpu" } else { "cuda" },
+        ])
         .output()
         .unwrap_or_else(|e| panic!("{python} {script}: {e}"));
     if !out.status.success() {

@@ -4,6 +4,7 @@ same way each library's own trainer takes a step, next to one f32 matmul of the 
 timed here (the floor the ratios are taken against, measured by this torch).
 
     python bench_train.py --steps 5 --threads 2 [--batch 4096 --d 576 --latents 16384 --k 32]
+        [--device cpu|cuda]
 
 Prints one JSON object a line: {"name", "ms_per_step", "x_matmul"}; a library that is not
 installed or fails prints {"name", "error"} and the others still run. Other lines (the
@@ -23,22 +24,50 @@ if not torch.cuda.is_available():
     os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 
 
-def timed(steps, step):
-    """Seconds per call of `step`, after one warm-up call."""
+def timed(steps, step, device):
+    """Seconds per call of `step`, after one warm-up call; on a GPU the queue is drained before
+    the clock starts and before it stops."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     step()
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return (time.perf_counter() - start) / steps
 
 
+def import_sparsify():
+    """sparsify's sparse coder and optimizer. Its package imports its trainer, and with it
+    `datasets`; where that is missing (the GPU machine, which gets sparsify's pure-Python wheels
+    only), the modules the sparse coder needs are loaded without the package's __init__."""
+    try:
+        from sparsify import SparseCoder, SparseCoderConfig
+        from sparsify.sign_sgd import SignSGD
+    except ImportError:
+        import importlib.util
+        import sys
+        import types
+
+        for name in [m for m in sys.modules if m == "sparsify" or m.startswith("sparsify.")]:
+            del sys.modules[name]
+        spec = importlib.util.find_spec("sparsify")
+        if spec is None:
+            raise
+        shell = types.ModuleType("sparsify")
+        shell.__path__ = list(spec.submodule_search_locations)
+        sys.modules["sparsify"] = shell
+        from sparsify.config import SparseCoderConfig
+        from sparsify.sign_sgd import SignSGD
+        from sparsify.sparse_coder import SparseCoder
+    return SparseCoder, SparseCoderConfig, SignSGD
+
+
 def sparsify_topk(a, x):
-    from sparsify import SparseCoder, SparseCoderConfig
-
     from schedulefree import ScheduleFreeWrapper
-    from sparsify.sign_sgd import SignSGD
 
-    sae = SparseCoder(a.d, SparseCoderConfig(num_latents=a.latents, k=a.k))
+    SparseCoder, SparseCoderConfig, SignSGD = import_sparsify()
+    sae = SparseCoder(a.d, SparseCoderConfig(num_latents=a.latents, k=a.k), device=a.device)
     # sparsify's default optimizer ("signum"), with its default learning rate.
     lr = 5e-3 / (a.latents / 2**14) ** 0.5
     opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95)
@@ -78,10 +107,11 @@ def saelens(kind):
                 stop_on_duplicate_support=False,
             )
             sae = sae_lens.MatchingPursuitTrainingSAE(cfg)
+        sae = sae.to(a.device)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
         sae.train()
-        since_fired = torch.zeros(a.latents)
-        freq = torch.zeros(a.latents)
+        since_fired = torch.zeros(a.latents, device=a.device)
+        freq = torch.zeros(a.latents, device=a.device)
 
         def step():
             # As SAELens' SAETrainer._train_step: forward and loss, the firing statistics,
@@ -119,13 +149,14 @@ def main():
     p.add_argument("--d", type=int, default=576)
     p.add_argument("--latents", type=int, default=16384)
     p.add_argument("--k", type=int, default=32)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    x = torch.randn(a.batch, a.d)
-    w = torch.randn(a.latents, a.d) / a.d**0.5
-    out = torch.empty(a.batch, a.latents)
-    floor = timed(a.steps, lambda: torch.matmul(x, w.T, out=out))
+    x = torch.randn(a.batch, a.d, device=a.device)
+    w = torch.randn(a.latents, a.d, device=a.device) / a.d**0.5
+    out = torch.empty(a.batch, a.latents, device=a.device)
+    floor = timed(a.steps, lambda: torch.matmul(x, w.T, out=out), a.device)
     print(json.dumps({"name": "torch matmul", "ms_per_step": floor * 1e3, "x_matmul": 1.0}))
     runs = [
         ("sparsify topk", sparsify_topk),
@@ -135,7 +166,7 @@ def main():
     ]
     for name, make in runs:
         try:
-            s = timed(a.steps, make(a, x))
+            s = timed(a.steps, make(a, x), a.device)
             row = {"name": name, "ms_per_step": s * 1e3, "x_matmul": s / floor}
         except Exception as e:  # a missing library, or one whose API moved
             row = {"name": name, "error": f"{type(e).__name__}: {e}"}
