@@ -594,7 +594,7 @@ impl Gemma {
         };
         let (rope_local, rope_global) = (rope(self.cfg.rope_local), rope(self.cfg.rope_global));
 
-        let (first, mut x) = hooks.begin(cache.is_some(), || {
+        let (first, mut x) = hooks.begin(cache.is_some(), self.cfg.d_model, || {
             self.embed
                 .index_select(0, &ids.view([-1]).to_device(self.device))
                 .view([b, t, -1])

@@ -179,7 +179,7 @@ impl Gpt2 {
         };
         let (h, d) = (self.cfg.n_heads as i64, self.cfg.d_model as i64);
         let dh = d / h;
-        let (first, mut x) = hooks.begin(cache.is_some(), || {
+        let (first, mut x) = hooks.begin(cache.is_some(), self.cfg.d_model, || {
             let ids = ids.view([-1]).to_device(self.device);
             let positions = match &cache {
                 Some(c) => self

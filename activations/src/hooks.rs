@@ -237,10 +237,12 @@ impl Hooks {
     }
 
     /// The first block to run and the residual stream entering it: the start set by
-    /// [`Hooks::start_at`], else block 0 and `embed()`. A start cannot serve a cached pass.
+    /// [`Hooks::start_at`], else block 0 and `embed()`. A start cannot serve a cached pass, and
+    /// its stream must be `d_model` wide (one from another model is refused, not a panic).
     pub(crate) fn begin(
         &mut self,
         cached: bool,
+        d_model: usize,
         embed: impl FnOnce() -> Tensor,
     ) -> Result<(usize, Tensor), ModelError> {
         match self.start.take() {
@@ -248,6 +250,12 @@ impl Hooks {
             Some(_) if cached => Err(ModelError::Config(
                 "a pass that starts at a layer cannot run against a KV cache".into(),
             )),
+            Some((layer, x)) if x.size().last() != Some(&(d_model as i64)) => {
+                Err(ModelError::Config(format!(
+                    "a pass cannot start at block {layer} from a residual stream of shape {:?}: the model is {d_model} wide",
+                    x.size()
+                )))
+            }
             Some(start) => Ok(start),
         }
     }

@@ -400,7 +400,7 @@ impl Neox {
             self.device,
             self.kind,
         );
-        let (first, mut x) = hooks.begin(cache.is_some(), || {
+        let (first, mut x) = hooks.begin(cache.is_some(), self.cfg.d_model, || {
             self.embed
                 .index_select(0, &ids.view([-1]).to_device(self.device))
                 .view([b, t, d])

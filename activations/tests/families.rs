@@ -500,5 +500,8 @@ fn a_pass_started_at_a_layer_equals_the_whole_pass() {
         let mut h = Hooks::new().start_at(1, resid.shallow_clone());
         let e = m.forward(&input, &mut h, false).unwrap_err().to_string();
         assert!(e.contains("no hook at or after it"), "{name}: {e}");
+        let narrow = resid.narrow(2, 0, 3);
+        let e = refuse(1, narrow);
+        assert!(e.contains("wide"), "{name}: {e}");
     }
 }
