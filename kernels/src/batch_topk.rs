@@ -14,19 +14,19 @@ use crate::view::{Value, elements, on_cpu};
 use half::bf16;
 use tch::{Kind, Tensor};
 
-/// A batch's selected entries in compressed-row form: row b's are `cols[offsets[b]..]` up to
+/// A batch's selected entries in compressed-row form: row b's are `cols[offsets\[b\]..]` up to
 /// the next row's start, in column order, with their values.
 #[derive(Debug)]
 pub struct Selected {
-    /// Start of each row's entries, i64 [rows].
+    /// Start of each row's entries, i64 \[rows\].
     pub offsets: Tensor,
-    /// Column of each selected entry, i64 [nnz].
+    /// Column of each selected entry, i64 \[nnz\].
     pub cols: Tensor,
-    /// Value (x + bias) of each selected entry, f32 [nnz].
+    /// Value (x + bias) of each selected entry, f32 \[nnz\].
     pub vals: Tensor,
 }
 
-/// The `keep` largest positive entries of x [rows, n] (plus `bias` [n], added to every row,
+/// The `keep` largest positive entries of x [rows, n] (plus `bias` \[n\], added to every row,
 /// when given), the leftmost in row-major order kept among ties at the threshold; all positive
 /// entries when there are fewer. Zero and negative entries are never selected (a ReLU's
 /// zeros carry no signal). Takes a contiguous f32 or bf16 CPU tensor, a contiguous f32 CPU

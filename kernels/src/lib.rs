@@ -1,13 +1,13 @@
 //! saescope's own CPU kernels, for the shapes where libtorch's are slow.
 //!
 //! This crate owns:
-//! - [`linear`] and [`affine`]: x Wᵀ (+ b), with a path of its own for the few-row products of
+//! - [`linear()`] and [`affine()`]: x Wᵀ (+ b), with a path of its own for the few-row products of
 //!   decoding and of encoding a token or two with a dictionary;
-//! - [`adam_step_`]: Adam's update in one pass over memory;
-//! - [`row_topk`] and [`batch_topk`]: each row's k largest entries (TopK training) and a whole
+//! - [`adam_step_()`]: Adam's update in one pass over memory;
+//! - [`row_topk()`] and [`batch_topk()`]: each row's k largest entries (TopK training) and a whole
 //!   batch's largest (BatchTopK), the encoder's bias added as they compare;
-//! - [`pursue`] and [`pursue_backward`]: MP-SAE's matching pursuit and its backward;
-//! - [`keep_freed_memory`] and [`release_freed_memory`]: the allocator settings under which
+//! - [`pursue()`] and [`pursue_backward()`]: MP-SAE's matching pursuit and its backward;
+//! - [`keep_freed_memory()`] and [`release_freed_memory()`]: the allocator settings under which
 //!   libtorch's large short-lived tensors stop costing page faults.
 //!
 //! It sits below every crate that runs tensors and knows nothing of models, dictionaries or

@@ -28,7 +28,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Tensor {
     }
 }
 
-/// x [rows, in] times w [out, in] transposed, plus b [out]: as [`linear`], and libtorch's fused
+/// x [rows, in] times w [out, in] transposed, plus b \[out\]: as [`linear`], and libtorch's fused
 /// `addmm` where the own kernel does not apply (so larger products round exactly as before).
 pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
     match few_rows(x, w) {

@@ -27,8 +27,8 @@ pub struct Pursued {
 /// [B, n] (f32 or bf16), over unit atoms D [n, d] (f32) with Gram matrix G = D Dᵀ [n, n] (f32
 /// or bf16):
 ///
-///   j = argmax c (the first among equals),  α = max(0, D[j] · r),  r ← r − α D[j],
-///   c ← c − α G[j]
+///   j = argmax c (the first among equals),  α = max(0, D\[j\] · r),  r ← r − α D\[j\],
+///   c ← c − α G\[j\]
 ///
 /// The correlations only choose; each coefficient is the exact f32 projection. `None` unless
 /// the tensors are contiguous CPU tensors of those kinds and shapes and T ≥ 1.
@@ -322,14 +322,14 @@ mod x86 {
 
 /// The backward of [`pursue`] through its coefficients and residual updates (the picks carry
 /// no gradient), for a loss whose gradient at the final residual is `grad` [B, d]. With
-/// α = D[j] · r before each step (where positive) and r ← r − α D[j]:
+/// α = D\[j\] · r before each step (where positive) and r ← r − α D\[j\]:
 ///
-///   ∂L/∂α = −D[j] · ∂L/∂r_after (0 where α = 0),
-///   ∂L/∂D[j] = ∂L/∂α · r_before − α ∂L/∂r_after,   ∂L/∂r_before = ∂L/∂r_after + ∂L/∂α D[j]
+///   ∂L/∂α = −D\[j\] · ∂L/∂r_after (0 where α = 0),
+///   ∂L/∂D\[j\] = ∂L/∂α · r_before − α ∂L/∂r_after,   ∂L/∂r_before = ∂L/∂r_after + ∂L/∂α D\[j\]
 ///
 /// Returns each step's gradient for its atom, f32 [B·T, d] in the order of `picks`' entries
 /// (to be summed by atom), and the gradient at the first residual [B, d]. Each step's residual
-/// is rebuilt from the next (r_before = r_after + α D[j]) rather than stored. `None` unless
+/// is rebuilt from the next (r_before = r_after + α D\[j\]) rather than stored. `None` unless
 /// the tensors are contiguous f32 (picks i64) CPU tensors of matching shapes.
 pub fn pursue_backward(
     atoms: &Tensor,

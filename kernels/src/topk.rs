@@ -4,7 +4,7 @@
 //! libtorch partially sorts every row, which on the 2-core development machine took 57 ms for
 //! 4,096 rows of 16,384 bf16 values, a quarter of the step. Almost every value loses against
 //! the k-th largest seen so far, so one pass that compares blocks of 16 values with it and looks
-//! closer only at the entries that beat it ([`crate::scan`]) does the same job at the speed
+//! closer only at the entries that beat it (the `scan` module) does the same job at the speed
 //! memory streams.
 //!
 //! The encoder's bias can be added here, entry by entry as it is compared, rather than by the
@@ -16,7 +16,7 @@ use crate::view::{Value, elements, on_cpu};
 use half::bf16;
 use tch::{Kind, Tensor};
 
-/// Values and columns of the k largest entries of each row of x [rows, n] (plus `bias` [n],
+/// Values and columns of the k largest entries of each row of x [rows, n] (plus `bias` \[n\],
 /// added to every row, when given), largest first, as libtorch's
 /// `(x + bias).topk(k, 1, largest = true, sorted = true)` gives them; where several entries tie
 /// with the k-th, the leftmost are kept (libtorch keeps any). The values have x's kind without
