@@ -173,13 +173,19 @@ impl Gpt2 {
         logits: bool,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Option<Tensor>> {
-        let Some((b, t, last)) = hooks.plan(ids, logits, self.cfg.n_layers, self.cfg.ctx_len)?
+        let Some((b, t, last)) = hooks.plan(
+            ids,
+            logits,
+            self.cfg.n_layers,
+            self.cfg.d_model,
+            self.cfg.ctx_len,
+        )?
         else {
             return Ok(None);
         };
         let (h, d) = (self.cfg.n_heads as i64, self.cfg.d_model as i64);
         let dh = d / h;
-        let (first, mut x) = hooks.begin(cache.is_some(), self.cfg.d_model, || {
+        let (first, mut x) = hooks.begin(cache.is_some(), || {
             let ids = ids.view([-1]).to_device(self.device);
             let positions = match &cache {
                 Some(c) => self

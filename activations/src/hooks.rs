@@ -237,12 +237,11 @@ impl Hooks {
     }
 
     /// The first block to run and the residual stream entering it: the start set by
-    /// [`Hooks::start_at`], else block 0 and `embed()`. A start cannot serve a cached pass, and
-    /// its stream must be `d_model` wide (one from another model is refused, not a panic).
+    /// [`Hooks::start_at`] (checked by [`Hooks::plan`]), else block 0 and `embed()`. A start
+    /// cannot serve a cached pass.
     pub(crate) fn begin(
         &mut self,
         cached: bool,
-        d_model: usize,
         embed: impl FnOnce() -> Tensor,
     ) -> Result<(usize, Tensor), ModelError> {
         match self.start.take() {
@@ -250,12 +249,6 @@ impl Hooks {
             Some(_) if cached => Err(ModelError::Config(
                 "a pass that starts at a layer cannot run against a KV cache".into(),
             )),
-            Some((layer, x)) if x.size().last() != Some(&(d_model as i64)) => {
-                Err(ModelError::Config(format!(
-                    "a pass cannot start at block {layer} from a residual stream of shape {:?}: the model is {d_model} wide",
-                    x.size()
-                )))
-            }
             Some(start) => Ok(start),
         }
     }
@@ -332,14 +325,17 @@ impl Hooks {
         self.captured_values.remove(&layer)
     }
 
-    /// What every forward pass checks first: the hooks exist in a model of `n_layers`, and the
-    /// input ids [batch, pos] fit its context of `ctx_len`. Returns (batch, positions, last layer
-    /// to run), or `None` when nothing needs computing (no logits asked for and no hook set).
+    /// What every forward pass checks first: the hooks exist in a model of `n_layers`, the
+    /// input ids [batch, pos] fit its context of `ctx_len`, and a start set by
+    /// [`Hooks::start_at`] is a [batch, pos, d_model] stream entering one of its blocks with
+    /// nothing hooked before it. Returns (batch, positions, last layer to run), or `None` when
+    /// nothing needs computing (no logits asked for and no hook set).
     pub fn plan(
         &self,
         ids: &Tensor,
         logits: bool,
         n_layers: usize,
+        d_model: usize,
         ctx_len: usize,
     ) -> Result<Option<(i64, i64, usize)>, ModelError> {
         if let Some(p) = self.points().find(|p| p.layer >= n_layers) {
@@ -351,22 +347,21 @@ impl Hooks {
         let (b, t) = ids.size2()?;
         if let Some((layer, x)) = &self.start {
             let size = x.size();
-            if *layer >= n_layers || size.len() != 3 || size[..2] != [b, t] {
+            if *layer >= n_layers || size != [b, t, d_model as i64] {
                 return Err(ModelError::Config(format!(
-                    "a pass over {b} x {t} ids cannot start at block {layer} from a residual stream of shape {size:?} (the model has {n_layers} blocks)"
+                    "a pass over {b} x {t} ids cannot start at block {layer} from a residual stream of shape {size:?} (the model has {n_layers} blocks, {d_model} wide)"
                 )));
             }
             // A hook in a block the pass skips would silently do nothing.
-            let early = self.points().map(|p| p.to_string()).chain(
-                self.patterns
-                    .iter()
-                    .map(|l| format!("the attention pattern of block {l}")),
-            );
-            let early_layers = self
+            let early = self
                 .points()
-                .map(|p| p.layer)
-                .chain(self.patterns.iter().copied());
-            if let Some((what, _)) = early.zip(early_layers).find(|(_, l)| l < layer) {
+                .find(|p| p.layer < *layer)
+                .map(|p| p.to_string())
+                .or_else(|| {
+                    let l = self.patterns.iter().find(|&&l| l < *layer)?;
+                    Some(format!("the attention pattern of block {l}"))
+                });
+            if let Some(what) = early {
                 return Err(ModelError::Config(format!(
                     "{what} comes before block {layer}, where this pass starts"
                 )));

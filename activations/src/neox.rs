@@ -385,7 +385,13 @@ impl Neox {
         logits: bool,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Option<Tensor>> {
-        let Some((b, t, last)) = hooks.plan(ids, logits, self.cfg.n_layers, self.cfg.ctx_len)?
+        let Some((b, t, last)) = hooks.plan(
+            ids,
+            logits,
+            self.cfg.n_layers,
+            self.cfg.d_model,
+            self.cfg.ctx_len,
+        )?
         else {
             return Ok(None);
         };
@@ -400,7 +406,7 @@ impl Neox {
             self.device,
             self.kind,
         );
-        let (first, mut x) = hooks.begin(cache.is_some(), self.cfg.d_model, || {
+        let (first, mut x) = hooks.begin(cache.is_some(), || {
             self.embed
                 .index_select(0, &ids.view([-1]).to_device(self.device))
                 .view([b, t, d])

@@ -8,7 +8,7 @@
 //! about 1.1 times as many as are kept, in row order, and only those are ranked exactly.
 
 use crate::pool::{run_shares, threads};
-use crate::scan::{BLOCK, group_maxima, scan};
+use crate::scan::{BLOCK, at_or_above, group_maxima};
 use crate::topk::shift;
 use crate::view::{Value, elements, on_cpu};
 use half::bf16;
@@ -126,18 +126,11 @@ fn largest<T: Value>(x: &[T], bias: &[f32], keep: usize) -> (Vec<u64>, Vec<f32>)
 /// Pushes every positive entry of `row` (plus `bias`) at or above `low`, with its flat index
 /// (`at` for the row's first).
 fn collect<T: Value>(row: &[T], bias: &[f32], low: f32, at: u64, found: &mut Vec<(u64, f32)>) {
-    scan::<T, _, true>(
-        row,
-        bias,
-        0,
-        found,
-        |_| low,
-        |found, j, v| {
-            if v >= low && v > 0.0 {
-                found.push((at + j as u64, v));
-            }
-        },
-    );
+    at_or_above(row, bias, low, |j, v| {
+        if v > 0.0 {
+            found.push((at + j as u64, v));
+        }
+    });
 }
 
 #[cfg(test)]

@@ -40,6 +40,28 @@ pub(crate) fn scan<T: Value, S, const AT_BAR: bool>(
     scan_blocks::<T, S, AT_BAR>(row, bias, from, state, bar, hit);
 }
 
+/// Hands `keep(j, row[j] + bias[j])` every entry at or above `low`, in order of j.
+#[inline(always)]
+pub(crate) fn at_or_above<T: Value>(
+    row: &[T],
+    bias: &[f32],
+    low: f32,
+    mut keep: impl FnMut(usize, f32),
+) {
+    scan::<T, _, true>(
+        row,
+        bias,
+        0,
+        &mut keep,
+        |_| low,
+        |keep, j, v| {
+            if v >= low {
+                keep(j, v);
+            }
+        },
+    );
+}
+
 /// The portable scan: a block's 16 comparisons ORed with no early exit (which compilers turn
 /// into a vector compare), and every entry of a block with any hit handed on.
 #[inline(always)]

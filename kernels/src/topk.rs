@@ -11,7 +11,7 @@
 //! matmul: that saves a pass over the whole [rows, n] product, which costs as much as this one.
 
 use crate::pool::{run_shares, threads};
-use crate::scan::{BLOCK, group_maxima, scan};
+use crate::scan::{BLOCK, at_or_above, group_maxima, scan};
 use crate::view::{Value, elements, on_cpu};
 use half::bf16;
 use tch::{Kind, Tensor};
@@ -133,18 +133,7 @@ fn row_bounded<T: Value>(
     let at = maxima.len() - k;
     let bound = *maxima.select_nth_unstable_by(at, f32::total_cmp).1;
     found.clear();
-    scan::<T, _, true>(
-        row,
-        bias,
-        0,
-        found,
-        |_| bound,
-        |found, j, v| {
-            if v >= bound {
-                found.push((v, j as i64));
-            }
-        },
-    );
+    at_or_above(row, bias, bound, |j, v| found.push((v, j as i64)));
     let order = |a: &(f32, i64), b: &(f32, i64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
     if found.len() > k {
         found.select_nth_unstable_by(k - 1, order);

@@ -102,11 +102,7 @@ impl TopKSae {
     /// x − b_dec.
     pub fn pre_acts(&self, x: &Tensor) -> (Tensor, Tensor) {
         let s = self.scores(x);
-        let pre = match &s.bias {
-            Some(b) => &s.scores + b.to_kind(s.scores.kind()),
-            None => s.scores,
-        };
-        (pre.relu(), s.xc)
+        (with_bias(&s.scores, s.bias.as_ref()).relu(), s.xc)
     }
 
     /// What the selection ranks: the encoder's product, before any ReLU (a selected negative
@@ -162,10 +158,11 @@ impl TopKSae {
             Selection::BatchTopK => {
                 let keep = (self.k as i64 * rows).min(scores.numel() as i64) as usize;
                 match batch_topk(scores, bias, keep) {
+                    // The kernel runs only on the CPU, where its tensors are made.
                     Some(s) => SparseCodes {
-                        offsets: s.offsets.to_device(scores.device()),
-                        cols: s.cols.to_device(scores.device()),
-                        vals: s.vals.to_device(scores.device()),
+                        offsets: s.offsets,
+                        cols: s.cols,
+                        vals: s.vals,
                         rows: rows as usize,
                         n_latents: n,
                     },
