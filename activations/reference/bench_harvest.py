@@ -3,10 +3,12 @@ transformers loading the same GGUF, activations captured with register_forward_h
 memory and written to Parquet shards (pyarrow, one fixed-size-list column per hook, uncompressed,
 as saescope stores them), batches of 16 x 128 tokens, the same thread count. With --stop-after L
 the model keeps its first L + 1 blocks, as TransformerLens' stop_at_layer does, so both sides do
-the same work. Prints tokens/s.
+the same work. With FILE `-`, DIR is a safetensors checkpoint (scripts/gpu-run's); with
+--device cuda the model runs on the GPU and each batch's activations come back to host memory
+before they are written, as saescope's do. Prints tokens/s.
 
-    python bench_harvest.py GGUF_DIR GGUF_FILE --layers 6|all --stop-after L --dtype f32|bf16
-        --tokens N --threads T [--out DIR]
+    python bench_harvest.py DIR GGUF_FILE|- --layers 6|all --stop-after L --dtype f32|bf16
+        --tokens N --threads T [--batch B] [--device cpu|cuda] [--out DIR]
 """
 import argparse
 import os
@@ -29,10 +31,13 @@ p.add_argument("--tokens", type=int, default=8192)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--batch", type=int, default=16)
 p.add_argument("--out", default=None)
+p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
-m = AutoModelForCausalLM.from_pretrained(a.dir, gguf_file=a.file, dtype=dtype).eval()
+gguf = {} if a.file == "-" else {"gguf_file": a.file}
+# Cast after loading: older transformers call the argument torch_dtype.
+m = AutoModelForCausalLM.from_pretrained(a.dir, **gguf).to(device=a.device, dtype=dtype).eval()
 layers = m.model.layers
 chosen = list(range(len(layers))) if a.layers == "all" else [int(a.layers)]
 if a.stop_after is not None:
@@ -41,7 +46,7 @@ kept = {}
 for i in chosen:
     def hook(mod, args, out, i=i):
         out = out[0] if isinstance(out, tuple) else out
-        kept[i] = out.float().reshape(-1, out.shape[-1]).numpy().copy()
+        kept[i] = out.float().reshape(-1, out.shape[-1]).cpu().numpy().copy()
     layers[i].register_forward_hook(hook)
 
 out_dir = a.out or tempfile.mkdtemp()
@@ -58,7 +63,7 @@ def write(batch):
     shard[0] += 1
 
 
-ids = torch.randint(3, 49000, (a.batch, 128))
+ids = torch.randint(3, 49000, (a.batch, 128), device=a.device)
 with torch.no_grad():
     m.model(ids)  # warm-up
     kept.clear()

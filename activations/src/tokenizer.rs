@@ -325,6 +325,14 @@ impl TextTokenizer {
         })
     }
 
+    /// The tokenizer as a Hugging Face `tokenizer.json`, so a GGUF model's tokenizer can sit
+    /// beside a safetensors checkpoint of the same model (e.g. one converted for transformers).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| TokenizerError::Tokenize(format!("serialising: {e}")))
+    }
+
     /// Token ids of `text`, with no BOS or EOS added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.inner

@@ -72,3 +72,26 @@ fn tokenizer_json_files_load() {
             .starts_with("/nonexistent/tokenizer.json: ")
     );
 }
+
+/// The GGUF's tokenizer written as a tokenizer.json (as `export_tokenizer` does for the GPU
+/// check's checkpoint) and read back gives the reference ids of transformers, special tokens
+/// and digits included.
+#[test]
+fn a_gguf_tokenizer_written_as_tokenizer_json_reads_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, tokenizer().to_json().unwrap()).unwrap();
+    let back = TextTokenizer::from_file(&path).unwrap();
+    assert_eq!(back.vocab_size(), 49152);
+    let index: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/smollm2/index.json")).unwrap();
+    for case in index["tokenizer"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(back.encode(text).unwrap(), want, "{text:?}");
+    }
+    assert_eq!(
+        back.encode("<|im_start|>2026").unwrap(),
+        vec![1, 34, 32, 34, 38]
+    );
+}

@@ -11,6 +11,11 @@
 //! runs start at that block from the clean run's residual stream entering it
 //! ([`Hooks::start_at`]): they cost the layers from the hook on and the unembedding, and give what
 //! whole passes give.
+//!
+//! When the hook is the residual stream itself, the ablated run is the same for every context:
+//! what the ablation leaves (each context's first position, kept clean) is the same token at the
+//! same position everywhere, and nothing after the hook can see anything else. One context's
+//! run then stands for the whole batch ([`ablation_is_shared`]).
 
 use saescope_activations::ModelError;
 use saescope_activations::hooks::{HookKind, HookPoint, Hooks, Intervention};
@@ -144,27 +149,43 @@ pub fn splice_batch(
     };
     let ablated_value = with_rows(&zeros);
 
-    let targets = ids.narrow(1, 1, t - 1).to_device(device);
+    let targets = ids.narrow(1, 1, t - 1).to_device(device).unsqueeze(2);
+    // A run's log-probabilities are [B, T, vocab] in f32, or [1, T, vocab] for a run shared by
+    // every context, which the targets and the clean distributions are then read against.
     let ce = |logp: &Tensor| -> f64 {
+        let vocab = logp.size()[2];
         -logp
+            .expand([b, t, vocab], false)
             .narrow(1, 0, t - 1)
-            .gather(2, &targets.unsqueeze(2), false)
+            .gather(2, &targets, false)
             .sum(Kind::Double)
             .double_value(&[])
     };
     let p_clean = clean.exp();
+    // Broadcast over contexts when shared, so the figures are those of a run per context to the
+    // last bit: a dictionary that returns zeros still scores exactly the ablation.
     let kl = |other: &Tensor| -> f64 {
         (&p_clean * (&clean - other))
             .sum(Kind::Double)
             .double_value(&[])
     };
     acc.ce[0] += ce(&clean);
-    // One changed run's log-probabilities at a time: each is [B, T, vocab] in f32.
+    let shared = ablation_is_shared(opts, ids);
+    // One changed run's log-probabilities at a time.
     for (value, i) in [(spliced_value, 0), (ablated_value, 1)] {
+        let (ids, start, value) = if i == 1 && shared {
+            (
+                ids.narrow(0, 0, 1),
+                resid_pre.narrow(0, 0, 1),
+                value.narrow(0, 0, 1),
+            )
+        } else {
+            (ids.shallow_clone(), resid_pre.shallow_clone(), value)
+        };
         let mut h = Hooks::new()
-            .start_at(point.layer, resid_pre.shallow_clone())
+            .start_at(point.layer, start)
             .intervene(point, Intervention::Replace(value));
-        let logp = log_probs(model, ids, &mut h)?;
+        let logp = log_probs(model, &ids, &mut h)?;
         acc.ce[1 + i] += ce(&logp);
         acc.kl[i] += kl(&logp);
     }
@@ -172,6 +193,24 @@ pub fn splice_batch(
     acc.positions += (b * t) as u64;
     acc.contexts += b as u64;
     Ok(())
+}
+
+/// Whether the ablated run of `ids` [B, T] is the same in every context, so that one context's
+/// run stands for all. It is when the ablation replaces the whole residual stream (a residual
+/// hook, no single head) and leaves nothing that differs between contexts: every position, or
+/// all but the first, and that first is the same token in every context. Attention then sees
+/// the same values at every position of every context from the hook on.
+pub fn ablation_is_shared(opts: &SpliceOptions, ids: &Tensor) -> bool {
+    if !matches!(opts.point.kind, HookKind::ResidPre | HookKind::ResidPost) {
+        return false;
+    }
+    let first = ids.narrow(1, 0, 1);
+    !opts.exclude_bos
+        || first
+            .eq_tensor(&first.narrow(0, 0, 1))
+            .all()
+            .int64_value(&[])
+            != 0
 }
 
 /// Log-probabilities [B, T, vocab] in f32.

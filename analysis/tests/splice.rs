@@ -3,7 +3,9 @@
 //! forward passes computed by hand.
 
 use saescope_activations::hooks::{HookPoint, Hooks, Intervention};
-use saescope_analysis::splice::{SpliceAccumulator, SpliceOptions, splice_batch};
+use saescope_analysis::splice::{
+    SpliceAccumulator, SpliceOptions, ablation_is_shared, splice_batch,
+};
 use saescope_sae::dictionary::Dictionary;
 use saescope_sae::sparse::SparseCodes;
 use tch::{Device, Kind, Tensor};
@@ -59,17 +61,22 @@ impl Dictionary for Halved {
 
 /// The spliced and ablated runs start at the hook's block from the clean residual stream; the
 /// figures must be those of three whole passes, each from the embedding, with the hook's value
-/// replaced (BOS kept clean) and the losses and KL computed here in f64.
+/// replaced (BOS kept clean) and the losses and KL computed here in f64. A residual hook's
+/// ablated run is made once for the whole batch, since every context starts with BOS; with the
+/// second context's first token changed, each context gets its own run, and that is checked too.
 #[test]
 fn splicing_equals_three_whole_passes() {
     let (m, ids) = model_and_ids();
-    let (b, t) = ids.size2().unwrap();
-    for hook in [
-        "blocks.14.hook_resid_post",
-        "blocks.20.hook_resid_pre",
-        "blocks.15.attn.hook_z",
-        "blocks.0.hook_resid_pre",
+    let mixed = ids.copy();
+    let _ = mixed.get(1).get(0).fill_(2);
+    for (hook, ids, shared) in [
+        ("blocks.14.hook_resid_post", &ids, true),
+        ("blocks.14.hook_resid_post", &mixed, false),
+        ("blocks.20.hook_resid_pre", &ids, true),
+        ("blocks.15.attn.hook_z", &ids, false),
+        ("blocks.0.hook_resid_pre", &ids, true),
     ] {
+        let (b, t) = ids.size2().unwrap();
         let point: HookPoint = hook.parse().unwrap();
         let width = m.hook_shape(point.kind).iter().product::<usize>();
         let opts = SpliceOptions {
@@ -77,19 +84,20 @@ fn splicing_equals_three_whole_passes() {
             exclude_bos: true,
             head: None,
         };
+        assert_eq!(ablation_is_shared(&opts, ids), shared, "{hook}");
         let mut acc = SpliceAccumulator::new(width, width);
-        splice_batch(&m, &Halved(width), &ids, &opts, &mut acc).unwrap();
+        splice_batch(&m, &Halved(width), ids, &opts, &mut acc).unwrap();
         let r = acc.finish(&opts);
 
         let pass = |scale: Option<f64>| {
             let mut h = Hooks::new().capture(point);
-            let clean = m.forward(&ids, &mut h, true).unwrap().unwrap();
+            let clean = m.forward(ids, &mut h, true).unwrap().unwrap();
             let Some(scale) = scale else { return clean };
             let x = h.take(point).unwrap();
             let value = &x * scale;
             value.narrow(1, 0, 1).copy_(&x.narrow(1, 0, 1)); // BOS stays clean
             let mut h = Hooks::new().intervene(point, Intervention::Replace(value));
-            m.forward(&ids, &mut h, true).unwrap().unwrap()
+            m.forward(ids, &mut h, true).unwrap().unwrap()
         };
         let logp = |scale| {
             pass(scale)

@@ -68,6 +68,7 @@ fn main() {
         "", "ms/step", "tokens/s", "x matmul"
     );
     let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut refs_started: Option<f64> = None;
     let mut row = |name: &str, s: f64| {
         println!(
             "{name:<12} {:>10.1} {:>12.0} {:>8.2}",
@@ -186,6 +187,11 @@ fn main() {
                 .find(|r| r["name"] == name)
                 .and_then(|r| r["ms_per_step"].as_f64())
         };
+        refs_started = Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |t| t.as_secs_f64()),
+        );
         let refs = references(&python, steps, device, [b, d, n, k as i64]);
         println!(
             "references (their own torch; their step over saescope's default step, and over its all-f32 step):"
@@ -222,6 +228,9 @@ fn main() {
             "cpu_threads": tch::get_num_threads(),
             "d": d, "latents": n, "k": k, "batch": b, "steps": steps,
             "rows": rows,
+            // Where saescope's steps end and the references' begin, for GPU memory sampled
+            // from outside (scripts/gpu-run).
+            "references_started_unix": refs_started,
         });
         std::fs::write(path, serde_json::to_string_pretty(&out).expect("json"))
             .unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -235,7 +244,14 @@ fn references(
     device: Device,
     [b, d, n, k]: [i64; 4],
 ) -> Vec<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/reference/bench_train.py");
+    // From the repository root (as on the GPU machine, where the binary was built elsewhere),
+    // else where this crate was built.
+    let local = "sae/reference/bench_train.py";
+    let script = if std::path::Path::new(local).exists() {
+        local
+    } else {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/reference/bench_train.py")
+    };
     let args = [
         ("--steps", steps as i64),
         ("--threads", tch::get_num_threads() as i64),
@@ -254,14 +270,19 @@ fn references(
             "--device",
             if device == Device::Cpu { "cpu" } else { "cuda" },
         ])
-        .output()
-        .unwrap_or_else(|e| panic!("{python} {script}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{python} {script} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+        .output();
+    // A reference that cannot run is a row that says why; saescope's rows are kept.
+    let failed = |why: String| vec![serde_json::json!({"name": "references", "error": why})];
+    let out = match out {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let lines: Vec<&str> = err.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+            return failed(format!("{python} {script} failed: {tail}"));
+        }
+        Err(e) => return failed(format!("{python} {script}: {e}")),
+    };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

@@ -6,7 +6,8 @@ timed here (the floor the ratios are taken against, measured by this torch).
     python bench_train.py --steps 5 --threads 2 [--batch 4096 --d 576 --latents 16384 --k 32]
         [--device cpu|cuda]
 
-Prints one JSON object a line: {"name", "ms_per_step", "x_matmul"}; a library that is not
+Prints one JSON object a line: {"name", "ms_per_step", "x_matmul"}, on a GPU with the step's
+peak memory as torch's allocator counts it; a library that is not
 installed or fails prints {"name", "error"} and the others still run. Other lines (the
 libraries' own messages) are not JSON.
 """
@@ -165,9 +166,15 @@ def main():
         ("saelens mpsae", saelens("mpsae")),
     ]
     for name, make in runs:
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         try:
             s = timed(a.steps, make(a, x), a.device)
             row = {"name": name, "ms_per_step": s * 1e3, "x_matmul": s / floor}
+            if a.device == "cuda":  # its own peak, the input batch and the matmul's buffers included
+                row["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                row["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
         except Exception as e:  # a missing library, or one whose API moved
             row = {"name": name, "error": f"{type(e).__name__}: {e}"}
         print(json.dumps(row), flush=True)
