@@ -67,6 +67,9 @@ fn main() {
         "{:<12} {:>10} {:>12} {:>8}",
         "", "ms/step", "tokens/s", "x matmul"
     );
+    if std::env::var_os("SAESCOPE_BENCH_PHASES").is_some() {
+        phases(steps, device, &x, &w, k as i64);
+    }
     let mut rows: Vec<serde_json::Value> = Vec::new();
     let mut refs_started: Option<f64> = None;
     let mut row = |name: &str, s: f64| {
@@ -287,4 +290,85 @@ fn references(
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// With SAESCOPE_BENCH_PHASES set: where a TopK step with bf16 selection spends its time, each
+/// phase timed alone on the previous phase's outputs (the same operations as
+/// `TopKSae::train_step` and `constrained_step`; the sum exceeds the whole step by the overlap
+/// a GPU gets between phases).
+fn phases(steps: usize, device: Device, x: &Tensor, w: &Tensor, k: i64) {
+    use saescope_sae::adam::clip_grad_norm;
+    use saescope_sae::sparse::SparseCodes;
+    use saescope_sae::topk::project_out_parallel;
+    let (n, d) = w.size2().unwrap();
+    let o = (Kind::Float, device);
+    let (b_enc, b_dec) = (Tensor::zeros([n], o), Tensor::zeros([d], o));
+    let mut w_dec = w.copy();
+    normalize_rows_(&mut w_dec);
+    let h = |t: &Tensor| t.to_kind(Kind::BFloat16);
+    let xc = x - &b_dec;
+    let scores = h(&xc).matmul(&h(w).tr());
+    let (val, idx) = (&scores + h(&b_enc)).topk(k, 1, true, false);
+    let codes = SparseCodes::from_topk(&idx, &val.to_kind(Kind::Float).clamp_min(0.0), n as usize);
+    let recon = codes.combine(&w_dec) + &b_dec;
+    let g = (&recon - x) * 1e-3;
+    let mut grads: Vec<Tensor> = [w, &b_enc, w, &b_dec]
+        .iter()
+        .map(|t| t.randn_like() * 1e-3)
+        .collect();
+    let mut params = [w.copy(), b_enc.copy(), w_dec.copy(), b_dec.copy()];
+    let mut adam = Adam::new(&params.iter().collect::<Vec<_>>(), 0.9, 0.999, 1e-8);
+    println!("phases of a topk-bf16 step (each alone, ms):");
+    let report = |name: &str, s: f64| println!("  {name:<22} {:>8.3}", s * 1e3);
+    report(
+        "scores (bf16 matmul)",
+        time(steps, device, || {
+            let _ = h(&(x - &b_dec)).matmul(&h(w).tr());
+        }),
+    );
+    report(
+        "bias + topk",
+        time(steps, device, || {
+            let _ = (&scores + h(&b_enc)).topk(k, 1, true, false);
+        }),
+    );
+    report(
+        "exact values",
+        time(steps, device, || {
+            let _ = (codes.dot_rows(w, &xc) + b_enc.index_select(0, &codes.cols)).relu_();
+        }),
+    );
+    report(
+        "decode + error",
+        time(steps, device, || {
+            let err = codes.combine(&w_dec) + &b_dec - x;
+            let _ = err.square().sum(Kind::Float).double_value(&[]);
+        }),
+    );
+    report(
+        "backward",
+        time(steps, device, || {
+            let g_vals = codes.dot_rows(&w_dec, &g);
+            let _ = codes.scatter_outer(&g, &codes.vals);
+            let g_pre = g_vals * codes.vals.gt(0.0).to_kind(Kind::Float);
+            let _ = codes.scatter_outer(&xc, &g_pre);
+            let b = codes.scatter_sum(&g_pre);
+            let _ = w.tr().mv(&b);
+        }),
+    );
+    report(
+        "project + clip",
+        time(steps, device, || {
+            project_out_parallel(&mut grads[2], &params[2]);
+            let _ = clip_grad_norm(&mut grads, 1.0);
+        }),
+    );
+    report(
+        "adam + normalize",
+        time(steps, device, || {
+            let [p0, p1, p2, p3] = &mut params;
+            adam.step(&mut [p0, p1, p2, p3], &grads, 1e-4);
+            normalize_rows_(p2);
+        }),
+    );
 }

@@ -2,7 +2,7 @@
 //! gradients, so there is no autograd graph to hang an optimizer on).
 
 use saescope_kernels::{AdamScalars, adam_step_};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Adam's state for a fixed list of parameters, in the order `new` was given them.
 #[derive(Debug)]
@@ -53,30 +53,88 @@ impl Adam {
             if adam_step_(p, g, m, v, scalars) {
                 continue;
             }
-            let _ = m.g_mul_scalar_(self.beta1);
-            let _ = m.g_add_(&(g * (1.0 - self.beta1)));
+            // Elsewhere (a GPU), in place where libtorch allows, since each kernel is a pass
+            // over the whole parameter: m ← m + (1 − β₁)(g − m), and p ← p + m / d with
+            // d = −(bc1 / lr)(√v / √bc2 + ε), the same update with its scalars folded into d.
+            let _ = m.lerp_(g, 1.0 - self.beta1);
             let _ = v.g_mul_scalar_(self.beta2);
             let _ = v.addcmul_(&(g * (1.0 - self.beta2)), g);
-            let denom = (&*v / bc2).sqrt() + self.eps;
-            let _ = p.addcdiv_(&(&*m * (-lr / bc1)), &denom);
+            let mut denom = v.sqrt();
+            let _ = denom.g_mul_scalar_(-bc1 / (lr * bc2.sqrt()));
+            let _ = denom.g_add_scalar_(-bc1 * self.eps / lr);
+            let _ = p.addcdiv_(m, &denom);
         }
     }
 }
 
 /// Scales the gradients so their joint L2 norm is at most `max_norm`; returns the norm before.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> f64 {
-    let total: f64 = grads
+    // One pass each, no squared copy; the squares summed where they are, and read once (on a
+    // GPU each read waits for the queue to drain).
+    let squares: Vec<Tensor> = grads
         .iter()
         .map(|g| {
             let g = g.view([-1]);
-            g.dot(&g).double_value(&[]) // one pass, no squared copy
+            g.dot(&g).to_kind(Kind::Double)
         })
-        .sum::<f64>()
-        .sqrt();
+        .collect();
+    let total = match squares.as_slice() {
+        [] => 0.0,
+        _ => Tensor::stack(&squares, 0)
+            .sum(Kind::Double)
+            .double_value(&[])
+            .sqrt(),
+    };
     if max_norm > 0.0 && total > max_norm {
         for g in grads.iter_mut() {
             let _ = g.g_mul_scalar_(max_norm / total);
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// The step as tensor operations (what runs on a GPU; f64 parameters take it on the CPU)
+    /// lands where the CPU kernel's f32 step lands, and clipping scales to the asked norm.
+    #[test]
+    fn the_tensor_step_matches_the_kernel_and_clipping_scales_to_the_norm() {
+        tch::manual_seed(5);
+        let shapes: [&[i64]; 2] = [&[64, 24], &[24]];
+        let p0: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| Tensor::randn(*s, (Kind::Float, Device::Cpu)))
+            .collect();
+        let mut own: Vec<Tensor> = p0.iter().map(Tensor::copy).collect();
+        let mut wide: Vec<Tensor> = p0.iter().map(|p| p.to_kind(Kind::Double)).collect();
+        let mut a = Adam::new(&own.iter().collect::<Vec<_>>(), 0.9, 0.999, 1e-8);
+        let mut b = Adam::new(&wide.iter().collect::<Vec<_>>(), 0.9, 0.999, 1e-8);
+        for t in 0..6 {
+            let g: Vec<Tensor> = p0
+                .iter()
+                .map(|p| p.randn_like() * 10f64.powi(t - 3))
+                .collect();
+            let gw: Vec<Tensor> = g.iter().map(|g| g.to_kind(Kind::Double)).collect();
+            a.step(&mut own.iter_mut().collect::<Vec<_>>(), &g, 1e-2);
+            b.step(&mut wide.iter_mut().collect::<Vec<_>>(), &gw, 1e-2);
+        }
+        for ((x, y), p) in own.iter().zip(&wide).zip(&p0) {
+            let moved = (x - p).abs().max().double_value(&[]);
+            let apart = (x.to_kind(Kind::Double) - y).abs().max().double_value(&[]);
+            assert!(moved > 1e-2, "the steps moved the parameter ({moved})");
+            assert!(apart < 1e-5, "kernel and tensor steps {apart} apart");
+        }
+
+        let mut grads = vec![
+            Tensor::from_slice(&[3.0f32, 0.0]),
+            Tensor::from_slice(&[0.0f32, 4.0]),
+        ];
+        assert_eq!(clip_grad_norm(&mut grads, 1.0), 5.0);
+        let after = clip_grad_norm(&mut grads, 10.0);
+        assert!((after - 1.0).abs() < 1e-6, "{after}");
+        assert_eq!(clip_grad_norm(&mut [], 1.0), 0.0);
+    }
 }

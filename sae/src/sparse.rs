@@ -70,7 +70,8 @@ impl SparseCodes {
         let ends = Tensor::cat(
             &[
                 self.offsets.narrow(0, 1, self.rows as i64 - 1),
-                Tensor::from_slice(&[nnz]).to_device(self.offsets.device()),
+                // Made where the offsets are: a copy from host memory would wait for the GPU.
+                Tensor::full([1], nnz, (Kind::Int64, self.offsets.device())),
             ],
             0,
         );
