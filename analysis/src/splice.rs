@@ -5,7 +5,8 @@
 //!
 //! Excluded positions (each context's BOS by default) keep their clean value in both the spliced
 //! and the ablated run, and are left out of the reconstruction metrics; a dictionary that returns
-//! zeros is then exactly the ablation, and one that returns its input exactly the clean model.
+//! its input is then exactly the clean model, and one that returns zeros the ablation (to the
+//! rounding of a one-context run, where the ablated run is shared; see below).
 //!
 //! Nothing before the hook's block differs between the three runs, so the spliced and ablated
 //! runs start at that block from the clean run's residual stream entering it
@@ -162,8 +163,7 @@ pub fn splice_batch(
             .double_value(&[])
     };
     let p_clean = clean.exp();
-    // Broadcast over contexts when shared, so the figures are those of a run per context to the
-    // last bit: a dictionary that returns zeros still scores exactly the ablation.
+    // A shared run's [1, T, vocab] is broadcast over the contexts.
     let kl = |other: &Tensor| -> f64 {
         (&p_clean * (&clean - other))
             .sum(Kind::Double)

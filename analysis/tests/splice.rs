@@ -171,8 +171,10 @@ fn identity_recovers_everything_and_zero_recovers_nothing() {
         let mut zero = SpliceAccumulator::new(width, width);
         splice_batch(&m, &Identity(false, width), &ids, &opts, &mut zero).unwrap();
         let z = zero.finish(&opts);
-        assert_eq!(z.ce_loss_recovered, 0.0, "{hook}: {z:?}");
-        assert_eq!(z.kl_div_score, 0.0, "{hook}");
+        // The ablated run of a residual hook is one context's, broadcast: equal to the
+        // spliced zeros up to how the matmuls round a batch of 1 and one of 2.
+        assert!(z.ce_loss_recovered.abs() < 1e-6, "{hook}: {z:?}");
+        assert!(z.kl_div_score.abs() < 1e-6, "{hook}: {z:?}");
         assert_eq!(
             z.ce_clean, r.ce_clean,
             "the clean run does not depend on the dictionary"
