@@ -59,6 +59,9 @@ impl Adam {
             let _ = m.lerp_(g, 1.0 - self.beta1);
             let _ = v.g_mul_scalar_(self.beta2);
             let _ = v.addcmul_(&(g * (1.0 - self.beta2)), g);
+            if lr == 0.0 {
+                continue; // p stays; folding 1 / lr into d would make it 0 · ∞
+            }
             let mut denom = v.sqrt();
             let _ = denom.g_mul_scalar_(-bc1 / (lr * bc2.sqrt()));
             let _ = denom.g_add_scalar_(-bc1 * self.eps / lr);
@@ -99,7 +102,8 @@ mod tests {
     use tch::Device;
 
     /// The step as tensor operations (what runs on a GPU; f64 parameters take it on the CPU)
-    /// lands where the CPU kernel's f32 step lands, and clipping scales to the asked norm.
+    /// lands where the CPU kernel's f32 step lands, clipping scales to the asked norm, and a step
+    /// of size 0 changes nothing.
     #[test]
     fn the_tensor_step_matches_the_kernel_and_clipping_scales_to_the_norm() {
         tch::manual_seed(5);
@@ -136,5 +140,12 @@ mod tests {
         let after = clip_grad_norm(&mut grads, 10.0);
         assert!((after - 1.0).abs() < 1e-6, "{after}");
         assert_eq!(clip_grad_norm(&mut [], 1.0), 0.0);
+
+        // A step of size 0 leaves the parameter as it was, zero moments included.
+        let mut p = wide[0].copy();
+        let mut fresh = Adam::new(&[&p], 0.9, 0.999, 1e-8);
+        let zero = p.zeros_like();
+        fresh.step(&mut [&mut p], &[zero], 0.0);
+        assert!(p.equal(&wide[0]));
     }
 }
