@@ -327,6 +327,8 @@ impl TextTokenizer {
 
     /// The tokenizer as a Hugging Face `tokenizer.json`, so a GGUF model's tokenizer can sit
     /// beside a safetensors checkpoint of the same model (e.g. one converted for transformers).
+    /// It encodes as this one does; BOS, EOS and the chat template are not in it (a checkpoint
+    /// keeps those in its configs).
     pub fn to_json(&self) -> Result<String> {
         self.inner
             .to_string(true)

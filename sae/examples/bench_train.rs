@@ -277,25 +277,28 @@ fn references(
     // A reference that cannot run is a row that says why; saescope's rows are kept.
     let failed = |why: String| vec![serde_json::json!({"name": "references", "error": why})];
     let out = match out {
-        Ok(out) if out.status.success() => out,
-        Ok(out) => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let lines: Vec<&str> = err.lines().collect();
-            let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
-            return failed(format!("{python} {script} failed: {tail}"));
-        }
+        Ok(out) => out,
         Err(e) => return failed(format!("{python} {script}: {e}")),
     };
-    String::from_utf8_lossy(&out.stdout)
+    // The rows printed before a failure are kept.
+    let mut rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+        .collect();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+        rows.extend(failed(format!("{python} {script} failed: {tail}")));
+    }
+    rows
 }
 
 /// With SAESCOPE_BENCH_PHASES set: where a TopK step with bf16 selection spends its time, each
 /// phase timed alone on the previous phase's outputs (the same operations as
-/// `TopKSae::train_step` and `constrained_step`; the sum exceeds the whole step by the overlap
-/// a GPU gets between phases).
+/// `TopKSae::train_step` and `constrained_step`). On a GPU the sum falls short of the whole step:
+/// a phase repeated alone keeps the queue full, while the step waits at its reads to the host.
+/// Clipping scales the gradients only in its first repeat (they are within the norm after).
 fn phases(steps: usize, device: Device, x: &Tensor, w: &Tensor, k: i64) {
     use saescope_sae::adam::clip_grad_norm;
     use saescope_sae::sparse::SparseCodes;

@@ -59,8 +59,10 @@ impl Adam {
             let _ = m.lerp_(g, 1.0 - self.beta1);
             let _ = v.g_mul_scalar_(self.beta2);
             let _ = v.addcmul_(&(g * (1.0 - self.beta2)), g);
-            if lr == 0.0 {
-                continue; // p stays; folding 1 / lr into d would make it 0 · ∞
+            // p stays for a step too small to move it: folding 1 / lr into d would overflow f32
+            // and make 0 · ∞ where v is 0.
+            if lr.abs() < 1e-30 {
+                continue;
             }
             let mut denom = v.sqrt();
             let _ = denom.g_mul_scalar_(-bc1 / (lr * bc2.sqrt()));
