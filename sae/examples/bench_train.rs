@@ -295,8 +295,9 @@ fn references(
 }
 
 /// With SAESCOPE_BENCH_PHASES set: where a TopK step with bf16 selection spends its time, each
-/// phase timed alone on the previous phase's outputs (the same operations as
-/// `TopKSae::train_step` and `constrained_step`). On a GPU the sum falls short of the whole step:
+/// phase timed alone on the previous phase's outputs: the learner's own `exact_values`,
+/// `decode` and `backward_through`, the scores and the selection as `TopKSae::train_step` makes
+/// them off the CPU, and `constrained_step`'s parts. On a GPU the sum falls short of the whole step:
 /// a phase repeated alone keeps the queue full, while the step waits at its reads to the host.
 /// Clipping scales the gradients only in its first repeat (they are within the norm after).
 fn phases(steps: usize, device: Device, x: &Tensor, w: &Tensor, k: i64) {
@@ -305,58 +306,68 @@ fn phases(steps: usize, device: Device, x: &Tensor, w: &Tensor, k: i64) {
     use saescope_sae::topk::project_out_parallel;
     let (n, d) = w.size2().unwrap();
     let o = (Kind::Float, device);
-    let (b_enc, b_dec) = (Tensor::zeros([n], o), Tensor::zeros([d], o));
     let mut w_dec = w.copy();
     normalize_rows_(&mut w_dec);
+    let sae = TopKSae {
+        w_enc: w.shallow_clone(),
+        b_enc: Tensor::zeros([n], o),
+        w_dec,
+        b_dec: Tensor::zeros([d], o),
+        k: k as usize,
+        selection: Selection::TopK,
+        threshold: None,
+        bf16_select: true,
+    };
     let h = |t: &Tensor| t.to_kind(Kind::BFloat16);
-    let xc = x - &b_dec;
+    let xc = x - &sae.b_dec;
     let scores = h(&xc).matmul(&h(w).tr());
-    let (val, idx) = (&scores + h(&b_enc)).topk(k, 1, true, false);
-    let codes = SparseCodes::from_topk(&idx, &val.to_kind(Kind::Float).clamp_min(0.0), n as usize);
-    let recon = codes.combine(&w_dec) + &b_dec;
-    let g = (&recon - x) * 1e-3;
-    let mut grads: Vec<Tensor> = [w, &b_enc, w, &b_dec]
+    let (val, idx) = (&scores + h(&sae.b_enc)).topk(k, 1, true, false);
+    let val = val.to_kind(Kind::Float).clamp_min(0.0);
+    let chosen = || SparseCodes::from_topk(&idx, &val, n as usize);
+    let codes = sae.exact_values(chosen(), &xc);
+    let g = (sae.decode(&codes) - x) * 1e-3;
+    let mut grads: Vec<Tensor> = [w, &sae.b_enc, w, &sae.b_dec]
         .iter()
         .map(|t| t.randn_like() * 1e-3)
         .collect();
-    let mut params = [w.copy(), b_enc.copy(), w_dec.copy(), b_dec.copy()];
+    let mut params = [
+        w.copy(),
+        sae.b_enc.copy(),
+        sae.w_dec.copy(),
+        sae.b_dec.copy(),
+    ];
     let mut adam = Adam::new(&params.iter().collect::<Vec<_>>(), 0.9, 0.999, 1e-8);
     println!("phases of a topk-bf16 step (each alone, ms):");
     let report = |name: &str, s: f64| println!("  {name:<22} {:>8.3}", s * 1e3);
     report(
         "scores (bf16 matmul)",
         time(steps, device, || {
-            let _ = h(&(x - &b_dec)).matmul(&h(w).tr());
+            let _ = h(&(x - &sae.b_dec)).matmul(&h(w).tr());
         }),
     );
     report(
         "bias + topk",
         time(steps, device, || {
-            let _ = (&scores + h(&b_enc)).topk(k, 1, true, false);
+            let _ = (&scores + h(&sae.b_enc)).topk(k, 1, true, false);
         }),
     );
     report(
         "exact values",
         time(steps, device, || {
-            let _ = (codes.dot_rows(w, &xc) + b_enc.index_select(0, &codes.cols)).relu_();
+            let _ = sae.exact_values(chosen(), &xc);
         }),
     );
     report(
         "decode + error",
         time(steps, device, || {
-            let err = codes.combine(&w_dec) + &b_dec - x;
+            let err = sae.decode(&codes) - x;
             let _ = err.square().sum(Kind::Float).double_value(&[]);
         }),
     );
     report(
         "backward",
         time(steps, device, || {
-            let g_vals = codes.dot_rows(&w_dec, &g);
-            let _ = codes.scatter_outer(&g, &codes.vals);
-            let g_pre = g_vals * codes.vals.gt(0.0).to_kind(Kind::Float);
-            let _ = codes.scatter_outer(&xc, &g_pre);
-            let b = codes.scatter_sum(&g_pre);
-            let _ = w.tr().mv(&b);
+            let _ = sae.backward_through(&codes, &xc, &g);
         }),
     );
     report(

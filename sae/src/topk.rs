@@ -129,7 +129,7 @@ impl TopKSae {
 
     /// With `bf16_select`, the codes' values recomputed in f32 from the chosen latents:
     /// relu(xc · W_enc[j] + b_enc[j]).
-    fn exact_values(&self, codes: SparseCodes, xc: &Tensor) -> SparseCodes {
+    pub fn exact_values(&self, codes: SparseCodes, xc: &Tensor) -> SparseCodes {
         if !self.bf16_select {
             return codes;
         }
@@ -193,7 +193,7 @@ impl TopKSae {
 
     /// Gradients of a loss through `codes` given its gradient at the decoder's output
     /// (without b_dec): into W_dec, the selected values, then the encoder and b_dec.
-    fn backward_through(&self, codes: &SparseCodes, xc: &Tensor, g_out: &Tensor) -> Grads {
+    pub fn backward_through(&self, codes: &SparseCodes, xc: &Tensor, g_out: &Tensor) -> Grads {
         let g_vals = codes.dot_rows(&self.w_dec, g_out);
         let w_dec = codes.scatter_outer(g_out, &codes.vals);
         // The selected values are post-ReLU: a zero one passed no gradient.
