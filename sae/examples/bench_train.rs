@@ -109,20 +109,7 @@ fn main() {
             1e-8,
         );
         let s = time(steps, device, || {
-            let st = sae.train_step(&x, None, None);
-            let g = vec![
-                st.grads.w_enc,
-                st.grads.b_enc,
-                st.grads.w_dec,
-                st.grads.b_dec,
-            ];
-            let params = &mut [
-                &mut sae.w_enc,
-                &mut sae.b_enc,
-                &mut sae.w_dec,
-                &mut sae.b_dec,
-            ];
-            constrained_step(&mut adam, params, g, 2, 1.0, 1e-4);
+            let _ = topk_step(&mut sae, &mut adam, &x);
         });
         let name = match (sel, bf16_select) {
             (Selection::TopK, false) => "topk",
@@ -146,7 +133,7 @@ fn main() {
         let s = time(steps, device, || {
             let st = mp.train_step(&x);
             let g = vec![st.atoms_grad, st.b_dec_grad];
-            constrained_step(
+            let _ = constrained_step(
                 &mut adam,
                 &mut [&mut mp.atoms, &mut mp.b_dec],
                 g,
@@ -173,7 +160,7 @@ fn main() {
     let s = time(steps, device, || {
         let st = gba.train_step(&x, &mut stats);
         let g = vec![st.w_enc + st.w_dec, st.b_dec];
-        constrained_step(
+        let _ = constrained_step(
             &mut adam,
             &mut [&mut gba.w_dec, &mut gba.b_dec],
             g,
@@ -294,12 +281,33 @@ fn references(
     rows
 }
 
+/// One TopK or BatchTopK training step as the trainer takes it (no AuxK, lr 1e-4, clip 1);
+/// returns its FVU and gradient norm, unread.
+fn topk_step(sae: &mut TopKSae, adam: &mut Adam, x: &Tensor) -> (Tensor, Tensor) {
+    let st = sae.train_step(x, None, None);
+    let g = vec![
+        st.grads.w_enc,
+        st.grads.b_enc,
+        st.grads.w_dec,
+        st.grads.b_dec,
+    ];
+    let params = &mut [
+        &mut sae.w_enc,
+        &mut sae.b_enc,
+        &mut sae.w_dec,
+        &mut sae.b_dec,
+    ];
+    let norm = constrained_step(adam, params, g, 2, 1.0, 1e-4);
+    (st.fvu, norm)
+}
+
 /// With SAESCOPE_BENCH_PHASES set: where a TopK step with bf16 selection spends its time, each
 /// phase timed alone on the previous phase's outputs: the learner's own `exact_values`,
 /// `decode` and `backward_through`, the scores and the selection as `TopKSae::train_step` makes
-/// them off the CPU, and `constrained_step`'s parts. On a GPU the sum falls short of the whole step:
-/// a phase repeated alone keeps the queue full, while the step waits at its reads to the host.
-/// Clipping scales the gradients only in its first repeat (they are within the norm after).
+/// them off the CPU, and `constrained_step`'s parts; then the whole step as the `topk-bf16` row
+/// times it, and as a trainer that read its FVU and gradient norm after every step would (on a
+/// GPU each read waits for the queue to drain). Clipping scales the gradients only in its first
+/// repeat (they are within the norm after).
 fn phases(steps: usize, device: Device, x: &Tensor, w: &Tensor, k: i64) {
     use saescope_sae::adam::clip_grad_norm;
     use saescope_sae::sparse::SparseCodes;
@@ -361,7 +369,7 @@ fn phases(steps: usize, device: Device, x: &Tensor, w: &Tensor, k: i64) {
         "decode + error",
         time(steps, device, || {
             let err = sae.decode(&codes) - x;
-            let _ = err.square().sum(Kind::Float).double_value(&[]);
+            let _ = saescope_sae::loss::Fvu::of(&err, x);
         }),
     );
     report(
@@ -385,4 +393,18 @@ fn phases(steps: usize, device: Device, x: &Tensor, w: &Tensor, k: i64) {
             normalize_rows_(p2);
         }),
     );
+    // Its own copy of the encoder: `w` goes on to the benchmark's rows.
+    let mut sae = TopKSae {
+        w_enc: w.copy(),
+        ..sae
+    };
+    for read in [false, true] {
+        let s = time(steps, device, || {
+            let (fvu, norm) = topk_step(&mut sae, &mut adam, x);
+            if read {
+                let _ = (fvu.double_value(&[]), norm.double_value(&[]));
+            }
+        });
+        report(if read { "step, reads each" } else { "step" }, s);
+    }
 }

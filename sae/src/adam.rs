@@ -2,7 +2,7 @@
 //! gradients, so there is no autograd graph to hang an optimizer on).
 
 use saescope_kernels::{AdamScalars, adam_step_};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Adam's state for a fixed list of parameters, in the order `new` was given them.
 #[derive(Debug)]
@@ -53,18 +53,20 @@ impl Adam {
             if adam_step_(p, g, m, v, scalars) {
                 continue;
             }
-            // Elsewhere (a GPU), in place where libtorch allows, since each kernel is a pass
-            // over the whole parameter: m ← m + (1 − β₁)(g − m), and p ← p + m / d with
-            // d = −(bc1 / lr)(√v / √bc2 + ε), the same update with its scalars folded into d.
+            // Elsewhere (a GPU), as tensor kernels, each a pass over the whole parameter, so in
+            // place where libtorch allows: m ← m + (1 − β₁)(g − m), v ← v + (1 − β₂)(g² − v),
+            // and p ← p + m / d with d = −(bc1 / lr)(√v / √bc2 + ε), the update with its
+            // scalars folded into d.
             let _ = m.lerp_(g, 1.0 - self.beta1);
-            let _ = v.g_mul_scalar_(self.beta2);
-            let _ = v.addcmul_(&(g * (1.0 - self.beta2)), g);
+            let work = g.square();
+            let _ = v.lerp_(&work, 1.0 - self.beta2);
             // p stays for a step too small to move it: folding 1 / lr into d would overflow f32
             // and make 0 · ∞ where v is 0.
             if lr.abs() < 1e-30 {
                 continue;
             }
-            let mut denom = v.sqrt();
+            // d is made in g²'s buffer: no allocation.
+            let mut denom = v.sqrt_out(&work);
             let _ = denom.g_mul_scalar_(-bc1 / (lr * bc2.sqrt()));
             let _ = denom.g_add_scalar_(-bc1 * self.eps / lr);
             let _ = p.addcdiv_(m, &denom);
@@ -72,10 +74,10 @@ impl Adam {
     }
 }
 
-/// Scales the gradients so their joint L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> f64 {
-    // One pass each, no squared copy; the squares summed where they are, and read once (on a
-    // GPU each read waits for the queue to drain).
+/// Scales the gradients so their joint L2 norm is at most `max_norm` (0: no limit); returns the
+/// norm before, an f64 scalar tensor where the gradients are.
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Tensor {
+    // One pass each, no squared copy: each square summed where it is.
     let squares: Vec<Tensor> = grads
         .iter()
         .map(|g| {
@@ -84,18 +86,38 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> f64 {
         })
         .collect();
     let total = match squares.as_slice() {
-        [] => 0.0,
-        _ => Tensor::stack(&squares, 0)
-            .sum(Kind::Double)
-            .double_value(&[])
-            .sqrt(),
+        [] => return Tensor::zeros([], (Kind::Double, Device::Cpu)),
+        _ => Tensor::stack(&squares, 0).sum(Kind::Double).sqrt(),
     };
-    if max_norm > 0.0 && total > max_norm {
-        for g in grads.iter_mut() {
-            let _ = g.g_mul_scalar_(max_norm / total);
-        }
-    }
+    // Read for free on the CPU, where a gradient within the limit is then left untouched; not
+    // read on a GPU, where a read waits for the queue to drain.
+    let read = total.device() == Device::Cpu;
+    scale_within(grads, &total, max_norm, read);
     total
+}
+
+/// Scales `grads`, whose joint norm is `total`, by min(1, max_norm / total). With `read`, by a
+/// factor read to the host and only when it is below 1; else by a factor left on the device,
+/// which is exactly 1 (the gradients unchanged) within the limit.
+fn scale_within(grads: &mut [Tensor], total: &Tensor, max_norm: f64, read: bool) {
+    if max_norm <= 0.0 {
+        return;
+    }
+    if read {
+        let norm = total.double_value(&[]);
+        if norm > max_norm {
+            for g in grads.iter_mut() {
+                let _ = g.g_mul_scalar_(max_norm / norm);
+            }
+        }
+        return;
+    }
+    let factor = (total.reciprocal() * max_norm)
+        .clamp_max(1.0)
+        .to_kind(Kind::Float);
+    for g in grads.iter_mut() {
+        let _ = g.g_mul_(&factor);
+    }
 }
 
 #[cfg(test)]
@@ -138,10 +160,22 @@ mod tests {
             Tensor::from_slice(&[3.0f32, 0.0]),
             Tensor::from_slice(&[0.0f32, 4.0]),
         ];
-        assert_eq!(clip_grad_norm(&mut grads, 1.0), 5.0);
-        let after = clip_grad_norm(&mut grads, 10.0);
+        let norm = |g: &mut [Tensor], max: f64| clip_grad_norm(g, max).double_value(&[]);
+        assert_eq!(norm(&mut grads, 1.0), 5.0);
+        let after = norm(&mut grads, 10.0);
         assert!((after - 1.0).abs() < 1e-6, "{after}");
-        assert_eq!(clip_grad_norm(&mut [], 1.0), 0.0);
+        assert_eq!(norm(&mut [], 1.0), 0.0);
+        // The GPU's way (the factor left on the device) scales exactly as the CPU's, over the
+        // limit and within it.
+        for max in [0.5, 3.0, 50.0] {
+            let mut by_read: Vec<Tensor> = p0.iter().map(Tensor::copy).collect();
+            let mut on_device: Vec<Tensor> = p0.iter().map(Tensor::copy).collect();
+            let total = clip_grad_norm(&mut by_read, max);
+            scale_within(&mut on_device, &total, max, false);
+            for (a, b) in by_read.iter().zip(&on_device) {
+                assert!(a.equal(b), "max norm {max}: the two ways differ");
+            }
+        }
 
         // A step of size 0 leaves the parameter as it was, zero moments included.
         let mut p = wide[0].copy();

@@ -6,7 +6,7 @@ use crate::error::{Result, SaeError};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use saescope_store::{BosHandling, ReadOptions, Run, Shuffle, TokenSet};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// A source of rows, in an order fixed by the epoch number.
 pub trait Source {
@@ -18,9 +18,18 @@ pub trait Source {
 
 /// Row-major f32 rows as a tensor [rows, dim] on `device`.
 pub fn rows_to_tensor(rows: &[f32], dim: usize, device: Device) -> Tensor {
-    Tensor::from_slice(rows)
-        .view([-1, dim as i64])
-        .to_device(device)
+    let host = Tensor::from_slice(rows).view([-1, dim as i64]);
+    match device {
+        // From page-locked memory the copy is queued behind the GPU's work, so the host goes on
+        // to read the next batch; from pageable memory it would wait for the queue to drain.
+        // libtorch keeps the page-locked block until the copy has been made. (`_pin_memory`:
+        // the public `pin_memory` warns when given a device, and tch always passes one.)
+        Device::Cuda(_) => {
+            host.internal_pin_memory(device)
+                .to_device_(device, Kind::Float, true, false)
+        }
+        _ => host.to_device(device),
+    }
 }
 
 /// One hook of a harvest run, restricted to a set of its tokens (a side of a held-out split).

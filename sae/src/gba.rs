@@ -15,7 +15,7 @@
 //!   ReLU:                f = relu(u + b_enc)          the bias also shrinks every value, which a
 //!                                                     unit-norm tied decoder cannot undo
 
-use crate::topk::centred_sq_sum;
+use crate::loss::Fvu;
 use saescope_kernels::linear;
 use tch::{Kind, Tensor};
 
@@ -132,8 +132,9 @@ pub struct Step {
     pub acts: Tensor,
     /// The reconstruction x̂ [B, d_in], b_dec included.
     pub recon: Tensor,
-    /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖² over the batch: the loss.
-    pub fvu: f64,
+    /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖² over the batch, the loss: an f64 scalar tensor on the
+    /// batch's device ([`crate::loss`]).
+    pub fvu: Tensor,
 }
 
 impl GbaSae {
@@ -172,10 +173,9 @@ impl GbaSae {
         stats.max_pre = stats.max_pre.maximum(&pre.amax(0, false));
         stats.tokens += x.size()[0] as usize;
         let recon = acts.matmul(&self.w_dec) + &self.b_dec;
-        let total_var = centred_sq_sum(x);
         let err = &recon - x;
-        let fvu = err.square().sum(Kind::Float).double_value(&[]) / total_var;
-        let g = err * (2.0 / total_var);
+        let fvu = Fvu::of(&err, x);
+        let g = err * &fvu.grad_scale;
         let w_dec = acts.tr().matmul(&g);
         let g_pre = g.matmul(&self.w_dec.tr()) * pre.gt(0.0).to_kind(Kind::Float);
         let w_enc = g_pre.tr().matmul(&xc);
@@ -189,7 +189,7 @@ impl GbaSae {
             b_dec,
             acts,
             recon,
-            fvu,
+            fvu: fvu.value,
         }
     }
 

@@ -3,12 +3,12 @@
 //! This crate owns the dictionary learners (TopK and BatchTopK SAEs in [`topk`], MP-SAE in
 //! [`mpsae`], GBA in [`gba`], SNMF in [`snmf`]; any gradient learner also serves
 //! attention-output SAEs on `attn.hook_z`; and [`l1`], a ReLU/L1 dictionary fit full-batch on a
-//! small matrix in memory, for circuit discovery's codes), the [`Dictionary`] interface they share, their files
-//! ([`format`]: the SAELens v6 layout; SAELens and sparsify files load too), training with its
-//! checkpoints ([`train`]) and the data it reads ([`data`]), and the reconstruction metrics
-//! ([`metrics`]). The gradient learners compute their own gradients rather than using autograd,
-//! so that everything after the encoder's dense matmul costs in proportion to the active
-//! latents.
+//! small matrix in memory, for circuit discovery's codes), the [`Dictionary`] interface they
+//! share, their files ([`format`]: the SAELens v6 layout; SAELens and sparsify files load too),
+//! training with its checkpoints ([`train`]), the loss it trains on ([`loss`]) and the data it
+//! reads ([`data`]), and the reconstruction metrics ([`metrics`]). The gradient learners
+//! compute their own gradients rather than using autograd, so that everything after the
+//! encoder's dense matmul costs in proportion to the active latents.
 //!
 //! It reads activations through `saescope-store`, which also names the dictionary directory's
 //! files. It does not run models (`saescope-activations`) or analyse a dictionary inside one
@@ -25,6 +25,7 @@ mod error;
 pub mod format;
 pub mod gba;
 pub mod l1;
+pub mod loss;
 pub mod metrics;
 pub mod mpsae;
 pub mod seeded;

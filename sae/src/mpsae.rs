@@ -14,8 +14,8 @@
 //! token's steps while its correlations stay in cache; the tensor form below serves the GPU and
 //! the adaptive stops.
 
+use crate::loss::Fvu;
 use crate::sparse::SparseCodes;
-use crate::topk::centred_sq_sum;
 use saescope_kernels::{Pursued, pursue, pursue_backward};
 use tch::{Kind, Tensor};
 
@@ -132,8 +132,9 @@ pub struct Step {
     pub codes: SparseCodes,
     /// The reconstruction x̂ = x − r^T [B, d].
     pub recon: Tensor,
-    /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖² over the batch: the loss.
-    pub fvu: f64,
+    /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖² over the batch, the loss: an f64 scalar tensor on the
+    /// batch's device ([`crate::loss`]).
+    pub fvu: Tensor,
 }
 
 impl MpSae {
@@ -301,11 +302,10 @@ impl MpSae {
             return step;
         }
         let p = self.pursue(x, Stop::steps(self.k), true);
-        let total_var = centred_sq_sum(x);
         let recon = x - &p.residual;
-        let fvu = p.residual.square().sum(p.residual.kind()).double_value(&[]) / total_var;
+        let fvu = Fvu::of(&p.residual, x);
         // x̂ − x = −r^T, so dL/dr^T = 2 r^T / total_var.
-        let mut g_r = &p.residual * (2.0 / total_var);
+        let mut g_r = &p.residual * &fvu.grad_scale;
         let mut g_atoms = Tensor::zeros_like(&self.atoms);
         for t in (0..p.picks.len()).rev() {
             let (j, alpha, r_prev) = (&p.picks[t], &p.coefs[t], &p.before[t]);
@@ -324,7 +324,7 @@ impl MpSae {
             b_dec_grad,
             codes,
             recon,
-            fvu,
+            fvu: fvu.value,
         }
     }
 
@@ -332,18 +332,15 @@ impl MpSae {
     /// step's residual rebuilt in the backward instead of stored.
     fn train_step_cpu(&self, x: &Tensor) -> Option<Step> {
         let (atoms, p) = self.pursue_fixed(x)?;
-        let total_var = centred_sq_sum(x);
-        let fvu = p.residual.square().sum(Kind::Float).double_value(&[]) / total_var;
-        let g_r = &p.residual * (2.0 / total_var);
-        let (per_step, g_first) = pursue_backward(&atoms, &p.picks, &p.coefs, &p.residual, &g_r)?;
-        let atoms_grad =
-            Tensor::zeros_like(&self.atoms).index_add(0, &p.picks.view([-1]), &per_step);
+        let fvu = Fvu::of(&p.residual, x);
+        let g_r = &p.residual * &fvu.grad_scale;
+        let (atoms_grad, g_first) = pursue_backward(&atoms, &p.picks, &p.coefs, &p.residual, &g_r)?;
         Some(Step {
             atoms_grad,
             b_dec_grad: -g_first.sum_dim_intlist(0, false, Kind::Float),
             codes: merged_codes(&p.picks, &p.coefs, self.n_latents()),
             recon: x - &p.residual,
-            fvu,
+            fvu: fvu.value,
         })
     }
 }

@@ -78,6 +78,15 @@ impl SparseCodes {
         ends - &self.offsets
     }
 
+    /// Which latents hold a positive value in some row, bool [n_latents]. Counted rather than
+    /// selected: the size of a masked selection is a read, which on a GPU waits for the queue.
+    pub fn fired(&self) -> Tensor {
+        let positive = self.vals.gt(0.0).to_kind(Kind::Int64);
+        Tensor::zeros([self.n_latents as i64], (Kind::Int64, self.cols.device()))
+            .index_add(0, &self.cols, &positive)
+            .gt(0)
+    }
+
     /// Row of each active entry, i64 [nnz].
     pub fn row_ids(&self) -> Tensor {
         Tensor::arange(self.rows as i64, (Kind::Int64, self.cols.device()))

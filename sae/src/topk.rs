@@ -10,6 +10,7 @@
 //! The encoder's dense matmul is the only step whose cost grows with batch x latents: decoding,
 //! every gradient of the decoder, and the encoder's backward go through [`SparseCodes`].
 
+use crate::loss::{Fvu, centred_sq_sum, grad_scale, sq_sum};
 use crate::sparse::SparseCodes;
 use saescope_kernels::{affine, batch_topk, row_topk};
 use tch::{Kind, Tensor};
@@ -62,7 +63,8 @@ pub struct Grads {
     pub b_dec: Tensor,
 }
 
-/// What one training forward and backward produced.
+/// What one training forward and backward produced. The figures are scalar tensors on the
+/// batch's device (see [`crate::loss`]): reading one on a GPU waits for the step to finish.
 pub struct Step {
     /// Gradients of the loss FVU + coefficient · AuxK loss.
     pub grads: Grads,
@@ -70,12 +72,13 @@ pub struct Step {
     pub codes: SparseCodes,
     /// The reconstruction x̂ [B, d_in], b_dec included.
     pub recon: Tensor,
-    /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖² over the batch.
-    pub fvu: f64,
-    /// The AuxK loss before its coefficient (0 without dead latents).
-    pub aux: f64,
-    /// The smallest selected positive value (BatchTopK's threshold sample).
-    pub min_selected: Option<f64>,
+    /// Σ‖x̂ − x‖² / Σ‖x − mean(x)‖² over the batch (f64).
+    pub fvu: Tensor,
+    /// The AuxK loss before its coefficient (f64; 0 without dead latents).
+    pub aux: Tensor,
+    /// BatchTopK: the smallest selected positive value (f64; +∞ when none was positive), the
+    /// threshold's sample.
+    pub min_selected: Option<Tensor>,
 }
 
 /// AuxK settings: the dead latents predict the main reconstruction's error.
@@ -217,51 +220,53 @@ impl TopKSae {
         let Scores { scores, bias, xc } = self.scores(x);
         let codes = self.exact_values(self.select_from(&scores, bias.as_ref()), &xc);
         let recon = self.decode(&codes);
-        let total_var = centred_sq_sum(x);
         let err = &recon - x;
-        let fvu = err.square().sum(err.kind()).double_value(&[]) / total_var;
-        let g = &err * (2.0 / total_var);
+        let fvu = Fvu::of(&err, x);
+        let g = &err * &fvu.grad_scale;
         let mut grads = self.backward_through(&codes, &xc, &g);
         grads.b_dec += g.sum_dim_intlist(0, false, Kind::Float);
 
-        let mut aux_loss = 0.0;
-        if let (Some(dead), Some(aux)) = (dead, aux) {
-            let n_dead = dead.sum(Kind::Int64).int64_value(&[]) as usize;
-            let k_aux = aux.k_aux.min(n_dead);
-            if k_aux > 0 {
-                // Only dead latents compete: the others' bias is −∞.
-                let zero = || Tensor::zeros([self.n_latents() as i64], (Kind::Float, x.device()));
-                let masked = bias
-                    .unwrap_or_else(zero)
-                    .masked_fill(&dead.logical_not(), f64::NEG_INFINITY);
-                let (val, idx) = largest_per_row(&scores, Some(&masked), k_aux);
-                let val = val.clamp_min(0.0);
-                let aux_codes =
-                    self.exact_values(SparseCodes::from_topk(&idx, &val, self.n_latents()), &xc);
-                let e = -&err; // x − x̂, detached by construction
-                let e_hat = aux_codes.combine(&self.w_dec);
-                let e_var = centred_sq_sum(&e).max(1e-12);
-                let diff = &e_hat - &e;
-                aux_loss = diff.square().sum(Kind::Float).double_value(&[]) / e_var;
-                let g_aux = diff * (2.0 * aux.coefficient / e_var);
-                let ga = self.backward_through(&aux_codes, &xc, &g_aux);
-                grads.w_enc += ga.w_enc;
-                grads.b_enc += ga.b_enc;
-                grads.w_dec += ga.w_dec;
-                grads.b_dec += ga.b_dec;
-            }
+        let mut aux_loss = Tensor::zeros([], (Kind::Double, x.device()));
+        // How many latents are dead is read here (a wait on a GPU), as the number chosen
+        // depends on it; the trainer passes `dead` only once a latent can have died.
+        let n_dead = |d: &Tensor| d.sum(Kind::Int64).int64_value(&[]) as usize;
+        if let (Some(dead), Some(aux)) = (dead, aux)
+            && let k_aux = aux.k_aux.min(n_dead(dead))
+            && k_aux > 0
+        {
+            // Only dead latents compete: the others' bias is −∞.
+            let zero = || Tensor::zeros([self.n_latents() as i64], (Kind::Float, x.device()));
+            let masked = bias
+                .unwrap_or_else(zero)
+                .masked_fill(&dead.logical_not(), f64::NEG_INFINITY);
+            let (val, idx) = largest_per_row(&scores, Some(&masked), k_aux);
+            let val = val.clamp_min(0.0);
+            let aux_codes =
+                self.exact_values(SparseCodes::from_topk(&idx, &val, self.n_latents()), &xc);
+            let e = -&err; // x − x̂, detached by construction
+            let e_hat = aux_codes.combine(&self.w_dec);
+            let e_var = centred_sq_sum(&e).clamp_min(1e-12);
+            let diff = &e_hat - &e;
+            aux_loss = sq_sum(&diff) / &e_var;
+            let g_aux = &diff * grad_scale(&e_var, 2.0 * aux.coefficient, diff.kind());
+            let ga = self.backward_through(&aux_codes, &xc, &g_aux);
+            grads.w_enc += ga.w_enc;
+            grads.b_enc += ga.b_enc;
+            grads.w_dec += ga.w_dec;
+            grads.b_dec += ga.b_dec;
         }
-        let min_selected = (self.selection == Selection::BatchTopK)
-            .then(|| {
-                let pos = codes.vals.masked_select(&codes.vals.gt(0.0));
-                (pos.numel() > 0).then(|| pos.min().double_value(&[]))
-            })
-            .flatten();
+        let min_selected =
+            (self.selection == Selection::BatchTopK && codes.vals.numel() > 0).then(|| {
+                let v = &codes.vals;
+                v.masked_fill(&v.le(0.0), f64::INFINITY)
+                    .min()
+                    .to_kind(Kind::Double)
+            });
         Step {
             grads,
             codes,
             recon,
-            fvu,
+            fvu: fvu.value,
             aux: aux_loss,
             min_selected,
         }
@@ -306,12 +311,6 @@ fn batch_topk_flat(pre: &Tensor, keep: usize) -> SparseCodes {
     let (r, c) = (flat.divide_scalar_mode(n, "floor"), flat.remainder(n));
     let vals = flat_pre.index_select(0, &flat);
     SparseCodes::from_entries(&r, c, vals, rows, n)
-}
-
-/// Σ_b ‖x_b − mean(x)‖²: the batch's total variance about its mean (FVU's denominator).
-pub fn centred_sq_sum(x: &Tensor) -> f64 {
-    let mean = x.mean_dim(0, true, x.kind());
-    (x - mean).square().sum(x.kind()).double_value(&[])
 }
 
 /// Removes from each row of `grad` its component along the matching (unit-norm) row of

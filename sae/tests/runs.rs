@@ -39,8 +39,8 @@ fn cfg(method: Method) -> TrainConfig {
 /// Stands in for a kill: panics once training reaches `at` steps.
 struct KillAt(u64);
 impl Observer for KillAt {
-    fn step(&mut self, line: &LogLine) {
-        if line.step == self.0 {
+    fn step(&mut self, step: u64, _line: Option<&LogLine>) {
+        if step == self.0 {
             panic!("killed at step {}", self.0);
         }
     }

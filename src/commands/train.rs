@@ -70,8 +70,9 @@ impl Observer for Bar {
         self.0 = progress::bar(total * batch as u64, "training", "tokens");
         self.1 = batch;
     }
-    fn step(&mut self, l: &LogLine) {
-        self.0.set_position(l.step * self.1 as u64);
+    fn step(&mut self, step: u64, line: Option<&LogLine>) {
+        self.0.set_position(step * self.1 as u64);
+        let Some(l) = line else { return };
         if l.fvu.is_nan() {
             self.0.set_message(format!("loss {:.4}", l.loss));
         } else {

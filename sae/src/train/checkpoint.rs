@@ -45,7 +45,8 @@ pub(crate) fn write(
             adam, threshold, ..
         } => {
             meta.insert("adam_t".into(), adam.t.to_string());
-            if let Some(t) = threshold {
+            let t = threshold.double_value(&[]);
+            if !t.is_nan() {
                 meta.insert("threshold".into(), format!("{t:e}"));
             }
         }

@@ -66,16 +66,18 @@ pub(crate) fn run(
     while pos.step < total_steps {
         let x = rows_to_tensor(&batcher.next_batch()?, d, device) / pos.scale;
         let lr = lr_at(pos.step, base_lr);
-        let mut line = learner.step(&x, cfg, lr, pos.step);
+        let figures = learner.step(&x, cfg, lr, pos.step, pos.tokens);
         pos.step += 1;
         pos.tokens += cfg.batch_tokens as u64;
         pos.epoch = batcher.epoch;
         pos.in_epoch = batcher.in_epoch;
-        line.step = pos.step;
-        line.tokens = pos.tokens;
-        observer.step(&line);
-        if pos.step.is_multiple_of(cfg.log_every.max(1) as u64) || pos.step == total_steps {
-            writeln!(log, "{}", serde_json::to_string(&line).expect("json"))
+        // The figures are read (on a GPU, a wait for the step) only for a log line.
+        let logged =
+            pos.step.is_multiple_of(cfg.log_every.max(1) as u64) || pos.step == total_steps;
+        let line = logged.then(|| figures.read(pos.step, pos.tokens, lr, cfg.aux_coefficient));
+        observer.step(pos.step, line.as_ref());
+        if let Some(line) = &line {
+            writeln!(log, "{}", serde_json::to_string(line).expect("json"))
                 .map_err(|e| SaeError::io(&log_path, e))?;
         }
         if cfg.checkpoint_every > 0

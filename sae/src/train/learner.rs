@@ -22,7 +22,8 @@ pub(crate) enum Learner {
         sae: TopKSae,
         adam: Adam,
         since_fired: Tensor,
-        threshold: Option<f64>,
+        /// BatchTopK's running threshold ([`running_threshold`]); NaN until learned.
+        threshold: Tensor,
     },
     Mp {
         sae: MpSae,
@@ -57,7 +58,8 @@ pub fn geometric_median(x: &Tensor, iters: usize, tol: f64) -> Tensor {
 
 /// The update every gradient learner shares: remove from the atoms' gradient (`grads[atoms]`)
 /// its component along each atom, clip the joint gradient norm, take an Adam step, and put the
-/// atoms back on the unit sphere. Returns the gradient norm before clipping.
+/// atoms back on the unit sphere. Returns the gradient norm before clipping, as an f64 scalar
+/// tensor where the gradients are.
 pub fn constrained_step(
     adam: &mut Adam,
     params: &mut [&mut Tensor],
@@ -65,12 +67,67 @@ pub fn constrained_step(
     atoms: usize,
     grad_clip: f64,
     lr: f64,
-) -> f64 {
+) -> Tensor {
     project_out_parallel(&mut grads[atoms], params[atoms]);
     let norm = clip_grad_norm(&mut grads, grad_clip);
     adam.step(params, &grads, lr);
     normalize_rows_(params[atoms]);
     norm
+}
+
+/// One step's figures as f64 scalar tensors where the step ran ([`crate::loss`] says why
+/// they are not read at once).
+pub(crate) struct Figures {
+    fvu: Tensor,
+    aux: Tensor,
+    l0: Tensor,
+    dead_fraction: Tensor,
+    grad_norm: Tensor,
+}
+
+impl Figures {
+    /// The log line of a step taken at `lr` (one read, which waits for the step to finish).
+    pub(crate) fn read(&self, step: u64, tokens: u64, lr: f64, aux_coefficient: f64) -> LogLine {
+        let all = [
+            &self.fvu,
+            &self.aux,
+            &self.l0,
+            &self.dead_fraction,
+            &self.grad_norm,
+        ]
+        .map(|t| t.to_kind(Kind::Double));
+        let v = Vec::<f64>::try_from(Tensor::stack(&all, 0).to_device(Device::Cpu))
+            .expect("five f64 figures");
+        let [fvu, aux_loss, l0, dead_fraction, grad_norm] = v[..] else {
+            unreachable!("five figures were stacked")
+        };
+        LogLine {
+            step,
+            tokens,
+            lr,
+            loss: fvu + aux_coefficient * aux_loss,
+            fvu,
+            aux_loss,
+            l0,
+            dead_fraction,
+            grad_norm,
+        }
+    }
+}
+
+/// BatchTopK's inference threshold, a running average of each step's smallest selected value
+/// `m`: θ ← β·θ + (1 − β)·m, starting at the first m; a step with no positive value (m = +∞)
+/// leaves θ. θ is an f64 scalar tensor, NaN until its first sample.
+fn running_threshold(theta: &Tensor, m: &Tensor, beta: f64) -> Tensor {
+    let blend = theta * beta + m * (1.0 - beta);
+    m.where_self(&theta.isnan(), &blend)
+        .where_self(&m.isfinite(), theta)
+}
+
+/// An f64 scalar tensor on `device` holding `v`, made there (a copy from the host would wait
+/// for a GPU).
+pub(crate) fn scalar(v: f64, device: Device) -> Tensor {
+    Tensor::full([], v, (Kind::Double, device))
 }
 
 /// Whether bf16 matmuls run natively (faster than f32) on `device`.
@@ -124,7 +181,7 @@ impl Learner {
                     sae,
                     adam,
                     since_fired: since,
-                    threshold: None,
+                    threshold: scalar(f64::NAN, device),
                 }
             }
             Method::MpSae => {
@@ -172,23 +229,29 @@ impl Learner {
         }
     }
 
-    /// One step on x (already scaled); returns the log figures.
-    pub(crate) fn step(&mut self, x: &Tensor, cfg: &TrainConfig, lr: f64, step: u64) -> LogLine {
+    /// One step on x (already scaled), `tokens` training tokens into the run; returns the
+    /// step's figures where they were computed (read them for a log line only).
+    pub(crate) fn step(
+        &mut self,
+        x: &Tensor,
+        cfg: &TrainConfig,
+        lr: f64,
+        step: u64,
+        tokens: u64,
+    ) -> Figures {
         let b = x.size()[0];
         let d = x.size()[1] as usize;
         let dead_after = cfg.dead_tokens as i64;
-        let fraction = |mask: &Tensor| {
-            mask.to_kind(Kind::Float)
-                .mean(Kind::Float)
-                .double_value(&[])
-        };
+        // A latent is dead after `dead_tokens` without firing, so none can be before then:
+        // AuxK, which must read how many are dead, is skipped until a latent can have died.
+        let may_be_dead = tokens > cfg.dead_tokens;
+        let fraction = |mask: &Tensor| mask.to_kind(Kind::Double).mean(Kind::Double);
         let mark_fired = |since: &mut Tensor, fired: &Tensor| {
             let _ = since.g_add_scalar_(b);
-            let _ = since.index_fill_(0, fired, 0);
+            let _ = since.masked_fill_(fired, 0);
         };
-        let code_l0 = |vals: &Tensor| vals.gt(0.0).sum(Kind::Float).double_value(&[]) / b as f64;
-        // Each arm: (fvu, aux loss, L0, dead fraction, gradient norm).
-        let (fvu, aux, l0, dead_fraction, grad_norm) = match self {
+        let code_l0 = |vals: &Tensor| vals.gt(0.0).sum(Kind::Double) / b as f64;
+        match self {
             Learner::TopK {
                 sae,
                 adam,
@@ -203,11 +266,8 @@ impl Learner {
                         coefficient: cfg.aux_coefficient,
                     }),
                 };
-                let s = sae.train_step(x, Some(&dead), aux);
-                mark_fired(
-                    since_fired,
-                    &s.codes.cols.masked_select(&s.codes.vals.gt(0.0)),
-                );
+                let s = sae.train_step(x, may_be_dead.then_some(&dead), aux);
+                mark_fired(since_fired, &s.codes.fired());
                 let g = vec![s.grads.w_enc, s.grads.b_enc, s.grads.w_dec, s.grads.b_dec];
                 let params = &mut [
                     &mut sae.w_enc,
@@ -215,15 +275,18 @@ impl Learner {
                     &mut sae.w_dec,
                     &mut sae.b_dec,
                 ];
-                let gn = constrained_step(adam, params, g, 2, cfg.grad_clip, lr);
+                let grad_norm = constrained_step(adam, params, g, 2, cfg.grad_clip, lr);
                 if let (Some(m), true) = (s.min_selected, step as usize >= cfg.threshold_start_step)
                 {
-                    *threshold = Some(match *threshold {
-                        None => m,
-                        Some(t) => cfg.threshold_beta * t + (1.0 - cfg.threshold_beta) * m,
-                    });
+                    *threshold = running_threshold(threshold, &m, cfg.threshold_beta);
                 }
-                (s.fvu, s.aux, code_l0(&s.codes.vals), fraction(&dead), gn)
+                Figures {
+                    fvu: s.fvu,
+                    aux: s.aux,
+                    l0: code_l0(&s.codes.vals),
+                    dead_fraction: fraction(&dead),
+                    grad_norm,
+                }
             }
             Learner::Mp {
                 sae,
@@ -231,15 +294,17 @@ impl Learner {
                 since_fired,
             } => {
                 let s = sae.train_step(x);
-                mark_fired(
-                    since_fired,
-                    &s.codes.cols.masked_select(&s.codes.vals.gt(0.0)),
-                );
+                mark_fired(since_fired, &s.codes.fired());
                 let g = vec![s.atoms_grad, s.b_dec_grad];
                 let params = &mut [&mut sae.atoms, &mut sae.b_dec];
-                let gn = constrained_step(adam, params, g, 0, cfg.grad_clip, lr);
-                let dead = fraction(&since_fired.gt(dead_after));
-                (s.fvu, 0.0, code_l0(&s.codes.vals), dead, gn)
+                let grad_norm = constrained_step(adam, params, g, 0, cfg.grad_clip, lr);
+                Figures {
+                    aux: s.fvu.zeros_like(),
+                    fvu: s.fvu,
+                    l0: code_l0(&s.codes.vals),
+                    dead_fraction: fraction(&since_fired.gt(dead_after)),
+                    grad_norm,
+                }
             }
             Learner::Gba {
                 sae,
@@ -249,10 +314,9 @@ impl Learner {
             } => {
                 let s = sae.train_step(x, stats);
                 let active = s.acts.gt(0.0);
-                mark_fired(since_fired, &active.any_dim(0, false).nonzero().view([-1]));
-                let l0 = active.sum(Kind::Float).double_value(&[]) / b as f64;
+                mark_fired(since_fired, &active.any_dim(0, false));
                 let g = vec![s.w_enc + s.w_dec, s.b_dec];
-                let gn = constrained_step(
+                let grad_norm = constrained_step(
                     adam,
                     &mut [&mut sae.w_dec, &mut sae.b_dec],
                     g,
@@ -264,19 +328,14 @@ impl Learner {
                 if stats.tokens >= cfg.gba.buffer_tokens {
                     sae.adapt_biases(stats, &cfg.gba);
                 }
-                (s.fvu, 0.0, l0, fraction(&since_fired.gt(dead_after)), gn)
+                Figures {
+                    aux: s.fvu.zeros_like(),
+                    fvu: s.fvu,
+                    l0: active.sum(Kind::Double) / b as f64,
+                    dead_fraction: fraction(&since_fired.gt(dead_after)),
+                    grad_norm,
+                }
             }
-        };
-        LogLine {
-            step,
-            tokens: 0,
-            lr,
-            loss: fvu + cfg.aux_coefficient * aux,
-            fvu,
-            aux_loss: aux,
-            l0,
-            dead_fraction,
-            grad_norm,
         }
     }
 
@@ -367,7 +426,8 @@ impl Learner {
                 sae.w_dec = get("w_dec")?;
                 sae.b_dec = get("b_dec")?;
                 *since_fired = get("since_fired")?;
-                *threshold = meta.get("threshold").and_then(|s| s.parse().ok());
+                let learned = meta.get("threshold").and_then(|s| s.parse().ok());
+                *threshold = scalar(learned.unwrap_or(f64::NAN), sae.w_enc.device());
             }
             Learner::Mp {
                 sae, since_fired, ..
@@ -417,10 +477,14 @@ impl Learner {
                 sae.w_enc = &sae.w_enc / s;
                 sae.w_dec = &sae.w_dec * s;
                 sae.b_dec = &sae.b_dec * s;
-                if sae.selection == Selection::BatchTopK {
+                let learned = threshold.double_value(&[]);
+                if sae.selection == Selection::BatchTopK && !learned.is_nan() {
                     let n = sae.n_latents() as i64;
-                    sae.threshold =
-                        threshold.map(|t| Tensor::full([n], t, (Kind::Float, sae.w_enc.device())));
+                    sae.threshold = Some(Tensor::full(
+                        [n],
+                        learned,
+                        (Kind::Float, sae.w_enc.device()),
+                    ));
                 }
                 AnyDictionary::TopK(sae)
             }
@@ -445,5 +509,29 @@ impl Learner {
                 AnyDictionary::Gba(sae)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first finite sample starts θ, later ones blend in, and a step without a positive
+    /// value (+∞) leaves θ as it was, before and after the start; all as the f64 arithmetic.
+    #[test]
+    fn the_running_threshold_starts_blends_and_skips_empty_steps() {
+        let cpu = Device::Cpu;
+        let v = |t: &Tensor| t.double_value(&[]);
+        let beta = 0.9;
+        let mut theta = scalar(f64::NAN, cpu);
+        theta = running_threshold(&theta, &scalar(f64::INFINITY, cpu), beta);
+        assert!(v(&theta).is_nan(), "no sample yet");
+        theta = running_threshold(&theta, &scalar(2.0, cpu), beta);
+        assert_eq!(v(&theta), 2.0);
+        theta = running_threshold(&theta, &scalar(0.5, cpu), beta);
+        assert_eq!(v(&theta), beta * 2.0 + (1.0 - beta) * 0.5);
+        let before = v(&theta);
+        theta = running_threshold(&theta, &scalar(f64::INFINITY, cpu), beta);
+        assert_eq!(v(&theta), before);
     }
 }

@@ -22,8 +22,9 @@ pub struct TrainReport {
 pub trait Observer {
     /// Training is about to take `total_steps` steps of `batch_tokens` tokens.
     fn start(&mut self, _total_steps: u64, _batch_tokens: usize) {}
-    /// A step was taken.
-    fn step(&mut self, _line: &LogLine) {}
+    /// Step `step` (counted from 1) was taken; `line` holds its figures when the step was
+    /// logged (the figures are read only then: on a GPU a read waits for the queue).
+    fn step(&mut self, _step: u64, _line: Option<&LogLine>) {}
 }
 
 impl Observer for () {}

@@ -70,7 +70,7 @@ pub(crate) fn run(
         rows.truncate(budget as usize * m);
         let a = rows_to_tensor(&rows, m, device);
         observer.start(cfg.snmf.max_iter as u64, a.size()[0] as usize);
-        let mut prog = |it: usize, l: f64| observer.step(&iteration(it, l));
+        let mut prog = |it: usize, l: f64| observer.step(it as u64 + 1, Some(&iteration(it, l)));
         Snmf::fit(&a, k, &cfg.snmf, cfg.seed, &mut prog).0
     } else {
         let steps = budget / cfg.snmf.minibatch as u64;
@@ -82,7 +82,7 @@ pub(crate) fn run(
                 .ok()
                 .map(|r| rows_to_tensor(&r, m, Device::Cpu))
         });
-        let mut prog = |it: usize, l: f64| observer.step(&iteration(it, l));
+        let mut prog = |it: usize, l: f64| observer.step(it as u64 + 1, Some(&iteration(it, l)));
         Snmf::fit_online(&mut iter, m, k, &cfg.snmf, cfg.seed, device, &mut prog)
     };
     let dictionary = AnyDictionary::Snmf(SnmfDictionary {
