@@ -112,7 +112,8 @@ fn scale_within(grads: &mut [Tensor], total: &Tensor, max_norm: f64, read: bool)
         }
         return;
     }
-    let factor = (total.reciprocal() * max_norm)
+    // max_norm / total as one division, rounded as the host's.
+    let factor = (total.full_like(max_norm) / total)
         .clamp_max(1.0)
         .to_kind(Kind::Float);
     for g in grads.iter_mut() {

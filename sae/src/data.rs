@@ -18,12 +18,21 @@ pub trait Source {
 
 /// Row-major f32 rows as a tensor [rows, dim] on `device`.
 pub fn rows_to_tensor(rows: &[f32], dim: usize, device: Device) -> Tensor {
+    Tensor::from_slice(rows)
+        .view([-1, dim as i64])
+        .to_device(device)
+}
+
+/// A training batch as [`rows_to_tensor`] makes it, but on a CUDA device copied from
+/// page-locked memory without waiting: the copy is queued behind the GPU's work, and the host
+/// goes on to read the next batch (from pageable memory the copy would wait for the queue to
+/// drain). libtorch keeps the page-locked block until the copy has been made, and keeps it
+/// for reuse after, so this is for batches of one size, not for one large transfer.
+pub fn batch_to_device(rows: &[f32], dim: usize, device: Device) -> Tensor {
     let host = Tensor::from_slice(rows).view([-1, dim as i64]);
     match device {
-        // From page-locked memory the copy is queued behind the GPU's work, so the host goes on
-        // to read the next batch; from pageable memory it would wait for the queue to drain.
-        // libtorch keeps the page-locked block until the copy has been made. (`_pin_memory`:
-        // the public `pin_memory` warns when given a device, and tch always passes one.)
+        // `_pin_memory`: the public `pin_memory` warns when given a device, and tch always
+        // passes one.
         Device::Cuda(_) => {
             host.internal_pin_memory(device)
                 .to_device_(device, Kind::Float, true, false)

@@ -39,8 +39,8 @@ pub fn sq_sum(t: &Tensor) -> Tensor {
     t.square().sum(t.kind()).to_kind(Kind::Double)
 }
 
-/// `c / denom` for an f64 scalar tensor `denom`, in `kind` (that of what it scales, as a
-/// scalar `c / denom` would be rounded). With c a power of two, 1/denom · c rounds as c/denom.
+/// `c / denom` for an f64 scalar tensor `denom`, in `kind` (that of what it scales): one f64
+/// division, then rounded to `kind`, as a host scalar `c / denom` would be.
 pub fn grad_scale(denom: &Tensor, c: f64, kind: Kind) -> Tensor {
-    (denom.reciprocal() * c).to_kind(kind)
+    (denom.full_like(c) / denom).to_kind(kind)
 }

@@ -11,7 +11,7 @@ use super::eval::count_rows;
 use super::learner::Learner;
 use super::outputs::{self, Provenance};
 use super::report::{Observer, TrainReport};
-use crate::data::{Batcher, Source, rows_to_tensor};
+use crate::data::{Batcher, Source, batch_to_device, rows_to_tensor};
 use crate::error::{Result, SaeError};
 use saescope_store::DictDir;
 use std::io::Write;
@@ -64,7 +64,7 @@ pub(crate) fn run(
         .map_err(|e| SaeError::io(&log_path, e))?;
     observer.start(total_steps, cfg.batch_tokens);
     while pos.step < total_steps {
-        let x = rows_to_tensor(&batcher.next_batch()?, d, device) / pos.scale;
+        let x = batch_to_device(&batcher.next_batch()?, d, device) / pos.scale;
         let lr = lr_at(pos.step, base_lr);
         let figures = learner.step(&x, cfg, lr, pos.step, pos.tokens);
         pos.step += 1;
