@@ -17,7 +17,7 @@ use crate::gguf::Gguf;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::kv_cache::{KvCache, attend_cached};
-use saescope_kernels::linear;
+use saescope_kernels::{linear, rms_norm_bf16};
 use tch::{Device, Kind, Tensor};
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -425,11 +425,15 @@ impl Llama {
     }
 
     /// RMSNorm over the last dimension, computed in f32 whatever the model's dtype and rounded
-    /// to it before the gain (as transformers does for bf16), by libtorch's own kernel. `w` is
-    /// the gain [d], or one per head [heads, d_head] for Qwen3's QK norm.
+    /// to it before the gain (as transformers does for bf16): libtorch's own kernel in f32, the
+    /// kernels crate's one-pass kernel for bf16 on the CPU. `w` is the gain [d], or one per head
+    /// [heads, d_head] for Qwen3's QK norm.
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
         let d = *x.size().last().expect("a tensor with dimensions");
         let eps = self.cfg.rms_eps;
+        if let Some(y) = rms_norm_bf16(x, w, eps) {
+            return y;
+        }
         match (self.kind, w.dim()) {
             (Kind::Float, 1) => x.rms_norm([d], Some(w), eps),
             _ => {

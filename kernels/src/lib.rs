@@ -7,6 +7,7 @@
 //! - [`row_topk()`] and [`batch_topk()`]: each row's k largest entries (TopK training) and a whole
 //!   batch's largest (BatchTopK), the encoder's bias added as they compare;
 //! - [`pursue()`] and [`pursue_backward()`]: MP-SAE's matching pursuit and its backward;
+//! - [`rms_norm_bf16()`]: a bf16 model's RMSNorm in one pass per row;
 //! - [`keep_freed_memory()`] and [`release_freed_memory()`]: the allocator settings under which
 //!   libtorch's large short-lived tensors stop costing page faults.
 //!
@@ -17,6 +18,7 @@ pub mod adam;
 pub mod batch_topk;
 pub mod linear;
 pub mod memory;
+pub mod norm;
 mod pool;
 pub mod pursuit;
 mod scan;
@@ -28,5 +30,6 @@ pub use memory::{keep_freed_memory, release_freed_memory};
 pub use adam::{AdamScalars, adam_step_};
 pub use batch_topk::{Selected, batch_topk};
 pub use linear::{affine, linear};
+pub use norm::rms_norm_bf16;
 pub use pursuit::{Pursued, pursue, pursue_backward};
 pub use topk::row_topk;
