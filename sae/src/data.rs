@@ -29,15 +29,13 @@ pub fn rows_to_tensor(rows: &[f32], dim: usize, device: Device) -> Tensor {
 /// drain). libtorch keeps the page-locked block until the copy has been made, and keeps it
 /// for reuse after, so this is for batches of one size, not for one large transfer.
 pub fn batch_to_device(rows: &[f32], dim: usize, device: Device) -> Tensor {
-    let host = Tensor::from_slice(rows).view([-1, dim as i64]);
     match device {
         // `_pin_memory`: the public `pin_memory` warns when given a device, and tch always
         // passes one.
-        Device::Cuda(_) => {
-            host.internal_pin_memory(device)
-                .to_device_(device, Kind::Float, true, false)
-        }
-        _ => host.to_device(device),
+        Device::Cuda(_) => rows_to_tensor(rows, dim, Device::Cpu)
+            .internal_pin_memory(device)
+            .to_device_(device, Kind::Float, true, false),
+        _ => rows_to_tensor(rows, dim, device),
     }
 }
 

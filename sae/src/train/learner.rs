@@ -126,7 +126,7 @@ fn running_threshold(theta: &Tensor, m: &Tensor, beta: f64) -> Tensor {
 
 /// An f64 scalar tensor on `device` holding `v`, made there (a copy from the host would wait
 /// for a GPU).
-pub(crate) fn scalar(v: f64, device: Device) -> Tensor {
+fn scalar(v: f64, device: Device) -> Tensor {
     Tensor::full([], v, (Kind::Double, device))
 }
 
