@@ -241,10 +241,16 @@ impl Rope {
     }
 
     /// Rotates x [batch, pos, heads, d_head]: with a and b the halves of the rotated part,
-    /// (a, b) becomes (a cos - b sin, b cos + a sin), computed as x cos + (b, a) [-sin, sin] in
-    /// three kernels (a copy, a product, a fused multiply-add in place).
+    /// (a, b) becomes (a cos - b sin, b cos + a sin), computed as x cos + (b, a) [-sin, sin]:
+    /// in one pass by the kernels crate where whole heads turn on the CPU, elsewhere in three
+    /// libtorch kernels (a copy, a product, a fused multiply-add in place).
     pub fn apply(&self, x: &Tensor) -> Tensor {
         let d_head = x.size()[3];
+        if self.dims == d_head
+            && let Some(y) = saescope_kernels::rotate_half(x, &self.cos, &self.sin)
+        {
+            return y;
+        }
         let half = self.dims / 2;
         let rotated = x.narrow(-1, 0, self.dims);
         let swapped = Tensor::cat(&[x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1);

@@ -17,7 +17,7 @@ use crate::gguf::Gguf;
 use crate::hf::HfCheckpoint;
 use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::kv_cache::{KvCache, attend_cached};
-use saescope_kernels::{linear, rms_norm_bf16};
+use saescope_kernels::{linear, silu_mul};
 use tch::{Device, Kind, Tensor};
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -425,13 +425,13 @@ impl Llama {
     }
 
     /// RMSNorm over the last dimension, computed in f32 whatever the model's dtype and rounded
-    /// to it before the gain (as transformers does for bf16): libtorch's own kernel in f32, the
-    /// kernels crate's one-pass kernel for bf16 on the CPU. `w` is the gain [d], or one per head
-    /// [heads, d_head] for Qwen3's QK norm.
+    /// to it before the gain (as transformers does for bf16): the kernels crate's one-pass
+    /// kernel on the CPU, libtorch's operations elsewhere and for Qwen3's QK norm. `w` is the
+    /// gain [d], or one per head [heads, d_head] for the QK norm.
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
         let d = *x.size().last().expect("a tensor with dimensions");
         let eps = self.cfg.rms_eps;
-        if let Some(y) = rms_norm_bf16(x, w, eps) {
+        if let Some(y) = saescope_kernels::rms_norm(x, w, eps) {
             return y;
         }
         match (self.kind, w.dim()) {
@@ -441,6 +441,16 @@ impl Llama {
                 normed.to_kind(self.kind) * w
             }
         }
+    }
+
+    /// x + y and the RMSNorm of that sum: one pass where the kernels crate takes them.
+    fn add_rms_norm(&self, x: &Tensor, y: &Tensor, w: &Tensor) -> (Tensor, Tensor) {
+        if let Some(both) = saescope_kernels::add_rms_norm(x, y, w, self.cfg.rms_eps) {
+            return both;
+        }
+        let sum = x + y;
+        let normed = self.rms_norm(&sum, w);
+        (sum, normed)
     }
 
     /// Runs the model on token ids [batch, pos] under the given hooks. Returns the logits
@@ -523,11 +533,11 @@ impl Llama {
                 attn_out = attn_out + bias;
             }
             let attn_out = hooks.at(hp(HookKind::AttnOut), attn_out);
-            x = x + attn_out;
-
-            let m = self.rms_norm(&x, &blk.mlp_norm);
+            let (sum, m) = self.add_rms_norm(&x, &attn_out, &blk.mlp_norm);
+            x = sum;
             let gate_up = linear(&m, &blk.w_gate_up);
-            let post = gate_up.narrow(-1, 0, dm).silu() * gate_up.narrow(-1, dm, dm);
+            let post = silu_mul(&gate_up)
+                .unwrap_or_else(|| gate_up.narrow(-1, 0, dm).silu() * gate_up.narrow(-1, dm, dm));
             let post = hooks.at(hp(HookKind::MlpPost), post);
             let mlp_out = hooks.at(hp(HookKind::MlpOut), linear(&post, &blk.w_down));
             x = x + mlp_out;

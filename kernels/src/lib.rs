@@ -7,7 +7,10 @@
 //! - [`row_topk()`] and [`batch_topk()`]: each row's k largest entries (TopK training) and a whole
 //!   batch's largest (BatchTopK), the encoder's bias added as they compare;
 //! - [`pursue()`] and [`pursue_backward()`]: MP-SAE's matching pursuit and its backward;
-//! - [`rms_norm_bf16()`]: a bf16 model's RMSNorm in one pass per row;
+//! - [`rms_norm()`] and [`add_rms_norm()`]: a model's RMSNorm in one pass per row (f32 and
+//!   bf16), the latter with the residual add before it;
+//! - [`silu_mul()`]: the SwiGLU MLP's silu(gate) ⊙ up in one pass;
+//! - [`rotate_half()`]: rotary position embeddings read straight from the QKV product;
 //! - [`keep_freed_memory()`] and [`release_freed_memory()`]: the allocator settings under which
 //!   libtorch's large short-lived tensors stop costing page faults.
 //!
@@ -21,7 +24,9 @@ pub mod memory;
 pub mod norm;
 mod pool;
 pub mod pursuit;
+pub mod rope;
 mod scan;
+pub mod swiglu;
 pub mod topk;
 mod view;
 
@@ -30,6 +35,8 @@ pub use memory::{keep_freed_memory, release_freed_memory};
 pub use adam::{AdamScalars, adam_step_};
 pub use batch_topk::{Selected, batch_topk};
 pub use linear::{affine, linear};
-pub use norm::rms_norm_bf16;
+pub use norm::{add_rms_norm, rms_norm};
 pub use pursuit::{Pursued, pursue, pursue_backward};
+pub use rope::rotate_half;
+pub use swiglu::silu_mul;
 pub use topk::row_topk;

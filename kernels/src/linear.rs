@@ -16,7 +16,7 @@
 //! to nearest-even, as libtorch rounds. Results match libtorch's to float rounding, not bit for
 //! bit (libtorch itself differs from one GEMM shape to another).
 
-use crate::pool::{has_fma, helpers, threads};
+use crate::pool::{has_fma, run_shares, threads};
 use half::bf16;
 use tch::{Device, Kind, Tensor};
 
@@ -114,29 +114,16 @@ unsafe fn weights<T>(w: &Tensor, n: usize) -> &[T] {
 }
 
 /// All dot products of the weight rows with the rows of x (each `d_in` long), as [out, rows].
-/// The weight rows are cut into one even share per thread; the calling thread computes the
-/// first share itself while the pool's threads take the others, so exactly as many threads
-/// run as libtorch is allowed.
+/// The weight rows are cut into one even share per thread, so exactly as many threads run as
+/// libtorch is allowed.
 fn products<W: Weight>(w: &[W], xs: &[f32], d_in: usize) -> Vec<f32> {
     let rows = xs.len() / d_in;
     let d_out = w.len() / d_in;
     let mut out = vec![0f32; d_out * rows];
     let fma = has_fma();
-    let threads = threads();
-    let share = d_out.div_ceil(threads);
-    let mut shares = out.chunks_mut(share * rows).zip(w.chunks(share * d_in));
-    let Some((out0, w0)) = shares.next() else {
-        return out;
-    };
-    match helpers(threads) {
-        None => block(w0, xs, d_in, out0, fma),
-        Some(pool) => pool.in_place_scope(|scope| {
-            for (out, w) in shares {
-                scope.spawn(move |_| block(w, xs, d_in, out, fma));
-            }
-            block(w0, xs, d_in, out0, fma);
-        }),
-    }
+    let share = d_out.div_ceil(threads()).max(1);
+    let shares = out.chunks_mut(share * rows).zip(w.chunks(share * d_in));
+    run_shares(shares, |(out, w)| block(w, xs, d_in, out, fma));
     out
 }
 
