@@ -19,6 +19,8 @@
 
 pub mod adam;
 pub mod batch_topk;
+#[cfg(test)]
+mod close;
 pub mod linear;
 pub mod memory;
 pub mod norm;

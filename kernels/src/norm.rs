@@ -179,6 +179,7 @@ fn norm_row<T: Element>(x: &[T], y: &mut [T], w: &[f32], eps: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::close::{assert_within_f32_units, assert_within_one_bf16_unit};
     use tch::Device;
 
     /// Against libtorch's operations: in f32, rounded to bf16, times the gain. Outputs may
@@ -196,19 +197,7 @@ mod tests {
                 .to_kind(Kind::BFloat16)
                 * &w;
             let got = rms_norm(&x, &w, 1e-5).expect("taken");
-            let (g, t) = (got.to_kind(Kind::Float), want.to_kind(Kind::Float));
-            // One bf16 unit at |v| is 2^(exponent − 7); allow it, and count how often.
-            let unit = t.abs().clamp_min(1e-30).log2().floor().exp2() / 128.0;
-            let apart = (&g - &t).abs();
-            assert!(
-                apart.le_tensor(&(unit * 1.0001)).all().int64_value(&[]) == 1,
-                "rows {rows} d {d}: more than one unit apart"
-            );
-            let differ = apart.gt(0.0).to_kind(Kind::Float).mean(Kind::Float);
-            assert!(
-                differ.double_value(&[]) < 0.02,
-                "rows {rows} d {d}: {differ:?}"
-            );
+            assert_within_one_bf16_unit(&got, &want, 0.02, &format!("rows {rows} d {d}"));
         }
     }
 
@@ -221,11 +210,7 @@ mod tests {
             let w = Tensor::randn([d], (Kind::Float, Device::Cpu)) + 1.0;
             let want = x.rms_norm([d], Some(&w), 1e-5);
             let got = rms_norm(&x, &w, 1e-5).expect("taken");
-            let over = (&got - &want).abs() - want.abs() * (4.0 * f32::EPSILON as f64);
-            assert!(
-                over.max().double_value(&[]) <= 1e-30,
-                "rows {rows} d {d}: more than four units apart"
-            );
+            assert_within_f32_units(&got, &want, 4.0, &format!("rows {rows} d {d}"));
         }
     }
 

@@ -144,6 +144,7 @@ fn exp<const FUSED: bool>(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::close::{assert_within_f32_units, assert_within_one_bf16_unit};
     use tch::Device;
 
     /// The exponential against f64's over its whole finite range and at its edges, with and
@@ -184,11 +185,7 @@ mod tests {
             let got = silu_mul(&x).expect("taken");
             let want = reference(&x);
             assert_eq!(got.size(), want.size());
-            let err = (&got - &want).abs() - want.abs() * (4.0 * f32::EPSILON as f64);
-            assert!(
-                err.max().double_value(&[]) <= 1e-30,
-                "rows {rows} d {d}: more than four units apart"
-            );
+            assert_within_f32_units(&got, &want, 4.0, &format!("rows {rows} d {d}"));
         }
     }
 
@@ -199,17 +196,10 @@ mod tests {
         let x = (Tensor::randn([64, 2 * 1536], (Kind::Float, Device::Cpu)) * 3.0)
             .to_kind(Kind::BFloat16)
             .view([4, 16, 2 * 1536]);
-        let got = silu_mul(&x).expect("taken").to_kind(Kind::Float);
-        let want = reference(&x).to_kind(Kind::Float);
+        let got = silu_mul(&x).expect("taken");
+        let want = reference(&x);
         assert_eq!(got.size(), vec![4, 16, 1536]);
-        let unit = want.abs().clamp_min(1e-30).log2().floor().exp2() / 128.0;
-        let apart = (&got - &want).abs();
-        assert!(
-            apart.le_tensor(&(unit * 1.0001)).all().int64_value(&[]) == 1,
-            "more than one unit apart"
-        );
-        let differ = apart.gt(0.0).to_kind(Kind::Float).mean(Kind::Float);
-        assert!(differ.double_value(&[]) < 0.002, "{differ:?}");
+        assert_within_one_bf16_unit(&got, &want, 0.002, "bf16");
     }
 
     #[test]
