@@ -64,9 +64,13 @@ enum Command {
     /// Import explanations made by other tools (delphi).
     #[command(subcommand)]
     Import(commands::export::ImportCommand),
-    /// Activation runs: inspect and benchmark.
+    /// Activation runs: inspect, merge the parts of one harvested in parts, and benchmark.
     #[command(subcommand)]
     Store(commands::store::Command),
+    /// Run work across a Slurm cluster as job arrays: a harvest in parts and its merge, one
+    /// dictionary per task for training and for analysis.
+    #[command(subcommand)]
+    Slurm(commands::slurm::Command),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Explore(a) => commands::explore::run(a),
         Command::Export(c) => commands::export::run(c),
         Command::Import(c) => commands::export::import(c),
+        Command::Slurm(c) => commands::slurm::run(c),
         Command::Store(c) => commands::store::run(c),
     };
     match result {

@@ -47,11 +47,17 @@ fn help_lists_every_working_command() {
     for cmd in [
         "setup", "doctor", "demo", "harvest", "train", "eval", "analyze", "examples", "explain",
         "score", "inspect", "generate", "circuits", "explore", "export", "import", "store",
+        "slurm",
     ] {
         assert!(t.contains(cmd), "--help does not mention {cmd}:\n{t}");
     }
     let t = text(&saescope(&["store", "--help"]));
-    assert!(t.contains("inspect") && t.contains("bench"), "{t}");
+    assert!(
+        t.contains("inspect") && t.contains("bench") && t.contains("merge"),
+        "{t}"
+    );
+    let t = text(&saescope(&["slurm", "--help"]));
+    assert!(t.contains("harvest") && t.contains("train"), "{t}");
     let t = text(&saescope(&["store", "inspect", "--help"]));
     assert!(t.contains("--no-checksums") && t.contains("--json"), "{t}");
 }
@@ -920,6 +926,75 @@ fn harvest_refuses_bad_input_before_doing_any_work() {
 }
 
 #[test]
+fn parts_and_slurm_jobs_refuse_bad_input_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = run.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["harvest", "--out", out, "--part", "2/2"],
+            "part 2 is out of range; the parts of 2 are numbered 0 to 1",
+        ),
+        (&["harvest", "--out", out, "--part", "1"], "write I/N"),
+        (&["store", "merge", out], "no parts under"),
+        (&["slurm", "harvest", "--", "--out", out], "--parts N"),
+        (
+            &[
+                "slurm", "harvest", "--parts", "2", "--", "--out", out, "--part", "0/2",
+            ],
+            "leave --part and --resume out",
+        ),
+        (
+            &[
+                "slurm", "train", "--hooks", "h", "--", "--run", out, "--out", "x",
+            ],
+            "leave --out out",
+        ),
+    ];
+    for (args, want) in cases {
+        // Without saescope()'s trailing --quiet, which would land among the arguments after `--`.
+        let o = Command::new(env!("CARGO_BIN_EXE_saescope"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+    assert!(!run.exists(), "nothing is written");
+}
+
+#[test]
+fn training_from_the_model_refuses_bad_input_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    small_run(&run, 2000);
+    let run = run.to_str().unwrap();
+    let model = tmp.path().join("no-model.gguf");
+    let model = model.to_str().unwrap();
+    let h = "blocks.2.hook_resid_post";
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["train", "--run", run, "--hook", &format!("{h},{h}")],
+            "takes one --hook",
+        ),
+        (
+            &["train", "--run", run, "--hook", h, "--latents", "64,128"],
+            "takes one --latents",
+        ),
+        (&["train", "--model", model, "--hook", h], "needs --out"),
+        (
+            &["train", "--model", model, "--run", run, "--hook", h],
+            "cannot be used with",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = saescope(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
 fn a_killed_harvest_resumes_from_the_command_line_to_the_same_data() {
     use std::time::{Duration, Instant};
     assets_installed();
@@ -1201,16 +1276,27 @@ fn a_killed_training_resumes_from_the_command_line_to_the_same_weights() {
         child.wait().unwrap();
         assert!(!cut.join("sae_weights.safetensors").exists(), "{method}");
 
+        // `--if-incomplete` (what Slurm array tasks run) continues the checkpoint as `--resume`
+        // does, and does nothing once the dictionary is finished.
+        let flag = if matches!(method, "gba" | "mpsae") {
+            "--if-incomplete"
+        } else {
+            "--resume"
+        };
         let mut resume = args(method, &cut);
-        resume.push("--resume".into());
+        resume.push(flag.into());
         let o = Command::new(bin).args(&resume).output().unwrap();
         assert!(o.status.success(), "{method}: {}", text(&o));
         for file in ["sae_weights.safetensors", "saescope_extras.safetensors"] {
             let read = |d: &Path| std::fs::read(d.join(file)).ok();
             assert!(
                 read(&whole) == read(&cut),
-                "{method}: the resumed {file} differs from an uninterrupted run's"
+                "{method}: the resumed {file} differs from an uninterrupted run's ({flag})"
             );
+        }
+        if flag == "--if-incomplete" {
+            let o = Command::new(bin).args(&resume).output().unwrap();
+            assert!(text(&o).contains("nothing to do"), "{method}: {}", text(&o));
         }
     }
     let snmf = tmp.path().join("snmf");

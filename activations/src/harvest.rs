@@ -11,10 +11,12 @@ use crate::corpus::{CorpusSource, Document};
 use crate::error::{CorpusError, HarvestError, ModelError};
 use crate::hooks::{HookPoint, Hooks};
 use crate::model::Model;
+use crate::parts::{CorpusLengths, PackerStart, Part, PartPlan};
 use crate::tokenizer::TextTokenizer;
+use saescope_store::manifest::MANIFEST_FILE;
 use saescope_store::{
-    BosHandling, ContextInfo, CorpusInfo, Dtype, HookInfo, Manifest, ModelInfo, RunSpec, RunWriter,
-    TokenRecord, TokenizerInfo, WriterOptions,
+    BosHandling, ContextInfo, CorpusInfo, Dtype, HookInfo, Manifest, ModelInfo, PartInfo, RunSpec,
+    RunWriter, StoreError, TokenRecord, TokenizerInfo, WriterOptions, parts,
 };
 use std::collections::VecDeque;
 use std::path::Path;
@@ -37,6 +39,8 @@ pub struct HarvestConfig {
     pub storage: Dtype,
     /// Shard and row-group sizes and compression of a new run (unused when resuming).
     pub writer: WriterOptions,
+    /// Harvest only this part of the run, into `RUN/parts/` (see [`crate::parts`]).
+    pub part: Option<Part>,
 }
 
 /// What a finished (or resumed and finished) harvest did.
@@ -50,6 +54,10 @@ pub struct HarvestReport {
     pub replaced_sequences: usize,
     /// Non-empty documents taken from the corpus, counted from its start even when resuming.
     pub documents: u64,
+    /// For a part: the merged run, when this part was the last to finish.
+    pub merged: Option<Manifest>,
+    /// For a part: the parts not complete yet, which the merge waits for.
+    pub waiting: Vec<u32>,
 }
 
 /// One packed context: token ids and where each came from.
@@ -70,20 +78,40 @@ pub struct Packer<'a> {
     next_doc: u64,
     next_context: u64,
     replaced: usize,
+    /// Tokens of the next document that contexts before the packer's first already hold.
+    drop_tokens: usize,
 }
 
 impl<'a> Packer<'a> {
     /// A packer over `corpus`'s documents into contexts of `ctx_len` tokens, BOS included;
     /// fails if the corpus cannot be opened.
     pub fn new(corpus: &CorpusSource, tok: &'a TextTokenizer, ctx_len: usize) -> Result<Self> {
+        Self::starting_at(corpus, tok, ctx_len, PackerStart::default())
+    }
+
+    /// A packer whose first context is `start.context`, as a packer from the corpus's start
+    /// would make it; the documents before it are read but not tokenized.
+    pub fn starting_at(
+        corpus: &CorpusSource,
+        tok: &'a TextTokenizer,
+        ctx_len: usize,
+        start: PackerStart,
+    ) -> Result<Self> {
+        let mut docs = corpus.documents()?;
+        for _ in 0..start.skip_documents {
+            if let Some(doc) = docs.next() {
+                doc?;
+            }
+        }
         Ok(Packer {
-            docs: corpus.documents()?,
+            docs,
             tok,
             ctx_len,
             buf: VecDeque::new(),
-            next_doc: 0,
-            next_context: 0,
+            next_doc: start.documents_before,
+            next_context: start.context,
             replaced: 0,
+            drop_tokens: start.drop_tokens,
         })
     }
 
@@ -108,6 +136,9 @@ impl<'a> Packer<'a> {
             if let Some(eos) = self.tok.eos {
                 self.buf.push_back((eos, None));
             }
+            let dropped = self.drop_tokens.min(self.buf.len());
+            self.buf.drain(..dropped);
+            self.drop_tokens -= dropped;
         }
         if self.buf.is_empty() {
             return Ok(None);
@@ -135,6 +166,71 @@ impl<'a> Packer<'a> {
         }
         Ok(Some(Context { ids, records }))
     }
+}
+
+/// A packer's contexts grouped into forward passes of a fixed number of contexts; contexts in
+/// one pass must have one length, so the corpus's short last context runs alone. Batch `j` is
+/// always contexts `j*B .. (j+1)*B` of a packer that starts at a multiple of `B`.
+pub struct Batches<'a> {
+    packer: Packer<'a>,
+    pending: Option<Context>,
+    size: usize,
+}
+
+impl<'a> Batches<'a> {
+    /// Batches of `size` contexts from `packer`, `pending` (a context already taken from it)
+    /// first.
+    pub fn new(packer: Packer<'a>, pending: Option<Context>, size: usize) -> Self {
+        Batches {
+            packer,
+            pending,
+            size,
+        }
+    }
+
+    /// The next batch, or `None` when the corpus is used up.
+    pub fn next_batch(&mut self) -> Result<Option<Vec<Context>>> {
+        let mut batch: Vec<Context> = Vec::with_capacity(self.size);
+        while batch.len() < self.size {
+            let next = match self.pending.take() {
+                Some(c) => Some(c),
+                None => self.packer.next_context()?,
+            };
+            let Some(c) = next else { break };
+            if batch.first().is_some_and(|f| f.ids.len() != c.ids.len()) {
+                self.pending = Some(c);
+                break;
+            }
+            batch.push(c);
+        }
+        Ok((!batch.is_empty()).then_some(batch))
+    }
+
+    /// The packer, for what it has read so far.
+    pub fn packer(&self) -> &Packer<'a> {
+        &self.packer
+    }
+}
+
+/// Runs `model` over one batch of contexts (all of one length) and returns each hook's values,
+/// [tokens, width] in f32 on the CPU, tokens in the batch's order.
+pub fn forward_batch(model: &Model, hooks: &[HookPoint], batch: &[Context]) -> Result<Vec<Tensor>> {
+    let t = batch[0].ids.len() as i64;
+    let ids: Vec<i64> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
+    let input = Tensor::from_slice(&ids).view([batch.len() as i64, t]);
+    let mut captured = hooks.iter().fold(Hooks::new(), |h, &p| h.capture(p));
+    model.forward(&input, &mut captured, false)?;
+    let rows = batch.len() as i64 * t;
+    Ok(hooks
+        .iter()
+        .map(|&p| {
+            let x = captured.take(p).expect("captured");
+            x.to_kind(Kind::Float)
+                .to_device(tch::Device::Cpu)
+                .contiguous()
+                .view([rows, -1])
+        })
+        .collect())
 }
 
 /// The run description of a harvest, checked against an existing run when resuming.
@@ -281,8 +377,10 @@ pub struct Harvester<'a> {
 }
 
 impl Harvester<'_> {
-    /// Harvests `corpus` into the run at `out` (resuming it if `resume`). `progress` is called
-    /// with the run's token count after each batch.
+    /// Harvests `corpus` into the run at `out` (resuming it if `resume`). With `cfg.part`, it
+    /// harvests that part of the run into `out/parts/` and, when it is the last part to finish,
+    /// merges the parts into the run. `progress` is called with the tokens this run (or part)
+    /// holds after each batch.
     pub fn run(
         &self,
         corpus: &CorpusSource,
@@ -291,44 +389,167 @@ impl Harvester<'_> {
         resume: bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<HarvestReport> {
-        let (model, tok) = (self.model, self.tokenizer);
-        validate(model, cfg)?;
-        let spec = run_spec(model, tok, self.model_info.clone(), corpus, cfg);
-        let mut packer = Packer::new(corpus, tok, cfg.ctx_len)?;
+        validate(self.model, cfg)?;
+        let spec = run_spec(
+            self.model,
+            self.tokenizer,
+            self.model_info.clone(),
+            corpus,
+            cfg,
+        );
+        match cfg.part {
+            None => self.run_whole(corpus, cfg, spec, out, resume, progress),
+            Some(part) => self.run_part(corpus, cfg, spec, part, out, resume, progress),
+        }
+    }
+
+    fn run_whole(
+        &self,
+        corpus: &CorpusSource,
+        cfg: &HarvestConfig,
+        spec: RunSpec,
+        out: &Path,
+        resume: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<HarvestReport> {
+        let mut packer = Packer::new(corpus, self.tokenizer, cfg.ctx_len)?;
         // Read the first context before touching the output, so an empty corpus leaves no run behind.
         let Some(first) = packer.next_context()? else {
             return Err(HarvestError::EmptyCorpus(corpus.name()));
         };
-
         let writer = if resume {
-            let w = RunWriter::resume(out)?;
-            for ((field, a), (_, b)) in identity(&w.manifest().spec())
-                .into_iter()
-                .zip(identity(&spec))
-            {
-                if a != b {
-                    return Err(HarvestError::Mismatch {
-                        run: out.display().to_string(),
-                        field: field.into(),
-                        was: a,
-                        now: b,
-                    });
-                }
-            }
-            w
+            resume_same(out, &spec)?
         } else {
             RunWriter::create(out, spec, &cfg.writer)?
         };
+        let end = cfg.max_tokens.unwrap_or(u64::MAX);
+        self.fill(writer, packer, Some(first), cfg, end, progress)
+    }
 
-        let start = writer.tokens_written();
-        let limit = cfg.max_tokens.unwrap_or(u64::MAX);
+    #[allow(clippy::too_many_arguments)] // run's arguments, and the part
+    fn run_part(
+        &self,
+        corpus: &CorpusSource,
+        cfg: &HarvestConfig,
+        spec: RunSpec,
+        part: Part,
+        out: &Path,
+        resume: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<HarvestReport> {
+        parts::check_count(out, part.count)?;
+        // Refuse settings that differ from a sibling part's now, not at the merge after hours.
+        if let Ok(siblings) = parts::status(out)
+            && let Some((i, m)) = siblings
+                .parts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 != part.index)
+                .find_map(|(i, m)| Some((i, m.as_ref()?)))
+            && let Some((field, was, now)) = first_difference(&m.spec(), &spec)
+        {
+            return Err(HarvestError::Config(format!(
+                "{}: part {i} of this run was harvested with {field} = {was}, and this part asks for {now}; all parts of a run share their settings",
+                out.display()
+            )));
+        }
+        let dir = parts::part_dir(out, part.index, part.count);
+        let exists = dir.join(MANIFEST_FILE).is_file();
+        if exists && !resume {
+            return Err(StoreError::AlreadyExists { path: dir }.into());
+        }
+        let mut report = if exists && resume && Manifest::load(&dir)?.complete {
+            // A re-submitted job: the part is done, and only the merge may be left.
+            let manifest = resume_same_part(&dir, &spec, None)?;
+            HarvestReport {
+                tokens_this_run: 0,
+                documents: 0,
+                replaced_sequences: 0,
+                manifest,
+                merged: None,
+                waiting: Vec::new(),
+            }
+        } else {
+            tracing::info!("part {part}: counting the corpus's tokens to find this part's share");
+            let lengths = CorpusLengths::count(
+                corpus,
+                self.tokenizer,
+                cfg.ctx_len,
+                cfg.max_tokens,
+                &mut |_| {},
+            )?;
+            let plan = PartPlan::new(
+                &lengths,
+                part,
+                cfg.ctx_len,
+                cfg.batch_contexts,
+                cfg.max_tokens,
+            );
+            if plan.run_tokens == 0 {
+                return Err(HarvestError::EmptyCorpus(corpus.name()));
+            }
+            tracing::info!(
+                "part {part}: contexts {}..{}, tokens {}..{} of the run's {}",
+                plan.first_context,
+                plan.end_context,
+                plan.first_token,
+                plan.first_token + plan.tokens,
+                plan.run_tokens
+            );
+            let info = PartInfo {
+                index: part.index,
+                count: part.count,
+                tokens: plan.tokens,
+                run_tokens: plan.run_tokens,
+            };
+            let writer = if exists && resume {
+                resume_same_part(&dir, &spec, Some((plan.first_token, &info)))?;
+                RunWriter::resume(&dir)?
+            } else {
+                RunWriter::create_part(&dir, spec, &cfg.writer, plan.first_token, info)?
+            };
+            // Start the packer at the batch the part (or its resume) begins in.
+            let start = plan.first_token + writer.tokens_written();
+            let b = cfg.batch_contexts as u64;
+            let batch_start = (start / cfg.ctx_len as u64) / b * b;
+            let packer = Packer::starting_at(
+                corpus,
+                self.tokenizer,
+                cfg.ctx_len,
+                lengths.start_of(batch_start, cfg.ctx_len),
+            )?;
+            let end = plan.first_token + plan.tokens;
+            self.fill(writer, packer, None, cfg, end, progress)?
+        };
+        let status = parts::status(out)?;
+        report.waiting = status.pending();
+        if report.waiting.is_empty() {
+            report.merged = Some(parts::merge(out)?);
+        }
+        Ok(report)
+    }
+
+    /// Runs the model over the packer's contexts, from the batch that holds the writer's next
+    /// token, and appends their tokens to the writer up to the run's token `end`; then
+    /// finishes the run.
+    fn fill(
+        &self,
+        writer: RunWriter,
+        packer: Packer,
+        pending: Option<Context>,
+        cfg: &HarvestConfig,
+        end: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<HarvestReport> {
+        let model = self.model;
+        let mut contexts = Batches::new(packer, pending, cfg.batch_contexts);
+        let origin = writer.manifest().first_token;
+        let start = origin + writer.tokens_written();
         let ctx = cfg.ctx_len as u64;
         let b = cfg.batch_contexts as u64;
         // Every context but the corpus's last is full, so token t lies in context t / ctx_len.
         let first_batch_context = (start / ctx) / b * b;
         let mut skip = start - first_batch_context * ctx;
-
-        let mut pending = Some(first);
         let mut accepted = start;
         let dims: Vec<usize> = cfg
             .hooks
@@ -341,52 +562,20 @@ impl Harvester<'_> {
         let writer = std::thread::scope(|scope| -> Result<RunWriter> {
             let thread = scope.spawn(move || write_batches(writer, batches, &dims));
             let computed = tch::no_grad(|| -> Result<()> {
-                let mut index = 0u64; // index of the next context
-                while accepted < limit {
-                    let mut batch: Vec<Context> = Vec::with_capacity(cfg.batch_contexts);
-                    while batch.len() < cfg.batch_contexts {
-                        let next = match pending.take() {
-                            Some(c) => Some(c),
-                            None => packer.next_context()?,
-                        };
-                        let Some(c) = next else { break };
-                        index += 1;
-                        if index <= first_batch_context {
-                            continue; // before the batch a resumed run restarts in
-                        }
-                        // Contexts in one forward pass must have one length; only the corpus's last is short.
-                        if batch.first().is_some_and(|f| f.ids.len() != c.ids.len()) {
-                            pending = Some(c);
-                            index -= 1;
-                            break;
-                        }
-                        batch.push(c);
-                    }
-                    if batch.is_empty() {
+                while accepted < end {
+                    let Some(batch) = contexts.next_batch()? else {
                         break;
+                    };
+                    if batch[0].records[0].context_id < first_batch_context {
+                        continue; // before the batch a resumed run restarts in
                     }
-                    let t = batch[0].ids.len() as i64;
-                    let ids: Vec<i64> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
-                    let input = Tensor::from_slice(&ids).view([batch.len() as i64, t]);
-                    let mut hooks = cfg.hooks.iter().fold(Hooks::new(), |h, &p| h.capture(p));
-                    model.forward(&input, &mut hooks, false)?;
-                    let rows = batch.len() * t as usize;
-                    let values: Vec<Tensor> = cfg
-                        .hooks
-                        .iter()
-                        .map(|&p| {
-                            let x = hooks.take(p).expect("captured");
-                            x.to_kind(Kind::Float)
-                                .to_device(tch::Device::Cpu)
-                                .contiguous()
-                                .view([rows as i64, -1])
-                        })
-                        .collect();
+                    let values = forward_batch(model, &cfg.hooks, &batch)?;
+                    let rows = batch.iter().map(|c| c.ids.len()).sum::<usize>();
                     // Rows this run already has; a resume can skip past a whole batch (the corpus's
                     // short last context runs as a batch of its own).
                     let from = (skip as usize).min(rows);
                     skip -= from as u64;
-                    let to = rows.min(from + (limit - accepted) as usize);
+                    let to = rows.min(from + (end - accepted) as usize);
                     if from < to {
                         let records: Vec<TokenRecord> = batch
                             .iter()
@@ -402,7 +591,7 @@ impl Harvester<'_> {
                         }
                         accepted += (to - from) as u64;
                     }
-                    progress(accepted);
+                    progress(accepted - origin);
                 }
                 Ok(())
             });
@@ -411,14 +600,79 @@ impl Harvester<'_> {
             computed?;
             written
         })?;
-        let documents = packer.next_doc;
-        let replaced = packer.replaced;
+        // A part must end exactly where it was planned to; short, it is left unfinished (and
+        // the merge says so) rather than marked complete.
+        if writer.manifest().part.is_some() && accepted < end {
+            return Err(HarvestError::Config(format!(
+                "{}: the corpus ended at token {accepted}, before this part's end at token {end}; it has changed since the part was planned",
+                writer.dir().display()
+            )));
+        }
         let manifest = writer.finish()?;
+        let packer = contexts.packer();
         Ok(HarvestReport {
-            tokens_this_run: manifest.total_tokens - start,
+            tokens_this_run: origin + manifest.total_tokens - start,
             manifest,
-            replaced_sequences: replaced,
-            documents,
+            replaced_sequences: packer.replaced,
+            documents: packer.next_doc,
+            merged: None,
+            waiting: Vec::new(),
         })
     }
+}
+
+/// Reopens the run in `dir` to continue it, refusing one harvested with other settings.
+fn resume_same(dir: &Path, spec: &RunSpec) -> Result<RunWriter> {
+    let w = RunWriter::resume(dir)?;
+    same_settings(dir, &w.manifest().spec(), spec)?;
+    Ok(w)
+}
+
+/// Checks that the part in `dir` was harvested with `spec`'s settings and, when `planned` is
+/// given, that it is the same share of the corpus (it is not when the corpus has changed).
+fn resume_same_part(
+    dir: &Path,
+    spec: &RunSpec,
+    planned: Option<(u64, &PartInfo)>,
+) -> Result<Manifest> {
+    let m = Manifest::load(dir)?;
+    same_settings(dir, &m.spec(), spec)?;
+    if let Some((first_token, info)) = planned
+        && (m.first_token != first_token || m.part.as_ref() != Some(info))
+    {
+        let show = |t: u64, p: Option<&PartInfo>| {
+            p.map_or("none".into(), |p| {
+                format!("tokens {t}..{} of {}", t + p.tokens, p.run_tokens)
+            })
+        };
+        return Err(HarvestError::Mismatch {
+            run: dir.display().to_string(),
+            field: "part (the corpus has changed?)".into(),
+            was: show(m.first_token, m.part.as_ref()),
+            now: show(first_token, Some(info)),
+        });
+    }
+    Ok(m)
+}
+
+fn same_settings(dir: &Path, was: &RunSpec, now: &RunSpec) -> Result<()> {
+    match first_difference(was, now) {
+        Some((field, was, now)) => Err(HarvestError::Mismatch {
+            run: dir.display().to_string(),
+            field: field.into(),
+            was,
+            now,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The first setting a resumed run (or a sibling part) must share that differs: (field, its
+/// value in `was`, its value in `now`).
+fn first_difference(was: &RunSpec, now: &RunSpec) -> Option<(&'static str, String, String)> {
+    identity(was)
+        .into_iter()
+        .zip(identity(now))
+        .find(|((_, a), (_, b))| a != b)
+        .map(|((field, a), (_, b))| (field, a, b))
 }

@@ -34,6 +34,7 @@ pub mod llama;
 pub mod model;
 pub mod neox;
 mod norm;
+pub mod parts;
 pub mod sampler;
 pub mod tokenizer;
 

@@ -54,6 +54,7 @@ fn config() -> HarvestConfig {
             row_group_bytes: 25 * 4608,
             ..WriterOptions::default()
         },
+        part: None,
     }
 }
 
@@ -395,5 +396,204 @@ fn resuming_inside_the_short_last_context_writes_each_token_once() {
     assert_eq!(
         resumed.shards[1].tokens.sha256,
         reference.shards[1].tokens.sha256
+    );
+}
+
+/// Every token record, and each hook's token indices and values, of a run in token order.
+type Contents = (Vec<saescope_store::TokenRecord>, Vec<(Vec<u64>, Vec<f32>)>);
+
+fn contents(run: &Run) -> Contents {
+    let m = run.manifest();
+    let tokens = (0..m.shards.len())
+        .flat_map(|i| run.read_tokens(i).unwrap())
+        .collect();
+    let values = m.hooks.iter().map(|h| read_all(run, &h.name)).collect();
+    (tokens, values)
+}
+
+/// Harvests `part` of the run at `out`.
+fn harvest_part(
+    model: &Model,
+    tok: &TextTokenizer,
+    src: &CorpusSource,
+    cfg: &HarvestConfig,
+    part: &str,
+    out: &Path,
+    resume: bool,
+) -> Result<HarvestReport, HarvestError> {
+    let cfg = HarvestConfig {
+        part: Some(part.parse().unwrap()),
+        ..cfg.clone()
+    };
+    harvest(model, tok, src, &cfg, out, resume, &mut |_| {})
+}
+
+#[test]
+fn a_run_harvested_in_parts_holds_what_a_whole_harvest_holds() {
+    let (model, tok) = load();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = corpus(&tmp.path().join("corpus"));
+    for (parts, max_tokens) in [(3u32, None), (2, Some(250))] {
+        let cfg = HarvestConfig {
+            max_tokens,
+            ..config()
+        };
+        let name = format!("{parts}-{max_tokens:?}");
+        let whole = tmp.path().join(format!("whole-{name}"));
+        harvest(&model, &tok, &src, &cfg, &whole, false, &mut |_| {}).unwrap();
+        let whole = Run::open(&whole).unwrap();
+
+        // The parts finish in reverse order; the last to finish (part 0) merges them.
+        let out = tmp.path().join(format!("parts-{name}"));
+        for i in (0..parts).rev() {
+            let report = harvest_part(
+                &model,
+                &tok,
+                &src,
+                &cfg,
+                &format!("{i}/{parts}"),
+                &out,
+                false,
+            )
+            .unwrap();
+            let p = report.manifest.part.clone().unwrap();
+            assert!(p.tokens > 0, "part {i} of {parts} is empty");
+            if i > 0 {
+                assert_eq!(report.waiting, (0..i).collect::<Vec<_>>());
+                assert!(report.merged.is_none());
+                let err = Run::open(&out).unwrap_err();
+                assert!(err.to_string().contains("store merge"), "{err}");
+            } else {
+                assert!(report.waiting.is_empty());
+                assert!(report.merged.is_some());
+            }
+        }
+        let part_dir = saescope_store::parts::part_dir(&out, 1, parts);
+        let err = Run::open(&part_dir).unwrap_err();
+        assert!(err.to_string().contains("part 1 of"), "{err}");
+
+        let merged = Run::open(&out).unwrap();
+        let m = merged.manifest();
+        assert!(m.complete);
+        assert_eq!(m.total_tokens, whole.manifest().total_tokens, "{name}");
+        assert_eq!(m.extra["parts"], parts);
+        let (tokens, values) = contents(&merged);
+        let (want_tokens, want_values) = contents(&whole);
+        let first_wrong = tokens.iter().zip(&want_tokens).position(|(a, b)| a != b);
+        assert_eq!(
+            first_wrong, None,
+            "the first differing token record, {name}"
+        );
+        assert_eq!(tokens.len(), want_tokens.len(), "{name}");
+        for (got, want) in values.iter().zip(&want_values) {
+            assert_eq!(got.0, want.0, "token indices, {name}");
+            let same = got
+                .1
+                .iter()
+                .zip(&want.1)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && got.1.len() == want.1.len(), "values, {name}");
+        }
+        for i in 0..m.shards.len() {
+            merged.check_shard(i, true).unwrap();
+        }
+        // The merged run holds out at least the share a whole run would, by tokens, though
+        // its shards differ in size (each part's last is short).
+        let held = m.heldout_split(0.1).heldout.tokens;
+        let rows_per_shard = m.layout.rows_per_shard;
+        let want = (0.1 * m.total_tokens as f64).ceil() as u64;
+        let got = held.end - held.start;
+        assert!(
+            got >= want && got < want + rows_per_shard,
+            "{got} held out, {want} asked"
+        );
+        // Merging again changes nothing.
+        let again = saescope_store::parts::merge(&out).unwrap();
+        assert_eq!(&again, m);
+    }
+}
+
+#[test]
+fn a_killed_part_resumes_and_bad_parts_are_refused_at_merge() {
+    let (model, tok) = load();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = corpus(&tmp.path().join("corpus"));
+    let cfg = config();
+    let out = tmp.path().join("run");
+    let reference = harvest_part(&model, &tok, &src, &cfg, "1/2", &out, false).unwrap();
+    let shards = &reference.manifest.shards;
+    assert!(shards.len() >= 2, "the test needs a part of several shards");
+
+    // A kill after the part's first shard: its manifest lists that shard only.
+    let dir = saescope_store::parts::part_dir(&out, 1, 2);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    v["shards"] = v["shards"].as_array().unwrap()[..1].to_vec().into();
+    v["total_tokens"] = shards[0].rows.into();
+    v["complete"] = false.into();
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    // Part 0 has not run either: the merge names what is missing, then what is not complete.
+    let err = saescope_store::parts::merge(&out).unwrap_err().to_string();
+    assert!(
+        err.contains("part 0 of 2") && err.contains("missing"),
+        "{err}"
+    );
+    harvest_part(&model, &tok, &src, &cfg, "0/2", &out, false).unwrap();
+    let err = saescope_store::parts::merge(&out).unwrap_err().to_string();
+    assert!(
+        err.contains("part 1 of 2") && err.contains("not complete"),
+        "{err}"
+    );
+    assert!(!out.join("manifest.json").exists(), "nothing is committed");
+
+    // Without --resume an existing part is refused; with it, the part continues and merges.
+    let err = harvest_part(&model, &tok, &src, &cfg, "1/2", &out, false).unwrap_err();
+    assert!(err.to_string().contains("already holds"), "{err}");
+    let resumed = harvest_part(&model, &tok, &src, &cfg, "1/2", &out, true).unwrap();
+    assert_eq!(
+        resumed.tokens_this_run,
+        reference.manifest.total_tokens - shards[0].rows
+    );
+    for (a, b) in resumed.manifest.shards.iter().zip(shards) {
+        assert_eq!(a.activations.sha256, b.activations.sha256);
+    }
+    assert!(resumed.merged.is_some());
+    // A re-submitted job finds its part complete and does nothing.
+    let again = harvest_part(&model, &tok, &src, &cfg, "1/2", &out, true).unwrap();
+    assert_eq!(again.tokens_this_run, 0);
+
+    // Parts of another count, or of other settings, are refused.
+    let err = harvest_part(&model, &tok, &src, &cfg, "0/3", &out, true).unwrap_err();
+    assert!(err.to_string().contains("2-part harvest"), "{err}");
+    // A part with other settings than its sibling's is refused before any work.
+    let mixed = tmp.path().join("mixed");
+    harvest_part(&model, &tok, &src, &cfg, "0/2", &mixed, false).unwrap();
+    let bf16 = HarvestConfig {
+        storage: Dtype::Bf16,
+        ..cfg.clone()
+    };
+    let err = harvest_part(&model, &tok, &src, &bf16, "1/2", &mixed, false).unwrap_err();
+    let err = err.to_string();
+    assert!(
+        err.contains("part 0 of this run was harvested with hooks"),
+        "{err}"
+    );
+    let part1 = saescope_store::parts::part_dir(&mixed, 1, 2);
+    assert!(!part1.exists(), "nothing of part 1 is written");
+    // Parts that differ anyway (a manifest edited by hand) are refused at merge, naming the
+    // field, and nothing is committed.
+    harvest_part(&model, &tok, &src, &cfg, "1/2", &mixed, false).unwrap();
+    std::fs::remove_file(mixed.join("manifest.json")).unwrap();
+    let path = part1.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["extra"]["max_tokens"] = 123.into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = saescope_store::parts::merge(&mixed)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`extra.max_tokens` is null"), "{err}");
+    assert!(
+        !mixed.join("manifest.json").exists(),
+        "nothing is committed"
     );
 }

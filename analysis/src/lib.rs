@@ -7,7 +7,9 @@
 //! steering: generation with features pushed on ([`steer`]), and what autointerp explains and
 //! scores from: the example sets ([`examples`]) and what a latent does when pushed
 //! ([`effects`]). And circuit discovery: the heads a task needs, ranked by the overlap of a
-//! small dictionary's codes and checked against ablating each head ([`circuits`]).
+//! small dictionary's codes and checked against ablating each head ([`circuits`]). And
+//! training straight from the model, one forward pass feeding several dictionaries
+//! ([`stream`]).
 //!
 //! It builds on the model runtime (`saescope-activations`), the learners and their files
 //! (`saescope-sae`) and the formats (`saescope-store`), and shows nothing: progress goes to
@@ -27,6 +29,7 @@ pub mod inspect;
 pub mod session;
 pub mod splice;
 pub mod steer;
+pub mod stream;
 
 pub use error::{AnalysisError, Result};
 pub use session::{OpenedDictionary, Session, SessionSpec};

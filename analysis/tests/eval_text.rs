@@ -30,6 +30,7 @@ fn the_default_text_starts_after_the_harvested_part_of_the_corpus() {
         max_tokens: Some(100),
         storage: Dtype::F32,
         writer: WriterOptions::default(),
+        part: None,
     };
     let out = tmp.path().join("run");
     Harvester {

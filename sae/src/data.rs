@@ -1,11 +1,14 @@
 //! Training data as fixed-size batches: from a harvest run (shuffled with a seed per epoch,
-//! BOS positions dropped) or from memory. A position is (epoch, batch within the epoch), so a
+//! BOS positions dropped), from memory, or streamed from the model as it runs. A position is (epoch, batch within the epoch), so a
 //! resumed run continues with exactly the batches an uninterrupted one would have seen.
 
 use crate::error::{Result, SaeError};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use saescope_store::{BosHandling, ReadOptions, Run, Shuffle, TokenSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use tch::{Device, Kind, Tensor};
 
 /// A source of rows, in an order fixed by the epoch number.
@@ -161,6 +164,63 @@ impl Source for MemorySource {
     }
 }
 
+/// Rows that arrive over a channel while another thread computes them: training straight
+/// from the model, with no disk in between. There is one pass. The trainer reads the start of
+/// the data twice (its initial sample, then the first batches), so the chunks handed out by the
+/// first read are kept and replayed by the second, and only then are chunks taken from the
+/// channel without being kept.
+pub struct StreamSource {
+    dim: usize,
+    rx: Mutex<Receiver<Vec<f32>>>,
+    /// Chunks the first read took, for the second to replay.
+    kept: Mutex<Vec<Vec<f32>>>,
+    reads: AtomicU64,
+}
+
+impl StreamSource {
+    /// A source of rows of `dim` values, each chunk sent on the channel `rx` belongs to.
+    pub fn new(dim: usize, rx: Receiver<Vec<f32>>) -> Self {
+        StreamSource {
+            dim,
+            rx: Mutex::new(rx),
+            kept: Mutex::new(Vec::new()),
+            reads: AtomicU64::new(0),
+        }
+    }
+
+    fn receive(&self) -> Option<Vec<f32>> {
+        self.rx.lock().expect("stream lock").recv().ok()
+    }
+}
+
+impl Source for StreamSource {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn epoch(&self, epoch: u64) -> Result<Box<dyn Iterator<Item = Result<Vec<f32>>> + '_>> {
+        let read = self.reads.fetch_add(1, Ordering::SeqCst);
+        if epoch > 0 || read > 1 {
+            return Err(SaeError::Data(
+                "rows streamed from the model are read in one pass: train on at most the tokens the stream holds (--tokens)".into(),
+            ));
+        }
+        if read == 0 {
+            return Ok(Box::new(std::iter::from_fn(move || {
+                let chunk = self.receive()?;
+                self.kept.lock().expect("stream lock").push(chunk.clone());
+                Some(Ok(chunk))
+            })));
+        }
+        let kept = std::mem::take(&mut *self.kept.lock().expect("stream lock"));
+        Ok(Box::new(
+            kept.into_iter()
+                .map(Ok)
+                .chain(std::iter::from_fn(move || self.receive().map(Ok))),
+        ))
+    }
+}
+
 /// Exactly `batch` rows at a time, epoch after epoch; an epoch's last partial batch is dropped.
 pub struct Batcher<'a> {
     source: &'a dyn Source,
@@ -223,5 +283,28 @@ impl<'a> Batcher<'a> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_replays_what_its_first_read_took_then_goes_on_once() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        for i in 0..6 {
+            tx.send(vec![i as f32; 2]).unwrap();
+        }
+        drop(tx);
+        let s = StreamSource::new(2, rx);
+        let mut sample = Batcher::new(&s, 2, 0, 0).unwrap();
+        assert_eq!(sample.next_batch().unwrap(), [0.0, 0.0, 1.0, 1.0]);
+        drop(sample);
+        let mut train = Batcher::new(&s, 3, 0, 0).unwrap();
+        assert_eq!(train.next_batch().unwrap(), [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
+        assert_eq!(train.next_batch().unwrap(), [3.0, 3.0, 4.0, 4.0, 5.0, 5.0]);
+        let err = train.next_batch().unwrap_err().to_string();
+        assert!(err.contains("one pass"), "{err}");
     }
 }

@@ -114,6 +114,7 @@ pub fn run(args: Args) -> Result<()> {
                 shard_bytes: 64 << 20,
                 ..WriterOptions::default()
             },
+            part: None,
         };
         let corpus = CorpusSource::parse("brown", "text")?;
         harvest::harvest(&model, &corpus, &cfg, &args.out, existing)?;

@@ -6,6 +6,7 @@ use saescope_activations::corpus::CorpusSource;
 use saescope_activations::harvest::{HarvestConfig, HarvestReport, Harvester};
 use saescope_activations::hooks::HookPoint;
 use saescope_activations::model::{TextModel, device};
+use saescope_activations::parts::Part;
 use saescope_store::{Compression, Dtype, WriterOptions};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -61,8 +62,16 @@ pub struct Args {
     #[arg(long)]
     pub zstd: bool,
     /// Continue an interrupted run in --out; it must have been started with the same settings.
+    /// With --part, also starts the part when nothing of it is there yet, and skips a part that
+    /// is complete, so a re-submitted job does only what is left.
     #[arg(long)]
     pub resume: bool,
+    /// Harvest only part I of N (numbered from 0, as Slurm numbers array tasks) into
+    /// OUT/parts/: a contiguous share of the run's batches, as a single machine would compute
+    /// them. The last part to finish merges all parts into the run (or run `saescope store
+    /// merge OUT`).
+    #[arg(long, value_name = "I/N")]
+    pub part: Option<Part>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -85,6 +94,7 @@ pub fn run(args: Args) -> Result<()> {
             },
             ..WriterOptions::default()
         },
+        part: args.part,
     };
     harvest(&model, &corpus, &cfg, &args.out, args.resume)
 }
@@ -97,9 +107,10 @@ pub fn harvest(
     out: &Path,
     resume: bool,
 ) -> Result<()> {
-    let pb = match cfg.max_tokens {
-        Some(n) => crate::progress::bar(n, "harvesting", "tokens"),
-        None => crate::progress::counter("harvesting", "tokens"),
+    let pb = match (cfg.max_tokens, cfg.part) {
+        (Some(n), None) => crate::progress::bar(n, "harvesting", "tokens"),
+        (_, Some(part)) => crate::progress::counter(&format!("harvesting part {part}"), "tokens"),
+        (None, None) => crate::progress::counter("harvesting", "tokens"),
     };
     let t = Instant::now();
     let harvester = Harvester {
@@ -115,6 +126,35 @@ pub fn harvest(
 
 fn print_report(report: &HarvestReport, corpus: &CorpusSource, out: &Path, secs: f64) {
     let m = &report.manifest;
+    if let Some(p) = &m.part {
+        println!(
+            "part {}/{}: {} of its {} tokens ({} this run, {:.0} tokens/s): tokens {}..{} of the run's {}",
+            p.index,
+            p.count,
+            m.total_tokens,
+            p.tokens,
+            report.tokens_this_run,
+            report.tokens_this_run as f64 / secs,
+            m.first_token,
+            m.first_token + p.tokens,
+            p.run_tokens
+        );
+        match &report.merged {
+            Some(run) => println!(
+                "all {} parts are complete: merged into {} ({} tokens, {} shards)",
+                p.count,
+                out.display(),
+                run.total_tokens,
+                run.shards.len()
+            ),
+            None => println!(
+                "waiting for part{} {} before the run is merged",
+                if report.waiting.len() == 1 { "" } else { "s" },
+                saescope_jobs::slurm::ranges(&report.waiting)
+            ),
+        }
+        return;
+    }
     println!(
         "harvested {} tokens ({} this run, {:.0} tokens/s) from {} documents of {} into {} ({} shards)",
         m.total_tokens,

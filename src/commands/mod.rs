@@ -15,6 +15,7 @@ pub mod harvest;
 pub mod inspect;
 pub mod score;
 pub mod setup;
+pub mod slurm;
 pub mod steer;
 pub mod store;
 pub mod train;

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use saescope_store::{
     BosHandling, Compression, Dtype, ReadOptions, Run, RunWriter, Shuffle, TokenRecord,
-    WriterOptions, manifest::MANIFEST_FILE, synthetic,
+    WriterOptions, manifest::MANIFEST_FILE, parts, synthetic,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,6 +14,16 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write and read a synthetic run; print write MB/s, read MB/s and shuffled tokens/s.
     Bench(BenchArgs),
+    /// Merge the parts of a run harvested with `harvest --part I/N` into one run: checks that
+    /// every part is complete, made with the same settings and on disk, then writes the run's
+    /// manifest (no data is copied).
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// The run directory the parts were harvested into (`harvest --out`).
+    run: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -57,7 +67,22 @@ pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Inspect(a) => inspect(a),
         Command::Bench(a) => bench(a),
+        Command::Merge(a) => merge(a),
     }
+}
+
+fn merge(args: MergeArgs) -> Result<()> {
+    let t = Instant::now();
+    let m = parts::merge(&args.run)?;
+    println!(
+        "merged {} parts into {}: {} tokens in {} shards ({:.2} s)",
+        m.extra.get("parts").and_then(|v| v.as_u64()).unwrap_or(0),
+        args.run.display(),
+        m.total_tokens,
+        m.shards.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Finds the run directory for a path that may be the run, its manifest, or a file inside it.
@@ -81,7 +106,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
             args.path.display()
         );
     };
-    let run = Run::open(&dir)?;
+    let run = Run::open_part(&dir)?;
     let m = run.manifest();
     // A single file inside the run: check only its shard.
     let only_shard = if args.path.is_file() && args.path.file_name() != Some(MANIFEST_FILE.as_ref())

@@ -141,6 +141,42 @@ pub enum StoreError {
         /// What is wrong with it.
         message: String,
     },
+    /// Another process holds the writer's lock on a directory.
+    #[error(
+        "{path}: another process is writing here (it holds this lock); wait for it to finish or stop it"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A run harvested in parts was opened before its parts were merged into one manifest.
+    #[error(
+        "{path}: holds the parts of a harvest, not yet merged into one run; merge them with `saescope store merge {path}` once all are complete"
+    )]
+    Unmerged {
+        /// The run directory.
+        path: PathBuf,
+    },
+    /// One part of a run harvested in parts was opened as a run.
+    #[error(
+        "{path}: is part {index} of {count} of a harvest, not a run; read the merged run it belongs to"
+    )]
+    PartOfRun {
+        /// The part's directory.
+        path: PathBuf,
+        /// The part's number, from 0.
+        index: u32,
+        /// How many parts the run has.
+        count: u32,
+    },
+    /// The parts of a run cannot be merged; the message names the part and what is wrong.
+    #[error("{run}: cannot merge its parts: {message}")]
+    Merge {
+        /// The run directory.
+        run: PathBuf,
+        /// What is wrong, naming the part (and the setting, when parts disagree).
+        message: String,
+    },
     /// An argument or input is unusable, e.g. a shard index out of range; the message says why.
     #[error("invalid input: {0}")]
     InvalidInput(String),

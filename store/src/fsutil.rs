@@ -24,7 +24,24 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
+    write_atomic_via(path, &tmp_path(path), bytes)
+}
+
+/// [`write_atomic`] through a temporary name of this process's own, for a file that several
+/// processes may write at once with the same content (the last parts of a harvest to finish).
+pub(crate) fn write_atomic_shared(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Processes on different machines (or in containers) may share a process id; the time
+    // keeps their names apart.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}-{nanos}.tmp", std::process::id()));
+    write_atomic_via(path, &path.with_file_name(name), bytes)
+}
+
+fn write_atomic_via(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp.to_owned();
     let mut f = File::create(&tmp).map_err(|e| StoreError::io(&tmp, e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
@@ -106,5 +123,47 @@ impl Write for HashingWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// The lock file a writer holds in the directory it writes.
+pub const LOCK_FILE: &str = ".saescope-lock";
+
+/// Takes the exclusive lock on `dir` (created if needed) that every writer of a run, a part of
+/// one or a dictionary holds while it writes, so that a second process (a job re-submitted while
+/// the first still runs) is refused instead of writing the same files. The operating system
+/// releases it when the process ends, however it ends.
+pub fn lock_dir(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io(&path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_directory_refuses_a_second_writer_until_the_first_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_dir(dir.path()).unwrap();
+        let err = lock_dir(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        assert!(
+            err.to_string().contains("another process is writing"),
+            "{err}"
+        );
+        drop(first);
+        lock_dir(dir.path()).unwrap();
     }
 }

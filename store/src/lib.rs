@@ -3,7 +3,8 @@
 //! This crate owns the activation run: a directory of Parquet shards plus a `manifest.json`
 //! (layout documented in `store/README.md`), its streaming crash-safe [`RunWriter`], and the
 //! [`Run`] reader that checks every file against the manifest and serves batches of one hook
-//! point's activations as contiguous f32 buffers, optionally shuffled, from a background thread.
+//! point's activations as contiguous f32 buffers, optionally shuffled, from a background thread,
+//! and the merge of a run harvested in parts ([`parts`]).
 //! It also owns the dictionary directory ([`dictionary`]: which file holds what, the typed
 //! `cfg.json`, and the training log, metrics and evaluation written beside the weights), the
 //! feature store written by `saescope analyze` ([`features`]) and its export to Neuronpedia's
@@ -28,6 +29,7 @@ pub mod features;
 mod fsutil;
 pub mod manifest;
 pub mod neuronpedia;
+pub mod parts;
 pub mod prompt;
 mod reader;
 mod scan;
@@ -38,10 +40,10 @@ mod writer;
 
 pub use dictionary::DictDir;
 pub use error::{Result, StoreError};
-pub use fsutil::{sha256_file, write_atomic};
+pub use fsutil::{LOCK_FILE, lock_dir, sha256_file, write_atomic};
 pub use manifest::{
     BosHandling, Compression, ContextInfo, CorpusInfo, Dtype, FileInfo, HeldoutSplit, HookInfo,
-    Layout, Manifest, ModelInfo, RunSpec, ShardInfo, TokenSet, TokenizerInfo,
+    Layout, Manifest, ModelInfo, PartInfo, RunSpec, ShardInfo, TokenSet, TokenizerInfo,
 };
 pub use reader::{ActivationBatch, BatchReader, ReadOptions, Run, Shuffle};
 pub use scan::Scan;

@@ -17,6 +17,8 @@ pub const FORMAT: &str = "saescope.activations";
 pub const FORMAT_VERSION: u32 = 1;
 /// The manifest's file name inside a run directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The folder of a run harvested in parts that holds the parts (see [`crate::parts`]).
+pub const PARTS_DIR: &str = "parts";
 
 /// How one hook point's vectors are stored on disk. Readers always return f32.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -225,6 +227,24 @@ pub struct ShardInfo {
     pub tokens: FileInfo,
 }
 
+/// Which part of a run harvested in parts a manifest describes (`saescope harvest --part I/N`).
+///
+/// A run's contexts are cut into `count` contiguous ranges of whole batches; part `index` holds
+/// the tokens `[Manifest::first_token, Manifest::first_token + tokens)` of the run a single
+/// machine would have written, with the same token indices, so that merging the parts only lists
+/// their shards in one manifest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PartInfo {
+    /// This part's number, from 0.
+    pub index: u32,
+    /// How many parts the run is cut into.
+    pub count: u32,
+    /// Tokens this part holds once complete.
+    pub tokens: u64,
+    /// Tokens of the whole run: all parts together.
+    pub run_tokens: u64,
+}
+
 /// The whole `manifest.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Manifest {
@@ -255,6 +275,16 @@ pub struct Manifest {
     pub total_tokens: u64,
     /// True once the producer finished; an incomplete run can be read and resumed.
     pub complete: bool,
+    /// Global index of the first token: 0 for a run, where a part starts for a part of one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub first_token: u64,
+    /// Set when this manifest describes one part of a run harvested in parts, not a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartInfo>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Manifest {
@@ -273,6 +303,8 @@ impl Manifest {
             shards: Vec::new(),
             total_tokens: 0,
             complete: false,
+            first_token: 0,
+            part: None,
         }
     }
 
@@ -294,8 +326,11 @@ impl Manifest {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotARun {
-                    path: dir.to_owned(),
+                let path = dir.to_owned();
+                return Err(if dir.join(PARTS_DIR).is_dir() {
+                    StoreError::Unmerged { path }
+                } else {
+                    StoreError::NotARun { path }
                 });
             }
             Err(e) => return Err(StoreError::io(&path, e)),
@@ -335,8 +370,11 @@ impl Manifest {
 
     /// Writes `DIR/manifest.json` atomically.
     pub(crate) fn save(&self, dir: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
-        write_atomic(&dir.join(MANIFEST_FILE), &json)
+        write_atomic(&dir.join(MANIFEST_FILE), &self.to_json())
+    }
+
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a manifest always serializes")
     }
 
     /// Checks the invariants that serde cannot: the things a reader relies on.
@@ -379,7 +417,31 @@ impl Manifest {
         if self.layout.rows_per_shard == 0 || self.layout.rows_per_row_group == 0 {
             return Err(bad("layout", "row counts must be positive".into()));
         }
-        let mut next = 0u64;
+        if let Some(p) = &self.part {
+            if p.count == 0 || p.index >= p.count {
+                return Err(bad(
+                    "part.index",
+                    format!("part {} of {} does not exist", p.index, p.count),
+                ));
+            }
+            if self.first_token + p.tokens > p.run_tokens {
+                return Err(bad(
+                    "part.tokens",
+                    format!(
+                        "tokens {}..{} lie past the run's {} tokens",
+                        self.first_token,
+                        self.first_token + p.tokens,
+                        p.run_tokens
+                    ),
+                ));
+            }
+        } else if self.first_token != 0 {
+            return Err(bad(
+                "first_token",
+                "only a part of a run starts past token 0".into(),
+            ));
+        }
+        let mut next = self.first_token;
         for (i, s) in self.shards.iter().enumerate() {
             if s.index as usize != i {
                 return Err(bad(
@@ -422,12 +484,24 @@ impl Manifest {
             }
             next += s.rows;
         }
-        if self.total_tokens != next {
+        if self.total_tokens != next - self.first_token {
             return Err(bad(
                 "total_tokens",
                 format!(
-                    "the shards hold {next} tokens, but total_tokens says {}",
+                    "the shards hold {} tokens, but total_tokens says {}",
+                    next - self.first_token,
                     self.total_tokens
+                ),
+            ));
+        }
+        if let Some(p) = &self.part
+            && self.total_tokens > p.tokens
+        {
+            return Err(bad(
+                "total_tokens",
+                format!(
+                    "the part holds {} tokens, more than its {}",
+                    self.total_tokens, p.tokens
                 ),
             ));
         }
@@ -439,6 +513,9 @@ impl Manifest {
     /// Splitting by whole shards keeps the two sets disjoint whatever the shuffling.
     pub fn split_shards(&self, heldout_fraction: f64) -> (Vec<usize>, Vec<usize>) {
         let n = self.shards.len();
+        if self.extra.contains_key("parts") && heldout_fraction > 0.0 && n >= 2 {
+            return self.split_shards_by_tokens(heldout_fraction);
+        }
         // The epsilon keeps 0.2 x 5 from rounding up to 2 through float error.
         let mut held = (heldout_fraction.clamp(0.0, 1.0) * n as f64 - 1e-9)
             .ceil()
@@ -447,6 +524,21 @@ impl Manifest {
             held = held.clamp(1, n - 1);
         }
         let held = held.min(n);
+        ((0..n - held).collect(), (n - held..n).collect())
+    }
+
+    /// A merged run's shards differ in size (each part's last is short), so its held-out
+    /// shards are the last ones that together hold the fraction of its tokens: the share a run
+    /// harvested whole would hold out, not that of a count of shards.
+    fn split_shards_by_tokens(&self, heldout_fraction: f64) -> (Vec<usize>, Vec<usize>) {
+        let n = self.shards.len();
+        let want = (heldout_fraction.min(1.0) * self.total_tokens as f64).ceil() as u64;
+        let mut held = 0;
+        let mut tokens = 0;
+        while held < n - 1 && (held == 0 || tokens < want) {
+            tokens += self.shards[n - 1 - held].rows;
+            held += 1;
+        }
         ((0..n - held).collect(), (n - held..n).collect())
     }
 

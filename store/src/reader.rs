@@ -96,8 +96,22 @@ impl ActivationBatch {
 }
 
 impl Run {
-    /// Opens a run: reads and validates `manifest.json`. Shards are checked when used.
+    /// Opens a run: reads and validates `manifest.json`. Shards are checked when used. One part
+    /// of a run harvested in parts is refused: its tokens are a slice of a run, not a run.
     pub fn open(dir: impl AsRef<Path>) -> Result<Run> {
+        let run = Self::open_part(dir)?;
+        match &run.manifest.part {
+            Some(p) => Err(StoreError::PartOfRun {
+                path: run.dir,
+                index: p.index,
+                count: p.count,
+            }),
+            None => Ok(run),
+        }
+    }
+
+    /// Opens a run, or one part of a run harvested in parts, to inspect and check its shards.
+    pub fn open_part(dir: impl AsRef<Path>) -> Result<Run> {
         let dir = dir.as_ref().to_owned();
         let manifest = Manifest::load(&dir)?;
         Ok(Run { dir, manifest })

@@ -93,8 +93,9 @@ pub fn hook(name: &str, shape: &[usize], dtype: Dtype) -> HookInfo {
     }
 }
 
-/// Feeds `writer` synthetic tokens from where it stands up to `total`, `batch` at a time,
-/// calling `progress` with the tokens accepted so far after each batch.
+/// Feeds `writer` synthetic tokens from where it stands up to the run's token `total`, `batch`
+/// at a time, calling `progress` with the run's tokens so far after each batch. A part of a run
+/// starts at its first token, so its values are the run's own.
 pub fn append_until(
     writer: &mut RunWriter,
     total: u64,
@@ -105,7 +106,7 @@ pub fn append_until(
     let ctx_len = writer.manifest().context.ctx_len;
     let vocab = writer.manifest().tokenizer.vocab_size.max(3);
     let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); hooks.len()];
-    let mut start = writer.tokens_accepted();
+    let mut start = writer.manifest().first_token + writer.tokens_accepted();
     while start < total {
         let n = (total - start).min(batch.max(1) as u64) as usize;
         let tokens: Vec<TokenRecord> = (start..start + n as u64)

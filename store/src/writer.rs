@@ -7,9 +7,9 @@
 //! run whose manifest lists only complete shards; [`RunWriter::resume`] picks it up from there.
 
 use crate::error::{Result, StoreError};
-use crate::fsutil::{HashingWriter, sync_dir, tmp_path};
+use crate::fsutil::{HashingWriter, lock_dir, sync_dir, tmp_path};
 use crate::manifest::{
-    Compression, Dtype, FileInfo, Layout, MANIFEST_FILE, Manifest, RunSpec, ShardInfo,
+    Compression, Dtype, FileInfo, Layout, MANIFEST_FILE, Manifest, PartInfo, RunSpec, ShardInfo,
 };
 use crate::schema;
 use arrow::array::{
@@ -104,12 +104,43 @@ pub struct RunWriter {
     pending_tokens: Vec<TokenRecord>,
     pending_acts: Vec<Vec<f32>>,
     open: Option<OpenShard>,
+    /// Held while the writer lives, so no other process writes the same run.
+    _lock: std::fs::File,
 }
 
 impl RunWriter {
     /// Starts a new run in `dir` (created if needed). Refuses a directory that already holds one.
     pub fn create(dir: &Path, spec: RunSpec, opts: &WriterOptions) -> Result<Self> {
+        Self::create_with(dir, spec, opts, 0, None)
+    }
+
+    /// Starts one part of a run harvested in parts in `dir`: the part holds the run's tokens
+    /// from `first_token` on, with their global indices, so the parts merge without rewriting.
+    pub fn create_part(
+        dir: &Path,
+        spec: RunSpec,
+        opts: &WriterOptions,
+        first_token: u64,
+        part: PartInfo,
+    ) -> Result<Self> {
+        Self::create_with(dir, spec, opts, first_token, Some(part))
+    }
+
+    fn create_with(
+        dir: &Path,
+        spec: RunSpec,
+        opts: &WriterOptions,
+        first_token: u64,
+        part: Option<PartInfo>,
+    ) -> Result<Self> {
         if dir.join(MANIFEST_FILE).exists() {
+            return Err(StoreError::AlreadyExists {
+                path: dir.to_owned(),
+            });
+        }
+        let lock = lock_dir(dir)?;
+        if dir.join(MANIFEST_FILE).exists() {
+            // Created by another process between the check above and the lock.
             return Err(StoreError::AlreadyExists {
                 path: dir.to_owned(),
             });
@@ -120,19 +151,25 @@ impl RunWriter {
             ));
         }
         let layout = opts.layout(&spec);
-        let manifest = Manifest::new(spec, layout);
+        let mut manifest = Manifest::new(spec, layout);
+        manifest.first_token = first_token;
+        manifest.part = part;
         manifest.validate(&dir.join(MANIFEST_FILE))?;
         for sub in ["activations", "tokens"] {
             let d = dir.join(sub);
             std::fs::create_dir_all(&d).map_err(|e| StoreError::io(&d, e))?;
         }
         manifest.save(dir)?;
-        Self::with_manifest(dir, manifest)
+        Self::with_manifest(dir, manifest, lock)
     }
 
     /// Reopens an incomplete run to append after its last complete shard. Partial files left by
     /// a killed writer are removed. The caller continues from [`RunWriter::tokens_written`].
     pub fn resume(dir: &Path) -> Result<Self> {
+        // Loaded first so that a directory with no run says so, then again under the lock:
+        // before anything is removed, since another process may be writing these very files.
+        Manifest::load(dir)?;
+        let lock = lock_dir(dir)?;
         let manifest = Manifest::load(dir)?;
         if manifest.complete {
             return Err(StoreError::AlreadyComplete {
@@ -161,10 +198,10 @@ impl RunWriter {
                 }
             }
         }
-        Self::with_manifest(dir, manifest)
+        Self::with_manifest(dir, manifest, lock)
     }
 
-    fn with_manifest(dir: &Path, manifest: Manifest) -> Result<Self> {
+    fn with_manifest(dir: &Path, manifest: Manifest, lock: std::fs::File) -> Result<Self> {
         let hooks = &manifest.hooks;
         let act_schema = schema::activation_schema(hooks);
         let tok_schema = schema::token_schema();
@@ -204,10 +241,12 @@ impl RunWriter {
             act_props: act_props.build(),
             tok_props,
             open: None,
+            _lock: lock,
         })
     }
 
-    /// Tokens already stored in complete shards (where a resumed producer must continue).
+    /// Tokens already stored in complete shards (where a resumed producer must continue),
+    /// counted from the run's (or part's) first token.
     pub fn tokens_written(&self) -> u64 {
         self.manifest.total_tokens
     }
@@ -301,7 +340,9 @@ impl RunWriter {
             self.open = Some(self.open_shard()?);
         }
         let (act_rel, tok_rel) = shard_paths(self.shard_index());
-        let first = self.manifest.total_tokens + self.open.as_ref().map_or(0, |o| o.rows);
+        let first = self.manifest.first_token
+            + self.manifest.total_tokens
+            + self.open.as_ref().map_or(0, |o| o.rows);
         let n = self.pending_tokens.len();
         let index: ArrayRef = Arc::new(UInt64Array::from_iter_values(first..first + n as u64));
 
@@ -392,7 +433,7 @@ impl RunWriter {
         }
         self.manifest.shards.push(ShardInfo {
             index,
-            first_token: self.manifest.total_tokens,
+            first_token: self.manifest.first_token + self.manifest.total_tokens,
             rows: open.rows,
             activations: act,
             tokens: tok,

@@ -46,6 +46,8 @@ pub fn train(
     cfg.validate(train.dim())?;
     let out = DictDir::new(out);
     std::fs::create_dir_all(out.path()).map_err(|e| SaeError::io(out.path(), e))?;
+    // One writer at a time: a second process (a re-submitted job) is refused, not interleaved.
+    let _lock = saescope_store::lock_dir(out.path())?;
     if cfg.method == Method::Snmf {
         if resume {
             // SNMF fits the whole batch at once and writes no checkpoint, so there is nothing
