@@ -13,7 +13,6 @@ use crate::hooks::{HookPoint, Hooks};
 use crate::model::Model;
 use crate::parts::{CorpusLengths, PackerStart, Part, PartPlan};
 use crate::tokenizer::TextTokenizer;
-use saescope_store::manifest::MANIFEST_FILE;
 use saescope_store::{
     BosHandling, ContextInfo, CorpusInfo, Dtype, HookInfo, Manifest, ModelInfo, PartInfo, RunSpec,
     RunWriter, StoreError, TokenRecord, TokenizerInfo, WriterOptions, parts,
@@ -454,7 +453,7 @@ impl Harvester<'_> {
             )));
         }
         let dir = parts::part_dir(out, part.index, part.count);
-        let exists = dir.join(MANIFEST_FILE).is_file();
+        let exists = Manifest::exists_in(&dir)?;
         if exists && !resume {
             return Err(StoreError::AlreadyExists { path: dir }.into());
         }

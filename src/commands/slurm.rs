@@ -6,7 +6,7 @@ use super::{analyze, harvest, train};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use saescope_jobs::slurm::{self, Job, JobId, Resources, Work};
-use saescope_store::manifest::{MANIFEST_FILE, PARTS_DIR};
+
 use saescope_store::{DictDir, Manifest, features, parts};
 use std::path::{Path, PathBuf};
 
@@ -360,7 +360,7 @@ fn submit_harvest(a: HarvestArgs) -> Result<()> {
         format!("{{task}}/{count}"),
         "--resume".to_owned(),
     ]);
-    let dir = run.join("slurm");
+    let dir = slurm_dir(&run)?;
     let workdir = std::env::current_dir().context("finding the working directory")?;
     let array = Job {
         name: "saescope-harvest".into(),
@@ -475,15 +475,14 @@ fn refuse_while_running(dir: &Path, what: &str) -> Result<()> {
 /// The parts still to harvest, or `None` when the run is merged already. Refuses a directory
 /// that holds a run harvested whole, or parts of another count.
 fn tasks_left(run: &Path, count: u32) -> Result<Option<Vec<u32>>> {
-    if run.join(MANIFEST_FILE).is_file() {
+    if Manifest::exists_in(run)? {
         let m = Manifest::load(run)?;
         if m.complete && m.extra.get("parts").and_then(|v| v.as_u64()) == Some(count as u64) {
             return Ok(None);
         }
     }
     parts::check_count(run, count)?;
-    let started = std::fs::read_dir(run.join(PARTS_DIR)).is_ok_and(|mut d| d.next().is_some());
-    if !started {
+    if !parts::started(run)? {
         return Ok(Some((0..count).collect()));
     }
     Ok(Some(parts::status(run)?.pending()))
@@ -507,8 +506,23 @@ fn refuse_flags(args: &[String], flags: &[&str], what: &str) -> Result<()> {
     }
 }
 
-/// `path` made absolute, for scripts that run elsewhere.
+/// Where a run's job scripts, logs and job ids go: its `slurm/` folder, or for a run on object
+/// storage (where Slurm cannot write its logs) `saescope-slurm/SCHEME/BUCKET/PREFIX/` in the
+/// working directory.
+fn slurm_dir(run: &Path) -> Result<PathBuf> {
+    match run.to_str().and_then(|u| u.split_once("://")) {
+        Some((scheme, rest)) if saescope_store::remote::is_url(run) => {
+            absolute(&Path::new("saescope-slurm").join(scheme).join(rest))
+        }
+        _ => Ok(run.join("slurm")),
+    }
+}
+
+/// `path` made absolute, for scripts that run elsewhere (a URL stays as it is).
 fn absolute(path: &Path) -> Result<PathBuf> {
+    if saescope_store::remote::is_url(path) {
+        return Ok(path.to_owned());
+    }
     std::path::absolute(path)
         .with_context(|| format!("{}: cannot make the path absolute", path.display()))
 }

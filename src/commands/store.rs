@@ -94,10 +94,15 @@ fn locate_run(path: &Path) -> Option<PathBuf> {
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    if !args.path.exists() {
+    let remote = saescope_store::remote::is_url(&args.path);
+    if !remote && !args.path.exists() {
         bail!("{}: no such file or directory", args.path.display());
     }
-    let Some(dir) = locate_run(&args.path) else {
+    let located = match remote {
+        true => Some(args.path.clone()),
+        false => locate_run(&args.path),
+    };
+    let Some(dir) = located else {
         if args.path.is_file() {
             return inspect_loose_file(&args.path);
         }

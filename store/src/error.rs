@@ -149,6 +149,22 @@ pub enum StoreError {
         /// The lock file.
         path: PathBuf,
     },
+    /// A request to object storage failed, or a URL does not name a place on one.
+    #[error("{url}: {message}")]
+    Remote {
+        /// The object or directory's URL.
+        url: String,
+        /// What went wrong, in the store's words where they help.
+        message: String,
+    },
+    /// No credentials were found for an object store; the message names the variables.
+    #[error("{url}: {message}")]
+    Credentials {
+        /// The URL that needed them.
+        url: String,
+        /// Which variable or file is missing (never a value).
+        message: String,
+    },
     /// A run harvested in parts was opened before its parts were merged into one manifest.
     #[error(
         "{path}: holds the parts of a harvest, not yet merged into one run; merge them with `saescope store merge {path}` once all are complete"

@@ -19,6 +19,7 @@
 //! link libtorch, so the explorer can read everything through it alone.
 
 pub mod circuits;
+mod credentials;
 pub mod dataset;
 pub mod delphi;
 pub mod dictionary;
@@ -30,8 +31,10 @@ mod fsutil;
 pub mod manifest;
 pub mod neuronpedia;
 pub mod parts;
+mod place;
 pub mod prompt;
 mod reader;
+pub mod remote;
 mod scan;
 mod schema;
 pub mod scores;

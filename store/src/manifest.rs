@@ -9,7 +9,7 @@ use crate::error::{Result, StoreError};
 use crate::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The value of the manifest's `format` field.
 pub const FORMAT: &str = "saescope.activations";
@@ -320,9 +320,17 @@ impl Manifest {
         }
     }
 
+    /// Whether `dir` (a folder, or a URL on object storage) holds a `manifest.json`.
+    pub fn exists_in(dir: &Path) -> Result<bool> {
+        crate::place::Place::of(dir)?.has(MANIFEST_FILE)
+    }
+
     /// Reads and validates `DIR/manifest.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
+        if crate::remote::is_url(dir) {
+            return Self::load_remote(&crate::remote::Remote::open(dir)?).map(|(m, _)| m);
+        }
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -335,8 +343,34 @@ impl Manifest {
             }
             Err(e) => return Err(StoreError::io(&path, e)),
         };
+        Self::from_json(&bytes, &path)
+    }
+
+    /// Reads and validates the manifest of a run on object storage, with the version read, for
+    /// a writer's conditional update.
+    pub(crate) fn load_remote(
+        remote: &crate::remote::Remote,
+    ) -> Result<(Self, crate::remote::Version)> {
+        let path = remote.path_of(MANIFEST_FILE);
+        match remote.get_versioned(MANIFEST_FILE)? {
+            Some((bytes, version)) => Ok((Self::from_json(&bytes, &path)?, version)),
+            None => {
+                let path = PathBuf::from(remote.url());
+                Err(if remote.list_dirs("")?.iter().any(|d| d == PARTS_DIR) {
+                    StoreError::Unmerged { path }
+                } else {
+                    remote.check()?;
+                    StoreError::NotARun { path }
+                })
+            }
+        }
+    }
+
+    /// Parses and validates a manifest's JSON; `path` names it in errors.
+    fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
+        let path = path.to_owned();
         // Check the version before the full schema, so an old or newer manifest gets the right error.
-        if let Ok(head) = serde_json::from_slice::<VersionProbe>(&bytes)
+        if let Ok(head) = serde_json::from_slice::<VersionProbe>(bytes)
             && let Some(found) = head.format_version
             && found != FORMAT_VERSION
         {
@@ -346,7 +380,7 @@ impl Manifest {
                 supported: FORMAT_VERSION,
             });
         }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
         let manifest: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
             let message = e.inner().to_string();
             // serde reports a missing field at its parent: name the field itself.

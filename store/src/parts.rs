@@ -8,8 +8,8 @@
 //! refused merge commits nothing.
 
 use crate::error::{Result, StoreError};
-use crate::fsutil::write_atomic_shared;
 use crate::manifest::{MANIFEST_FILE, Manifest, ShardInfo};
+use crate::place::{Place, Sizes};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -35,7 +35,9 @@ fn part_rel(index: u32, count: u32) -> String {
 /// Refuses to add a part of a `count`-part harvest to a run that holds parts of another count,
 /// or that is a run harvested whole.
 pub fn check_count(run: &Path, count: u32) -> Result<()> {
-    if run.join(MANIFEST_FILE).is_file() && !run.join(PARTS_DIR).is_dir() {
+    let place = Place::of(run)?;
+    let found = list(&place)?;
+    if place.has(MANIFEST_FILE)? && found.is_empty() {
         return Err(merge_error(
             run,
             format!(
@@ -44,7 +46,7 @@ pub fn check_count(run: &Path, count: u32) -> Result<()> {
             ),
         ));
     }
-    if let Some((i, n)) = list(run)?.into_iter().find(|&(_, n)| n != count) {
+    if let Some(&(i, n)) = found.iter().find(|&&(_, n)| n != count) {
         return Err(merge_error(
             run,
             format!(
@@ -57,17 +59,9 @@ pub fn check_count(run: &Path, count: u32) -> Result<()> {
 }
 
 /// The (index, count) of every part folder under `RUN/parts`, sorted; none when it is absent.
-fn list(run: &Path) -> Result<Vec<(u32, u32)>> {
-    let dir = run.join(PARTS_DIR);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io(&dir, e)),
-    };
+fn list(place: &Place) -> Result<Vec<(u32, u32)>> {
     let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in place.dirs(PARTS_DIR)? {
         if let Some((i, n)) = name.split_once("-of-")
             && let (Ok(i), Ok(n)) = (i.parse::<u32>(), n.parse::<u32>())
             && name == part_rel(i, n)[PARTS_DIR.len() + 1..]
@@ -77,6 +71,11 @@ fn list(run: &Path) -> Result<Vec<(u32, u32)>> {
     }
     found.sort_unstable();
     Ok(found)
+}
+
+/// Whether any part of `run` has been started (a folder under `RUN/parts` exists).
+pub fn started(run: &Path) -> Result<bool> {
+    Ok(!list(&Place::of(run)?)?.is_empty())
 }
 
 /// How far the parts of a run have got.
@@ -100,7 +99,11 @@ impl PartsStatus {
 /// Reads the manifests of every part under `RUN/parts`. Fails when there are none, when parts of
 /// different counts are mixed, or when a part's manifest is unreadable or is another part's.
 pub fn status(run: &Path) -> Result<PartsStatus> {
-    let found = list(run)?;
+    status_at(run, &Place::of(run)?)
+}
+
+fn status_at(run: &Path, place: &Place) -> Result<PartsStatus> {
+    let found = list(place)?;
     let Some(&(_, count)) = found.first() else {
         return Err(merge_error(
             run,
@@ -123,7 +126,7 @@ pub fn status(run: &Path) -> Result<PartsStatus> {
     let mut parts = Vec::with_capacity(count as usize);
     for i in 0..count {
         let d = part_dir(run, i, count);
-        let m = if d.join(MANIFEST_FILE).is_file() {
+        let m = if place.has(&format!("{}/{MANIFEST_FILE}", part_rel(i, count)))? {
             let m = Manifest::load(&d)?;
             match &m.part {
                 Some(p) if p.index == i && p.count == count => {}
@@ -154,30 +157,31 @@ pub fn status(run: &Path) -> Result<PartsStatus> {
 /// shards, once every check passes. Merging a run already merged from the same parts returns its
 /// manifest and writes nothing, so the last parts to finish may all try.
 pub fn merge(run: &Path) -> Result<Manifest> {
-    let status = status(run)?;
-    let count = status.count;
-    let merged = merged_manifest(run, &status)?;
-    if run.join(MANIFEST_FILE).is_file() {
-        let existing = Manifest::load(run)?;
-        if existing.shards == merged.shards && existing.complete {
-            return Ok(existing);
-        }
-        return Err(merge_error(
-            run,
-            format!(
-                "{} already exists and is not the merge of these {count} parts; move it away to merge them",
-                run.join(MANIFEST_FILE).display()
-            ),
-        ));
+    let place = Place::of(run)?;
+    let status = status_at(run, &place)?;
+    let merged = merged_manifest(run, &status, &place.sizes(PARTS_DIR)?)?;
+    merged.validate(&place.path_of(MANIFEST_FILE))?;
+    // Written only if absent: two parts finishing together both merge, and one write wins.
+    if place.create(MANIFEST_FILE, &merged.to_json())? {
+        return Ok(merged);
     }
-    merged.validate(&run.join(MANIFEST_FILE))?;
-    write_atomic_shared(&run.join(MANIFEST_FILE), &merged.to_json())?;
-    Ok(merged)
+    let existing = Manifest::load(run)?;
+    if existing.shards == merged.shards && existing.complete {
+        return Ok(existing);
+    }
+    Err(merge_error(
+        run,
+        format!(
+            "{} already exists and is not the merge of these {} parts; move it away to merge them",
+            place.path_of(MANIFEST_FILE).display(),
+            status.count
+        ),
+    ))
 }
 
 /// The manifest of the merged run, after checking that the parts are complete, were made with
 /// the same settings, tile the run's tokens and have their files on disk.
-fn merged_manifest(run: &Path, status: &PartsStatus) -> Result<Manifest> {
+fn merged_manifest(run: &Path, status: &PartsStatus, sizes: &Sizes) -> Result<Manifest> {
     let count = status.count;
     let mut parts = Vec::with_capacity(count as usize);
     for (i, m) in status.parts.iter().enumerate() {
@@ -241,7 +245,7 @@ fn merged_manifest(run: &Path, status: &PartsStatus) -> Result<Manifest> {
             let mut s = s.clone();
             for f in [&mut s.activations, &mut s.tokens] {
                 f.path = format!("{rel}/{}", f.path);
-                check_size(run, &f.path, f.bytes, shards.len() as u32)?;
+                check_size(run, sizes, &f.path, f.bytes, shards.len() as u32)?;
             }
             s.index = shards.len() as u32;
             shards.push(s);
@@ -267,19 +271,16 @@ fn merged_manifest(run: &Path, status: &PartsStatus) -> Result<Manifest> {
 }
 
 /// A shard file named by a part's manifest must be on disk with the size it lists.
-fn check_size(run: &Path, rel: &str, bytes: u64, shard: u32) -> Result<()> {
+fn check_size(run: &Path, sizes: &Sizes, rel: &str, bytes: u64, shard: u32) -> Result<()> {
     let path = run.join(rel);
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.len() == bytes => Ok(()),
-        Ok(meta) => Err(StoreError::SizeMismatch {
+    match sizes.get(rel)? {
+        Some(actual) if actual == bytes => Ok(()),
+        Some(actual) => Err(StoreError::SizeMismatch {
             path,
             expected: bytes,
-            actual: meta.len(),
+            actual,
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(StoreError::MissingFile { path, shard })
-        }
-        Err(e) => Err(StoreError::io(path, e)),
+        None => Err(StoreError::MissingFile { path, shard }),
     }
 }
 

@@ -4,23 +4,28 @@
 use crate::error::{Result, StoreError};
 use crate::fsutil::sha256_file;
 use crate::manifest::{Dtype, FileInfo, HookInfo, Manifest, ShardInfo};
+use crate::remote::{Fetch, HashFetch, Remote};
 use crate::schema;
 use crate::writer::TokenRecord;
 use arrow::array::{
     Array, AsArray, FixedSizeListArray, Float16Array, Float32Array, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{Float16Type, Float32Type, Schema, UInt32Type, UInt64Type};
+use bytes::{Buf, Bytes};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use parquet::basic::{Encoding, Type as PhysicalType};
 use parquet::column::page::{Page, PageReader};
+use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::VecDeque;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -31,6 +36,8 @@ use std::thread::JoinHandle;
 pub struct Run {
     dir: PathBuf,
     manifest: Manifest,
+    /// Where the shards are when the run is on object storage (`dir` is then its URL).
+    remote: Option<Remote>,
 }
 
 /// How to iterate a hook point's activations.
@@ -113,8 +120,26 @@ impl Run {
     /// Opens a run, or one part of a run harvested in parts, to inspect and check its shards.
     pub fn open_part(dir: impl AsRef<Path>) -> Result<Run> {
         let dir = dir.as_ref().to_owned();
+        if crate::remote::is_url(&dir) {
+            let remote = Remote::open(&dir)?;
+            let (manifest, _) = Manifest::load_remote(&remote)?;
+            return Ok(Run {
+                dir,
+                manifest,
+                remote: Some(remote),
+            });
+        }
         let manifest = Manifest::load(&dir)?;
-        Ok(Run { dir, manifest })
+        Ok(Run {
+            dir,
+            manifest,
+            remote: None,
+        })
+    }
+
+    /// Whether the run is on object storage.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
     }
 
     /// The run directory, as given to [`Run::open`].
@@ -158,17 +183,30 @@ impl Run {
 
     fn open_activations(&self, shard: &ShardInfo, checksums: bool) -> Result<CheckedFile> {
         let expected = schema::activation_schema(&self.manifest.hooks);
-        open_checked(&self.dir, shard, &shard.activations, &expected, checksums)
+        open_checked(
+            self.files(),
+            shard,
+            &shard.activations,
+            &expected,
+            checksums,
+        )
     }
 
     fn open_tokens(&self, shard: &ShardInfo, checksums: bool) -> Result<CheckedFile> {
         open_checked(
-            &self.dir,
+            self.files(),
             shard,
             &shard.tokens,
             &schema::token_schema(),
             checksums,
         )
+    }
+
+    fn files(&self) -> Files<'_> {
+        match &self.remote {
+            Some(r) => Files::Remote(r),
+            None => Files::Local(&self.dir),
+        }
     }
 
     /// Fully checks shard `i`: both files present with the right size, a readable Parquet footer,
@@ -184,7 +222,8 @@ impl Run {
     pub fn read_tokens(&self, i: usize) -> Result<Vec<TokenRecord>> {
         let shard = self.shard(i)?;
         let f = self.open_tokens(shard, false)?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(f.file, f.meta)
+        let whole = f.chunks(None)?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(whole, f.meta)
             .with_batch_size(64 * 1024)
             .build()
             .map_err(|source| StoreError::Parquet {
@@ -311,29 +350,93 @@ impl Run {
 /// A Parquet file that passed the cheap checks, with its footer parsed.
 struct CheckedFile {
     path: PathBuf,
-    file: File,
+    source: Source,
+    /// The file's size in bytes (checked against the manifest).
+    size: u64,
     meta: ArrowReaderMetadata,
 }
 
+/// Where a run's files are.
+#[derive(Clone, Copy)]
+enum Files<'a> {
+    Local(&'a Path),
+    Remote(&'a Remote),
+}
+
+/// An opened shard file.
+enum Source {
+    Local(File),
+    /// An object, by its path inside the run.
+    Remote {
+        remote: Remote,
+        rel: String,
+    },
+}
+
+impl CheckedFile {
+    /// The bytes of `range` (the whole file if `None`) as a reader for the Parquet decoders: the
+    /// open file itself when local, the range fetched when remote.
+    fn chunks(&self, range: Option<Range<u64>>) -> Result<Chunks> {
+        match &self.source {
+            Source::Local(f) => Ok(Chunks::File(Arc::new(
+                f.try_clone().map_err(|e| StoreError::io(&self.path, e))?,
+            ))),
+            Source::Remote { remote, rel } => {
+                let range = range.unwrap_or(0..self.size);
+                let data = remote.fetch(rel, range.clone()).wait()?;
+                Ok(Chunks::Mem(Arc::new(Window {
+                    start: range.start,
+                    data,
+                    len: self.size,
+                })))
+            }
+        }
+    }
+}
+
 fn open_checked(
-    dir: &Path,
+    files: Files<'_>,
     shard: &ShardInfo,
     info: &FileInfo,
     expected: &Arc<Schema>,
     checksum: bool,
 ) -> Result<CheckedFile> {
-    let path = dir.join(&info.path);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(StoreError::MissingFile {
-                path,
-                shard: shard.index,
-            });
+    let (path, source, actual, footer) = match files {
+        Files::Local(dir) => {
+            let path = dir.join(&info.path);
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::MissingFile {
+                        path,
+                        shard: shard.index,
+                    });
+                }
+                Err(e) => return Err(StoreError::io(&path, e)),
+            };
+            let actual = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+            let footer = Chunks::File(Arc::new(
+                file.try_clone().map_err(|e| StoreError::io(&path, e))?,
+            ));
+            (path, Source::Local(file), actual, footer)
         }
-        Err(e) => return Err(StoreError::io(&path, e)),
+        Files::Remote(remote) => {
+            let path = remote.path_of(&info.path);
+            // One request gives the size and the footer (almost always within the tail).
+            let Some((tail, actual)) = remote.tail(&info.path, FOOTER_GUESS)? else {
+                return Err(StoreError::MissingFile {
+                    path,
+                    shard: shard.index,
+                });
+            };
+            let tail = footer_window(remote, &info.path, tail, actual)?;
+            let source = Source::Remote {
+                remote: remote.clone(),
+                rel: info.path.clone(),
+            };
+            (path, source, actual, Chunks::Mem(Arc::new(tail)))
+        }
     };
-    let actual = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
     if actual != info.bytes {
         return Err(StoreError::SizeMismatch {
             path,
@@ -342,10 +445,15 @@ fn open_checked(
         });
     }
     if checksum {
-        verify_sha256(&path, &info.sha256)?;
+        match &source {
+            Source::Local(_) => verify_sha256(&path, &info.sha256)?,
+            Source::Remote { remote, rel } => {
+                check_sha256(&path, &info.sha256, remote.fetch_sha256(rel).wait()?)?
+            }
+        }
     }
     let meta = catch_panics(&path, || {
-        ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|source| {
+        ArrowReaderMetadata::load(&footer, ArrowReaderOptions::new()).map_err(|source| {
             StoreError::Parquet {
                 path: path.clone(),
                 source,
@@ -385,11 +493,45 @@ fn open_checked(
             message: format!("{rows} rows, but the manifest says {}", shard.rows),
         });
     }
-    Ok(CheckedFile { path, file, meta })
+    Ok(CheckedFile {
+        path,
+        source,
+        size: actual,
+        meta,
+    })
 }
 
-fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
-    let actual = sha256_file(path)?;
+/// Bytes fetched from the end of a remote file on open: enough for the footer of a shard with
+/// a few thousand row groups.
+const FOOTER_GUESS: u64 = 64 << 10;
+
+/// The window over a remote file's end that holds its whole footer: `tail` if it already does,
+/// else the footer's exact span, fetched (its length is in the last 8 bytes).
+fn footer_window(remote: &Remote, rel: &str, tail: Bytes, size: u64) -> Result<Window> {
+    let start = size - tail.len() as u64;
+    let need = (tail.len() >= 8)
+        .then(|| {
+            let n = tail.len();
+            u32::from_le_bytes(tail[n - 8..n - 4].try_into().expect("4 bytes")) as u64 + 8
+        })
+        .unwrap_or(0);
+    if need <= tail.len() as u64 || need > size {
+        // Either complete, or damaged: the Parquet reader says which, naming the file.
+        return Ok(Window {
+            start,
+            data: tail,
+            len: size,
+        });
+    }
+    let data = remote.fetch(rel, size - need..size).wait()?;
+    Ok(Window {
+        start: size - need,
+        data,
+        len: size,
+    })
+}
+
+fn check_sha256(path: &Path, expected: &str, actual: String) -> Result<()> {
     if actual != expected {
         return Err(StoreError::Checksum {
             path: path.to_owned(),
@@ -398,6 +540,10 @@ fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
+    check_sha256(path, expected, sha256_file(path)?)
 }
 
 /// Turns a panic inside a decoder into an error naming the file: a hostile or damaged file must
@@ -416,6 +562,68 @@ fn catch_panics<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
+/// The bytes a Parquet decoder reads: a local file, or the part of a remote one fetched.
+#[derive(Clone)]
+enum Chunks {
+    File(Arc<File>),
+    Mem(Arc<Window>),
+}
+
+/// A span of a file held in memory. Reading outside it is an error, never a silent request.
+struct Window {
+    /// Offset of `data` in the file.
+    start: u64,
+    data: Bytes,
+    /// The whole file's length.
+    len: u64,
+}
+
+impl Window {
+    fn slice(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let end = self.start + self.data.len() as u64;
+        if start < self.start || start + length as u64 > end {
+            return Err(parquet::errors::ParquetError::General(format!(
+                "bytes {start}..{} are outside the {}..{end} fetched",
+                start + length as u64,
+                self.start
+            )));
+        }
+        let from = (start - self.start) as usize;
+        Ok(self.data.slice(from..from + length))
+    }
+}
+
+impl Length for Chunks {
+    fn len(&self) -> u64 {
+        match self {
+            Chunks::File(f) => f.len(),
+            Chunks::Mem(w) => w.len,
+        }
+    }
+}
+
+impl ChunkReader for Chunks {
+    type T = Box<dyn std::io::Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        match self {
+            Chunks::File(f) => Ok(Box::new(f.get_read(start)?)),
+            Chunks::Mem(w) => {
+                let end = w.start + w.data.len() as u64;
+                let rest = w.slice(start, end.saturating_sub(start) as usize)?;
+                Ok(Box::new(rest.reader()))
+            }
+        }
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        match self {
+            Chunks::File(f) => f.get_bytes(start, length),
+            Chunks::Mem(w) => w.slice(start, length),
+        }
+    }
+}
+
 struct ShardSource {
     file: CheckedFile,
     sha256: String,
@@ -424,6 +632,117 @@ struct ShardSource {
     leaf: usize,
     /// (first token index, rows) of each row group.
     groups: Vec<(u64, usize)>,
+}
+
+/// Row groups kept in flight ahead of the decoder when reading from object storage, and the most
+/// bytes they may hold: enough to cover a request's latency at training speed.
+const AHEAD_UNITS: usize = 8;
+const AHEAD_BYTES: u64 = 256 << 20;
+
+/// Hands the decoder each row group's bytes in plan order. For a run on object storage it keeps
+/// the next row groups in flight, so the network works while the decoder and the learner do; a
+/// shard's checksum (when asked) streams alongside and is checked before its first row is used.
+struct Feed<'a> {
+    plan: &'a Plan,
+    units: Vec<(usize, usize)>,
+    /// Units whose fetch has been started.
+    issued: usize,
+    /// (fetch, offset, bytes) of units `taken..issued`, in order.
+    in_flight: VecDeque<(Fetch, u64, u64)>,
+    bytes_in_flight: u64,
+    hashes: Vec<Option<HashFetch>>,
+    verified: Vec<bool>,
+    local: Vec<Option<Chunks>>,
+}
+
+impl<'a> Feed<'a> {
+    fn new(plan: &'a Plan, units: Vec<(usize, usize)>) -> Self {
+        let n = plan.shards.len();
+        Feed {
+            plan,
+            units,
+            issued: 0,
+            in_flight: VecDeque::new(),
+            bytes_in_flight: 0,
+            hashes: (0..n).map(|_| None).collect(),
+            verified: vec![false; n],
+            local: vec![None; n],
+        }
+    }
+
+    /// The bytes of unit `k`; units are taken in order, each once.
+    fn take(&mut self, k: usize) -> Result<Chunks> {
+        let (s, _) = self.units[k];
+        let src = &self.plan.shards[s];
+        if let Source::Local(_) = &src.file.source {
+            if self.plan.verify && !self.verified[s] {
+                verify_sha256(&src.file.path, &src.sha256)?;
+                self.verified[s] = true;
+            }
+            if self.local[s].is_none() {
+                self.local[s] = Some(src.file.chunks(None)?);
+            }
+            return Ok(self.local[s].clone().expect("set above"));
+        }
+        while self.issued < self.units.len() && self.room_for(self.issued, k) {
+            self.issue(self.issued);
+            self.issued += 1;
+        }
+        let (fetch, start, len) = self.in_flight.pop_front().expect("unit k was issued");
+        self.bytes_in_flight -= len;
+        if self.plan.verify && !self.verified[s] {
+            let hash = match self.hashes[s].take() {
+                Some(h) => h,
+                None => self.start_hash(s),
+            };
+            check_sha256(&src.file.path, &src.sha256, hash.wait()?)?;
+            self.verified[s] = true;
+        }
+        Ok(Chunks::Mem(Arc::new(Window {
+            start,
+            data: fetch.wait()?,
+            len: src.file.size,
+        })))
+    }
+
+    fn span(&self, k: usize) -> (u64, u64) {
+        let (s, g) = self.units[k];
+        let src = &self.plan.shards[s];
+        src.file
+            .meta
+            .metadata()
+            .row_group(g)
+            .column(src.leaf)
+            .byte_range()
+    }
+
+    /// Whether unit `next` may start now that unit `k` is wanted.
+    fn room_for(&self, next: usize, k: usize) -> bool {
+        next <= k
+            || (self.in_flight.len() < AHEAD_UNITS
+                && self.bytes_in_flight + self.span(next).1 <= AHEAD_BYTES)
+    }
+
+    fn issue(&mut self, k: usize) {
+        let (s, _) = self.units[k];
+        let (start, len) = self.span(k);
+        let Source::Remote { remote, rel } = &self.plan.shards[s].file.source else {
+            unreachable!("only remote units are fetched");
+        };
+        self.in_flight
+            .push_back((remote.fetch(rel, start..start + len), start, len));
+        self.bytes_in_flight += len;
+        if self.plan.verify && !self.verified[s] && self.hashes[s].is_none() {
+            self.hashes[s] = Some(self.start_hash(s));
+        }
+    }
+
+    fn start_hash(&self, s: usize) -> HashFetch {
+        let Source::Remote { remote, rel } = &self.plan.shards[s].file.source else {
+            unreachable!("only remote shards are hashed here");
+        };
+        remote.fetch_sha256(rel)
+    }
 }
 
 /// Everything the background thread needs.
@@ -511,12 +830,13 @@ impl Plan {
             .enumerate()
             .flat_map(|(s, src)| (0..src.groups.len()).map(move |g| (s, g)))
             .collect();
-        let mut verified = vec![false; self.shards.len()];
         let mut values = Vec::new();
 
         let Some(shuffle) = self.shuffle else {
-            for (s, g) in units {
-                self.decode(s, g, &mut verified, &mut values)?;
+            let mut feed = Feed::new(self, units.clone());
+            for (k, &(s, g)) in units.iter().enumerate() {
+                let chunks = feed.take(k)?;
+                self.decode(s, g, chunks, &mut values)?;
                 if !sink.push_rows(&values, self.shards[s].groups[g].0) {
                     return Ok(());
                 }
@@ -527,12 +847,14 @@ impl Plan {
 
         let mut rng = ChaCha8Rng::seed_from_u64(shuffle.seed);
         units.shuffle(&mut rng);
+        let mut feed = Feed::new(self, units.clone());
         let cap = shuffle.buffer_tokens;
         let mut buf: Vec<f32> = Vec::with_capacity(cap.min(1 << 20) * self.dim);
         let mut buf_index: Vec<u64> = Vec::with_capacity(cap.min(1 << 20));
         let d = self.dim;
-        for (s, g) in units {
-            self.decode(s, g, &mut verified, &mut values)?;
+        for (k, &(s, g)) in units.iter().enumerate() {
+            let chunks = feed.take(k)?;
+            self.decode(s, g, chunks, &mut values)?;
             let first = self.shards[s].groups[g].0;
             for (r, row) in values.chunks_exact(d).enumerate() {
                 let index = first + r as u64;
@@ -565,29 +887,22 @@ impl Plan {
         Ok(())
     }
 
-    /// Decodes row group `g` of shard `s` into `out` as f32.
-    fn decode(&self, s: usize, g: usize, verified: &mut [bool], out: &mut Vec<f32>) -> Result<()> {
+    /// Decodes row group `g` of shard `s`, whose hook column `chunks` holds, into `out` as f32.
+    fn decode(&self, s: usize, g: usize, chunks: Chunks, out: &mut Vec<f32>) -> Result<()> {
         let src = &self.shards[s];
         let path = &src.file.path;
-        if self.verify && !verified[s] {
-            verify_sha256(path, &src.sha256)?;
-            verified[s] = true;
-        }
         let rows = src.groups[g].1;
         out.clear();
         out.reserve(rows * self.dim);
-        if catch_panics(path, || self.decode_plain_pages(src, g, out))? {
+        if catch_panics(path, || {
+            self.decode_plain_pages(src, g, Arc::new(chunks.clone()), out)
+        })? {
             return Ok(());
         }
         out.clear();
         catch_panics(path, || {
-            let file = src
-                .file
-                .file
-                .try_clone()
-                .map_err(|e| StoreError::io(path, e))?;
             let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(file, src.file.meta.clone())
+                ParquetRecordBatchReaderBuilder::new_with_metadata(chunks, src.file.meta.clone())
                     .with_projection(src.mask.clone())
                     .with_row_groups(vec![g])
                     .with_batch_size(rows.max(1))
@@ -653,7 +968,13 @@ impl Plan {
     /// and values are copied once, straight from the page into `out`. Returns `Ok(false)` for a
     /// layout it does not handle (dictionary pages, other encodings), which the general Arrow
     /// decoder then reads.
-    fn decode_plain_pages(&self, src: &ShardSource, g: usize, out: &mut Vec<f32>) -> Result<bool> {
+    fn decode_plain_pages(
+        &self,
+        src: &ShardSource,
+        g: usize,
+        chunks: Arc<Chunks>,
+        out: &mut Vec<f32>,
+    ) -> Result<bool> {
         let path = &src.file.path;
         let pq = |source| StoreError::Parquet {
             path: path.clone(),
@@ -679,13 +1000,8 @@ impl Plan {
             (descr.max_rep_level() > 0) as usize + (descr.max_def_level() > 0) as usize;
         let esize = self.dtype.size_bytes();
         let expected = src.groups[g].1 * self.dim;
-        let file = src
-            .file
-            .file
-            .try_clone()
-            .map_err(|e| StoreError::io(path, e))?;
         let mut pages =
-            SerializedPageReader::new(Arc::new(file), chunk, src.groups[g].1, None).map_err(pq)?;
+            SerializedPageReader::new(chunks, chunk, src.groups[g].1, None).map_err(pq)?;
         while let Some(page) = pages.get_next_page().map_err(pq)? {
             let (buf, num_values, offset) = match page {
                 Page::DataPage {

@@ -11,6 +11,7 @@ use crate::fsutil::{HashingWriter, lock_dir, sync_dir, tmp_path};
 use crate::manifest::{
     Compression, Dtype, FileInfo, Layout, MANIFEST_FILE, Manifest, PartInfo, RunSpec, ShardInfo,
 };
+use crate::remote::{Commit, Remote, Version, is_url};
 use crate::schema;
 use arrow::array::{
     ArrayRef, FixedSizeBinaryArray, FixedSizeListArray, Float16Array, Float32Array, UInt32Array,
@@ -106,12 +107,28 @@ pub struct RunWriter {
     open: Option<OpenShard>,
     /// Held while the writer lives, so no other process writes the same run.
     _lock: std::fs::File,
+    /// Where the run is committed when it lives on object storage (`dir` is then a staging folder).
+    remote: Option<RemoteSink>,
+}
+
+/// A run written to object storage. Each shard is written to a local staging folder as for a
+/// local run, uploaded whole when complete and deleted there; only then is the manifest that
+/// lists it put, on the condition that the manifest is still the version this writer last put.
+/// So a shard becomes part of the run when the manifest naming it is written, a killed writer
+/// leaves at worst unlisted objects that its resume overwrites, and a second writer of the same
+/// run (another machine's job) is refused instead of interleaved.
+struct RemoteSink {
+    remote: Remote,
+    url: PathBuf,
+    version: Version,
+    _staging: tempfile::TempDir,
 }
 
 impl RunWriter {
     /// Starts a new run in `dir` (created if needed). Refuses a directory that already holds one.
+    /// `dir` may be a URL on object storage (`s3://bucket/run`).
     pub fn create(dir: &Path, spec: RunSpec, opts: &WriterOptions) -> Result<Self> {
-        Self::create_with(dir, spec, opts, 0, None)
+        Self::create_at(dir, spec, opts, 0, None)
     }
 
     /// Starts one part of a run harvested in parts in `dir`: the part holds the run's tokens
@@ -123,7 +140,43 @@ impl RunWriter {
         first_token: u64,
         part: PartInfo,
     ) -> Result<Self> {
-        Self::create_with(dir, spec, opts, first_token, Some(part))
+        Self::create_at(dir, spec, opts, first_token, Some(part))
+    }
+
+    fn create_at(
+        dir: &Path,
+        spec: RunSpec,
+        opts: &WriterOptions,
+        first_token: u64,
+        part: Option<PartInfo>,
+    ) -> Result<Self> {
+        if !is_url(dir) {
+            return Self::create_with(dir, spec, opts, first_token, part);
+        }
+        let remote = Remote::open(dir)?;
+        remote.check()?;
+        if remote.size(MANIFEST_FILE)?.is_some() {
+            return Err(StoreError::AlreadyExists {
+                path: dir.to_owned(),
+            });
+        }
+        let staging = staging_dir(dir)?;
+        let mut w = Self::create_with(staging.path(), spec, opts, first_token, part)?;
+        let version = remote
+            .put(MANIFEST_FILE, w.manifest.to_json(), Commit::Create)
+            .map_err(|e| match e {
+                StoreError::AlreadyExists { .. } => StoreError::AlreadyExists {
+                    path: dir.to_owned(),
+                },
+                e => e,
+            })?;
+        w.remote = Some(RemoteSink {
+            remote,
+            url: dir.to_owned(),
+            version,
+            _staging: staging,
+        });
+        Ok(w)
     }
 
     fn create_with(
@@ -166,6 +219,9 @@ impl RunWriter {
     /// Reopens an incomplete run to append after its last complete shard. Partial files left by
     /// a killed writer are removed. The caller continues from [`RunWriter::tokens_written`].
     pub fn resume(dir: &Path) -> Result<Self> {
+        if is_url(dir) {
+            return Self::resume_remote(dir);
+        }
         // Loaded first so that a directory with no run says so, then again under the lock:
         // before anything is removed, since another process may be writing these very files.
         Manifest::load(dir)?;
@@ -199,6 +255,28 @@ impl RunWriter {
             }
         }
         Self::with_manifest(dir, manifest, lock)
+    }
+
+    /// Resumes a run on object storage from its manifest: the shards it lists stay where they
+    /// are, and writing continues in a fresh staging folder.
+    fn resume_remote(dir: &Path) -> Result<Self> {
+        let remote = Remote::open(dir)?;
+        let (manifest, version) = Manifest::load_remote(&remote)?;
+        if manifest.complete {
+            return Err(StoreError::AlreadyComplete {
+                path: dir.to_owned(),
+            });
+        }
+        let staging = staging_dir(dir)?;
+        manifest.save(staging.path())?;
+        let mut w = Self::resume(staging.path())?;
+        w.remote = Some(RemoteSink {
+            remote,
+            url: dir.to_owned(),
+            version,
+            _staging: staging,
+        });
+        Ok(w)
     }
 
     fn with_manifest(dir: &Path, manifest: Manifest, lock: std::fs::File) -> Result<Self> {
@@ -242,6 +320,7 @@ impl RunWriter {
             tok_props,
             open: None,
             _lock: lock,
+            remote: None,
         })
     }
 
@@ -263,9 +342,12 @@ impl RunWriter {
         &self.manifest
     }
 
-    /// The run directory.
+    /// The run directory (its URL for a run on object storage).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        match &self.remote {
+            Some(r) => &r.url,
+            None => &self.dir,
+        }
     }
 
     /// Appends a batch of tokens. `acts[h]` holds `tokens.len() * dim(h)` values for the run's
@@ -325,6 +407,7 @@ impl RunWriter {
         }
         self.manifest.complete = true;
         self.manifest.save(&self.dir)?;
+        self.commit()?;
         Ok(self.manifest)
     }
 
@@ -440,9 +523,49 @@ impl RunWriter {
         });
         self.manifest.total_tokens += open.rows;
         self.manifest.save(&self.dir)?;
+        if let Some(sink) = &self.remote {
+            // Shard objects are overwritten in place (a resumed writer rewrites an unlisted
+            // one), so first make sure no other writer has committed since this one did.
+            if sink.remote.version(MANIFEST_FILE)?.as_ref() != Some(&sink.version) {
+                return Err(sink.remote.changed(MANIFEST_FILE));
+            }
+            for rel in [&act_rel, &tok_rel] {
+                let local = self.dir.join(rel);
+                sink.remote.upload(&local, rel)?;
+                std::fs::remove_file(&local).map_err(|e| StoreError::io(&local, e))?;
+            }
+        }
+        self.commit()?;
         tracing::debug!(shard = index, rows = open.rows, "shard complete");
         Ok(())
     }
+}
+
+impl RunWriter {
+    /// Puts the manifest on object storage, if the run is there, after the shards it lists.
+    fn commit(&mut self) -> Result<()> {
+        if let Some(sink) = &mut self.remote {
+            sink.version = sink.remote.put(
+                MANIFEST_FILE,
+                self.manifest.to_json(),
+                Commit::Update(sink.version.clone()),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A fresh local folder for the shard being written to `url`, removed when the writer ends.
+fn staging_dir(url: &Path) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("saescope-staging-")
+        .tempdir()
+        .map_err(|e| {
+            StoreError::io(
+                std::env::temp_dir().join(url.file_name().unwrap_or_default()),
+                e,
+            )
+        })
 }
 
 /// Opens a Parquet writer on the temporary name of `path`.

@@ -86,6 +86,7 @@ pub(crate) fn run(
         {
             log.sync_all().map_err(|e| SaeError::io(&log_path, e))?;
             checkpoint::write(&out.checkpoint(), &learner, &pos, cfg)?;
+            observer.checkpoint();
         }
     }
     let dictionary = learner.into_dictionary(cfg, pos.scale);

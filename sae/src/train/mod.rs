@@ -24,6 +24,7 @@ pub use report::{Observer, TrainReport};
 
 use crate::data::RunSource;
 use crate::error::{Result, SaeError};
+use saescope_store::dictionary::LogLine;
 use saescope_store::{DictDir, Run};
 use std::path::Path;
 use tch::Device;
@@ -61,6 +62,32 @@ pub fn train(
     gradient::run(train, heldout, cfg, &out, resume, device, from, observer)
 }
 
+/// Uploads each checkpoint of a dictionary trained for object storage as it is written, so a
+/// job killed on one machine resumes on another.
+struct PushCheckpoints<'a> {
+    inner: &'a mut dyn Observer,
+    mirror: &'a saescope_store::remote::Mirror,
+}
+
+impl Observer for PushCheckpoints<'_> {
+    fn start(&mut self, total_steps: u64, batch_tokens: usize) {
+        self.inner.start(total_steps, batch_tokens);
+    }
+
+    fn step(&mut self, step: u64, line: Option<&LogLine>) {
+        self.inner.step(step, line);
+    }
+
+    fn checkpoint(&mut self) {
+        // Training goes on if an upload fails: the checkpoint is still in the local copy, and
+        // the final upload reports the error if it persists.
+        if let Err(e) = self.mirror.push(None) {
+            tracing::warn!("uploading the checkpoint: {e}");
+        }
+        self.inner.checkpoint();
+    }
+}
+
 /// A training run on one hook of a harvest run, as `saescope train` starts it.
 pub struct RunTraining<'a> {
     /// The harvest run's directory.
@@ -91,7 +118,36 @@ impl RunTraining<'_> {
 
     /// Opens the run, holds out `heldout_fraction` of it (whole shards, or whole contexts of a
     /// run with one shard), trains on the rest and evaluates on what was held out.
+    ///
+    /// A dictionary directory on object storage (an `s3://` `--out`, or the default one inside a
+    /// run there) is trained in a local copy, which starts from what is already there (a
+    /// checkpoint to resume from), and uploaded when training ends, the weights last.
     pub fn train(&self, observer: &mut dyn Observer) -> Result<(DictDir, TrainReport)> {
+        let out = self.out();
+        if !saescope_store::remote::is_url(out.path()) {
+            return self.train_here(observer);
+        }
+        let mirror = saescope_store::remote::Mirror::open(out.path())?;
+        let local = RunTraining {
+            out: Some(mirror.local()),
+            run: self.run,
+            hook: self.hook,
+            config: self.config,
+            resume: self.resume,
+            device: self.device,
+        };
+        let mut pushing = PushCheckpoints {
+            inner: observer,
+            mirror: &mirror,
+        };
+        let (dir, report) = local.train_here(&mut pushing)?;
+        let weights = dir.weights();
+        let last = weights.file_name().and_then(|n| n.to_str());
+        mirror.push(last)?;
+        Ok((out, report))
+    }
+
+    fn train_here(&self, observer: &mut dyn Observer) -> Result<(DictDir, TrainReport)> {
         let cfg = self.config;
         let out = self.out();
         if !self.resume && out.weights().exists() {

@@ -25,6 +25,8 @@ pub trait Observer {
     /// Step `step` (counted from 1) was taken; `line` holds its figures when the step was
     /// logged (the figures are read only then: on a GPU a read waits for the queue).
     fn step(&mut self, _step: u64, _line: Option<&LogLine>) {}
+    /// A checkpoint was written to the dictionary directory.
+    fn checkpoint(&mut self) {}
 }
 
 impl Observer for () {}

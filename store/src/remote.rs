@@ -1,0 +1,584 @@
+//! Runs, dictionaries and feature stores on object storage: `s3://`, `gs://` and `az://` URLs,
+//! through the `object_store` crate.
+//!
+//! A remote directory is named by its URL everywhere a local one is named by its path: the URL
+//! travels as a `Path` (`Path::new("s3://bucket/run")` keeps its text), so errors name it and
+//! `join` builds the URLs of the files inside. [`is_url`] tells the two apart.
+//!
+//! Credentials come from the environment and the usual profile files, checked before the first
+//! request: a missing one is named by its variable rather than failing later as a timeout of the
+//! cloud's metadata service. No value is ever printed. `object_store` is async; the store drives
+//! it from a small tokio runtime of its own, so callers stay synchronous.
+
+use crate::error::{Result, StoreError};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart};
+use std::future::Future;
+use std::io::Read;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// The URL schemes saescope reads and writes.
+pub const SCHEMES: [&str; 5] = ["s3", "s3a", "gs", "az", "abfs"];
+
+/// Files above this size are uploaded in parts, several at once.
+const MULTIPART_BYTES: usize = 16 << 20;
+
+/// Whether `path` names object storage (`s3://…`, `gs://…`, `az://…`) rather than a local path.
+pub fn is_url(path: &Path) -> bool {
+    path.to_str()
+        .and_then(|s| s.split_once("://"))
+        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme))
+}
+
+/// The runtime that drives `object_store`'s futures for the whole process.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("saescope-remote")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts")
+    })
+}
+
+/// Runs `f` to completion on the store's runtime. Must not be called from inside it.
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+/// A directory on object storage: a store and a prefix in it.
+#[derive(Clone)]
+pub struct Remote {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
+}
+
+/// The version of an object as last written or read, for a conditional update.
+pub type Version = UpdateVersion;
+
+/// How a put treats an object already at the key.
+#[derive(Clone, Debug)]
+pub enum Commit {
+    /// Replace it.
+    Overwrite,
+    /// Refuse if there is one: [`StoreError::AlreadyExists`].
+    Create,
+    /// Replace it only if it is still at this version: another writer's change is refused.
+    Update(Version),
+}
+
+impl Remote {
+    /// Opens the directory `url` names, with credentials from the environment.
+    pub fn open(url: &Path) -> Result<Remote> {
+        let text = url
+            .to_str()
+            .ok_or_else(|| StoreError::InvalidInput(format!("{}: not UTF-8", url.display())))?;
+        let url_text = text.trim_end_matches('/').to_owned();
+        let parsed = url::Url::parse(&url_text).map_err(|e| StoreError::Remote {
+            url: url_text.clone(),
+            message: format!("not a storage URL: {e}"),
+        })?;
+        let bucket = parsed.host_str().unwrap_or_default().to_owned();
+        if bucket.is_empty() {
+            return Err(StoreError::Remote {
+                url: url_text,
+                message: "names no bucket (write s3://BUCKET/PREFIX)".into(),
+            });
+        }
+        let store = crate::credentials::build(parsed.scheme(), &bucket, &url_text)?;
+        let prefix =
+            ObjPath::parse(parsed.path().trim_matches('/')).map_err(|e| StoreError::Remote {
+                url: url_text.clone(),
+                message: format!("not a valid object path: {e}"),
+            })?;
+        Ok(Remote {
+            url: url_text,
+            store,
+            prefix,
+        })
+    }
+
+    /// The directory's URL, without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL of `rel` inside the directory, as a path (for errors and for [`Remote::open`]).
+    pub fn path_of(&self, rel: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{rel}", self.url))
+    }
+
+    /// The directory `rel` inside this one.
+    pub fn child(&self, rel: &str) -> Remote {
+        Remote {
+            url: format!("{}/{rel}", self.url),
+            store: self.store.clone(),
+            prefix: self.key(rel),
+        }
+    }
+
+    fn key(&self, rel: &str) -> ObjPath {
+        rel.split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.prefix.clone(), |k, part| k.child(part))
+    }
+
+    fn error(&self, rel: &str, e: object_store::Error) -> StoreError {
+        let url = if rel.is_empty() {
+            self.url.clone()
+        } else {
+            format!("{}/{rel}", self.url)
+        };
+        let text = e.to_string();
+        let message = if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") {
+            let bucket = self.url.split("://").nth(1).unwrap_or("").split('/').next();
+            format!("the bucket `{}` does not exist", bucket.unwrap_or(""))
+        } else {
+            match e {
+                object_store::Error::PermissionDenied { .. } => {
+                    format!("permission denied: {text}")
+                }
+                object_store::Error::Unauthenticated { .. } => {
+                    format!("the credentials were refused: {text}")
+                }
+                _ => text,
+            }
+        };
+        StoreError::Remote { url, message }
+    }
+
+    /// Checks that the bucket exists and can be listed: a cheap first request that turns a wrong
+    /// bucket or refused credentials into an error before any work is done.
+    pub fn check(&self) -> Result<()> {
+        block_on(self.store.list_with_delimiter(Some(&self.prefix)))
+            .map(|_| ())
+            .map_err(|e| self.error("", e))
+    }
+
+    /// The object `rel`, or `None` when there is none.
+    pub fn get(&self, rel: &str) -> Result<Option<Bytes>> {
+        Ok(self.get_versioned(rel)?.map(|(b, _)| b))
+    }
+
+    /// The object `rel` with its version, or `None` when there is none.
+    pub fn get_versioned(&self, rel: &str) -> Result<Option<(Bytes, Version)>> {
+        block_on(async {
+            let got = match self.store.get(&self.key(rel)).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let version = Version {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            Ok(Some((got.bytes().await?, version)))
+        })
+        .map_err(|e| self.error(rel, e))
+    }
+
+    /// The size of object `rel`, or `None` when there is none.
+    pub fn size(&self, rel: &str) -> Result<Option<u64>> {
+        match block_on(self.store.head(&self.key(rel))) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
+    /// The version of object `rel` now, or `None` when there is none.
+    pub fn version(&self, rel: &str) -> Result<Option<Version>> {
+        match block_on(self.store.head(&self.key(rel))) {
+            Ok(meta) => Ok(Some(Version {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
+    /// Byte ranges of object `rel`, fetched concurrently.
+    pub fn get_ranges(&self, rel: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        block_on(self.store.get_ranges(&self.key(rel), ranges)).map_err(|e| self.error(rel, e))
+    }
+
+    /// The last `n` bytes of object `rel` (all of it if shorter) and its size, in one request;
+    /// `None` when there is no such object.
+    pub fn tail(&self, rel: &str, n: u64) -> Result<Option<(Bytes, u64)>> {
+        let opts = object_store::GetOptions {
+            range: Some(object_store::GetRange::Suffix(n)),
+            ..Default::default()
+        };
+        block_on(async {
+            let got = match self.store.get_opts(&self.key(rel), opts).await {
+                Ok(g) => g,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let size = got.meta.size;
+            Ok(Some((got.bytes().await?, size)))
+        })
+        .map_err(|e| self.error(rel, e))
+    }
+
+    /// Starts fetching a byte range of `rel` on the runtime; [`Fetch::wait`] collects it.
+    pub(crate) fn fetch(&self, rel: &str, range: Range<u64>) -> Fetch {
+        let store = self.store.clone();
+        let key = self.key(rel);
+        Fetch {
+            remote: self.clone(),
+            rel: rel.to_owned(),
+            task: runtime().spawn(async move { store.get_range(&key, range).await }),
+        }
+    }
+
+    /// Starts hashing the whole object `rel` on the runtime (SHA-256, hex), as it streams in.
+    pub(crate) fn fetch_sha256(&self, rel: &str) -> HashFetch {
+        let store = self.store.clone();
+        let key = self.key(rel);
+        HashFetch {
+            remote: self.clone(),
+            rel: rel.to_owned(),
+            task: runtime().spawn(async move {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                let mut stream = store.get(&key).await?.into_stream();
+                while let Some(chunk) = stream.try_next().await? {
+                    h.update(&chunk);
+                }
+                Ok(hex::encode(h.finalize()))
+            }),
+        }
+    }
+
+    /// Writes `bytes` to `rel` in one request, as `mode` says; returns the new version.
+    pub fn put(&self, rel: &str, bytes: Vec<u8>, mode: Commit) -> Result<Version> {
+        let opts = PutOptions {
+            mode: match mode {
+                Commit::Overwrite => PutMode::Overwrite,
+                Commit::Create => PutMode::Create,
+                Commit::Update(v) => PutMode::Update(v),
+            },
+            ..Default::default()
+        };
+        match block_on(
+            self.store
+                .put_opts(&self.key(rel), PutPayload::from(bytes), opts),
+        ) {
+            Ok(r) => Ok(Version {
+                e_tag: r.e_tag,
+                version: r.version,
+            }),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::AlreadyExists {
+                path: self.path_of(rel),
+            }),
+            Err(object_store::Error::Precondition { .. }) => Err(self.changed(rel)),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
+    /// The error for an object another writer has changed under this one.
+    pub(crate) fn changed(&self, rel: &str) -> StoreError {
+        StoreError::Remote {
+            url: format!("{}/{rel}", self.url),
+            message: "another process changed it since this one read it (two writers of one run?); stopped so as not to overwrite its work".into(),
+        }
+    }
+
+    /// Uploads the local file `from` to `rel`: large files in parts, several in flight. The
+    /// object appears whole or not at all.
+    pub fn upload(&self, from: &Path, rel: &str) -> Result<()> {
+        let mut file = std::fs::File::open(from).map_err(|e| StoreError::io(from, e))?;
+        let len = file.metadata().map_err(|e| StoreError::io(from, e))?.len() as usize;
+        if len <= MULTIPART_BYTES {
+            let mut bytes = Vec::with_capacity(len);
+            file.read_to_end(&mut bytes)
+                .map_err(|e| StoreError::io(from, e))?;
+            self.put(rel, bytes, Commit::Overwrite)?;
+            return Ok(());
+        }
+        let key = self.key(rel);
+        block_on(async {
+            let upload = self.store.put_multipart(&key).await?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, MULTIPART_BYTES);
+            let mut buf = vec![0u8; MULTIPART_BYTES];
+            loop {
+                let n =
+                    read_full(&mut file, &mut buf).map_err(|e| object_store::Error::Generic {
+                        store: "local file",
+                        source: Box::new(e),
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                w.wait_for_capacity(4).await?;
+                w.write(&buf[..n]);
+            }
+            w.finish().await
+        })
+        .map(|_| ())
+        .map_err(|e| self.error(rel, e))
+    }
+
+    /// Downloads `rel` to the local file `to` (through a temporary name). Returns false when
+    /// there is no such object.
+    pub fn download(&self, rel: &str, to: &Path) -> Result<bool> {
+        match self.get(rel)? {
+            Some(bytes) => {
+                if let Some(dir) = to.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+                }
+                crate::fsutil::write_atomic(to, &bytes)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Every object under `sub` (recursively), as paths relative to this directory with sizes.
+    pub fn list(&self, sub: &str) -> Result<Vec<(String, u64)>> {
+        let base = self.key(sub);
+        let prefix_len = self.prefix.parts().count();
+        let objects: Vec<_> = block_on(self.store.list(Some(&base)).try_collect::<Vec<_>>())
+            .map_err(|e| self.error(sub, e))?;
+        let mut out: Vec<(String, u64)> = objects
+            .into_iter()
+            .map(|m| {
+                let rel: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(prefix_len)
+                    .map(|p| p.as_ref().to_owned())
+                    .collect();
+                (rel.join("/"), m.size)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The names of the folders directly under `sub`.
+    pub fn list_dirs(&self, sub: &str) -> Result<Vec<String>> {
+        let listed = block_on(self.store.list_with_delimiter(Some(&self.key(sub))))
+            .map_err(|e| self.error(sub, e))?;
+        let mut out: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes object `rel`; a missing one is not an error.
+    pub fn delete(&self, rel: &str) -> Result<()> {
+        match block_on(self.store.delete(&self.key(rel))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(rel, e)),
+        }
+    }
+
+    /// Copies every object of this directory into the local directory `to`, skipping files that
+    /// are already there with the same size. Returns how many were fetched.
+    pub fn download_all(&self, to: &Path) -> Result<usize> {
+        let mut fetched = 0;
+        for (rel, size) in self.list("")? {
+            if rel
+                .split('/')
+                .any(|p| p.ends_with(".tmp") || p == crate::LOCK_FILE)
+            {
+                continue;
+            }
+            let dest = to.join(&rel);
+            if std::fs::metadata(&dest).is_ok_and(|m| m.len() == size) {
+                continue;
+            }
+            self.download(&rel, &dest)?;
+            fetched += 1;
+        }
+        Ok(fetched)
+    }
+
+    /// Uploads every file under the local directory `from` whose size differs from the remote
+    /// copy's, `last` (if given) after all the others: a reader that sees `last` sees the rest.
+    pub fn upload_all(&self, from: &Path, last: Option<&str>) -> Result<usize> {
+        let remote: std::collections::HashMap<String, u64> = self.list("")?.into_iter().collect();
+        let mut files = Vec::new();
+        collect_files(from, from, &mut files)?;
+        files.retain(|rel| {
+            !(rel.ends_with(".tmp") || rel.split('/').any(|p| p == crate::LOCK_FILE))
+        });
+        files.sort_by_key(|rel| Some(rel.as_str()) == last);
+        let mut sent = 0;
+        for rel in files {
+            let local = from.join(&rel);
+            let size = std::fs::metadata(&local)
+                .map_err(|e| StoreError::io(&local, e))?
+                .len();
+            if remote.get(&rel) == Some(&size) && Some(rel.as_str()) != last {
+                continue;
+            }
+            self.upload(&local, &rel)?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root)
+            && let Some(rel) = rel.to_str()
+        {
+            out.push(rel.to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// A byte range being fetched in the background.
+pub(crate) struct Fetch {
+    remote: Remote,
+    rel: String,
+    task: tokio::task::JoinHandle<object_store::Result<Bytes>>,
+}
+
+impl Fetch {
+    /// Waits for the bytes.
+    pub(crate) fn wait(self) -> Result<Bytes> {
+        match block_on(self.task) {
+            Ok(r) => r.map_err(|e| self.remote.error(&self.rel, e)),
+            Err(e) => Err(self.remote.error(&self.rel, e.into())),
+        }
+    }
+}
+
+/// A whole object being hashed in the background.
+pub(crate) struct HashFetch {
+    remote: Remote,
+    rel: String,
+    task: tokio::task::JoinHandle<object_store::Result<String>>,
+}
+
+impl HashFetch {
+    /// Waits for the hex SHA-256.
+    pub(crate) fn wait(self) -> Result<String> {
+        match block_on(self.task) {
+            Ok(r) => r.map_err(|e| self.remote.error(&self.rel, e)),
+            Err(e) => Err(self.remote.error(&self.rel, e.into())),
+        }
+    }
+}
+
+/// A directory on object storage worked on through a local copy: dictionaries and feature
+/// stores are small and written file by file, by code that expects a folder. [`Mirror::open`]
+/// fetches what is there (a checkpoint to resume from, a dictionary to analyse);
+/// [`Mirror::push`] sends back what changed. For a local path both are no-ops.
+#[derive(Debug)]
+pub struct Mirror {
+    local: PathBuf,
+    remote: Option<Remote>,
+}
+
+impl Mirror {
+    /// Opens `dir`: a local path as itself, a URL through a copy in `SAESCOPE_CACHE` (default
+    /// `~/.cache/saescope`) under `remote/SCHEME/BUCKET/PREFIX`, brought up to date first.
+    pub fn open(dir: &Path) -> Result<Mirror> {
+        if !is_url(dir) {
+            return Ok(Mirror {
+                local: dir.to_owned(),
+                remote: None,
+            });
+        }
+        let remote = Remote::open(dir)?;
+        remote.check()?;
+        let (scheme, rest) = remote.url.split_once("://").expect("a URL");
+        let cache = std::env::var_os("SAESCOPE_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/saescope")))
+            .unwrap_or_else(std::env::temp_dir);
+        let local = cache.join("remote").join(scheme).join(rest);
+        std::fs::create_dir_all(&local).map_err(|e| StoreError::io(&local, e))?;
+        // The copy is made equal to what is there: files it no longer has go (a copy left by an
+        // earlier run of the same URL must not pass for this one's).
+        let listed: std::collections::HashSet<String> =
+            remote.list("")?.into_iter().map(|(rel, _)| rel).collect();
+        let mut files = Vec::new();
+        collect_files(&local, &local, &mut files)?;
+        for rel in files.iter().filter(|r| !listed.contains(*r)) {
+            let path = local.join(rel);
+            std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+        }
+        let fetched = remote.download_all(&local)?;
+        tracing::info!(
+            "{}: {fetched} files fetched into {}",
+            remote.url,
+            local.display()
+        );
+        Ok(Mirror {
+            local,
+            remote: Some(remote),
+        })
+    }
+
+    /// The folder to work in.
+    pub fn local(&self) -> &Path {
+        &self.local
+    }
+
+    /// Whether the directory is on object storage.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Uploads what changed, `last` after the rest (the file whose presence says the directory
+    /// is complete), then deletes remote files the local copy no longer has (a checkpoint
+    /// removed at the end of training). Returns how many files were sent.
+    pub fn push(&self, last: Option<&str>) -> Result<usize> {
+        let Some(remote) = &self.remote else {
+            return Ok(0);
+        };
+        let sent = remote.upload_all(&self.local, last)?;
+        for (rel, _) in remote.list("")? {
+            if !self.local.join(&rel).exists() {
+                remote.delete(&rel)?;
+            }
+        }
+        Ok(sent)
+    }
+}
