@@ -5,66 +5,15 @@
 //! a missing bucket and missing credentials are refused clearly.
 //! Fails with the reason when the server cannot be started.
 
+mod common;
+
+use common::s3::{BUCKET, env, server};
 use saescope_store::{ReadOptions, Run, RunWriter, Shuffle, WriterOptions, synthetic};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const BUCKET: &str = "saescope-test";
 const HOOK: &str = "blocks.6.hook_resid_post";
-
-/// The server's address, shared by the tests of this file. The server dies with the test
-/// process: it is started from a thread that lives as long (the kernel's parent-death signal
-/// follows the thread that started a child, not its process).
-struct Server {
-    url: String,
-}
-
-fn server() -> &'static Server {
-    static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server");
-            let mut child = Command::new(&script)
-                .arg(BUCKET)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("scripts/s3-server starts");
-            let mut first = String::new();
-            BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut first)
-                .unwrap();
-            tx.send(first.trim().to_owned()).unwrap();
-            let _ = child.wait();
-        });
-        let url = rx.recv().unwrap_or_default();
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "the S3 server did not start (scripts/s3-server printed `{url}`)"
-        );
-        for (k, v) in env(&url) {
-            // SAFETY: set once, before any test of this binary reads the environment (they all
-            // wait on this initialisation), and never changed afterwards.
-            unsafe { std::env::set_var(k, v) };
-        }
-        Server { url }
-    })
-}
-
-/// What a user exports to reach the server.
-fn env(url: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", url.to_owned()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-    ]
-}
 
 fn s3(path: &str) -> String {
     format!("s3://{BUCKET}/{path}")
@@ -221,6 +170,15 @@ fn a_harvest_into_s3_reads_and_trains_as_the_same_harvest_on_disk() {
         .expect("uploaded");
     assert!(uploaded.as_ref() == weights(&d1).as_slice());
     assert!(dict.get("cfg.json").unwrap().is_some());
+    // Its feature store, built from the run in S3 that its cfg.json names, goes beside it.
+    let out = ok(saescope(&["analyze", "--dict", &url, "--tokens", "1024"]));
+    assert!(out.contains("analysed 64 features"), "{out}");
+    let summary = dict
+        .get("features/summary.json")
+        .unwrap()
+        .expect("uploaded");
+    let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    assert_eq!(summary["tokens"], 1024, "{summary}");
 
     // Writing over it is refused; nothing changes.
     let again = harvest(&remote, "3000", &[]);

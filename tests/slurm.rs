@@ -2,8 +2,11 @@
 //! `scripts/slurm-cluster` in a temporary directory): a harvest as a job array of parts and a
 //! merge that waits for them, dictionaries trained as an array once the merge has succeeded and
 //! then analysed as another, dictionaries trained straight from the model (a task per hook),
-//! re-submission that runs only what is left, and a cancelled job.
+//! re-submission that runs only what is left, and a cancelled job; then a harvest in parts into
+//! an S3-compatible server (moto, from `scripts/s3-server`), merged and trained from there.
 //! Fails with the reason when the cluster cannot be started.
+
+mod common;
 
 use saescope_store::{ReadOptions, Run};
 use std::io::{BufRead, BufReader};
@@ -393,4 +396,94 @@ fn harvest_training_and_analysis_run_as_job_arrays_and_resume_after_a_cancel() {
         })
         .sum();
     assert_eq!(written + started, 20000, "each token is computed once");
+
+    // Into S3: the parts and the merge as jobs writing to the bucket (the jobs inherit the
+    // credentials from the submitting shell), then a dictionary trained from the run there
+    // into the run there. Scripts and logs go in the working directory, not in the bucket.
+    common::s3::server();
+    let url = format!("s3://{}/slurm-run", common::s3::BUCKET);
+    let in_tmp = |args: &[&str]| {
+        let o = cluster
+            .command(env!("CARGO_BIN_EXE_saescope"))
+            .args(args)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let out = in_tmp(&[
+        "slurm",
+        "harvest",
+        "--parts",
+        "2",
+        "--cpus-per-task",
+        "1",
+        "--submit",
+        "--",
+        "--out",
+        &url,
+        "--max-tokens",
+        "3000",
+        "--shard-mb",
+        "1",
+    ]);
+    let merge = job_id(&out, "merge").unwrap();
+    let dicts = format!("{url}/dictionaries/blocks.6.hook_resid_post-topk-64");
+    let trained = in_tmp(&[
+        "slurm",
+        "train",
+        "--hooks",
+        "blocks.6.hook_resid_post",
+        "--latents",
+        "64",
+        "--cpus-per-task",
+        "1",
+        "--after",
+        &merge,
+        "--submit",
+        "--",
+        "--run",
+        &url,
+        "--k",
+        "4",
+        "--tokens",
+        "2048",
+        "--batch-size",
+        "256",
+    ]);
+    assert!(trained.contains("1 dictionaries, 1 to train"), "{trained}");
+    cluster.wait_idle(Duration::from_secs(300));
+    let logs = tmp
+        .path()
+        .join("saescope-slurm/s3")
+        .join(common::s3::BUCKET)
+        .join("slurm-run/logs");
+    let (a, b) = (values(Path::new(&url)), values(&whole));
+    assert_eq!(a.0, b.0, "logs in {}", logs.display());
+    assert!(
+        a.1.iter()
+            .zip(&b.1)
+            .all(|(x, y)| x.to_bits() == y.to_bits())
+    );
+    let dict = saescope_store::remote::Remote::open(Path::new(&dicts)).unwrap();
+    assert!(
+        dict.size("sae_weights.safetensors").unwrap().is_some(),
+        "no dictionary in {dicts}; logs in {}",
+        logs.display()
+    );
+    assert!(std::fs::read_dir(&logs).unwrap().count() >= 4);
+    let again = in_tmp(&[
+        "slurm",
+        "train",
+        "--hooks",
+        "blocks.6.hook_resid_post",
+        "--latents",
+        "64",
+        "--submit",
+        "--",
+        "--run",
+        &url,
+    ]);
+    assert!(again.contains("nothing to submit"), "{again}");
 }

@@ -10,7 +10,8 @@ use saescope_activations::model::{Compute, TextModel};
 use saescope_sae::AnyDictionary;
 use saescope_store::dictionary::DictConfig;
 use saescope_store::features::{FeatureRow, SUMMARY_FILE, read_features};
-use saescope_store::manifest::MANIFEST_FILE;
+use saescope_store::manifest::Manifest;
+use saescope_store::remote::Mirror;
 use saescope_store::{DictDir, Run};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -58,12 +59,16 @@ pub struct OpenedDictionary {
     pub module_path: bool,
     /// The harvest run, when one is found.
     pub run: Option<(PathBuf, Run)>,
+    /// Where the directory is worked on: itself, or for a dictionary on object storage a local
+    /// copy, whose new files [`OpenedDictionary::publish`] uploads.
+    pub mirror: Mirror,
 }
 
 impl OpenedDictionary {
     /// Opens the dictionary `spec` names with its run; the model is not loaded.
     pub fn open(spec: &SessionSpec) -> Result<OpenedDictionary> {
-        let dir = DictDir::new(&spec.dict);
+        let mirror = Mirror::open(&spec.dict)?;
+        let dir = DictDir::new(mirror.local());
         let config = dir.read_config()?;
         let bad = |message: String| AnalysisError::Dictionary {
             dir: spec.dict.clone(),
@@ -73,10 +78,10 @@ impl OpenedDictionary {
         let hook = point.to_string();
         let run_dir = match &spec.run {
             Some(r) => Some(r.clone()),
-            None => dir.enclosing_run().or_else(|| {
+            None => DictDir::new(&spec.dict).enclosing_run().or_else(|| {
                 config
                     .run()
-                    .filter(|r| r.join(MANIFEST_FILE).exists())
+                    .filter(|r| Manifest::exists_in(r).unwrap_or(false))
                     .map(Path::to_owned)
             }),
         };
@@ -98,7 +103,14 @@ impl OpenedDictionary {
             point,
             module_path,
             run,
+            mirror,
         })
+    }
+
+    /// Uploads what was written into the dictionary's directory (a feature store, an
+    /// evaluation) when the directory is on object storage; returns the files sent.
+    pub fn publish(&self) -> Result<usize> {
+        Ok(self.mirror.push(None)?)
     }
 
     /// The harvest run's manifest, when the run was found.

@@ -193,7 +193,7 @@ fn submit_analyze(a: AnalyzeArgs) -> Result<()> {
             .enclosing_run()
             .unwrap_or_else(|| dicts[0].path().to_owned())
     });
-    let dir = absolute(&base.join("slurm"))?;
+    let dir = slurm_dir(&absolute(&base)?)?;
     println!(
         "{} dictionaries, {} to analyse; scripts in {}",
         dicts.len(),
@@ -306,14 +306,14 @@ fn submit_train(a: TrainArgs) -> Result<()> {
             };
             on_gpu(&mut command, &a.train, gpus);
             let task = all.len() as u32;
-            let finished = out.weights().exists() && !out.checkpoint().exists();
+            let (finished, _) = out.training_state()?;
             all.push((task, out.path().to_owned()));
             if !finished {
                 left.push((task, command));
             }
         }
     }
-    let dir = base.join("slurm");
+    let dir = slurm_dir(&base)?;
     println!(
         "{} dictionaries, {} to train; scripts in {}",
         all.len(),

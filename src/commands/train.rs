@@ -146,14 +146,15 @@ pub fn run(a: Args) -> Result<DictDir> {
     };
     if a.if_incomplete {
         let out = job.out();
-        if out.weights().exists() && !out.checkpoint().exists() {
+        let (finished, checkpoint) = out.training_state()?;
+        if finished {
             println!(
                 "{} already holds a trained dictionary: nothing to do",
                 out.path().display()
             );
             return Ok(out);
         }
-        job.resume = out.checkpoint().exists();
+        job.resume = checkpoint;
     }
     train(&job)
 }

@@ -119,6 +119,8 @@ pub fn build_feature_store(
         &vocab,
         &summary,
     )?;
+    // A dictionary on object storage gets its feature store there too.
+    opened.publish()?;
     Ok(FeatureStoreReport {
         dir,
         summary,

@@ -136,6 +136,19 @@ impl DictDir {
         self.path.join(CHECKPOINT_FILE)
     }
 
+    /// Whether training has written the weights and finished (no checkpoint is left), and
+    /// whether a checkpoint waits to be resumed: looked up on object storage for a URL.
+    pub fn training_state(&self) -> Result<(bool, bool)> {
+        if crate::remote::is_url(&self.path) {
+            let remote = crate::remote::Remote::open(&self.path)?;
+            let weights = remote.size(WEIGHTS_FILE)?.is_some();
+            let checkpoint = remote.size(CHECKPOINT_FILE)?.is_some();
+            return Ok((weights && !checkpoint, checkpoint));
+        }
+        let checkpoint = self.checkpoint().exists();
+        Ok((self.weights().exists() && !checkpoint, checkpoint))
+    }
+
     /// `metrics.jsonl`.
     pub fn training_log(&self) -> PathBuf {
         self.path.join(TRAINING_LOG_FILE)
@@ -192,7 +205,10 @@ impl DictDir {
         self.path
             .parent()
             .and_then(Path::parent)
-            .filter(|r| r.join(MANIFEST_FILE).is_file())
+            .filter(|r| match crate::remote::is_url(r) {
+                true => crate::Manifest::exists_in(r).unwrap_or(false),
+                false => r.join(MANIFEST_FILE).is_file(),
+            })
             .map(Path::to_owned)
     }
 
