@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::s3::{BUCKET, env, server};
+use common::s3::{BUCKET, READ_ONLY_BUCKET, read_only_server, server};
 use saescope_store::{ReadOptions, Run, RunWriter, Shuffle, WriterOptions, synthetic};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -25,7 +25,7 @@ fn saescope(args: &[&str]) -> Output {
 
 fn saescope_command(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_saescope"));
-    c.args(args).envs(env(&server().url));
+    c.args(args).envs(server().env());
     c
 }
 
@@ -179,6 +179,39 @@ fn a_harvest_into_s3_reads_and_trains_as_the_same_harvest_on_disk() {
         .expect("uploaded");
     let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
     assert_eq!(summary["tokens"], 1024, "{summary}");
+    // Trained straight from the model into the bucket.
+    let streamed = s3("streamed");
+    let toml = tmp.path().join("train.toml");
+    std::fs::write(&toml, "init_tokens = 256\n").unwrap();
+    ok(saescope(&[
+        "train",
+        "--config",
+        toml.to_str().unwrap(),
+        "--model",
+        saescope_activations::assets::default_model()
+            .to_str()
+            .unwrap(),
+        "--hook",
+        HOOK,
+        "--latents",
+        "32",
+        "--k",
+        "4",
+        "--tokens",
+        "512",
+        "--batch-size",
+        "256",
+        "--heldout-tokens",
+        "256",
+        "--out",
+        &streamed,
+    ]));
+    let dict = saescope_store::remote::Remote::open(Path::new(&streamed)).unwrap();
+    let listed: Vec<String> = dict.list("").unwrap().into_iter().map(|(p, _)| p).collect();
+    assert!(
+        listed.contains(&format!("{HOOK}-topk-32/sae_weights.safetensors")),
+        "{listed:?}"
+    );
 
     // Writing over it is refused; nothing changes.
     let again = harvest(&remote, "3000", &[]);
@@ -337,6 +370,22 @@ fn a_second_writer_a_missing_bucket_and_missing_credentials_are_refused() {
         "{}",
         text(&o)
     );
+
+    // A bucket that refuses writes: the harvest stops before any work, and nothing is there.
+    let ro = read_only_server();
+    let target = format!("s3://{READ_ONLY_BUCKET}/run");
+    let o = saescope_command(&["harvest", "--out", &target, "--max-tokens", "1000"])
+        .envs(ro.env())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("permission denied"), "{}", text(&o));
+    assert!(!text(&o).contains(&ro.key.1), "a secret was printed");
+    let o = saescope_command(&["store", "inspect", &target])
+        .envs(ro.env())
+        .output()
+        .unwrap();
+    assert!(text(&o).contains("not a saescope run"), "{}", text(&o));
 
     // No credentials: the variable is named, and no value is printed.
     let home = tempfile::tempdir().unwrap();

@@ -179,6 +179,7 @@ pub fn evaluate(
     let path = s.opened.dir.eval();
     let text = serde_json::to_string_pretty(&report).expect("json");
     saescope_store::write_atomic(&path, text.as_bytes())?;
+    s.opened.publish()?;
     Ok(Evaluation {
         report,
         corpus: source.corpus,

@@ -17,6 +17,8 @@ use saescope_activations::parts::CorpusLengths;
 use saescope_sae::data::{MemorySource, Source, StreamSource};
 use saescope_sae::train::{Provenance, TrainReport, train};
 use saescope_sae::{Method, TrainConfig};
+use saescope_store::DictDir;
+use saescope_store::remote::Mirror;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Mutex, OnceLock};
@@ -114,12 +116,19 @@ impl StreamTraining<'_> {
                 job.out.display()
             )));
         }
+        // A dictionary on object storage is trained in a local copy and uploaded at the end.
+        let mirrors = jobs
+            .iter()
+            .map(|job| Mirror::open(&job.out))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         // A stream cannot be resumed from a checkpoint (its rows are gone), so none is written.
         let jobs: Vec<StreamJob> = jobs
             .iter()
-            .cloned()
-            .map(|mut job| {
+            .zip(&mirrors)
+            .map(|(job, mirror)| {
+                let mut job = job.clone();
                 job.config.checkpoint_every = 0;
+                job.out = mirror.local().to_owned();
                 job
             })
             .collect();
@@ -166,7 +175,12 @@ impl StreamTraining<'_> {
             sources.push((dim, rx));
         }
         self.check_corpus(&consumers)?;
-        self.run(jobs, hooks, consumers, sources, progress)
+        let reports = self.run(jobs, hooks, consumers, sources, progress)?;
+        for mirror in &mirrors {
+            let weights = DictDir::new(mirror.local()).weights();
+            mirror.push(weights.file_name().and_then(|n| n.to_str()))?;
+        }
+        Ok(reports)
     }
 
     /// Refuses, before any forward pass, a corpus too short for the rows the dictionaries and

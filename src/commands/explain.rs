@@ -353,6 +353,8 @@ pub fn run(a: Args) -> Result<()> {
         &mut windows
     };
     explain_and_print(&session, source, &latents, &explainer, &cfg, a.resume)?;
+    // A dictionary on object storage gets what was written beside it there.
+    session.opened.publish()?;
     Ok(())
 }
 

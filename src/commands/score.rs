@@ -278,6 +278,8 @@ pub fn score_and_print(
         frequency.as_ref(),
         cfg.seed,
     ));
+    // A dictionary on object storage gets its scores beside it there.
+    session.opened.publish()?;
     Ok(())
 }
 

@@ -245,8 +245,7 @@ mod tests {
         }
         let err = |scheme: &str| {
             build(scheme, "bucket", &format!("{scheme}://bucket/run"))
-                .err()
-                .expect("refused")
+                .expect_err("refused")
                 .to_string()
         };
         assert!(err("s3").contains("AWS_ACCESS_KEY_ID"), "{}", err("s3"));

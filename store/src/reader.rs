@@ -509,12 +509,12 @@ const FOOTER_GUESS: u64 = 64 << 10;
 /// else the footer's exact span, fetched (its length is in the last 8 bytes).
 fn footer_window(remote: &Remote, rel: &str, tail: Bytes, size: u64) -> Result<Window> {
     let start = size - tail.len() as u64;
-    let need = (tail.len() >= 8)
-        .then(|| {
-            let n = tail.len();
-            u32::from_le_bytes(tail[n - 8..n - 4].try_into().expect("4 bytes")) as u64 + 8
-        })
-        .unwrap_or(0);
+    let n = tail.len();
+    let need = if n >= 8 {
+        u32::from_le_bytes(tail[n - 8..n - 4].try_into().expect("4 bytes")) as u64 + 8
+    } else {
+        0
+    };
     if need <= tail.len() as u64 || need > size {
         // Either complete, or damaged: the Parquet reader says which, naming the file.
         return Ok(Window {

@@ -147,12 +147,18 @@ impl Remote {
             let bucket = self.url.split("://").nth(1).unwrap_or("").split('/').next();
             format!("the bucket `{}` does not exist", bucket.unwrap_or(""))
         } else {
+            // The store's own error code (`AccessDenied`, `InvalidAccessKeyId`) says more than
+            // the response around it.
+            let code = text
+                .split_once("<Code>")
+                .and_then(|(_, rest)| rest.split_once("</Code>"))
+                .map_or("", |(code, _)| code);
             match e {
-                object_store::Error::PermissionDenied { .. } => {
-                    format!("permission denied: {text}")
-                }
+                object_store::Error::PermissionDenied { .. } => format!(
+                    "permission denied ({code}): the credentials in use may not do this here"
+                ),
                 object_store::Error::Unauthenticated { .. } => {
-                    format!("the credentials were refused: {text}")
+                    format!("the store refused the credentials ({code})")
                 }
                 _ => text,
             }

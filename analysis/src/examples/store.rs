@@ -83,5 +83,6 @@ pub fn build_example_store(
     };
     let json = serde_json::to_vec_pretty(&summary).expect("the summary serialises");
     write_atomic(&opened.dir.path().join(EXAMPLES_SUMMARY_FILE), &json)?;
+    opened.publish()?;
     Ok((summary, t0.elapsed().as_secs_f64()))
 }

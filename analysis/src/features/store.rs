@@ -40,6 +40,14 @@ pub fn build_feature_store(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<FeatureStoreReport> {
     let t0 = Instant::now();
+    if let Some(out) = out
+        && saescope_store::remote::is_url(out)
+    {
+        return Err(AnalysisError::Config(format!(
+            "{}: a feature store goes to object storage beside its dictionary (leave out --out, and name the dictionary by its URL), or to a local folder",
+            out.display()
+        )));
+    }
     let opened = &s.opened;
     let (run_dir, run, hook) = s.harvest()?;
     let dictionary = opened.dict.as_dyn();
