@@ -99,6 +99,20 @@ fn assert_same_run(local: &Path, remote: &str) {
             }),
             ..ReadOptions::default()
         },
+        // Row groups fetched by byte range rather than whole files downloaded.
+        ReadOptions {
+            batch_tokens: 100,
+            shuffle: Some(Shuffle {
+                seed: 7,
+                buffer_tokens: 500,
+            }),
+            remote_cache_bytes: 0,
+            ..ReadOptions::default()
+        },
+        ReadOptions {
+            remote_cache_bytes: 0,
+            ..ReadOptions::default()
+        },
     ] {
         let (mut x, mut y) = (values(&a, &opts), values(&b, &opts));
         if a.manifest().shards.len() != b.manifest().shards.len() {

@@ -98,6 +98,7 @@ impl Source for RunSource {
             }),
             prefetch_batches: 4,
             verify_checksums: self.verify_checksums && epoch == 0,
+            ..ReadOptions::default()
         };
         let reader = self.run.batches(&self.hook, &opts)?;
         let ctx = self.run.manifest().context.ctx_len as u64;

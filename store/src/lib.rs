@@ -38,6 +38,7 @@ pub mod remote;
 mod scan;
 mod schema;
 pub mod scores;
+mod shard_cache;
 pub mod synthetic;
 mod writer;
 

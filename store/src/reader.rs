@@ -6,6 +6,7 @@ use crate::fsutil::sha256_file;
 use crate::manifest::{Dtype, FileInfo, HookInfo, Manifest, ShardInfo};
 use crate::remote::{Fetch, HashFetch, Remote};
 use crate::schema;
+use crate::shard_cache::ShardCache;
 use crate::writer::TokenRecord;
 use arrow::array::{
     Array, AsArray, FixedSizeListArray, Float16Array, Float32Array, UInt32Array, UInt64Array,
@@ -27,8 +28,8 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// An opened run directory: its validated manifest, and access to its shards.
@@ -38,6 +39,8 @@ pub struct Run {
     manifest: Manifest,
     /// Where the shards are when the run is on object storage (`dir` is then its URL).
     remote: Option<Remote>,
+    /// Its shard files downloaded whole, shared by every reader of the run (and its clones).
+    downloaded: Arc<Mutex<Option<Arc<ShardCache>>>>,
 }
 
 /// How to iterate a hook point's activations.
@@ -55,6 +58,13 @@ pub struct ReadOptions {
     /// Hash each shard's activation file against the manifest before using it. Costs one extra
     /// read of the file (SHA-256 runs at about 1.5-2 GB/s with SHA extensions).
     pub verify_checksums: bool,
+    /// For a run on object storage: when the selected shards' activation files hold at most
+    /// this many bytes, each is downloaded whole, once, into a temporary local folder (one
+    /// request per file, its checksum computed as it arrives, the next files fetched while the
+    /// first are read) and read there; a larger selection is read by fetching each row group's
+    /// byte range. The folder is `TMPDIR`'s, removed when reading ends. Default: 16 GiB, or
+    /// `SAESCOPE_REMOTE_CACHE_GB` (a machine's setting, like `TMPDIR`: its free disk).
+    pub remote_cache_bytes: u64,
 }
 
 impl Default for ReadOptions {
@@ -65,6 +75,10 @@ impl Default for ReadOptions {
             shuffle: None,
             prefetch_batches: 4,
             verify_checksums: true,
+            remote_cache_bytes: std::env::var("SAESCOPE_REMOTE_CACHE_GB")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(16 << 30, |gb| (gb.max(0.0) * 1e9) as u64),
         }
     }
 }
@@ -127,6 +141,7 @@ impl Run {
                 dir,
                 manifest,
                 remote: Some(remote),
+                downloaded: Arc::default(),
             });
         }
         let manifest = Manifest::load(&dir)?;
@@ -134,6 +149,7 @@ impl Run {
             dir,
             manifest,
             remote: None,
+            downloaded: Arc::default(),
         })
     }
 
@@ -200,6 +216,31 @@ impl Run {
             &schema::token_schema(),
             checksums,
         )
+    }
+
+    /// The cache of whole downloaded shard files, when the run is on object storage and all its
+    /// activation files fit in `opts.remote_cache_bytes` (so the cache never holds more).
+    fn shard_cache(&self, opts: &ReadOptions) -> Result<Option<Arc<ShardCache>>> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        let bytes: u64 = self
+            .manifest
+            .shards
+            .iter()
+            .map(|s| s.activations.bytes)
+            .sum();
+        if bytes > opts.remote_cache_bytes {
+            return Ok(None);
+        }
+        let mut slot = self
+            .downloaded
+            .lock()
+            .expect("no panic while holding the lock");
+        if slot.is_none() {
+            *slot = Some(Arc::new(ShardCache::new(remote.clone())?));
+        }
+        Ok(slot.clone())
     }
 
     fn files(&self) -> Files<'_> {
@@ -321,6 +362,7 @@ impl Run {
                 .collect();
             shards.push(ShardSource {
                 file: f,
+                rel: shard.activations.path.clone(),
                 sha256: shard.activations.sha256.clone(),
                 mask,
                 leaf,
@@ -334,6 +376,7 @@ impl Run {
             batch_tokens: opts.batch_tokens,
             shuffle: opts.shuffle,
             verify: opts.verify_checksums,
+            downloads: self.shard_cache(opts)?,
         };
         let (tx, rx) = sync_channel(opts.prefetch_batches.max(1));
         let handle = std::thread::Builder::new()
@@ -626,6 +669,8 @@ impl ChunkReader for Chunks {
 
 struct ShardSource {
     file: CheckedFile,
+    /// The activation file's path inside the run.
+    rel: String,
     sha256: String,
     mask: ProjectionMask,
     /// The hook's leaf column in the Parquet schema.
@@ -653,6 +698,10 @@ struct Feed<'a> {
     hashes: Vec<Option<HashFetch>>,
     verified: Vec<bool>,
     local: Vec<Option<Chunks>>,
+    /// Shards whose whole-file download this reader started and has not used yet.
+    pending: VecDeque<usize>,
+    /// Units up to which downloads have been considered.
+    looked_ahead: usize,
 }
 
 impl<'a> Feed<'a> {
@@ -667,7 +716,35 @@ impl<'a> Feed<'a> {
             hashes: (0..n).map(|_| None).collect(),
             verified: vec![false; n],
             local: vec![None; n],
+            pending: VecDeque::new(),
+            looked_ahead: 0,
         }
+    }
+
+    /// Unit `k`'s shard, downloaded whole: starts the downloads of the next shards the plan
+    /// reads (at most [`AHEAD_FILES`] at once), then waits for this one's and checks its
+    /// checksum, computed as it arrived.
+    fn take_downloaded(&mut self, k: usize, cache: &ShardCache) -> Result<Chunks> {
+        let (s, _) = self.units[k];
+        if let Some(c) = &self.local[s] {
+            return Ok(c.clone());
+        }
+        self.looked_ahead = self.looked_ahead.max(k);
+        while self.looked_ahead < self.units.len() && self.pending.len() < AHEAD_FILES {
+            let (t, _) = self.units[self.looked_ahead];
+            if self.local[t].is_none() && !self.pending.contains(&t) {
+                cache.start(&self.plan.shards[t].rel);
+                self.pending.push_back(t);
+            }
+            self.looked_ahead += 1;
+        }
+        let src = &self.plan.shards[s];
+        let (file, sha256) = cache.get(&src.rel)?;
+        check_sha256(&src.file.path, &src.sha256, sha256)?;
+        self.pending.retain(|&t| t != s);
+        let chunks = Chunks::File(Arc::new(file));
+        self.local[s] = Some(chunks.clone());
+        Ok(chunks)
     }
 
     /// The bytes of unit `k`; units are taken in order, each once.
@@ -683,6 +760,9 @@ impl<'a> Feed<'a> {
                 self.local[s] = Some(src.file.chunks(None)?);
             }
             return Ok(self.local[s].clone().expect("set above"));
+        }
+        if let Some(cache) = &self.plan.downloads {
+            return self.take_downloaded(k, &cache.clone());
         }
         while self.issued < self.units.len() && self.room_for(self.issued, k) {
             self.issue(self.issued);
@@ -753,7 +833,12 @@ struct Plan {
     batch_tokens: usize,
     shuffle: Option<Shuffle>,
     verify: bool,
+    /// For a run on object storage read through whole-file downloads: the run's cache of them.
+    downloads: Option<Arc<ShardCache>>,
 }
+
+/// Whole files downloading at once, at most, when a remote run is read through downloads.
+const AHEAD_FILES: usize = 2;
 
 /// Where decoded rows go: straight into batches, or through the shuffle buffer.
 struct Sink<'a> {

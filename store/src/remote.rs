@@ -271,6 +271,37 @@ impl Remote {
         }
     }
 
+    /// Starts downloading the whole object `rel` into the local file `to` on the runtime,
+    /// hashing it (SHA-256, hex) as it arrives; [`Download::wait`] collects it.
+    pub(crate) fn download_hashed(&self, rel: &str, to: PathBuf) -> Download {
+        let store = self.store.clone();
+        let key = self.key(rel);
+        Download {
+            remote: self.clone(),
+            rel: rel.to_owned(),
+            task: runtime().spawn(async move {
+                use sha2::Digest;
+                use std::io::Write;
+                let local = |e: std::io::Error| object_store::Error::Generic {
+                    store: "local file",
+                    source: Box::new(e),
+                };
+                let mut file = std::io::BufWriter::with_capacity(
+                    4 << 20,
+                    std::fs::File::create(&to).map_err(local)?,
+                );
+                let mut h = sha2::Sha256::new();
+                let mut stream = store.get(&key).await?.into_stream();
+                while let Some(chunk) = stream.try_next().await? {
+                    h.update(&chunk);
+                    file.write_all(&chunk).map_err(local)?;
+                }
+                file.flush().map_err(local)?;
+                Ok((to, hex::encode(h.finalize())))
+            }),
+        }
+    }
+
     /// Writes `bytes` to `rel` in one request, as `mode` says; returns the new version.
     pub fn put(&self, rel: &str, bytes: Vec<u8>, mode: Commit) -> Result<Version> {
         let opts = PutOptions {
@@ -486,11 +517,18 @@ pub(crate) struct Fetch {
 
 impl Fetch {
     /// Waits for the bytes.
-    pub(crate) fn wait(self) -> Result<Bytes> {
-        match block_on(self.task) {
+    pub(crate) fn wait(mut self) -> Result<Bytes> {
+        match block_on(&mut self.task) {
             Ok(r) => r.map_err(|e| self.remote.error(&self.rel, e)),
             Err(e) => Err(self.remote.error(&self.rel, e.into())),
         }
+    }
+}
+
+impl Drop for Fetch {
+    /// A transfer nobody waits for any more (the reader stopped) is cancelled.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -503,11 +541,18 @@ pub(crate) struct HashFetch {
 
 impl HashFetch {
     /// Waits for the hex SHA-256.
-    pub(crate) fn wait(self) -> Result<String> {
-        match block_on(self.task) {
+    pub(crate) fn wait(mut self) -> Result<String> {
+        match block_on(&mut self.task) {
             Ok(r) => r.map_err(|e| self.remote.error(&self.rel, e)),
             Err(e) => Err(self.remote.error(&self.rel, e.into())),
         }
+    }
+}
+
+impl Drop for HashFetch {
+    /// A transfer nobody waits for any more (the reader stopped) is cancelled.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -586,5 +631,29 @@ impl Mirror {
             }
         }
         Ok(sent)
+    }
+}
+
+/// A whole object being downloaded to a local file in the background.
+pub(crate) struct Download {
+    remote: Remote,
+    rel: String,
+    task: tokio::task::JoinHandle<object_store::Result<(PathBuf, String)>>,
+}
+
+impl Download {
+    /// Waits for the file; returns its path and hex SHA-256.
+    pub(crate) fn wait(mut self) -> Result<(PathBuf, String)> {
+        match block_on(&mut self.task) {
+            Ok(r) => r.map_err(|e| self.remote.error(&self.rel, e)),
+            Err(e) => Err(self.remote.error(&self.rel, e.into())),
+        }
+    }
+}
+
+impl Drop for Download {
+    /// A transfer nobody waits for any more (the reader stopped) is cancelled.
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
