@@ -238,6 +238,12 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(r)) => CircuitDir::in_run(r, &task.name),
         (None, None) => CircuitDir::new(PathBuf::from("circuits").join(&task.name)),
     };
+    if saescope_store::remote::is_url(dir.path()) {
+        bail!(
+            "{}: circuit results are written to a local folder; give one with --out",
+            dir.path().display()
+        );
+    }
     let (mut trials, mut sweep, mut paths) = (
         Tracker::new("trials", "trials"),
         Tracker::new("ablation", "heads"),
