@@ -121,15 +121,6 @@ impl Remote {
         PathBuf::from(format!("{}/{rel}", self.url))
     }
 
-    /// The directory `rel` inside this one.
-    pub fn child(&self, rel: &str) -> Remote {
-        Remote {
-            url: format!("{}/{rel}", self.url),
-            store: self.store.clone(),
-            prefix: self.key(rel),
-        }
-    }
-
     fn key(&self, rel: &str) -> ObjPath {
         rel.split('/')
             .filter(|p| !p.is_empty())
@@ -215,11 +206,6 @@ impl Remote {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.error(rel, e)),
         }
-    }
-
-    /// Byte ranges of object `rel`, fetched concurrently.
-    pub fn get_ranges(&self, rel: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        block_on(self.store.get_ranges(&self.key(rel), ranges)).map_err(|e| self.error(rel, e))
     }
 
     /// The last `n` bytes of object `rel` (all of it if shorter) and its size, in one request;
@@ -610,11 +596,6 @@ impl Mirror {
     /// The folder to work in.
     pub fn local(&self) -> &Path {
         &self.local
-    }
-
-    /// Whether the directory is on object storage.
-    pub fn is_remote(&self) -> bool {
-        self.remote.is_some()
     }
 
     /// Uploads what changed, `last` after the rest (the file whose presence says the directory
