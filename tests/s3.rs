@@ -376,6 +376,31 @@ fn a_second_writer_a_missing_bucket_and_missing_credentials_are_refused() {
     synthetic::fill(0, 100, 0, 8, &mut expected);
     assert!(same_bits(&data, &expected));
 
+    // A dictionary's local copy: a rewrite of the same size is sent again (checkpoints keep
+    // their size), and a file another machine put in the bucket meanwhile is left there.
+    let url = PathBuf::from(s3("mirrored"));
+    let mirror = saescope_store::mirror::Mirror::open(&url).unwrap();
+    let file = mirror.local().join("checkpoint.safetensors");
+    std::fs::write(&file, b"step 100").unwrap();
+    assert_eq!(mirror.push(None).unwrap(), 1);
+    let remote = saescope_store::remote::Remote::open(&url).unwrap();
+    let theirs = saescope_store::remote::Commit::Overwrite;
+    remote
+        .put("features/summary.json", b"{}".to_vec(), theirs)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(&file, b"step 200").unwrap();
+    assert_eq!(mirror.push(None).unwrap(), 1);
+    let got = remote.get("checkpoint.safetensors").unwrap().unwrap();
+    assert_eq!(got.as_ref(), b"step 200");
+    std::fs::remove_file(&file).unwrap();
+    mirror.push(None).unwrap();
+    assert!(remote.get("checkpoint.safetensors").unwrap().is_none());
+    assert!(remote.get("features/summary.json").unwrap().is_some());
+    drop(mirror);
+    let again = saescope_store::mirror::Mirror::open(&url).unwrap();
+    assert!(again.local().join("features/summary.json").is_file());
+
     // A bucket that does not exist: said so, before any work.
     let o = harvest("s3://no-such-bucket/run", "1000", &[]);
     assert!(!o.status.success());

@@ -11,7 +11,7 @@ use saescope_sae::AnyDictionary;
 use saescope_store::dictionary::DictConfig;
 use saescope_store::features::{FeatureRow, SUMMARY_FILE, read_features};
 use saescope_store::manifest::Manifest;
-use saescope_store::remote::Mirror;
+use saescope_store::mirror::Mirror;
 use saescope_store::{DictDir, Run};
 use std::path::{Path, PathBuf};
 use tch::Device;

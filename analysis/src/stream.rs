@@ -18,7 +18,7 @@ use saescope_sae::data::{MemorySource, Source, StreamSource};
 use saescope_sae::train::{Provenance, TrainReport, train};
 use saescope_sae::{Method, TrainConfig};
 use saescope_store::DictDir;
-use saescope_store::remote::Mirror;
+use saescope_store::mirror::Mirror;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Mutex, OnceLock};

@@ -29,6 +29,7 @@ pub mod explanations;
 pub mod features;
 mod fsutil;
 pub mod manifest;
+pub mod mirror;
 pub mod neuronpedia;
 pub mod parts;
 mod place;

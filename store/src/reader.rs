@@ -63,7 +63,7 @@ pub struct ReadOptions {
     /// request per file, its checksum computed as it arrives, the next files fetched while the
     /// first are read) and read there; a larger selection is read by fetching each row group's
     /// byte range. The folder is `TMPDIR`'s, removed when reading ends. Default: 16 GiB, or
-    /// `SAESCOPE_REMOTE_CACHE_GB` (a machine's setting, like `TMPDIR`: its free disk).
+    /// `SAESCOPE_REMOTE_CACHE_GB` GiB (a machine's setting, like `TMPDIR`: its free disk).
     pub remote_cache_bytes: u64,
 }
 
@@ -78,7 +78,7 @@ impl Default for ReadOptions {
             remote_cache_bytes: std::env::var("SAESCOPE_REMOTE_CACHE_GB")
                 .ok()
                 .and_then(|v| v.parse::<f64>().ok())
-                .map_or(16 << 30, |gb| (gb.max(0.0) * 1e9) as u64),
+                .map_or(16 << 30, |gb| (gb.max(0.0) * (1u64 << 30) as f64) as u64),
         }
     }
 }

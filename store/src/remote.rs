@@ -215,10 +215,24 @@ impl Remote {
             range: Some(object_store::GetRange::Suffix(n)),
             ..Default::default()
         };
+        let key = self.key(rel);
         block_on(async {
-            let got = match self.store.get_opts(&self.key(rel), opts).await {
+            let got = match self.store.get_opts(&key, opts).await {
                 Ok(g) => g,
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                // Azure takes no suffix range: the size first, then the range.
+                Err(object_store::Error::NotSupported { .. }) => {
+                    let size = match self.store.head(&key).await {
+                        Ok(m) => m.size,
+                        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    let bytes = self
+                        .store
+                        .get_range(&key, size.saturating_sub(n)..size)
+                        .await?;
+                    return Ok(Some((bytes, size)));
+                }
                 Err(e) => return Err(e),
             };
             let size = got.meta.size;
@@ -324,36 +338,49 @@ impl Remote {
 
     /// Uploads the local file `from` to `rel`: large files in parts, several in flight. The
     /// object appears whole or not at all.
-    pub fn upload(&self, from: &Path, rel: &str) -> Result<()> {
+    pub fn upload(&self, from: &Path, rel: &str) -> Result<Version> {
         let mut file = std::fs::File::open(from).map_err(|e| StoreError::io(from, e))?;
         let len = file.metadata().map_err(|e| StoreError::io(from, e))?.len() as usize;
         if len <= MULTIPART_BYTES {
             let mut bytes = Vec::with_capacity(len);
             file.read_to_end(&mut bytes)
                 .map_err(|e| StoreError::io(from, e))?;
-            self.put(rel, bytes, Commit::Overwrite)?;
-            return Ok(());
+            return self.put(rel, bytes, Commit::Overwrite);
         }
         let key = self.key(rel);
         block_on(async {
             let upload = self.store.put_multipart(&key).await?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, MULTIPART_BYTES);
             let mut buf = vec![0u8; MULTIPART_BYTES];
-            loop {
-                let n =
-                    read_full(&mut file, &mut buf).map_err(|e| object_store::Error::Generic {
-                        store: "local file",
-                        source: Box::new(e),
+            let sent: object_store::Result<()> = async {
+                loop {
+                    let n = read_full(&mut file, &mut buf).map_err(|e| {
+                        object_store::Error::Generic {
+                            store: "local file",
+                            source: Box::new(e),
+                        }
                     })?;
-                if n == 0 {
-                    break;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    w.wait_for_capacity(4).await?;
+                    w.write(&buf[..n]);
                 }
-                w.wait_for_capacity(4).await?;
-                w.write(&buf[..n]);
             }
-            w.finish().await
+            .await;
+            match sent {
+                Ok(()) => w.finish().await,
+                Err(e) => {
+                    // The parts already sent would stay (and be billed) until aborted.
+                    let _ = w.abort().await;
+                    Err(e)
+                }
+            }
         })
-        .map(|_| ())
+        .map(|r| Version {
+            e_tag: r.e_tag,
+            version: r.version,
+        })
         .map_err(|e| self.error(rel, e))
     }
 
@@ -374,11 +401,20 @@ impl Remote {
 
     /// Every object under `sub` (recursively), as paths relative to this directory with sizes.
     pub fn list(&self, sub: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .list_tagged(sub)?
+            .into_iter()
+            .map(|(rel, size, _)| (rel, size))
+            .collect())
+    }
+
+    /// [`Remote::list`] with each object's ETag.
+    pub fn list_tagged(&self, sub: &str) -> Result<Vec<(String, u64, Option<String>)>> {
         let base = self.key(sub);
         let prefix_len = self.prefix.parts().count();
         let objects: Vec<_> = block_on(self.store.list(Some(&base)).try_collect::<Vec<_>>())
             .map_err(|e| self.error(sub, e))?;
-        let mut out: Vec<(String, u64)> = objects
+        let mut out: Vec<(String, u64, Option<String>)> = objects
             .into_iter()
             .map(|m| {
                 let rel: Vec<String> = m
@@ -387,7 +423,7 @@ impl Remote {
                     .skip(prefix_len)
                     .map(|p| p.as_ref().to_owned())
                     .collect();
-                (rel.join("/"), m.size)
+                (rel.join("/"), m.size, m.e_tag)
             })
             .collect();
         out.sort();
@@ -414,72 +450,6 @@ impl Remote {
             Err(e) => Err(self.error(rel, e)),
         }
     }
-
-    /// Copies every object of this directory into the local directory `to`, skipping files that
-    /// are already there with the same size. Returns how many were fetched.
-    pub fn download_all(&self, to: &Path) -> Result<usize> {
-        let mut fetched = 0;
-        for (rel, size) in self.list("")? {
-            if rel
-                .split('/')
-                .any(|p| p.ends_with(".tmp") || p == crate::LOCK_FILE)
-            {
-                continue;
-            }
-            let dest = to.join(&rel);
-            if std::fs::metadata(&dest).is_ok_and(|m| m.len() == size) {
-                continue;
-            }
-            self.download(&rel, &dest)?;
-            fetched += 1;
-        }
-        Ok(fetched)
-    }
-
-    /// Uploads every file under the local directory `from` whose size differs from the remote
-    /// copy's, `last` (if given) after all the others: a reader that sees `last` sees the rest.
-    pub fn upload_all(&self, from: &Path, last: Option<&str>) -> Result<usize> {
-        let remote: std::collections::HashMap<String, u64> = self.list("")?.into_iter().collect();
-        let mut files = Vec::new();
-        collect_files(from, from, &mut files)?;
-        files.retain(|rel| {
-            !(rel.ends_with(".tmp") || rel.split('/').any(|p| p == crate::LOCK_FILE))
-        });
-        files.sort_by_key(|rel| Some(rel.as_str()) == last);
-        let mut sent = 0;
-        for rel in files {
-            let local = from.join(&rel);
-            let size = std::fs::metadata(&local)
-                .map_err(|e| StoreError::io(&local, e))?
-                .len();
-            if remote.get(&rel) == Some(&size) && Some(rel.as_str()) != last {
-                continue;
-            }
-            self.upload(&local, &rel)?;
-            sent += 1;
-        }
-        Ok(sent)
-    }
-}
-
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StoreError::io(dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
-        let path = entry.path();
-        if path.is_dir() {
-            collect_files(root, &path, out)?;
-        } else if let Ok(rel) = path.strip_prefix(root)
-            && let Some(rel) = rel.to_str()
-        {
-            out.push(rel.to_owned());
-        }
-    }
-    Ok(())
 }
 
 /// Reads until `buf` is full or the file ends.
@@ -539,79 +509,6 @@ impl Drop for HashFetch {
     /// A transfer nobody waits for any more (the reader stopped) is cancelled.
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// A directory on object storage worked on through a local copy: dictionaries and feature
-/// stores are small and written file by file, by code that expects a folder. [`Mirror::open`]
-/// fetches what is there (a checkpoint to resume from, a dictionary to analyse);
-/// [`Mirror::push`] sends back what changed. For a local path both are no-ops.
-#[derive(Debug)]
-pub struct Mirror {
-    local: PathBuf,
-    remote: Option<Remote>,
-}
-
-impl Mirror {
-    /// Opens `dir`: a local path as itself, a URL through a copy in `SAESCOPE_CACHE` (default
-    /// `~/.cache/saescope`) under `remote/SCHEME/BUCKET/PREFIX`, brought up to date first.
-    pub fn open(dir: &Path) -> Result<Mirror> {
-        if !is_url(dir) {
-            return Ok(Mirror {
-                local: dir.to_owned(),
-                remote: None,
-            });
-        }
-        let remote = Remote::open(dir)?;
-        remote.check()?;
-        let (scheme, rest) = remote.url.split_once("://").expect("a URL");
-        let cache = std::env::var_os("SAESCOPE_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/saescope")))
-            .unwrap_or_else(std::env::temp_dir);
-        let local = cache.join("remote").join(scheme).join(rest);
-        std::fs::create_dir_all(&local).map_err(|e| StoreError::io(&local, e))?;
-        // The copy is made equal to what is there: files it no longer has go (a copy left by an
-        // earlier run of the same URL must not pass for this one's).
-        let listed: std::collections::HashSet<String> =
-            remote.list("")?.into_iter().map(|(rel, _)| rel).collect();
-        let mut files = Vec::new();
-        collect_files(&local, &local, &mut files)?;
-        for rel in files.iter().filter(|r| !listed.contains(*r)) {
-            let path = local.join(rel);
-            std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
-        }
-        let fetched = remote.download_all(&local)?;
-        tracing::info!(
-            "{}: {fetched} files fetched into {}",
-            remote.url,
-            local.display()
-        );
-        Ok(Mirror {
-            local,
-            remote: Some(remote),
-        })
-    }
-
-    /// The folder to work in.
-    pub fn local(&self) -> &Path {
-        &self.local
-    }
-
-    /// Uploads what changed, `last` after the rest (the file whose presence says the directory
-    /// is complete), then deletes remote files the local copy no longer has (a checkpoint
-    /// removed at the end of training). Returns how many files were sent.
-    pub fn push(&self, last: Option<&str>) -> Result<usize> {
-        let Some(remote) = &self.remote else {
-            return Ok(0);
-        };
-        let sent = remote.upload_all(&self.local, last)?;
-        for (rel, _) in remote.list("")? {
-            if !self.local.join(&rel).exists() {
-                remote.delete(&rel)?;
-            }
-        }
-        Ok(sent)
     }
 }
 

@@ -114,13 +114,16 @@ pub struct RunWriter {
 /// A run written to object storage. Each shard is written to a local staging folder as for a
 /// local run, uploaded whole when complete and deleted there; only then is the manifest that
 /// lists it put, on the condition that the manifest is still the version this writer last put.
-/// So a shard becomes part of the run when the manifest naming it is written, a killed writer
-/// leaves at worst unlisted objects that its resume overwrites, and a second writer of the same
-/// run (another machine's job) is refused instead of interleaved.
+/// So a shard becomes part of the run when the manifest naming it is written, and a second
+/// writer of the same run (another machine's job) is refused instead of interleaved. Shard
+/// objects carry the writer's name, so no writer overwrites a shard another one committed; a
+/// killed writer's unlisted objects are removed when the run completes.
 struct RemoteSink {
     remote: Remote,
     url: PathBuf,
     version: Version,
+    /// Tells this writer's shard objects from any other's.
+    writer: String,
     _staging: tempfile::TempDir,
 }
 
@@ -174,6 +177,7 @@ impl RunWriter {
             remote,
             url: dir.to_owned(),
             version,
+            writer: format!("{:08x}", rand::random::<u32>()),
             _staging: staging,
         });
         Ok(w)
@@ -274,6 +278,7 @@ impl RunWriter {
             remote,
             url: dir.to_owned(),
             version,
+            writer: format!("{:08x}", rand::random::<u32>()),
             _staging: staging,
         });
         Ok(w)
@@ -408,6 +413,9 @@ impl RunWriter {
         self.manifest.complete = true;
         self.manifest.save(&self.dir)?;
         self.commit()?;
+        if let Some(sink) = &self.remote {
+            sink.remove_unlisted(&self.manifest)?;
+        }
         Ok(self.manifest)
     }
 
@@ -509,10 +517,16 @@ impl RunWriter {
         let open = self.open.take().expect("a shard is open");
         let index = self.shard_index();
         let (act_rel, tok_rel) = shard_paths(index);
-        let act = finish_file(&self.dir, &act_rel, open.act_writer)?;
-        let tok = finish_file(&self.dir, &tok_rel, open.tok_writer)?;
+        let mut act = finish_file(&self.dir, &act_rel, open.act_writer)?;
+        let mut tok = finish_file(&self.dir, &tok_rel, open.tok_writer)?;
         for sub in ["activations", "tokens"] {
             sync_dir(&self.dir.join(sub))?;
+        }
+        if let Some(sink) = &self.remote {
+            // Named for this writer alone: a second writer of the run (refused at its next
+            // commit) can never overwrite a shard the manifest already lists.
+            act.path = sink.object_name(&act_rel);
+            tok.path = sink.object_name(&tok_rel);
         }
         self.manifest.shards.push(ShardInfo {
             index,
@@ -524,19 +538,55 @@ impl RunWriter {
         self.manifest.total_tokens += open.rows;
         self.manifest.save(&self.dir)?;
         if let Some(sink) = &self.remote {
-            // Shard objects are overwritten in place (a resumed writer rewrites an unlisted
-            // one), so first make sure no other writer has committed since this one did.
+            // Stop early, before uploading, when another writer has committed since this one.
             if sink.remote.version(MANIFEST_FILE)?.as_ref() != Some(&sink.version) {
                 return Err(sink.remote.changed(MANIFEST_FILE));
             }
-            for rel in [&act_rel, &tok_rel] {
+            let shard = self.manifest.shards.last().expect("pushed above");
+            let objects = [&shard.activations.path, &shard.tokens.path];
+            for (rel, object) in [&act_rel, &tok_rel].into_iter().zip(objects) {
                 let local = self.dir.join(rel);
-                sink.remote.upload(&local, rel)?;
+                sink.remote.upload(&local, object)?;
                 std::fs::remove_file(&local).map_err(|e| StoreError::io(&local, e))?;
             }
         }
         self.commit()?;
         tracing::debug!(shard = index, rows = open.rows, "shard complete");
+        Ok(())
+    }
+}
+
+impl RemoteSink {
+    /// The object name of staged file `rel` (`activations/part-00003.parquet` becomes
+    /// `activations/part-00003-WRITER.parquet`).
+    fn object_name(&self, rel: &str) -> String {
+        match rel.strip_suffix(".parquet") {
+            Some(stem) => format!("{stem}-{}.parquet", self.writer),
+            None => format!("{rel}-{}", self.writer),
+        }
+    }
+
+    /// Deletes shard objects the complete run's manifest does not list: uploads of writers that
+    /// were killed (or stopped as a second writer) before their manifest named them. Any writer
+    /// still running is stale by now and will be refused at its next commit, so nothing listed
+    /// can lose its files. Leaves tools that read `activations/*.parquet` (DuckDB) the run alone.
+    fn remove_unlisted(&self, manifest: &Manifest) -> Result<()> {
+        let listed: std::collections::HashSet<&str> = manifest
+            .shards
+            .iter()
+            .flat_map(|s| [s.activations.path.as_str(), s.tokens.path.as_str()])
+            .collect();
+        for sub in ["activations", "tokens"] {
+            for (rel, _) in self.remote.list(sub)? {
+                if !listed.contains(rel.as_str()) {
+                    tracing::info!(
+                        "removing {}, which no manifest lists",
+                        self.remote.path_of(&rel).display()
+                    );
+                    self.remote.delete(&rel)?;
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -70,6 +70,13 @@ fn start(args: &'static [&'static str], lines: usize) -> Vec<String> {
 pub fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
+        // The bucket starts empty, so local copies of its dictionaries left by an earlier run
+        // of the tests are stale.
+        let cache = std::env::var_os("SAESCOPE_CACHE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/saescope")))
+            .expect("SAESCOPE_CACHE or HOME is set");
+        let _ = std::fs::remove_dir_all(cache.join("remote/s3").join(BUCKET));
         let got = start(&[BUCKET], 1);
         let server = Server {
             url: got[0].clone(),

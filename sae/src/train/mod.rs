@@ -66,7 +66,7 @@ pub fn train(
 /// job killed on one machine resumes on another.
 struct PushCheckpoints<'a> {
     inner: &'a mut dyn Observer,
-    mirror: &'a saescope_store::remote::Mirror,
+    mirror: &'a saescope_store::mirror::Mirror,
 }
 
 impl Observer for PushCheckpoints<'_> {
@@ -127,7 +127,7 @@ impl RunTraining<'_> {
         if !saescope_store::remote::is_url(out.path()) {
             return self.train_here(observer);
         }
-        let mirror = saescope_store::remote::Mirror::open(out.path())?;
+        let mirror = saescope_store::mirror::Mirror::open(out.path())?;
         let local = RunTraining {
             out: Some(mirror.local()),
             run: self.run,
