@@ -65,6 +65,18 @@ fn private(rel: &str) -> bool {
 }
 
 impl Synced {
+    /// The local file at `path` as it is now, in sync with the object tagged `e_tag`.
+    fn now(path: &Path, e_tag: Option<String>) -> Result<Synced> {
+        let (size, mtime_ns) = stamp(path)?.ok_or_else(|| {
+            StoreError::io(path, std::io::Error::from(std::io::ErrorKind::NotFound))
+        })?;
+        Ok(Synced {
+            e_tag,
+            size,
+            mtime_ns,
+        })
+    }
+
     fn unchanged_at(&self, path: &Path) -> Result<bool> {
         Ok(stamp(path)? == Some((self.size, self.mtime_ns)))
     }
@@ -105,15 +117,9 @@ impl Mirror {
             if current || !remote.download(rel, &path)? {
                 continue;
             }
-            let (size, mtime_ns) = stamp(&path)?.expect("just written");
-            record.files.insert(
-                rel.clone(),
-                Synced {
-                    e_tag: e_tag.clone(),
-                    size,
-                    mtime_ns,
-                },
-            );
+            record
+                .files
+                .insert(rel.clone(), Synced::now(&path, e_tag.clone())?);
             fetched += 1;
         }
         // Files synced before and gone from the bucket since go here too, unless changed here.
@@ -169,18 +175,13 @@ impl Mirror {
             {
                 continue;
             }
-            let Some((size, mtime_ns)) = stamp(&path)? else {
-                continue;
-            };
-            let version = remote.upload(&path, rel)?;
-            record.files.insert(
-                rel.clone(),
-                Synced {
-                    e_tag: version.e_tag,
-                    size,
-                    mtime_ns,
-                },
-            );
+            if stamp(&path)?.is_none() {
+                continue; // removed since it was listed
+            }
+            // Stamped before the upload: a write during it is sent again next time.
+            let mut synced = Synced::now(&path, None)?;
+            synced.e_tag = remote.upload(&path, rel)?.e_tag;
+            record.files.insert(rel.clone(), synced);
             sent += 1;
         }
         let gone: Vec<String> = record

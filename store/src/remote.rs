@@ -241,65 +241,36 @@ impl Remote {
         .map_err(|e| self.error(rel, e))
     }
 
-    /// Starts fetching a byte range of `rel` on the runtime; [`Fetch::wait`] collects it.
+    /// Starts fetching a byte range of `rel` on the runtime; [`Transfer::wait`] collects it.
     pub(crate) fn fetch(&self, rel: &str, range: Range<u64>) -> Fetch {
-        let store = self.store.clone();
-        let key = self.key(rel);
-        Fetch {
-            remote: self.clone(),
-            rel: rel.to_owned(),
-            task: runtime().spawn(async move { store.get_range(&key, range).await }),
-        }
+        let (store, key) = (self.store.clone(), self.key(rel));
+        Transfer::spawn(self, rel, async move { store.get_range(&key, range).await })
     }
 
     /// Starts hashing the whole object `rel` on the runtime (SHA-256, hex), as it streams in.
     pub(crate) fn fetch_sha256(&self, rel: &str) -> HashFetch {
-        let store = self.store.clone();
-        let key = self.key(rel);
-        HashFetch {
-            remote: self.clone(),
-            rel: rel.to_owned(),
-            task: runtime().spawn(async move {
-                use sha2::Digest;
-                let mut h = sha2::Sha256::new();
-                let mut stream = store.get(&key).await?.into_stream();
-                while let Some(chunk) = stream.try_next().await? {
-                    h.update(&chunk);
-                }
-                Ok(hex::encode(h.finalize()))
-            }),
-        }
+        let (store, key) = (self.store.clone(), self.key(rel));
+        Transfer::spawn(self, rel, async move {
+            stream_hashed(store.as_ref(), &key, |_| Ok(())).await
+        })
     }
 
     /// Starts downloading the whole object `rel` into the local file `to` on the runtime,
-    /// hashing it (SHA-256, hex) as it arrives; [`Download::wait`] collects it.
+    /// hashing it (SHA-256, hex) as it arrives; [`Transfer::wait`] collects it.
     pub(crate) fn download_hashed(&self, rel: &str, to: PathBuf) -> Download {
-        let store = self.store.clone();
-        let key = self.key(rel);
-        Download {
-            remote: self.clone(),
-            rel: rel.to_owned(),
-            task: runtime().spawn(async move {
-                use sha2::Digest;
-                use std::io::Write;
-                let local = |e: std::io::Error| object_store::Error::Generic {
-                    store: "local file",
-                    source: Box::new(e),
-                };
-                let mut file = std::io::BufWriter::with_capacity(
-                    4 << 20,
-                    std::fs::File::create(&to).map_err(local)?,
-                );
-                let mut h = sha2::Sha256::new();
-                let mut stream = store.get(&key).await?.into_stream();
-                while let Some(chunk) = stream.try_next().await? {
-                    h.update(&chunk);
-                    file.write_all(&chunk).map_err(local)?;
-                }
-                file.flush().map_err(local)?;
-                Ok((to, hex::encode(h.finalize())))
-            }),
-        }
+        let (store, key) = (self.store.clone(), self.key(rel));
+        Transfer::spawn(self, rel, async move {
+            use std::io::Write;
+            let local = |e: std::io::Error| object_store::Error::Generic {
+                store: "local file",
+                source: Box::new(e),
+            };
+            let file = std::fs::File::create(&to).map_err(local)?;
+            let mut file = std::io::BufWriter::with_capacity(4 << 20, file);
+            let sha256 = stream_hashed(store.as_ref(), &key, |chunk| file.write_all(chunk)).await?;
+            file.flush().map_err(local)?;
+            Ok((to, sha256))
+        })
     }
 
     /// Writes `bytes` to `rel` in one request, as `mode` says; returns the new version.
@@ -452,6 +423,25 @@ impl Remote {
     }
 }
 
+/// Streams object `key`, handing each chunk to `each` and hashing it; returns the hex SHA-256.
+async fn stream_hashed(
+    store: &dyn ObjectStore,
+    key: &ObjPath,
+    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> object_store::Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut stream = store.get(key).await?.into_stream();
+    while let Some(chunk) = stream.try_next().await? {
+        h.update(&chunk);
+        each(&chunk).map_err(|e| object_store::Error::Generic {
+            store: "local file",
+            source: Box::new(e),
+        })?;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// Reads until `buf` is full or the file ends.
 fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -464,16 +454,37 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
     Ok(n)
 }
 
-/// A byte range being fetched in the background.
-pub(crate) struct Fetch {
+/// A transfer running on the store's runtime in the background: a byte range ([`Fetch`]), a
+/// whole object hashed ([`HashFetch`]) or downloaded to a file ([`Download`]).
+pub(crate) struct Transfer<T> {
     remote: Remote,
     rel: String,
-    task: tokio::task::JoinHandle<object_store::Result<Bytes>>,
+    task: tokio::task::JoinHandle<object_store::Result<T>>,
 }
 
-impl Fetch {
-    /// Waits for the bytes.
-    pub(crate) fn wait(mut self) -> Result<Bytes> {
+/// A byte range being fetched.
+pub(crate) type Fetch = Transfer<Bytes>;
+/// A whole object being hashed: its hex SHA-256.
+pub(crate) type HashFetch = Transfer<String>;
+/// A whole object being downloaded to a local file: its path and hex SHA-256.
+pub(crate) type Download = Transfer<(PathBuf, String)>;
+
+impl<T: Send + 'static> Transfer<T> {
+    /// Starts `work` on the runtime; errors will name object `rel` of `remote`.
+    fn spawn(
+        remote: &Remote,
+        rel: &str,
+        work: impl Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> Self {
+        Transfer {
+            remote: remote.clone(),
+            rel: rel.to_owned(),
+            task: runtime().spawn(work),
+        }
+    }
+
+    /// Waits for the result.
+    pub(crate) fn wait(mut self) -> Result<T> {
         match block_on(&mut self.task) {
             Ok(r) => r.map_err(|e| self.remote.error(&self.rel, e)),
             Err(e) => Err(self.remote.error(&self.rel, e.into())),
@@ -481,55 +492,7 @@ impl Fetch {
     }
 }
 
-impl Drop for Fetch {
-    /// A transfer nobody waits for any more (the reader stopped) is cancelled.
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A whole object being hashed in the background.
-pub(crate) struct HashFetch {
-    remote: Remote,
-    rel: String,
-    task: tokio::task::JoinHandle<object_store::Result<String>>,
-}
-
-impl HashFetch {
-    /// Waits for the hex SHA-256.
-    pub(crate) fn wait(mut self) -> Result<String> {
-        match block_on(&mut self.task) {
-            Ok(r) => r.map_err(|e| self.remote.error(&self.rel, e)),
-            Err(e) => Err(self.remote.error(&self.rel, e.into())),
-        }
-    }
-}
-
-impl Drop for HashFetch {
-    /// A transfer nobody waits for any more (the reader stopped) is cancelled.
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A whole object being downloaded to a local file in the background.
-pub(crate) struct Download {
-    remote: Remote,
-    rel: String,
-    task: tokio::task::JoinHandle<object_store::Result<(PathBuf, String)>>,
-}
-
-impl Download {
-    /// Waits for the file; returns its path and hex SHA-256.
-    pub(crate) fn wait(mut self) -> Result<(PathBuf, String)> {
-        match block_on(&mut self.task) {
-            Ok(r) => r.map_err(|e| self.remote.error(&self.rel, e)),
-            Err(e) => Err(self.remote.error(&self.rel, e.into())),
-        }
-    }
-}
-
-impl Drop for Download {
+impl<T> Drop for Transfer<T> {
     /// A transfer nobody waits for any more (the reader stopped) is cancelled.
     fn drop(&mut self) {
         self.task.abort();

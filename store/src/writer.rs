@@ -173,13 +173,7 @@ impl RunWriter {
                 },
                 e => e,
             })?;
-        w.remote = Some(RemoteSink {
-            remote,
-            url: dir.to_owned(),
-            version,
-            writer: format!("{:08x}", rand::random::<u32>()),
-            _staging: staging,
-        });
+        w.remote = Some(RemoteSink::new(remote, dir, version, staging));
         Ok(w)
     }
 
@@ -274,13 +268,7 @@ impl RunWriter {
         let staging = staging_dir(dir)?;
         manifest.save(staging.path())?;
         let mut w = Self::resume(staging.path())?;
-        w.remote = Some(RemoteSink {
-            remote,
-            url: dir.to_owned(),
-            version,
-            writer: format!("{:08x}", rand::random::<u32>()),
-            _staging: staging,
-        });
+        w.remote = Some(RemoteSink::new(remote, dir, version, staging));
         Ok(w)
     }
 
@@ -557,6 +545,17 @@ impl RunWriter {
 }
 
 impl RemoteSink {
+    /// A sink for the run at `url`, under a writer name of its own.
+    fn new(remote: Remote, url: &Path, version: Version, staging: tempfile::TempDir) -> Self {
+        RemoteSink {
+            remote,
+            url: url.to_owned(),
+            version,
+            writer: format!("{:08x}", rand::random::<u32>()),
+            _staging: staging,
+        }
+    }
+
     /// The object name of staged file `rel` (`activations/part-00003.parquet` becomes
     /// `activations/part-00003-WRITER.parquet`).
     fn object_name(&self, rel: &str) -> String {
